@@ -1,0 +1,403 @@
+"""CurvatureCallback: when to score, the scoring pass, the DDP gather, the store commit, logging, state.
+
+The maths lives in :mod:`curvature_callback.estimator`, the files in :mod:`curvature_callback.store`; this
+module is the glue that runs them inside a Lightning ``Trainer``.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.utilities.rank_zero import rank_zero_warn
+from torch import Tensor
+from torch.utils.data import DataLoader, Dataset, Subset
+from tqdm.auto import tqdm
+from typing_extensions import override
+
+from curvature_callback.estimator import LossFn, curvature_details
+from curvature_callback.store import CurvatureStore, StoreMismatchError
+
+__all__ = ["CurvatureCallback"]
+
+BatchToInputs = Callable[[Any], tuple[Tensor, Tensor]]
+
+#: transform class names that make a dataset random, so a poor choice to score
+_AUGMENTATIONS = ("Random", "ColorJitter", "AutoAugment", "RandAugment", "TrivialAugment", "AugMix", "CutMix",
+                  "MixUp", "GaussianBlur", "ElasticTransform")
+#: channels scored beside curvature when the default (cross-entropy) loss is used
+CLASSIFICATION_CHANNELS = ("loss", "margin", "confidence", "correct")
+
+
+def default_batch_to_inputs(batch: Any) -> tuple[Tensor, Tensor]:
+    """``(x, y, ...)`` tuples and lists, or dicts with ``x``/``y``, ``input``/``target`` or ``image``/``label``."""
+    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
+        return batch[0], batch[1]
+    if isinstance(batch, Mapping):
+        for a, b in (("x", "y"), ("input", "target"), ("inputs", "targets"), ("image", "label"), ("images", "labels")):
+            if a in batch and b in batch:
+                return batch[a], batch[b]
+    raise TypeError(
+        f"Cannot take (inputs, targets) from a batch of type {type(batch).__name__}: expected a tuple (x, y, ...) or "
+        "a dict with keys x/y. Pass `batch_to_inputs=fn` with fn(batch) -> (x, y), a named function so it pickles."
+    )
+
+
+def _loss_name(loss_fn: LossFn | None) -> str:
+    if loss_fn is None:
+        return "cross_entropy"
+    target = loss_fn if hasattr(loss_fn, "__qualname__") else type(loss_fn)
+    return f"{getattr(target, '__module__', '?')}.{target.__qualname__}"
+
+
+def _classification_channels(outputs: Tensor, targets: Tensor, loss: Tensor) -> dict[str, Tensor]:
+    """Loss, margin (given-label logit minus the largest other), confidence and correctness at ``x``."""
+    if outputs.dim() != 2 or targets.dim() != 1 or targets.is_floating_point():
+        raise ValueError(
+            f"Expected logits [B, classes] and integer labels [B] to record margin and confidence, got outputs of "
+            f"shape {list(outputs.shape)} and targets {targets.dtype}{list(targets.shape)}. Pass "
+            "record_outputs=False, or a per-sample `loss_fn`."
+        )
+    logits = outputs.to(loss.dtype)
+    given = logits.gather(1, targets[:, None]).squeeze(1)
+    others = logits.scatter(1, targets[:, None], float("-inf")).amax(1)
+    return {
+        "loss": loss,
+        "margin": given - others,
+        "confidence": logits.softmax(1).gather(1, targets[:, None]).squeeze(1),
+        "correct": (logits.argmax(1) == targets).to(loss.dtype),
+    }
+
+
+def _looks_augmented(dataset: Any) -> str | None:
+    """Name of a random transform found on the dataset (through Subset-like wrappers), else None."""
+    for _ in range(8):
+        for attr in ("transform", "transforms"):
+            text = repr(getattr(dataset, attr, None))
+            for name in _AUGMENTATIONS:
+                if name in text:
+                    return name
+        if not hasattr(dataset, "dataset"):
+            return None
+        dataset = dataset.dataset
+    return None
+
+
+class CurvatureCallback(Callback):
+    r"""Scores every training sample by the curvature of its loss in input space, averaged over epochs.
+
+    At the end of each scoring epoch (:meth:`should_score`) the callback puts the model in ``eval()`` mode,
+    computes :func:`~curvature_callback.input_curvature` for every sample of ``dataset`` in its own unshuffled
+    loader, and adds the scores to a memory-mapped :class:`~curvature_callback.CurvatureStore`; samples with a
+    high running mean are the ones the network memorized (mislabeled, conflicting, atypical).
+
+    .. math:: \mathrm{curv}(x) = \frac{1}{n}\sum_k \lVert \nabla_x l(x + h v_k) - \nabla_x l(x) \rVert^2
+
+    Under DDP every rank scores a contiguous block of the indices; rank 0 gathers and writes. A resumed run
+    continues the same store; an epoch is never added twice.
+
+    Args:
+        dataset: what to score, indexed ``0..N-1``, without augmentation. Default: the datamodule's
+            ``curvature_dataset()`` if it has one, else the training dataset (with a warning if it looks
+            augmented).
+        h: finite-difference step (paper: 1e-3).
+        n_vectors: Rademacher vectors per sample and epoch (paper: 10).
+        batch_size: samples per scoring batch (each becomes ``batch_size * n_vectors`` rows, in chunks).
+        every_n_epochs: score every this many epochs, counted from ``start_epoch``.
+        start_epoch: first epoch to score (0-based).
+        directory: the store's folder; a relative path goes under the trainer's log dir.
+        keep_history: also keep each epoch's scores (``epochs x N`` float32 on disk).
+        seed: seed of the Rademacher vectors.
+        loss_fn: ``loss_fn(outputs, targets) -> [B]`` per-sample losses (default: cross-entropy). Must pickle
+            for ``ddp_spawn``: a named function, not a lambda.
+        batch_to_inputs: ``fn(batch) -> (x, y)`` for batches that are not ``(x, y, ...)``.
+        fast: allow TF32 in the finite differences (faster on Ampere and newer; ~5 % per-value error).
+        log_histogram: log a histogram of ``log10`` curvature to the loggers that take one.
+        num_workers: workers of the scoring loader.
+        chunk_size: rows per stacked forward+backward (default by device).
+        record_outputs: also store the per-sample loss (and, with the default loss, margin, confidence and
+            correctness) from the pass's forward at ``x``: baselines at almost no extra cost.
+
+    Example::
+
+        cb = CurvatureCallback(n_vectors=10)
+        trainer = L.Trainer(max_epochs=20, callbacks=[cb])
+        trainer.fit(model, datamodule)
+        top = np.argsort(-cb.store.mean)[:100]   # the 100 most-curved samples
+    """
+
+    def __init__(
+        self,
+        dataset: Dataset | None = None,
+        *,
+        h: float = 1e-3,
+        n_vectors: int = 10,
+        batch_size: int = 256,
+        every_n_epochs: int = 1,
+        start_epoch: int = 0,
+        directory: str | os.PathLike = "curvature",
+        keep_history: bool = False,
+        seed: int = 0,
+        loss_fn: LossFn | None = None,
+        batch_to_inputs: BatchToInputs | None = None,
+        fast: bool = False,
+        log_histogram: bool = True,
+        num_workers: int = 0,
+        chunk_size: int | None = None,
+        record_outputs: bool = True,
+    ) -> None:
+        if isinstance(h, bool) or not isinstance(h, (int, float)) or not math.isfinite(h) or h <= 0:
+            raise ValueError(f"Expected argument `h` to be a positive finite float (the paper uses 1e-3), got {h!r}.")
+        for name, value, low in (("n_vectors", n_vectors, 1), ("batch_size", batch_size, 1),
+                                 ("every_n_epochs", every_n_epochs, 1), ("start_epoch", start_epoch, 0),
+                                 ("seed", seed, 0), ("num_workers", num_workers, 0)):
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise ValueError(f"Expected argument `{name}` to be an integer >= {low}, got {value!r}.")
+        self.dataset = dataset
+        self.h = float(h)
+        self.n_vectors = n_vectors
+        self.batch_size = batch_size
+        self.every_n_epochs = every_n_epochs
+        self.start_epoch = start_epoch
+        self.directory = os.fspath(directory)
+        self.keep_history = keep_history
+        self.seed = seed
+        self.loss_fn = loss_fn
+        self.batch_to_inputs = batch_to_inputs
+        self.fast = fast
+        self.log_histogram = log_histogram
+        self.num_workers = num_workers
+        self.chunk_size = chunk_size
+        self.record_outputs = record_outputs
+        self._store: CurvatureStore | None = None  # the writer, on global rank 0 during fit
+        self._path: Path | None = None  # the resolved store folder
+        self._epochs_done: list[int] = []  # same on every rank
+        self._restored: dict[str, Any] | None = None
+        self._scored_dataset: Dataset | None = None
+
+    # ----------------------------------------------------------------------------- settings
+    @property
+    @override
+    def state_key(self) -> str:
+        return self._generate_state_key(directory=self.directory, h=self.h, n_vectors=self.n_vectors, seed=self.seed)
+
+    @property
+    def channels(self) -> tuple[str, ...]:
+        """Channels stored beside curvature."""
+        if not self.record_outputs:
+            return ()
+        return CLASSIFICATION_CHANNELS if self.loss_fn is None else ("loss",)
+
+    def settings(self) -> dict[str, Any]:
+        """What goes into the store's metadata; ``h``, ``n_vectors``, ``seed`` and ``loss`` must match to resume."""
+        return {"h": self.h, "n_vectors": self.n_vectors, "seed": self.seed, "loss": _loss_name(self.loss_fn),
+                "fast": self.fast}
+
+    def should_score(self, epoch: int) -> bool:
+        """Whether to score at the end of ``epoch`` (0-based). Override for other schedules.
+
+        Example:
+            >>> cb = CurvatureCallback(every_n_epochs=3, start_epoch=2)
+            >>> [e for e in range(10) if cb.should_score(e)]
+            [2, 5, 8]
+        """
+        return epoch >= self.start_epoch and (epoch - self.start_epoch) % self.every_n_epochs == 0
+
+    @property
+    def store(self) -> CurvatureStore:
+        """The store: the open writer during ``fit`` on rank 0, else the folder opened read-only."""
+        if self._store is not None:
+            return self._store
+        path = self._path if self._path is not None else Path(self.directory)
+        if not path.is_absolute() and self._path is None:
+            raise RuntimeError(
+                f"The store's folder is not known yet: directory={self.directory!r} is relative to the trainer's log "
+                "dir, which is resolved during fit (with ddp_spawn, only in the worker processes). Use an absolute "
+                "`directory`, or CurvatureStore.open(<log dir>/<directory>)."
+            )
+        return CurvatureStore.open(path)
+
+    # ----------------------------------------------------------------------------- checkpoint state
+    @override
+    def state_dict(self) -> dict[str, Any]:
+        return {"directory": None if self._path is None else str(self._path), "epochs_done": list(self._epochs_done),
+                **self.settings()}
+
+    @override
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        for key in ("h", "n_vectors", "seed", "loss"):
+            if key in state_dict and state_dict[key] != self.settings()[key]:
+                raise ValueError(
+                    f"The checkpoint's CurvatureCallback used {key}={state_dict[key]!r}, this one has "
+                    f"{key}={self.settings()[key]!r}: resume with the same setting, or use another `directory`."
+                )
+        self._restored = dict(state_dict)
+
+    # ----------------------------------------------------------------------------- hooks
+    @override
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        dataset = self._resolve_dataset(trainer)
+        self._path = self._resolve_path(trainer)
+        n = len(dataset)
+        error: str | None = None
+        epochs: list[int] = []
+        if trainer.is_global_zero:
+            try:
+                self._store = CurvatureStore.open_or_create(
+                    self._path, n, settings=self.settings(), keep_history=self.keep_history, channels=self.channels,
+                    fingerprint={"n": n, "dataset": type(dataset).__name__},
+                    history_capacity=max(1, min(int(trainer.max_epochs or 16), 1000)),
+                )
+                epochs = self._store.epochs
+            except (StoreMismatchError, RuntimeError, OSError) as e:
+                error = f"{type(e).__name__}: {e}"
+        # every rank makes the same collective call, then all raise together
+        error, epochs = trainer.strategy.broadcast((error, epochs), src=0)
+        if error is not None:
+            raise StoreMismatchError(error) if error.startswith("StoreMismatch") else RuntimeError(error)
+        self._epochs_done = list(epochs)
+        missing = sorted(set((self._restored or {}).get("epochs_done", [])) - set(epochs))
+        if missing:
+            rank_zero_warn(f"The checkpoint says epochs {missing} were scored, but the store at {self._path} lacks them.")
+        self._scored_dataset = dataset
+
+    @override
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        epoch = trainer.current_epoch
+        if not self.should_score(epoch) or epoch in self._epochs_done:
+            return
+        values = self._score_shard(trainer, pl_module, epoch)
+        values = self._gather(trainer, values)
+        if trainer.is_global_zero:
+            assert self._store is not None
+            self._store.commit_epoch(epoch, {k: v.cpu().numpy() for k, v in values.items()})
+            self._log(trainer, values["curvature"].float().cpu().numpy())
+        self._epochs_done.append(epoch)
+        trainer.strategy.barrier("curvature_commit")
+
+    @override
+    def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._close()
+
+    @override
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        self._close()
+
+    @override
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        self._close()
+
+    def _close(self) -> None:
+        if self._store is not None:
+            self._store.close()
+            self._store = None
+
+    # ----------------------------------------------------------------------------- the pass
+    def _resolve_dataset(self, trainer: pl.Trainer) -> Dataset:
+        if self.dataset is not None:
+            return self.dataset
+        dm = trainer.datamodule
+        if dm is not None and callable(getattr(dm, "curvature_dataset", None)):
+            return dm.curvature_dataset()
+        loader = trainer.train_dataloader
+        dataset = getattr(loader, "dataset", None)
+        if dataset is None:
+            raise ValueError(
+                f"Cannot find the training dataset to score (train_dataloader is {type(loader).__name__}). Pass "
+                "`CurvatureCallback(dataset=...)`, or define `curvature_dataset()` on the datamodule."
+            )
+        augmentation = _looks_augmented(dataset)
+        if augmentation:
+            rank_zero_warn(
+                f"CurvatureCallback scores the training dataset, whose transform looks random ({augmentation}...): "
+                "scores then include augmentation noise. Pass `dataset=` with the evaluation transform, or define "
+                "`curvature_dataset()` on the datamodule."
+            )
+        return dataset
+
+    def _resolve_path(self, trainer: pl.Trainer) -> Path:
+        if self._restored and self._restored.get("directory"):
+            return Path(self._restored["directory"])  # a resumed run may have a new log dir: keep its store
+        path = Path(self.directory)
+        if not path.is_absolute():
+            root = trainer.log_dir or trainer.default_root_dir  # log_dir broadcasts: every rank calls it
+            path = Path(root) / path
+        return path.resolve()
+
+    def _score_shard(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, Tensor]:
+        """Scores of this rank's contiguous block of indices."""
+        dataset = self._scored_dataset
+        n, world, rank = len(dataset), trainer.world_size, trainer.global_rank
+        per_rank = -(-n // world)
+        start, stop = min(rank * per_rank, n), min((rank + 1) * per_rank, n)
+        device = pl_module.device
+        loader = DataLoader(
+            Subset(dataset, range(start, stop)), batch_size=self.batch_size, shuffle=False,
+            num_workers=self.num_workers, pin_memory=device.type == "cuda",
+        )
+        to_inputs = self.batch_to_inputs or default_batch_to_inputs
+        parts: dict[str, list[Tensor]] = {}
+        offset = start
+        show = trainer.is_global_zero and trainer.progress_bar_callback is not None
+        for batch in tqdm(loader, desc=f"curvature (epoch {epoch})", disable=not show, leave=False, dynamic_ncols=True):
+            x, y = to_inputs(batch)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            indices = torch.arange(offset, offset + len(x), device=device)
+            offset += len(x)
+            res = curvature_details(
+                pl_module, x, y, loss_fn=self.loss_fn, h=self.h, n_vectors=self.n_vectors, seed=self.seed,
+                indices=indices, chunk_size=self.chunk_size, fast=self.fast,
+            )
+            out = {"curvature": res.curvature.double()}
+            if self.channels == CLASSIFICATION_CHANNELS:
+                out.update(_classification_channels(res.outputs, y, res.loss.double()))
+            elif self.channels:
+                out["loss"] = res.loss.double()
+            for k, v in out.items():
+                parts.setdefault(k, []).append(v)
+        names = ("curvature", *self.channels)
+        empty = torch.empty(0, dtype=torch.float64, device=device)
+        return {k: torch.cat(parts[k]) if k in parts else empty for k in names}
+
+    def _gather(self, trainer: pl.Trainer, values: dict[str, Tensor]) -> dict[str, Tensor]:
+        """All ranks' blocks, in index order (padded to one length for the collective, unpadded after)."""
+        if trainer.world_size == 1:
+            return values
+        n = len(self._scored_dataset)
+        per_rank = -(-n // trainer.world_size)
+        names = list(values)
+        block = torch.zeros(len(names), per_rank, dtype=torch.float64, device=next(iter(values.values())).device)
+        for i, k in enumerate(names):
+            block[i, : len(values[k])] = values[k]
+        gathered = trainer.strategy.all_gather(block)  # [world, channels, per_rank]
+        full = gathered.permute(1, 0, 2).reshape(len(names), -1)[:, :n]
+        return {k: full[i] for i, k in enumerate(names)}
+
+    # ----------------------------------------------------------------------------- logging
+    def _log(self, trainer: pl.Trainer, scores: np.ndarray) -> None:
+        """Summary statistics to every logger; a histogram of log10 scores to those that take one."""
+        if not trainer.loggers:
+            return
+        p50, p90, p99 = np.percentile(scores, [50, 90, 99])
+        stats = {"curvature/mean": float(scores.mean()), "curvature/median": float(p50),
+                 "curvature/p90": float(p90), "curvature/p99": float(p99)}
+        step = trainer.global_step
+        log10 = np.log10(np.maximum(scores, np.finfo(np.float32).tiny))
+        for logger in trainer.loggers:
+            logger.log_metrics(stats, step=step)
+            if not self.log_histogram:
+                continue
+            kind = type(logger).__name__
+            if kind == "TensorBoardLogger":
+                logger.experiment.add_histogram("curvature/log10_histogram", log10, global_step=step)
+            elif kind == "WandbLogger":
+                import wandb
+
+                logger.log_metrics({"curvature/log10_histogram": wandb.Histogram(log10, num_bins=64)}, step=step)

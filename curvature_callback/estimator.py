@@ -1,0 +1,354 @@
+"""Per-sample input-loss curvature by finite differences of input gradients (pure torch, no Lightning).
+
+Garg, Ravikumar & Roy (ICML 2024) score a training sample ``(x, y)`` by how sharply the loss curves around it
+in input space::
+
+    curvature(x) = (1/n) * sum_k || grad_x l(x + h*v_k) - grad_x l(x) ||^2
+
+with Rademacher vectors ``v_k`` (entries +1/-1, the shape of ``x``). For a smooth loss,
+``curvature / h**2`` estimates ``trace(H^2) = ||H||_F^2`` of the input Hessian ``H``.
+
+The gradient at ``x`` is computed once per sample and reused for all ``n`` vectors; the ``n`` perturbed copies
+of every sample are stacked along the batch dimension and go through the model in chunks, so a batch costs
+``(n + 1)`` forward+backward passes per sample. ``v_k`` is a counter-based function of
+``(seed, sample index, k)``: a sample's score does not depend on batch size, composition, order or device.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Callable, Iterator
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = ["CurvatureResult", "curvature_details", "input_curvature", "rademacher", "default_chunk_size"]
+
+LossFn = Callable[[Tensor, Tensor], Tensor]
+
+_MASK32 = 0xFFFFFFFF
+
+
+def cross_entropy_per_sample(outputs: Tensor, targets: Tensor) -> Tensor:
+    """The default loss: cross-entropy with the given label, one value per sample."""
+    return F.cross_entropy(outputs, targets, reduction="none")
+
+
+def default_chunk_size(device: torch.device) -> int:
+    """Rows (sample x vector pairs) per stacked forward+backward.
+
+    On CPU small stacks win (cache-resident activations: 128 rows ran at half the cost per sample of 640); on
+    a GPU large stacks fill the device. See ``benchmarks/bench_estimator.py``.
+    """
+    return 128 if torch.device(device).type == "cpu" else 1024
+
+
+class CurvatureResult(NamedTuple):
+    """What one scoring pass over a batch yields."""
+
+    curvature: Tensor  #: ``[B]`` the score of DESIGN §1
+    loss: Tensor  #: ``[B]`` per-sample loss at ``x`` (no perturbation)
+    outputs: Tensor  #: ``[B, ...]`` model outputs at ``x`` (logits), detached
+
+
+# --------------------------------------------------------------------------------------------- the draw
+def _mix32(x: Tensor) -> Tensor:
+    """lowbias32 (C. Wellons): a 32-bit bijective integer hash, on int64 tensors holding 32-bit values.
+
+    The products may wrap around int64; only their low 32 bits are kept, which wrapping leaves exact.
+    """
+    x = x ^ (x >> 16)
+    x = (x * 0x7FEB352D) & _MASK32
+    x = x ^ (x >> 15)
+    x = (x * 0x846CA68B) & _MASK32
+    return x ^ (x >> 16)
+
+
+def _mix32_int(x: int) -> int:
+    return int(_mix32(torch.tensor([x & _MASK32], dtype=torch.int64))[0])
+
+
+def rademacher(
+    seed: int, indices: Tensor, ks: Tensor, shape: tuple[int, ...], *, dtype: torch.dtype = torch.float32
+) -> Tensor:
+    """Rademacher vectors as a counter-based function of ``(seed, indices[r], ks[r])``.
+
+    Every entry is a pure function of the seed, the sample index, the vector number and the entry's
+    position: no generator state, no per-sample Python loop, the same on every device.
+
+    Args:
+        seed: non-negative integer seed.
+        indices: ``[R]`` integer sample indices (on the device the vectors should be made on).
+        ks: ``[R]`` vector numbers ``k``.
+        shape: the shape of one sample.
+        dtype: floating dtype of the result.
+
+    Returns:
+        ``[R, *shape]`` tensor of +1/-1.
+
+    Example:
+        >>> v = rademacher(0, torch.tensor([3, 3, 4]), torch.tensor([0, 1, 0]), (2, 5))
+        >>> v.shape, bool(v.abs().eq(1).all())
+        (torch.Size([3, 2, 5]), True)
+        >>> torch.equal(v[0], rademacher(0, torch.tensor([3]), torch.tensor([0]), (2, 5))[0])
+        True
+    """
+    device = indices.device
+    size = math.prod(shape)
+    words = -(-size // 32)
+    s = _mix32_int(seed ^ _mix32_int(seed >> 32))
+    idx = indices.to(torch.int64)
+    key = _mix32((idx & _MASK32) ^ s)
+    key = _mix32(key ^ ((idx >> 32) & _MASK32) ^ 0x68E31DA4)
+    key = _mix32(key ^ ((ks.to(torch.int64) * 0x9E3779B9) & _MASK32))
+    word_keys = _mix32(torch.arange(words, device=device, dtype=torch.int64) ^ 0x1B873593)
+    bits = _mix32(key[:, None] ^ word_keys[None, :])  # [R, words], 32 random bits each
+    shifts = torch.arange(32, device=device, dtype=torch.int64)
+    signs = (bits[:, :, None] >> shifts) & 1  # [R, words, 32]
+    signs = signs.reshape(len(idx), words * 32)[:, :size]
+    return (signs.to(dtype) * 2 - 1).reshape(len(idx), *shape)
+
+
+# ------------------------------------------------------------------------------------ state we restore
+@contextlib.contextmanager
+def _model_state_kept(model: nn.Module) -> Iterator[None]:
+    """eval() for the pass; every submodule's own mode restored after (mixed modes survive)."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
+    try:
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+@contextlib.contextmanager
+def _float32_arithmetic(device: torch.device, fast: bool) -> Iterator[None]:
+    """TF32 off (unless ``fast``) and autocast off for the finite differences; flags restored after."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.autocast(device_type="cpu", enabled=False))
+        if device.type == "cuda":
+            stack.enter_context(torch.autocast(device_type="cuda", enabled=False))
+        if not fast:
+            stack.enter_context(_tf32_off())
+        yield
+
+
+@contextlib.contextmanager
+def _tf32_off() -> Iterator[None]:
+    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
+    if hasattr(matmul, "fp32_precision") and hasattr(cudnn, "conv"):
+        # torch >= 2.9: the new API; mixing it with the legacy flags raises, and it reads back whatever the
+        # user set with either API.
+        saved = (matmul.fp32_precision, cudnn.conv.fp32_precision)
+        matmul.fp32_precision, cudnn.conv.fp32_precision = "ieee", "ieee"
+        try:
+            yield
+        finally:
+            matmul.fp32_precision, cudnn.conv.fp32_precision = saved
+    else:  # pragma: no cover - torch < 2.9
+        saved = (matmul.allow_tf32, cudnn.allow_tf32)
+        matmul.allow_tf32, cudnn.allow_tf32 = False, False
+        try:
+            yield
+        finally:
+            matmul.allow_tf32, cudnn.allow_tf32 = saved
+
+
+@contextlib.contextmanager
+def _rng_kept(device: torch.device) -> Iterator[None]:
+    """A model whose eval() forward still draws random numbers must not move the caller's RNG."""
+    cpu = torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state(device) if device.type == "cuda" else None
+    try:
+        yield
+    finally:
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state(cuda, device)
+
+
+# ---------------------------------------------------------------------------------------------- checks
+def _check_arguments(inputs: object, targets: object, h: object, n_vectors: object, seed: object) -> None:
+    if not isinstance(inputs, Tensor):
+        raise TypeError(f"Expected `inputs` to be a torch.Tensor of shape [B, ...], got {type(inputs).__name__}.")
+    if not inputs.is_floating_point():
+        raise TypeError(
+            f"Expected `inputs` to be a floating tensor, got dtype {inputs.dtype}. Curvature is taken with "
+            "respect to continuous inputs; for token ids, score the embeddings instead: pass "
+            "`embedding(ids)` as inputs and a model that starts after the embedding layer."
+        )
+    if inputs.dim() < 1:
+        raise ValueError("Expected `inputs` with a batch dimension, shape [B, ...], got a 0-d tensor.")
+    if not isinstance(targets, Tensor):
+        raise TypeError(f"Expected `targets` to be a torch.Tensor with B={len(inputs)} rows, got {type(targets)}.")
+    if len(targets) != len(inputs):
+        raise ValueError(
+            f"Expected one target per input: inputs have B={len(inputs)} rows, targets {len(targets)}."
+        )
+    if isinstance(h, bool) or not isinstance(h, (int, float)) or not math.isfinite(h) or h <= 0:
+        raise ValueError(f"Expected argument `h` to be a positive finite float (the paper uses 1e-3), got {h!r}.")
+    if isinstance(n_vectors, bool) or not isinstance(n_vectors, int) or n_vectors < 1:
+        raise ValueError(f"Expected argument `n_vectors` to be an integer >= 1 (the paper uses 10), got {n_vectors!r}.")
+    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
+        raise ValueError(f"Expected argument `seed` to be an integer in [0, 2**64), got {seed!r}.")
+
+
+def _check_indices(indices: Tensor | None, batch: int, device: torch.device) -> Tensor:
+    if indices is None:
+        return torch.arange(batch, device=device)
+    indices = torch.as_tensor(indices, device=device)
+    if indices.shape != (batch,) or indices.is_floating_point() or indices.is_complex():
+        raise ValueError(
+            f"Expected `indices` to be an integer tensor of shape [{batch}] (one dataset index per sample), got "
+            f"dtype {indices.dtype} and shape {list(indices.shape)}."
+        )
+    if batch and int(indices.min()) < 0:
+        raise ValueError("Expected non-negative `indices` (dataset positions), got a negative one.")
+    return indices
+
+
+def _per_sample(loss: object, rows: int) -> Tensor:
+    if not isinstance(loss, Tensor) or loss.shape != (rows,):
+        got = f"shape {list(loss.shape)}" if isinstance(loss, Tensor) else type(loss).__name__
+        raise ValueError(
+            f"Expected `loss_fn(outputs, targets)` to return per-sample losses of shape [{rows}], got {got}. "
+            "A mean- or sum-reduced loss mixes samples: use reduction='none', e.g. "
+            "`lambda o, t: F.cross_entropy(o, t, reduction='none')` (as a named function, so it pickles)."
+        )
+    return loss
+
+
+def _check_finite(values: Tensor, indices: Tensor, what: str) -> None:
+    bad = ~torch.isfinite(values)
+    if bool(bad.any()):
+        where = indices[bad].tolist()
+        shown = ", ".join(map(str, where[:20])) + (" ..." if len(where) > 20 else "")
+        raise ValueError(
+            f"Non-finite {what} for {len(where)} sample(s), dataset indices [{shown}]. Check those inputs and "
+            "labels, or the model (diverged training, a label outside the output range?)."
+        )
+
+
+# ---------------------------------------------------------------------------------------------- public
+def curvature_details(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    loss_fn: LossFn | None = None,
+    h: float = 1e-3,
+    n_vectors: int = 10,
+    seed: int = 0,
+    indices: Tensor | None = None,
+    chunk_size: int | None = None,
+    fast: bool = False,
+) -> CurvatureResult:
+    """:func:`input_curvature`, together with the per-sample loss and the outputs at the unperturbed input.
+
+    Baselines (loss, margin, confidence) come from the forward at ``x`` that the score needs anyway.
+    Arguments as in :func:`input_curvature`; returns a :class:`CurvatureResult`.
+    """
+    _check_arguments(inputs, targets, h, n_vectors, seed)
+    loss_fn = cross_entropy_per_sample if loss_fn is None else loss_fn
+    device, batch = inputs.device, inputs.shape[0]
+    dtype = torch.float64 if inputs.dtype == torch.float64 else torch.float32  # never below float32
+    indices = _check_indices(indices, batch, device)
+    if chunk_size is None:
+        chunk_size = default_chunk_size(device)
+    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
+        raise ValueError(f"Expected argument `chunk_size` to be an integer >= 1 (rows per pass), got {chunk_size!r}.")
+
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.inference_mode(False))  # Lightning's loops may run under inference_mode
+        stack.enter_context(torch.enable_grad())
+        stack.enter_context(_model_state_kept(model))
+        stack.enter_context(_rng_kept(device))
+        stack.enter_context(_float32_arithmetic(device, fast))
+        x = inputs.detach().to(dtype).clone()  # clone: a normal tensor, even from an inference tensor
+        y = targets.detach().clone()
+
+        x.requires_grad_(True)
+        outputs = model(x)
+        loss = _per_sample(loss_fn(outputs, y), batch)
+        _check_finite(loss.detach(), indices, "loss")
+        (g0,) = torch.autograd.grad(loss.sum(), x)  # sum of per-sample losses: per-sample gradients
+        x = x.detach()
+
+        rows = batch * n_vectors
+        squares = torch.empty(rows, dtype=dtype, device=device)
+        for start in range(0, rows, chunk_size):
+            r = torch.arange(start, min(start + chunk_size, rows), device=device)
+            i, k = r // n_vectors, r % n_vectors
+            v = rademacher(seed, indices[i], k, tuple(x.shape[1:]), dtype=dtype)
+            xp = (x[i] + h * v).requires_grad_(True)
+            lp = _per_sample(loss_fn(model(xp), y[i]), len(r))
+            (gp,) = torch.autograd.grad(lp.sum(), xp)
+            squares[start : start + len(r)] = (gp - g0[i]).flatten(1).pow(2).sum(1)
+        curvature = squares.view(batch, n_vectors).mean(1)
+        _check_finite(curvature, indices, "curvature")
+    return CurvatureResult(curvature.detach(), loss.detach().to(dtype), outputs.detach())
+
+
+def input_curvature(
+    model: nn.Module,
+    inputs: Tensor,
+    targets: Tensor,
+    *,
+    loss_fn: LossFn | None = None,
+    h: float = 1e-3,
+    n_vectors: int = 10,
+    seed: int = 0,
+    indices: Tensor | None = None,
+    chunk_size: int | None = None,
+    fast: bool = False,
+) -> Tensor:
+    """Per-sample curvature of the loss around each input (Garg et al., ICML 2024, DESIGN §1).
+
+    .. math:: \\mathrm{curv}(x) = \\frac{1}{n}\\sum_{k=1}^{n}
+        \\lVert \\nabla_x l(x + h v_k) - \\nabla_x l(x) \\rVert^2,\\quad v_k \\in \\{-1, +1\\}^{\\dim x}
+
+    The model is scored in ``eval()`` mode with float32 (or float64) arithmetic: autocast off and TF32 off
+    unless ``fast=True``. It is left as found: module modes, parameters, ``.grad``, the global RNG state and
+    the TF32 flags.
+
+    Args:
+        model: maps ``inputs`` to outputs (logits for the default loss).
+        inputs: ``[B, ...]`` floating inputs, as the model sees them (after normalization).
+        targets: ``[B]`` targets (the given, possibly noisy, labels).
+        loss_fn: ``loss_fn(outputs, targets) -> [B]`` per-sample losses. Default: cross-entropy,
+            ``reduction="none"``.
+        h: finite-difference step (paper: 1e-3).
+        n_vectors: Rademacher vectors per sample (paper: 10).
+        seed: seed of the vectors.
+        indices: ``[B]`` dataset index of each sample (default ``arange(B)``): ``v_k`` of a sample is a function
+            of ``(seed, index, k)`` alone.
+        chunk_size: rows (sample, vector pairs) per stacked forward+backward; default by device.
+        fast: allow TF32 (about 5 % error per value on Ampere and newer GPUs, rankings kept).
+
+    Returns:
+        ``[B]`` scores on the inputs' device, in the inputs' floating dtype (float32 at least).
+
+    Raises:
+        TypeError: non-floating inputs (token ids: score an embedding instead) or non-tensor arguments.
+        ValueError: ``h <= 0``, ``n_vectors < 1``, a loss that is not per-sample, non-finite losses or scores
+            (the message names the sample indices).
+
+    Example:
+        For the quadratic loss ``0.5 x^T A x`` the gradient is ``A x`` and each vector contributes exactly
+        ``h^2 ||A v||^2``; with ``A = 2 I`` that is ``4 h^2 dim(x)``:
+
+        >>> A = 2 * torch.eye(3, dtype=torch.float64)
+        >>> quad = lambda out, y: 0.5 * ((out @ A) * out).sum(-1)
+        >>> x = torch.randn(2, 3, dtype=torch.float64)
+        >>> s = input_curvature(nn.Identity(), x, torch.zeros(2), loss_fn=quad, h=0.1, n_vectors=4)
+        >>> torch.allclose(s, torch.full((2,), 4 * 0.1**2 * 3, dtype=torch.float64))
+        True
+    """
+    return curvature_details(
+        model, inputs, targets, loss_fn=loss_fn, h=h, n_vectors=n_vectors, seed=seed, indices=indices,
+        chunk_size=chunk_size, fast=fast,
+    ).curvature
