@@ -331,11 +331,17 @@ class CurvatureCallback(Callback):
             path = Path(root) / path
         return path.resolve()
 
+    def _block(self, n: int, world: int) -> int:
+        """Samples per rank: a whole number of batches, so every rank's batches are the single-process ones
+        (float32 BLAS results depend on batch shape; aligned blocks make DDP and one process agree exactly)."""
+        batches = -(-n // self.batch_size)
+        return -(-batches // world) * self.batch_size
+
     def _score_shard(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, Tensor]:
         """Scores of this rank's contiguous block of indices."""
         dataset = self._scored_dataset
-        n, world, rank = len(dataset), trainer.world_size, trainer.global_rank
-        per_rank = -(-n // world)
+        n, rank = len(dataset), trainer.global_rank
+        per_rank = self._block(n, trainer.world_size)
         start, stop = min(rank * per_rank, n), min((rank + 1) * per_rank, n)
         device = pl_module.device
         loader = DataLoader(
@@ -371,7 +377,7 @@ class CurvatureCallback(Callback):
         if trainer.world_size == 1:
             return values
         n = len(self._scored_dataset)
-        per_rank = -(-n // trainer.world_size)
+        per_rank = self._block(n, trainer.world_size)
         names = list(values)
         block = torch.zeros(len(names), per_rank, dtype=torch.float64, device=next(iter(values.values())).device)
         for i, k in enumerate(names):

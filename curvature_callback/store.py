@@ -469,7 +469,8 @@ class CurvatureStore:
             new = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(capacity, self.n))
             block = max(1, (64 << 20) // max(1, 4 * self.n))  # about 64 MB at a time
             for start in range(0, old.shape[0], block):
-                new[start : start + block] = old[start : start + block]
+                stop = min(start + block, old.shape[0])
+                new[start:stop] = old[start:stop]
             new.flush()
             del new, old
             self._arrays.pop(self._file(name, "history"), None)

@@ -1,0 +1,79 @@
+"""BoringModel-sized modules and data for the callback tests (picklable for ddp_spawn)."""
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+
+class Blobs(Dataset):
+    def __init__(self, n=48, d=6, classes=3, seed=0, transform=None):
+        g = torch.Generator().manual_seed(seed)
+        self.targets = torch.randint(0, classes, (n,), generator=g)
+        self.x = torch.randn(classes, d, generator=g)[self.targets] * 2 + torch.randn(n, d, generator=g)
+        self.transform = transform
+
+    def __len__(self):
+        return len(self.targets)
+
+    def __getitem__(self, i):
+        return self.x[i], self.targets[i]
+
+
+class DictBlobs(Blobs):
+    def __getitem__(self, i):
+        return {"input": self.x[i], "target": self.targets[i], "index": i}
+
+
+class Classifier(L.LightningModule):
+    def __init__(self, d=6, classes=3, lr=0.1, batchnorm=True, dropout=0.1):
+        super().__init__()
+        norm = nn.BatchNorm1d(16) if batchnorm else nn.Identity()
+        self.net = nn.Sequential(nn.Linear(d, 16), nn.Tanh(), norm, nn.Dropout(dropout), nn.Linear(16, classes))
+        self.lr = lr
+        self.modes_seen = []
+
+    def forward(self, x):
+        return self.net(x)
+
+    def training_step(self, batch, _):
+        self.modes_seen.append(self.training)
+        x, y = (batch["input"], batch["target"]) if isinstance(batch, dict) else (batch[0], batch[1])
+        loss = F.cross_entropy(self(x), y)
+        self.log("train_loss", loss)
+        return loss
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=self.lr)
+
+
+class Frozen(Classifier):
+    """lr 0, no BatchNorm or Dropout: the same function in every process and every epoch."""
+
+    def __init__(self):
+        super().__init__(lr=0.0, batchnorm=False)
+        self.net[3] = nn.Identity()
+
+
+class BlobsDM(L.LightningDataModule):
+    def __init__(self, n=48, shuffle=False, with_curvature_dataset=False, transform=None):
+        super().__init__()
+        self.train = Blobs(n, transform=transform)
+        self.shuffle = shuffle
+        self.with_curvature_dataset = with_curvature_dataset
+
+    def train_dataloader(self):
+        return DataLoader(self.train, batch_size=16, shuffle=self.shuffle)
+
+    def __getattr__(self, name):
+        if name == "curvature_dataset" and self.__dict__.get("with_curvature_dataset"):
+            return lambda: Blobs(20, seed=1)
+        return super().__getattr__(name)
+
+
+def trainer(tmp_path, callbacks, max_epochs=2, **kw):
+    kw.setdefault("logger", False)
+    kw.setdefault("enable_checkpointing", False)
+    return L.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=kw.pop("devices", 1), enable_progress_bar=False,
+                     enable_model_summary=False, default_root_dir=tmp_path, callbacks=callbacks, **kw)

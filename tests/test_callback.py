@@ -1,0 +1,248 @@
+"""CurvatureCallback inside a real Trainer (DESIGN §2, §4, §5)."""
+
+import csv
+import pickle
+
+import numpy as np
+import pytest
+import torch
+from boring import Blobs, BlobsDM, Classifier, DictBlobs, Frozen, trainer
+from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
+from torch.utils.data import DataLoader
+
+from curvature_callback import CurvatureCallback, CurvatureStore, input_curvature
+from curvature_callback.store import StoreMismatchError
+
+
+def no_dropout():
+    return Classifier(dropout=0.0)  # dropout's RNG is not in a checkpoint: resumed runs would differ
+
+
+def fit(tmp_path, cb, model=Classifier, dm=None, max_epochs=2, ckpt_path=None, **kw):
+    torch.manual_seed(0)
+    t = trainer(tmp_path, [cb, *kw.pop("callbacks", [])], max_epochs=max_epochs, **kw)
+    t.fit(model() if callable(model) and not isinstance(model, torch.nn.Module) else model, dm or BlobsDM(),
+          ckpt_path=ckpt_path)
+    return t
+
+
+def test_scores_on_schedule_and_counts_every_sample(tmp_path):
+    cb = CurvatureCallback(Blobs(), n_vectors=2, every_n_epochs=2, start_epoch=1, directory=tmp_path / "s")
+    fit(tmp_path, cb, max_epochs=6)
+    s = cb.store
+    assert s.epochs == [1, 3, 5] and s.count.tolist() == [3] * 48
+    assert np.isfinite(s.mean).all() and (np.asarray(s.mean) > 0).all()
+
+
+def test_scores_equal_the_estimator_on_the_final_model(tmp_path):
+    cb = CurvatureCallback(Blobs(), n_vectors=3, batch_size=7, seed=4, directory=tmp_path / "s")
+    model = Frozen()
+    fit(tmp_path, cb, model=model)
+    ds = Blobs()
+    want = input_curvature(model, ds.x, ds.targets, n_vectors=3, seed=4, indices=torch.arange(48)).double()
+    np.testing.assert_allclose(cb.store.mean, want.numpy(), rtol=1e-3)
+    with torch.no_grad():
+        logits = model(ds.x).double()
+    loss = torch.nn.functional.cross_entropy(logits, ds.targets, reduction="none")
+    np.testing.assert_allclose(cb.store.channel_mean("loss"), loss.numpy(), rtol=1e-5)
+    top2 = logits.topk(2, 1).values
+    given = logits.gather(1, ds.targets[:, None]).squeeze(1)
+    margin = torch.where(given == top2[:, 0], given - top2[:, 1], given - top2[:, 0])
+    np.testing.assert_allclose(cb.store.channel_mean("margin"), margin.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cb.store.channel_mean("correct"), (margin > 0).double().numpy())
+    np.testing.assert_allclose(cb.store.channel_mean("confidence"), logits.softmax(1).gather(1, ds.targets[:, None])
+                               .squeeze(1).numpy(), rtol=1e-5)
+
+
+def test_model_trains_in_train_mode_between_passes(tmp_path):
+    model = Classifier()
+    fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=1, directory=tmp_path / "s"), model=model, max_epochs=3)
+    assert len(model.modes_seen) == 9 and all(model.modes_seen)
+
+
+def test_dataset_from_datamodule_then_training_set(tmp_path):
+    cb = CurvatureCallback(n_vectors=1, directory=tmp_path / "a")
+    fit(tmp_path, cb, dm=BlobsDM(with_curvature_dataset=True))
+    assert cb.store.n == 20
+    cb = CurvatureCallback(n_vectors=1, directory=tmp_path / "b")
+    fit(tmp_path, cb, dm=BlobsDM(n=40, shuffle=True))
+    assert cb.store.n == 40 and cb.store.count.tolist() == [2] * 40
+
+
+def test_augmented_training_set_warns(tmp_path):
+    class RandomCrop:  # stands in for torchvision's
+        pass
+
+    cb = CurvatureCallback(n_vectors=1, directory=tmp_path / "a")
+    with pytest.warns(UserWarning, match=r"looks random \(Random.*curvature_dataset"):
+        fit(tmp_path, cb, dm=BlobsDM(transform=RandomCrop()), max_epochs=1)
+
+
+def test_dict_batches_and_batch_to_inputs(tmp_path):
+    ds = DictBlobs()
+    cb = CurvatureCallback(ds, n_vectors=1, directory=tmp_path / "a")
+    dm = BlobsDM()
+    dm.train_dataloader = lambda: DataLoader(ds, batch_size=16)
+    fit(tmp_path, cb, dm=dm, max_epochs=1)
+    assert cb.store.count.tolist() == [1] * 48
+
+    cb = CurvatureCallback([(i, x) for i, x in enumerate(Blobs().x)], n_vectors=1, directory=tmp_path / "b")
+    with pytest.raises(TypeError, match="floating.*embedding"):  # (index, x): the default takes the index as input
+        fit(tmp_path, cb, max_epochs=1)
+    cb = CurvatureCallback([{"pixels": x} for x in Blobs().x], n_vectors=1, directory=tmp_path / "c")
+    with pytest.raises(TypeError, match="Cannot take .inputs, targets. from a batch of type dict.*batch_to_inputs"):
+        fit(tmp_path, cb, max_epochs=1)
+
+
+def swap(batch):
+    return batch[1], batch[0]
+
+
+def test_custom_batch_to_inputs_and_loss(tmp_path):
+    ds = [(y, x) for x, y in Blobs()]
+    cb = CurvatureCallback(ds, n_vectors=1, batch_to_inputs=swap, loss_fn=per_sample_nll, directory=tmp_path / "a")
+    fit(tmp_path, cb, max_epochs=1)
+    assert cb.channels == ("loss",) and cb.store.channels == ["curvature", "loss"]
+    assert cb.store.meta["loss"] == "test_callback.per_sample_nll"
+
+
+def per_sample_nll(out, y):
+    return torch.nn.functional.nll_loss(out.log_softmax(1), y, reduction="none")
+
+
+def test_resume_continues_the_same_mean(tmp_path):
+    straight = CurvatureCallback(Blobs(), n_vectors=2, directory=tmp_path / "straight")
+    fit(tmp_path, straight, max_epochs=4, model=no_dropout)  # dropout's RNG is not checkpointed
+    first = CurvatureCallback(Blobs(), n_vectors=2, directory="curv")  # relative: under the first log dir
+    ck = ModelCheckpoint(dirpath=tmp_path / "ck", save_last=True)
+    fit(tmp_path, first, max_epochs=2, callbacks=[ck], model=no_dropout, enable_checkpointing=True,
+        logger=CSVLogger(tmp_path / "logs", name="run"))
+    saved = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=False)["callbacks"][first.state_key]
+    path = tmp_path / "logs" / "run" / "version_0" / "curv"
+    assert saved == {"directory": str(path), "epochs_done": [0, 1], "h": 1e-3, "n_vectors": 2, "seed": 0,
+                     "loss": "cross_entropy", "fast": False}
+    second = CurvatureCallback(Blobs(), n_vectors=2, directory="curv")
+    fit(tmp_path, second, max_epochs=4, model=no_dropout, ckpt_path=tmp_path / "ck" / "last.ckpt", callbacks=[ModelCheckpoint()],
+        enable_checkpointing=True, logger=CSVLogger(tmp_path / "logs", name="run"))  # a new version_1 log dir
+    resumed = CurvatureStore.open(path)
+    assert resumed.epochs == [0, 1, 2, 3] and resumed.count.tolist() == [4] * 48
+    np.testing.assert_allclose(resumed.mean, straight.store.mean, rtol=1e-6)
+    assert not (tmp_path / "logs" / "run" / "version_1" / "curv").exists()
+
+
+def test_other_settings_refused_by_name(tmp_path):
+    fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=1, directory=tmp_path / "s"), max_epochs=1)
+    with pytest.raises(StoreMismatchError, match=r"made with h=0.001, this run asks h=0.01"):
+        fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=1, h=1e-2, directory=tmp_path / "s"), max_epochs=1)
+    with pytest.raises(StoreMismatchError, match=r"n=48, this run asks n=20"):
+        fit(tmp_path, CurvatureCallback(Blobs(20), n_vectors=1, directory=tmp_path / "s"), max_epochs=1)
+    fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=1, directory=tmp_path / "s"), max_epochs=2)  # lock released
+    assert CurvatureStore.open(tmp_path / "s").epochs == [0, 1]
+
+
+def test_an_epoch_already_in_the_store_is_not_added_again(tmp_path):
+    cb = CurvatureCallback(Blobs(), n_vectors=1, directory=tmp_path / "s")
+    fit(tmp_path, cb, max_epochs=2)
+    before = np.array(cb.store.mean)
+    fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=1, directory=tmp_path / "s"), max_epochs=3)  # epochs 0-2 again
+    s = CurvatureStore.open(tmp_path / "s")
+    assert s.epochs == [0, 1, 2] and s.count.tolist() == [3] * 48
+    assert not np.allclose(s.mean, before)
+
+
+class Recorder(Logger):
+    name, version = "recorder", 0
+
+    def __init__(self):
+        super().__init__()
+        self.calls = []
+
+    def log_metrics(self, metrics, step=None):
+        self.calls.append((dict(metrics), step))
+
+    def log_hyperparams(self, *args, **kwargs):
+        pass
+
+
+def test_statistics_logged_at_the_global_step(tmp_path):
+    rec = Recorder()
+    cb = CurvatureCallback(Blobs(), n_vectors=1, directory=tmp_path / "s", keep_history=True)
+    fit(tmp_path, cb, max_epochs=2, logger=rec)
+    logged = [(m, s) for m, s in rec.calls if "curvature/p99" in m]
+    assert [s for _, s in logged] == [3, 6]  # 48 samples / 16 per batch = 3 steps per epoch
+    for (m, _), row in zip(logged, cb.store.history):
+        assert m["curvature/mean"] == pytest.approx(float(np.mean(row)), rel=1e-5)
+        assert m["curvature/median"] == pytest.approx(float(np.median(row)), rel=1e-5)
+        assert m["curvature/p90"] <= m["curvature/p99"] <= float(np.max(row)) * (1 + 1e-6)
+
+
+def test_csv_logger_gets_the_statistics(tmp_path):
+    fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=1), max_epochs=2, logger=CSVLogger(tmp_path, name="csv"))
+    rows = list(csv.DictReader(open(tmp_path / "csv" / "version_0" / "metrics.csv")))
+    assert sum(1 for r in rows if r.get("curvature/p90")) == 2
+    assert (tmp_path / "csv" / "version_0" / "curvature" / "meta.json").exists()  # relative: under the log dir
+
+
+def test_tensorboard_histogram(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    logger = TensorBoardLogger(tmp_path, name="tb")
+    cb = CurvatureCallback(Blobs(), n_vectors=1, keep_history=True)
+    fit(tmp_path, cb, max_epochs=2, logger=logger)
+    acc = EventAccumulator(logger.log_dir, size_guidance={"histograms": 0}).Reload()
+    hists = acc.Histograms("curvature/log10_histogram")
+    assert [h.step for h in hists] == [3, 6]
+    store = CurvatureStore.open(tmp_path / "tb" / "version_0" / "curvature")
+    for h, scores in zip(hists, store.history):
+        assert h.histogram_value.num == 48
+        assert h.histogram_value.sum == pytest.approx(float(np.log10(scores).sum()), rel=1e-4)
+    assert "curvature/p99" in acc.Tags()["scalars"]
+
+
+def test_wandb_offline_run_holds_the_histogram(tmp_path, monkeypatch):
+    from wandb_reader import history
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = WandbLogger(project="curvature-test", save_dir=str(tmp_path), offline=True)
+    cb = CurvatureCallback(Blobs(), n_vectors=1, directory=tmp_path / "s", keep_history=True)
+    fit(tmp_path, cb, max_epochs=2, logger=logger)
+    logger.experiment.finish()
+    rows = [r for r in history(tmp_path) if "curvature/log10_histogram/_type" in r or "curvature/log10_histogram" in r]
+    assert len(rows) == 2
+    for row, scores in zip(rows, cb.store.history):
+        assert row["curvature/log10_histogram/_type"] == "histogram"
+        counts, bins = row["curvature/log10_histogram/values"], row["curvature/log10_histogram/bins"]
+        assert sum(counts) == 48 and len(bins) == len(counts) + 1 <= 513
+        assert bins[0] == pytest.approx(float(np.log10(scores).min()), rel=1e-4)
+    stats = [r for r in history(tmp_path) if "curvature/p99" in r]
+    assert [r["trainer/global_step"] for r in stats] == [3, 6]
+
+
+def test_callback_pickles_and_validates_arguments():
+    cb = pickle.loads(pickle.dumps(CurvatureCallback(Blobs(), n_vectors=3)))
+    assert cb.n_vectors == 3 and cb.state_key.startswith("CurvatureCallback{")
+    assert CurvatureCallback(h=1e-2).state_key != CurvatureCallback().state_key
+    for kwargs, match in [({"h": 0}, "`h`"), ({"n_vectors": 0}, "`n_vectors` to be an integer >= 1"),
+                          ({"every_n_epochs": 0}, "`every_n_epochs`"), ({"start_epoch": -1}, "`start_epoch`"),
+                          ({"batch_size": 1.5}, "`batch_size`")]:
+        with pytest.raises(ValueError, match=match):
+            CurvatureCallback(**kwargs)
+
+
+def test_store_before_fit_says_what_to_do():
+    with pytest.raises(RuntimeError, match="not known yet.*absolute `directory`"):
+        CurvatureCallback().store
+
+
+@pytest.mark.slow
+def test_ddp_spawn_two_processes_equal_one(tmp_path):
+    one = CurvatureCallback(Blobs(50), n_vectors=2, batch_size=8, directory=tmp_path / "one")
+    fit(tmp_path, one, model=Frozen, dm=BlobsDM(50))
+    two = CurvatureCallback(Blobs(50), n_vectors=2, batch_size=8, directory=tmp_path / "two")
+    fit(tmp_path, two, model=Frozen, dm=BlobsDM(50), devices=2, strategy="ddp_spawn")
+    a, b = CurvatureStore.open(tmp_path / "one"), CurvatureStore.open(tmp_path / "two")
+    assert b.count.tolist() == [2] * 50 and b.epochs == [0, 1]
+    np.testing.assert_allclose(b.mean, a.mean, rtol=1e-5)  # aligned blocks: the same batches
+    np.testing.assert_allclose(b.channel_mean("margin"), a.channel_mean("margin"), rtol=1e-5, atol=1e-6)

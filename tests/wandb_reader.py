@@ -1,0 +1,53 @@
+"""Read back what an offline W&B run wrote: its ``run-*.wandb`` file (LevelDB-style log of protobuf records).
+
+The newer wandb releases write this file from their Go core and no longer ship a Python reader.
+"""
+
+import glob
+import json
+import os
+import struct
+
+from wandb.proto import wandb_internal_pb2 as pb
+
+_BLOCK, _HEADER = 32768, 7  # LevelDB log blocks; each record: crc32, length (uint16), type (uint8)
+
+
+def records(path):
+    data = open(path, "rb").read()
+    if data[:4] != b":W&B":
+        raise ValueError(f"{path} is not a W&B run file")
+    pos, pending, raw = _HEADER, b"", []
+    while pos + _HEADER <= len(data):
+        left = _BLOCK - pos % _BLOCK
+        if left < _HEADER:  # the block's tail is padding
+            pos += left
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos : pos + _HEADER])
+        if length == 0 and kind == 0:
+            pos += left
+            continue
+        chunk = data[pos + _HEADER : pos + _HEADER + length]
+        pos += _HEADER + length
+        if kind == 1:  # full
+            raw.append(chunk)
+        elif kind == 2:  # first
+            pending = chunk
+        elif kind == 3:  # middle
+            pending += chunk
+        elif kind == 4:  # last
+            raw.append(pending + chunk)
+    for r in raw:
+        record = pb.Record()
+        record.ParseFromString(r)
+        yield record
+
+
+def history(save_dir):
+    """Every logged row of the single offline run under ``save_dir``, values decoded from JSON."""
+    (path,) = glob.glob(os.path.join(save_dir, "wandb", "offline-run-*", "run-*.wandb"))
+    rows = []
+    for r in records(path):
+        if r.WhichOneof("record_type") == "history":
+            rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item})
+    return rows
