@@ -1,0 +1,176 @@
+"""Datasets of the experiments and the label noise injected into them.
+
+:func:`inject_label_noise` and :func:`standardize` are plain numpy/torch functions that any labelled
+dataset can use; :class:`DigitsDataModule` is the embedded default: scikit-learn's 8x8 digits (1797 images,
+shipped with scikit-learn, no download) with a seeded fraction of flipped labels.
+
+The dataset that the curvature callback scores is the training set in its standard order, without
+augmentation, with the *given* (noisy) labels: the labels the network is asked to fit.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import lightning.pytorch as pl
+import numpy as np
+import torch
+from torch import Tensor
+from torch.utils.data import DataLoader, TensorDataset
+
+__all__ = ["DigitsDataModule", "inject_label_noise", "standardize"]
+
+NoiseKind = Literal["symmetric", "pair"]
+
+
+def inject_label_noise(
+    labels: np.ndarray, num_classes: int, fraction: float, kind: NoiseKind = "symmetric", seed: int = 0
+) -> tuple[np.ndarray, np.ndarray]:
+    """Flip exactly ``round(fraction * N)`` labels, chosen uniformly at random with ``seed``.
+
+    - ``"symmetric"``: a flipped label becomes one of the other ``C - 1`` classes, uniformly.
+    - ``"pair"``: a flipped label ``c`` becomes ``(c + 1) % C`` (structured noise between neighbour classes).
+
+    A flipped sample never keeps its label, so the returned mask is exactly the set of mislabeled samples.
+
+    Args:
+        labels: ``[N]`` integer labels in ``[0, num_classes)``.
+        num_classes: number of classes ``C >= 2``.
+        fraction: fraction of samples to flip, in ``[0, 1]``.
+        kind: ``"symmetric"`` or ``"pair"``.
+        seed: seed of the choice of samples and of their new labels.
+
+    Returns:
+        ``(noisy, flipped)``: ``int64 [N]`` given labels and a ``bool [N]`` mask of the flipped samples.
+
+    Example:
+        >>> noisy, flipped = inject_label_noise(np.array([0, 1, 2, 3]), 4, 0.5, kind="pair", seed=0)
+        >>> int(flipped.sum()), bool((noisy[flipped] == (np.array([0, 1, 2, 3])[flipped] + 1) % 4).all())
+        (2, True)
+    """
+    labels = np.asarray(labels)
+    if labels.ndim != 1 or not np.issubdtype(labels.dtype, np.integer):
+        raise ValueError(
+            f"Expected `labels` as a 1-d integer array, got {labels.dtype} of shape {labels.shape}."
+        )
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 2:
+        raise ValueError(f"Expected argument `num_classes` to be an integer >= 2, got {num_classes!r}.")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(
+            f"Expected labels in [0, {num_classes}), got values in [{labels.min()}, {labels.max()}]: "
+            "pass the dataset's number of classes as `num_classes`."
+        )
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(
+            f"Expected argument `fraction` in [0, 1] (0.1 flips 10 % of the labels), got {fraction!r}."
+        )
+    if kind not in ("symmetric", "pair"):
+        raise ValueError(f"Expected argument `kind` to be 'symmetric' or 'pair', got {kind!r}.")
+    rng = np.random.default_rng(seed)
+    n = len(labels)
+    chosen = rng.choice(n, size=round(fraction * n), replace=False)
+    noisy = labels.astype(np.int64)  # a copy
+    if kind == "symmetric":
+        # an offset in 1..C-1 picks one of the other classes uniformly
+        noisy[chosen] = (noisy[chosen] + rng.integers(1, num_classes, size=len(chosen))) % num_classes
+    else:
+        noisy[chosen] = (noisy[chosen] + 1) % num_classes
+    flipped = np.zeros(n, dtype=bool)
+    flipped[chosen] = True
+    return noisy, flipped
+
+
+def standardize(x: Tensor, mean: Tensor | float | None = None, std: Tensor | float | None = None) -> Tensor:
+    """``(x - mean) / std``; mean and std default to the scalars of ``x`` itself (the training set's)."""
+    mean = x.mean() if mean is None else mean
+    std = x.std() if std is None else std
+    return (x - mean) / std
+
+
+class DigitsDataModule(pl.LightningDataModule):
+    """scikit-learn's 8x8 handwritten digits with injected label noise: the embedded default experiment.
+
+    Inputs are ``x / 16`` (pixel values are 0..16), standardized with the training set's mean and standard
+    deviation, as float32 ``[N, 1, 8, 8]``. With ``val_fraction > 0`` a seeded random split is
+    held out with its original labels; label noise goes into the training part only.
+
+    After :meth:`setup`, the training samples (the scored ones, in order) are described by:
+
+    - ``given_labels``: ``int64 [N]`` the labels the network trains on (noisy),
+    - ``original_labels``: ``int64 [N]`` the dataset's labels,
+    - ``flipped``: ``bool [N]`` where the two differ,
+    - ``source_indices``: ``int64 [N]`` positions in ``sklearn.datasets.load_digits()``.
+
+    Args:
+        noise: fraction of training labels flipped.
+        noise_kind: ``"symmetric"`` (to any other class) or ``"pair"`` (``c -> c + 1``).
+        seed: seed of the noise and of the validation split.
+        batch_size: training batch size.
+        val_fraction: fraction held out for validation (0: train on everything, no validation loop).
+        num_workers: loader workers (the data is in memory: 0 is fastest).
+    """
+
+    num_classes = 10
+
+    def __init__(
+        self,
+        noise: float = 0.1,
+        noise_kind: NoiseKind = "symmetric",
+        seed: int = 0,
+        batch_size: int = 64,
+        val_fraction: float = 0.0,
+        num_workers: int = 0,
+    ) -> None:
+        super().__init__()
+        if not 0.0 <= val_fraction < 1.0:
+            raise ValueError(f"Expected argument `val_fraction` in [0, 1), got {val_fraction!r}.")
+        self.save_hyperparameters()  # logged with the run (hparams.yaml of the CSV logger)
+        self.noise = noise
+        self.noise_kind = noise_kind
+        self.seed = seed
+        self.batch_size = batch_size
+        self.val_fraction = val_fraction
+        self.num_workers = num_workers
+        self.given_labels: np.ndarray | None = None
+        self.original_labels: np.ndarray | None = None
+        self.flipped: np.ndarray | None = None
+        self.source_indices: np.ndarray | None = None
+        self._train: TensorDataset | None = None
+        self._val: TensorDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self._train is not None:
+            return
+        from sklearn.datasets import load_digits  # scikit-learn only where it is used
+
+        digits = load_digits()
+        x = torch.as_tensor(digits.images, dtype=torch.float32).unsqueeze(1) / 16.0  # [1797, 1, 8, 8]
+        y = np.asarray(digits.target, dtype=np.int64)
+        order = np.random.default_rng((self.seed, 1)).permutation(len(y))  # a stream apart from the noise's
+        n_val = round(self.val_fraction * len(y))
+        train_idx, val_idx = np.sort(order[n_val:]), np.sort(order[:n_val])
+        noisy, flipped = inject_label_noise(
+            y[train_idx], self.num_classes, self.noise, kind=self.noise_kind, seed=self.seed
+        )
+        mean, std = x[train_idx].mean(), x[train_idx].std()
+        x = standardize(x, mean, std)
+        self.source_indices = train_idx
+        self.original_labels, self.given_labels, self.flipped = y[train_idx], noisy, flipped
+        self._train = TensorDataset(x[train_idx], torch.as_tensor(noisy))
+        self._val = TensorDataset(x[val_idx], torch.as_tensor(y[val_idx])) if n_val else None
+
+    def curvature_dataset(self) -> TensorDataset:
+        """The training set in standard order, unaugmented, with the given (noisy) labels: what is scored."""
+        self.setup()
+        return self._train
+
+    def train_dataloader(self) -> DataLoader:
+        self.setup()
+        return DataLoader(self._train, batch_size=self.batch_size, shuffle=True, num_workers=self.num_workers,
+                          persistent_workers=self.num_workers > 0)
+
+    def val_dataloader(self) -> DataLoader | list:
+        self.setup()
+        if self._val is None:
+            return []  # no validation loop
+        return DataLoader(self._val, batch_size=512, shuffle=False, num_workers=self.num_workers)

@@ -1,0 +1,88 @@
+"""ClassifierModule: the LightningModule the experiments train (cross-entropy on the given labels)."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+from typing_extensions import override
+
+__all__ = ["ClassifierModule"]
+
+
+class ClassifierModule(pl.LightningModule):
+    """A classifier trained with cross-entropy; ``forward(x)`` returns the logits of ``net``.
+
+    Logs ``train/loss`` and ``train/acc`` (accuracy on the given, possibly noisy, labels) per epoch, and
+    ``val/loss``, ``val/acc`` when the datamodule has a validation set.
+
+    Args:
+        net: the network, inputs to logits.
+        optimizer: ``"sgd"`` (with ``momentum``) or ``"adam"`` (AdamW: decoupled decay; Adam when it is 0).
+        lr: learning rate.
+        momentum: SGD momentum (ignored by Adam).
+        weight_decay: L2 penalty (SGD) or decoupled decay (AdamW).
+        scheduler: ``"cosine"`` anneals the learning rate to 0 over ``trainer.max_epochs``, stepping per
+            epoch; ``None`` keeps it constant.
+    """
+
+    def __init__(
+        self,
+        net: nn.Module,
+        optimizer: Literal["sgd", "adam"] = "sgd",
+        lr: float = 0.1,
+        momentum: float = 0.9,
+        weight_decay: float = 0.0,
+        scheduler: Literal["cosine"] | None = None,
+    ) -> None:
+        super().__init__()
+        if optimizer not in ("sgd", "adam"):
+            raise ValueError(f"Expected argument `optimizer` to be 'sgd' or 'adam', got {optimizer!r}.")
+        if scheduler not in ("cosine", None):
+            raise ValueError(f"Expected argument `scheduler` to be 'cosine' or None, got {scheduler!r}.")
+        self.save_hyperparameters(ignore=["net"])
+        self.net = net
+
+    @override
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)
+
+    def _step(self, batch: Any, stage: str) -> Tensor:
+        x, y = batch[0], batch[1]
+        logits = self(x)
+        loss = F.cross_entropy(logits, y)
+        acc = (logits.argmax(1) == y).float().mean()
+        self.log_dict({f"{stage}/loss": loss, f"{stage}/acc": acc}, on_step=False, on_epoch=True,
+                      prog_bar=True, batch_size=len(x))
+        return loss
+
+    @override
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._step(batch, "train")
+
+    @override
+    def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
+        return self._step(batch, "val")
+
+    @override
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        if hp.optimizer == "sgd":
+            opt = torch.optim.SGD(
+                self.parameters(), lr=hp.lr, momentum=hp.momentum, weight_decay=hp.weight_decay
+            )
+        else:
+            opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
+        if hp.scheduler is None:
+            return opt
+        epochs = self.trainer.max_epochs
+        if epochs is None or epochs < 1:
+            raise ValueError(
+                f"The cosine schedule anneals over trainer.max_epochs, got max_epochs={epochs}: set "
+                "max_epochs, or scheduler=null."
+            )
+        sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=epochs)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
