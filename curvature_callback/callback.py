@@ -265,7 +265,8 @@ class CurvatureCallback(Callback):
         self._epochs_done = list(epochs)
         missing = sorted(set((self._restored or {}).get("epochs_done", [])) - set(epochs))
         if missing:
-            rank_zero_warn(f"The checkpoint says epochs {missing} were scored, but the store at {self._path} lacks them.")
+            rank_zero_warn(f"The checkpoint says epochs {missing} were scored, but the store at {self._path} lacks "
+                           "them: their scores are not in the mean.")
         self._scored_dataset = dataset
 
     @override

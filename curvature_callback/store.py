@@ -71,6 +71,15 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
         os.fsync(f.fileno())
 
 
+def _npy_layout(path: Path) -> tuple[tuple[int, ...], int]:
+    """Shape of a ``.npy`` file and the byte offset where its data starts."""
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, _, _ = read(f)
+        return shape, f.tell()
+
+
 def _same(a: Any, b: Any) -> bool:
     if isinstance(a, float) or isinstance(b, float):
         try:
@@ -163,7 +172,7 @@ class CurvatureStore:
             raise FileExistsError(f"A store exists at {directory} already: open it, or use open_or_create.")
         for c in channels:
             if c == PRIMARY or not c.isidentifier():
-                raise ValueError(f"Expected extra channel names that are identifiers other than {PRIMARY!r}, got {c!r}.")
+                raise ValueError(f"Expected extra channel names that are identifiers, not {PRIMARY!r}; got {c!r}.")
         directory.mkdir(parents=True, exist_ok=True)
         fd = cls._lock(directory)
         try:
@@ -277,10 +286,7 @@ class CurvatureStore:
         return fd
 
     def close(self) -> None:
-        """Flush, drop the memory maps and release the writer's lock. Safe to call twice."""
-        for a in self._arrays.values():
-            if self.mode == "r+":
-                a.flush()
+        """Drop the memory maps and release the writer's lock. Safe to call twice."""
         self._arrays.clear()
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
@@ -304,13 +310,19 @@ class CurvatureStore:
         return f"{kind}.npy" if channel == PRIMARY else f"{channel}_{kind}.npy"
 
     def _array(self, channel: str, kind: str) -> np.memmap:
+        """A memory map of one file. Readers keep theirs; the writer maps afresh each time and lets go, so the
+        pages a commit touches leave its resident memory with the map (bounded memory over 200 epochs of
+        ImageNet-size history)."""
         name = self._file(channel, kind)
-        if name not in self._arrays:
-            path = self.directory / name
-            if not path.exists():
-                raise KeyError(f"Store {self.directory} has no {kind} for {channel!r} ({name} is missing).")
-            self._arrays[name] = np.load(path, mmap_mode=self.mode, allow_pickle=False)
-        return self._arrays[name]
+        if name in self._arrays:
+            return self._arrays[name]
+        path = self.directory / name
+        if not path.exists():
+            raise KeyError(f"Store {self.directory} has no {kind} for {channel!r} ({name} is missing).")
+        array = np.load(path, mmap_mode=self.mode, allow_pickle=False)
+        if self.mode == "r":
+            self._arrays[name] = array
+        return array
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -389,7 +401,7 @@ class CurvatureStore:
         idx = np.arange(self.n) if indices is None else np.asarray(indices)
         if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
             raise ValueError(f"Expected `indices` as a 1-d integer array, got {idx.dtype} of shape {idx.shape}.")
-        if len(idx) and (idx.min() < 0 or idx.max() >= self.n or len(np.unique(idx)) != len(idx)):
+        if len(idx) and (idx.min() < 0 or idx.max() >= self.n or np.count_nonzero(np.bincount(idx)) != len(idx)):
             raise ValueError(f"Expected distinct `indices` in [0, {self.n}), got out-of-range or repeated ones.")
         vals = {}
         for name, v in values.items():
@@ -404,13 +416,13 @@ class CurvatureStore:
         if journal.exists():
             shutil.rmtree(journal)
         journal.mkdir()
-        count = self.count
-        new_count = count[idx] + 1
+        new_count = self.count[idx] + 1
         _save_npy(journal / "indices.npy", idx.astype(np.int64))
         _save_npy(journal / "count.npy", new_count)
         for name, v in vals.items():
             _save_npy(journal / f"{name}_values.npy", v)
             _save_npy(journal / f"{name}_sum.npy", self._array(name, "sum")[idx] + v)
+        del new_count, vals
         row = len(self._meta["epochs"])
         _fsync_dir(journal)
         _atomic_write_json(journal / "journal.json", {"epoch": epoch, "row": row})  # the commit point
@@ -439,39 +451,43 @@ class CurvatureStore:
         row = int(record["row"])
         if self._meta.get("keep_history"):
             self._ensure_history_rows(row + 1)
-        self.count[idx] = new_count
+        self._write(self.count, idx, new_count)
         for name in self.channels:
             new_sum = np.load(journal / f"{name}_sum.npy", allow_pickle=False)
-            self._array(name, "sum")[idx] = new_sum
-            self._array(name, "mean")[idx] = new_sum / new_count
+            self._write(self._array(name, "sum"), idx, new_sum)
+            self._write(self._array(name, "mean"), idx, new_sum / new_count)
             if self._meta.get("keep_history"):
-                hist = self._array(name, "history")
                 line = np.full(self.n, np.nan, dtype=np.float32)
                 line[idx] = np.load(journal / f"{name}_values.npy", allow_pickle=False)
-                hist[row] = line
-        for a in self._arrays.values():
-            a.flush()
+                self._write(self._array(name, "history"), row, line)
         meta = dict(self._meta)
         meta["epochs"] = [*self._meta["epochs"], int(record["epoch"])]
         _atomic_write_json(self.directory / "meta.json", meta)
         self._meta = meta
         shutil.rmtree(journal)
 
+    @staticmethod
+    def _write(array: np.memmap, where: Any, values: Any) -> None:
+        array[where] = values
+        array.flush()
+
     def _ensure_history_rows(self, rows: int) -> None:
-        """Grow each history file (doubling, copied in row blocks, swapped in atomically) to hold ``rows``."""
+        """Grow each history file to hold ``rows`` (doubling): a new header, the old rows copied as bytes
+        (no memory map, so resident memory stays flat), swapped in atomically."""
         for name in self.channels:
             path = self.directory / self._file(name, "history")
-            old = np.load(path, mmap_mode="r", allow_pickle=False)
-            if old.shape[0] >= rows:
+            old_shape, old_start = _npy_layout(path)
+            if old_shape[0] >= rows:
                 continue
-            capacity = max(rows, 2 * old.shape[0])
+            capacity = max(rows, 2 * old_shape[0])
             tmp = path.with_name(path.name + ".grow")
-            new = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(capacity, self.n))
-            block = max(1, (64 << 20) // max(1, 4 * self.n))  # about 64 MB at a time
-            for start in range(0, old.shape[0], block):
-                stop = min(start + block, old.shape[0])
-                new[start:stop] = old[start:stop]
-            new.flush()
-            del new, old
+            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(capacity, self.n)).flush()
+            _, new_start = _npy_layout(tmp)
+            with open(path, "rb") as src, open(tmp, "r+b") as dst:
+                src.seek(old_start)
+                dst.seek(new_start)
+                shutil.copyfileobj(src, dst, 16 << 20)
+                dst.flush()
+                os.fsync(dst.fileno())
             self._arrays.pop(self._file(name, "history"), None)
             os.replace(tmp, path)

@@ -123,7 +123,8 @@ def test_resume_continues_the_same_mean(tmp_path):
     assert saved == {"directory": str(path), "epochs_done": [0, 1], "h": 1e-3, "n_vectors": 2, "seed": 0,
                      "loss": "cross_entropy", "fast": False}
     second = CurvatureCallback(Blobs(), n_vectors=2, directory="curv")
-    fit(tmp_path, second, max_epochs=4, model=no_dropout, ckpt_path=tmp_path / "ck" / "last.ckpt", callbacks=[ModelCheckpoint()],
+    fit(tmp_path, second, max_epochs=4, model=no_dropout, ckpt_path=tmp_path / "ck" / "last.ckpt",
+        callbacks=[ModelCheckpoint()],
         enable_checkpointing=True, logger=CSVLogger(tmp_path / "logs", name="run"))  # a new version_1 log dir
     resumed = CurvatureStore.open(path)
     assert resumed.epochs == [0, 1, 2, 3] and resumed.count.tolist() == [4] * 48
@@ -233,7 +234,7 @@ def test_callback_pickles_and_validates_arguments():
 
 def test_store_before_fit_says_what_to_do():
     with pytest.raises(RuntimeError, match="not known yet.*absolute `directory`"):
-        CurvatureCallback().store
+        _ = CurvatureCallback().store
 
 
 @pytest.mark.slow

@@ -67,7 +67,8 @@ def test_finite_difference_converges_as_h_shrinks():
     hess = torch.func.hessian(lambda z: F.cross_entropy(model(z[None]), y))(x[0])
     v = rademacher(0, torch.tensor([0]), torch.tensor([0]), (4,), dtype=torch.float64)[0]
     exact = (hess @ v).pow(2).sum()
-    errors = [abs(float(input_curvature(model, x, y, h=h, n_vectors=1)[0] / h**2 - exact.detach())) for h in (1e-1, 1e-2, 1e-3)]
+    errors = [abs(float(input_curvature(model, x, y, h=h, n_vectors=1)[0] / h**2 - exact.detach()))
+              for h in (1e-1, 1e-2, 1e-3)]
     assert errors[0] > errors[1] > errors[2]
     assert errors[2] / exact < 1e-2
 
