@@ -6,6 +6,7 @@ module is the glue that runs them inside a Lightning ``Trainer``.
 
 from __future__ import annotations
 
+import hashlib
 import math
 import os
 from collections.abc import Callable, Mapping
@@ -32,8 +33,9 @@ BatchToInputs = Callable[[Any], tuple[Tensor, Tensor]]
 #: transform class names that make a dataset random, so a poor choice to score
 _AUGMENTATIONS = ("Random", "ColorJitter", "AutoAugment", "RandAugment", "TrivialAugment", "AugMix", "CutMix",
                   "MixUp", "GaussianBlur", "ElasticTransform")
-#: channels scored beside curvature when the default (cross-entropy) loss is used
-CLASSIFICATION_CHANNELS = ("loss", "margin", "confidence", "correct")
+#: channels scored beside curvature when the default (cross-entropy) loss is used; "forgetting" is 1 where a
+#: sample correct at its previous scored epoch is wrong now (its sum counts forgetting events, Toneva et al.)
+CLASSIFICATION_CHANNELS = ("loss", "margin", "confidence", "correct", "forgetting")
 
 
 def default_batch_to_inputs(batch: Any) -> tuple[Tensor, Tensor]:
@@ -74,6 +76,20 @@ def _classification_channels(outputs: Tensor, targets: Tensor, loss: Tensor) -> 
         "confidence": logits.softmax(1).gather(1, targets[:, None]).squeeze(1),
         "correct": (logits.argmax(1) == targets).to(loss.dtype),
     }
+
+
+def _labels_digest(dataset: Any) -> str | None:
+    """sha1 of the dataset's labels when it exposes them (``targets``, a TensorDataset's second tensor)."""
+    labels = getattr(dataset, "targets", None)
+    if labels is None and type(dataset).__name__ == "TensorDataset" and len(dataset.tensors) > 1:
+        labels = dataset.tensors[1]
+    if labels is None:
+        return None
+    try:
+        array = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels).astype(np.int64, copy=False)
+    except (TypeError, ValueError):
+        return None
+    return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
 
 
 def _looks_augmented(dataset: Any) -> str | None:
@@ -181,6 +197,7 @@ class CurvatureCallback(Callback):
         self._epochs_done: list[int] = []  # same on every rank
         self._restored: dict[str, Any] | None = None
         self._scored_dataset: Dataset | None = None
+        self._reader: tuple[float, CurvatureStore] | None = None  # (meta.json mtime, read-only store)
 
     # ----------------------------------------------------------------------------- settings
     @property
@@ -222,7 +239,10 @@ class CurvatureCallback(Callback):
                 "dir, which is resolved during fit (with ddp_spawn, only in the worker processes). Use an absolute "
                 "`directory`, or CurvatureStore.open(<log dir>/<directory>)."
             )
-        return CurvatureStore.open(path)
+        stamp = (path / "meta.json").stat().st_mtime if (path / "meta.json").exists() else -1.0
+        if self._reader is None or self._reader[0] != stamp or self._reader[1].directory != path:
+            self._reader = (stamp, CurvatureStore.open(path))
+        return self._reader[1]
 
     # ----------------------------------------------------------------------------- checkpoint state
     @override
@@ -252,7 +272,7 @@ class CurvatureCallback(Callback):
             try:
                 self._store = CurvatureStore.open_or_create(
                     self._path, n, settings=self.settings(), keep_history=self.keep_history, channels=self.channels,
-                    fingerprint={"n": n, "dataset": type(dataset).__name__},
+                    fingerprint=self._fingerprint(dataset),
                     history_capacity=max(1, min(int(trainer.max_epochs or 16), 1000)),
                 )
                 epochs = self._store.epochs
@@ -278,8 +298,12 @@ class CurvatureCallback(Callback):
         values = self._gather(trainer, values)
         if trainer.is_global_zero:
             assert self._store is not None
-            self._store.commit_epoch(epoch, {k: v.cpu().numpy() for k, v in values.items()})
-            self._log(trainer, values["curvature"].float().cpu().numpy())
+            arrays = {k: v.cpu().numpy() for k, v in values.items()}
+            if "forgetting" in self.channels:
+                before = np.asarray(self._store.channel_last("correct"))
+                arrays["forgetting"] = ((before == 1) & (arrays["correct"] == 0)).astype(np.float64)
+            self._store.commit_epoch(epoch, arrays)
+            self._log(trainer, arrays["curvature"])
         self._epochs_done.append(epoch)
         trainer.strategy.barrier("curvature_commit")
 
@@ -322,6 +346,15 @@ class CurvatureCallback(Callback):
                 "`curvature_dataset()` on the datamodule."
             )
         return dataset
+
+    @staticmethod
+    def _fingerprint(dataset: Dataset) -> dict[str, Any]:
+        """What identifies the scored data: a store made for other labels is refused."""
+        fingerprint: dict[str, Any] = {"n": len(dataset), "dataset": type(dataset).__name__}
+        digest = _labels_digest(dataset)
+        if digest is not None:
+            fingerprint["labels_sha1"] = digest
+        return fingerprint
 
     def _resolve_path(self, trainer: pl.Trainer) -> Path:
         if self._restored and self._restored.get("directory"):
@@ -369,7 +402,7 @@ class CurvatureCallback(Callback):
                 out["loss"] = res.loss.double()
             for k, v in out.items():
                 parts.setdefault(k, []).append(v)
-        names = ("curvature", *self.channels)
+        names = ("curvature", *(c for c in self.channels if c != "forgetting"))  # forgetting: at the commit
         empty = torch.empty(0, dtype=torch.float64, device=device)
         return {k: torch.cat(parts[k]) if k in parts else empty for k in names}
 

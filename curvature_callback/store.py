@@ -6,9 +6,11 @@ Layout of a store folder (DESIGN §2)::
     sum.npy           float64 [N]  sum of the curvature scores added for each sample
     count.npy         int64   [N]  how many epochs scored each sample
     mean.npy          float64 [N]  sum / count (NaN where count == 0), kept up to date at each commit
+    last.npy          float32 [N]  the score of the latest epoch that scored each sample (NaN before)
     history.npy       float32 [capacity, N]  optional: row r holds the scores of epoch ``epochs[r]``
     <name>_sum.npy    float64 [N]  further channels scored in the same pass (loss, margin, ...)
     <name>_mean.npy   float64 [N]
+    <name>_last.npy   float32 [N]
     <name>_history.npy float32 [capacity, N] (with history)
 
 Every file opens with ``np.load(path, mmap_mode="r")``; nothing is pickled.
@@ -180,6 +182,7 @@ class CurvatureStore:
             for name in names:
                 _save_npy(directory / cls._file(name, "sum"), np.zeros(n, dtype=np.float64))
                 _save_npy(directory / cls._file(name, "mean"), np.full(n, np.nan, dtype=np.float64))
+                _save_npy(directory / cls._file(name, "last"), np.full(n, np.nan, dtype=np.float32))
                 if keep_history:
                     np.lib.format.open_memmap(
                         directory / cls._file(name, "history"), mode="w+", dtype=np.float32,
@@ -362,9 +365,17 @@ class CurvatureStore:
         or None without ``keep_history``."""
         return self.channel_history(PRIMARY)
 
+    def sum_of(self, channel: str = PRIMARY) -> np.memmap:
+        """``float64 [N]``: the sum of a channel over the added epochs (for "forgetting": the event count)."""
+        return self._array(channel, "sum")
+
     def channel_mean(self, channel: str) -> np.memmap:
         """Running mean of another channel (``"loss"``, ``"margin"``, ...)."""
         return self._array(channel, "mean")
+
+    def channel_last(self, channel: str = PRIMARY) -> np.memmap:
+        """``float32 [N]``: each sample's value at the latest epoch that scored it (NaN before any)."""
+        return self._array(channel, "last")
 
     def channel_history(self, channel: str) -> np.memmap | None:
         if not self._meta.get("keep_history"):
@@ -456,9 +467,11 @@ class CurvatureStore:
             new_sum = np.load(journal / f"{name}_sum.npy", allow_pickle=False)
             self._write(self._array(name, "sum"), idx, new_sum)
             self._write(self._array(name, "mean"), idx, new_sum / new_count)
+            values = np.load(journal / f"{name}_values.npy", allow_pickle=False)
+            self._write(self._array(name, "last"), idx, values)
             if self._meta.get("keep_history"):
                 line = np.full(self.n, np.nan, dtype=np.float32)
-                line[idx] = np.load(journal / f"{name}_values.npy", allow_pickle=False)
+                line[idx] = values
                 self._write(self._array(name, "history"), row, line)
         meta = dict(self._meta)
         meta["epochs"] = [*self._meta["epochs"], int(record["epoch"])]

@@ -247,3 +247,33 @@ def test_ddp_spawn_two_processes_equal_one(tmp_path):
     assert b.count.tolist() == [2] * 50 and b.epochs == [0, 1]
     np.testing.assert_allclose(b.mean, a.mean, rtol=1e-5)  # aligned blocks: the same batches
     np.testing.assert_allclose(b.channel_mean("margin"), a.channel_mean("margin"), rtol=1e-5, atol=1e-6)
+
+
+class Flipping(Frozen):
+    """Negated logits on odd epochs: predictions change between epochs, so samples get forgotten."""
+
+    def forward(self, x):
+        sign = -1.0 if self.trainer is not None and self.current_epoch % 2 else 1.0
+        return sign * self.net(x)
+
+
+def test_forgetting_events_counted_between_scored_epochs(tmp_path):
+    cb = CurvatureCallback(Blobs(), n_vectors=1, directory=tmp_path / "s", keep_history=True)
+    fit(tmp_path, cb, model=Flipping, max_epochs=4)
+    correct = np.asarray(cb.store.channel_history("correct"))
+    want = ((correct[:-1] == 1) & (correct[1:] == 0)).sum(0)
+    assert want.sum() > 10  # the test means something: many samples were forgotten
+    np.testing.assert_array_equal(np.asarray(cb.store.sum_of("forgetting")), want)
+
+
+def test_other_labels_refused(tmp_path):
+    from torch.utils.data import TensorDataset
+
+    ds = Blobs()
+    fit(tmp_path, CurvatureCallback(TensorDataset(ds.x, ds.targets), n_vectors=1, directory=tmp_path / "s"),
+        max_epochs=1)
+    noisy = ds.targets.clone()
+    noisy[0] = (noisy[0] + 1) % 3
+    with pytest.raises(StoreMismatchError, match="another dataset.*labels_sha1"):
+        fit(tmp_path, CurvatureCallback(TensorDataset(ds.x, noisy), n_vectors=1, directory=tmp_path / "s"),
+            max_epochs=1)

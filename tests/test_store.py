@@ -22,8 +22,8 @@ def make(path, n=5, **kw):
 def test_files_are_plain_npy_and_json(tmp_path):
     with make(tmp_path, keep_history=True, channels=("loss",)) as s:
         s.commit_epoch(0, {"curvature": np.arange(5.0), "loss": np.ones(5)})
-    names = {"meta.json", "sum.npy", "count.npy", "mean.npy", "history.npy", "loss_sum.npy", "loss_mean.npy",
-             "loss_history.npy", "lock"}
+    names = {"meta.json", "sum.npy", "count.npy", "mean.npy", "last.npy", "history.npy", "loss_sum.npy",
+             "loss_mean.npy", "loss_last.npy", "loss_history.npy", "lock"}
     assert names == set(os.listdir(tmp_path))
     for f in names - {"meta.json", "lock"}:
         np.load(tmp_path / f, mmap_mode="r", allow_pickle=False)
@@ -46,6 +46,7 @@ def test_running_mean_counts_and_history(tmp_path):
     np.testing.assert_allclose(r.history[1], [30, np.nan, np.nan, np.nan, 10])
     np.testing.assert_allclose(r.history[0], [1, 2, 3, 4, 5])
     np.testing.assert_allclose(np.nanmean(r.history, axis=0), r.mean, rtol=1e-6)
+    np.testing.assert_allclose(r.channel_last(), [3, 4, 5, 6, 7])
 
 
 def test_epoch_is_added_once(tmp_path):
