@@ -19,11 +19,12 @@ import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 from typing_extensions import override
 
 from curvature_callback.estimator import LossFn, curvature_details
+from curvature_callback.feeding import BatchFeeder, CachePolicy, pass_indices, period_of, rank_block
 from curvature_callback.store import CurvatureStore, StoreMismatchError
 
 __all__ = ["CurvatureCallback"]
@@ -138,8 +139,12 @@ class CurvatureCallback(Callback):
         log_histogram: log a histogram of ``log10`` curvature to the loggers that take one.
         num_workers: workers of the scoring loader.
         chunk_size: rows per stacked forward+backward (default by device).
-        record_outputs: also store the per-sample loss (and, with the default loss, margin, confidence and
-            correctness) from the pass's forward at ``x``: baselines at almost no extra cost.
+        record_outputs: also store the per-sample loss (and, with the default loss, margin, confidence,
+            correctness and forgetting events) from the pass's forward at ``x``: baselines at almost no cost.
+        fraction: score ``1/P`` of the samples per scoring epoch, rotating (``index % P == pass % P``): every
+            sample is scored once every ``P`` passes and its mean stays exact (the store counts per sample).
+        cache: keep the scored dataset's tensors on the model's device after the first pass (``"auto"``: when
+            they take at most 2 GiB, e.g. CIFAR), instead of reloading it each pass.
 
     Example::
 
@@ -168,6 +173,8 @@ class CurvatureCallback(Callback):
         num_workers: int = 0,
         chunk_size: int | None = None,
         record_outputs: bool = True,
+        fraction: float = 1.0,
+        cache: CachePolicy = "auto",
     ) -> None:
         if isinstance(h, bool) or not isinstance(h, (int, float)) or not math.isfinite(h) or h <= 0:
             raise ValueError(f"Expected argument `h` to be a positive finite float (the paper uses 1e-3), got {h!r}.")
@@ -192,6 +199,12 @@ class CurvatureCallback(Callback):
         self.num_workers = num_workers
         self.chunk_size = chunk_size
         self.record_outputs = record_outputs
+        self.fraction = fraction
+        self._period = period_of(fraction)
+        if cache not in (True, False, "auto"):
+            raise ValueError(f"Expected argument `cache` to be True, False or 'auto', got {cache!r}.")
+        self.cache = cache
+        self._feeder: BatchFeeder | None = None
         self._store: CurvatureStore | None = None  # the writer, on global rank 0 during fit
         self._path: Path | None = None  # the resolved store folder
         self._epochs_done: list[int] = []  # same on every rank
@@ -215,7 +228,7 @@ class CurvatureCallback(Callback):
     def settings(self) -> dict[str, Any]:
         """What goes into the store's metadata; ``h``, ``n_vectors``, ``seed`` and ``loss`` must match to resume."""
         return {"h": self.h, "n_vectors": self.n_vectors, "seed": self.seed, "loss": _loss_name(self.loss_fn),
-                "fast": self.fast}
+                "fast": self.fast, "fraction": self.fraction}
 
     def should_score(self, epoch: int) -> bool:
         """Whether to score at the end of ``epoch`` (0-based). Override for other schedules.
@@ -300,9 +313,9 @@ class CurvatureCallback(Callback):
             assert self._store is not None
             arrays = {k: v.cpu().numpy() for k, v in values.items()}
             if "forgetting" in self.channels:
-                before = np.asarray(self._store.channel_last("correct"))
+                before = np.asarray(self._store.channel_last("correct"))[self._pass_indices()]
                 arrays["forgetting"] = ((before == 1) & (arrays["correct"] == 0)).astype(np.float64)
-            self._store.commit_epoch(epoch, arrays)
+            self._store.commit_epoch(epoch, arrays, indices=self._pass_indices())
             self._log(trainer, arrays["curvature"])
         self._epochs_done.append(epoch)
         trainer.strategy.barrier("curvature_commit")
@@ -365,35 +378,28 @@ class CurvatureCallback(Callback):
             path = Path(root) / path
         return path.resolve()
 
-    def _block(self, n: int, world: int) -> int:
-        """Samples per rank: a whole number of batches, so every rank's batches are the single-process ones
-        (float32 BLAS results depend on batch shape; aligned blocks make DDP and one process agree exactly)."""
-        batches = -(-n // self.batch_size)
-        return -(-batches // world) * self.batch_size
+    def _pass_indices(self) -> np.ndarray:
+        """The global indices this pass scores (the same on every rank)."""
+        assert self._scored_dataset is not None
+        return pass_indices(len(self._scored_dataset), len(self._epochs_done), self._period)
 
     def _score_shard(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, Tensor]:
-        """Scores of this rank's contiguous block of indices."""
-        dataset = self._scored_dataset
-        n, rank = len(dataset), trainer.global_rank
-        per_rank = self._block(n, trainer.world_size)
-        start, stop = min(rank * per_rank, n), min((rank + 1) * per_rank, n)
+        """Scores of this rank's contiguous block of the pass's indices."""
+        assert self._scored_dataset is not None
+        indices = self._pass_indices()
+        start, stop, _ = rank_block(len(indices), self.batch_size, trainer.world_size, trainer.global_rank)
         device = pl_module.device
-        loader = DataLoader(
-            Subset(dataset, range(start, stop)), batch_size=self.batch_size, shuffle=False,
-            num_workers=self.num_workers, pin_memory=device.type == "cuda",
-        )
-        to_inputs = self.batch_to_inputs or default_batch_to_inputs
+        if self._feeder is None:
+            self._feeder = BatchFeeder(self._scored_dataset, self.batch_to_inputs or default_batch_to_inputs,
+                                       self.batch_size, self.num_workers, self.cache)
         parts: dict[str, list[Tensor]] = {}
-        offset = start
         show = trainer.is_global_zero and trainer.progress_bar_callback is not None
-        for batch in tqdm(loader, desc=f"curvature (epoch {epoch})", disable=not show, leave=False, dynamic_ncols=True):
-            x, y = to_inputs(batch)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            indices = torch.arange(offset, offset + len(x), device=device)
-            offset += len(x)
+        for idx, x, y in tqdm(self._feeder.batches(indices[start:stop], device), desc=f"curvature (epoch {epoch})",
+                              total=self._feeder.num_batches(stop - start), disable=not show, leave=False,
+                              dynamic_ncols=True):
             res = curvature_details(
                 pl_module, x, y, loss_fn=self.loss_fn, h=self.h, n_vectors=self.n_vectors, seed=self.seed,
-                indices=indices, chunk_size=self.chunk_size, fast=self.fast,
+                indices=idx, chunk_size=self.chunk_size, fast=self.fast,
             )
             out = {"curvature": res.curvature.double()}
             if self.channels == CLASSIFICATION_CHANNELS:
@@ -406,18 +412,27 @@ class CurvatureCallback(Callback):
         empty = torch.empty(0, dtype=torch.float64, device=device)
         return {k: torch.cat(parts[k]) if k in parts else empty for k in names}
 
+    #: columns per collective: bounds the gather's memory at ImageNet scale (8 MB of float64 per rank and call)
+    GATHER_COLUMNS = 1 << 20
+
     def _gather(self, trainer: pl.Trainer, values: dict[str, Tensor]) -> dict[str, Tensor]:
-        """All ranks' blocks, in index order (padded to one length for the collective, unpadded after)."""
+        """All ranks' blocks in index order: padded to one length for the collective, gathered in bounded
+        pieces, unpadded after. Every rank makes the same calls."""
         if trainer.world_size == 1:
             return values
-        n = len(self._scored_dataset)
-        per_rank = self._block(n, trainer.world_size)
+        count = len(self._pass_indices())
+        _, _, block = rank_block(count, self.batch_size, trainer.world_size, trainer.global_rank)
         names = list(values)
-        block = torch.zeros(len(names), per_rank, dtype=torch.float64, device=next(iter(values.values())).device)
+        device = next(iter(values.values())).device
+        local = torch.zeros(len(names), block, dtype=torch.float64, device=device)
         for i, k in enumerate(names):
-            block[i, : len(values[k])] = values[k]
-        gathered = trainer.strategy.all_gather(block)  # [world, channels, per_rank]
-        full = gathered.permute(1, 0, 2).reshape(len(names), -1)[:, :n]
+            local[i, : len(values[k])] = values[k]
+        pieces = []
+        step = max(1, self.GATHER_COLUMNS // len(names))
+        for lo in range(0, block, step):
+            pieces.append(trainer.strategy.all_gather(local[:, lo : lo + step].contiguous()))  # [world, C, piece]
+        gathered = torch.cat(pieces, dim=2)
+        full = gathered.permute(1, 0, 2).reshape(len(names), -1)[:, :count]
         return {k: full[i] for i, k in enumerate(names)}
 
     # ----------------------------------------------------------------------------- logging

@@ -121,7 +121,7 @@ def test_resume_continues_the_same_mean(tmp_path):
     saved = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=False)["callbacks"][first.state_key]
     path = tmp_path / "logs" / "run" / "version_0" / "curv"
     assert saved == {"directory": str(path), "epochs_done": [0, 1], "h": 1e-3, "n_vectors": 2, "seed": 0,
-                     "loss": "cross_entropy", "fast": False}
+                     "loss": "cross_entropy", "fast": False, "fraction": 1.0}
     second = CurvatureCallback(Blobs(), n_vectors=2, directory="curv")
     fit(tmp_path, second, max_epochs=4, model=no_dropout, ckpt_path=tmp_path / "ck" / "last.ckpt",
         callbacks=[ModelCheckpoint()],
@@ -239,12 +239,14 @@ def test_store_before_fit_says_what_to_do():
 
 @pytest.mark.slow
 def test_ddp_spawn_two_processes_equal_one(tmp_path):
-    one = CurvatureCallback(Blobs(50), n_vectors=2, batch_size=8, directory=tmp_path / "one")
-    fit(tmp_path, one, model=Frozen, dm=BlobsDM(50))
-    two = CurvatureCallback(Blobs(50), n_vectors=2, batch_size=8, directory=tmp_path / "two")
-    fit(tmp_path, two, model=Frozen, dm=BlobsDM(50), devices=2, strategy="ddp_spawn")
+    """With a rotating half of the samples per pass and gathers in pieces smaller than a block."""
+    one = CurvatureCallback(Blobs(50), n_vectors=2, batch_size=8, fraction=0.5, directory=tmp_path / "one")
+    fit(tmp_path, one, model=Frozen, dm=BlobsDM(50), max_epochs=4)
+    two = CurvatureCallback(Blobs(50), n_vectors=2, batch_size=8, fraction=0.5, directory=tmp_path / "two")
+    two.GATHER_COLUMNS = 9
+    fit(tmp_path, two, model=Frozen, dm=BlobsDM(50), devices=2, strategy="ddp_spawn", max_epochs=4)
     a, b = CurvatureStore.open(tmp_path / "one"), CurvatureStore.open(tmp_path / "two")
-    assert b.count.tolist() == [2] * 50 and b.epochs == [0, 1]
+    assert b.count.tolist() == [2] * 50 and b.epochs == [0, 1, 2, 3]
     np.testing.assert_allclose(b.mean, a.mean, rtol=1e-5)  # aligned blocks: the same batches
     np.testing.assert_allclose(b.channel_mean("margin"), a.channel_mean("margin"), rtol=1e-5, atol=1e-6)
 
@@ -277,3 +279,49 @@ def test_other_labels_refused(tmp_path):
     with pytest.raises(StoreMismatchError, match="another dataset.*labels_sha1"):
         fit(tmp_path, CurvatureCallback(TensorDataset(ds.x, noisy), n_vectors=1, directory=tmp_path / "s"),
             max_epochs=1)
+
+
+@pytest.mark.parametrize(("fraction", "epochs", "counts"), [(0.5, 4, [2, 2, 2]), (1 / 3, 4, [2, 1, 1])])
+def test_rotating_fraction_scores_every_sample_in_turn(tmp_path, fraction, epochs, counts):
+    cb = CurvatureCallback(Blobs(), n_vectors=1, fraction=fraction, keep_history=True, directory=tmp_path / "s")
+    fit(tmp_path, cb, model=Frozen, max_epochs=epochs)
+    count = np.asarray(cb.store.count)
+    assert count[:3].tolist() == counts and count.sum() == sum(len(range(e % round(1 / fraction), 48,
+                                                                           round(1 / fraction)))
+                                                              for e in range(epochs))
+    full = CurvatureCallback(Blobs(), n_vectors=1, directory=tmp_path / "full")
+    fit(tmp_path, full, model=Frozen, max_epochs=1)
+    np.testing.assert_allclose(cb.store.mean, full.store.mean, rtol=1e-3)  # frozen model: the same per-sample mean
+    scored = ~np.isnan(np.asarray(cb.store.history))
+    assert scored.sum(1).tolist() == [len(range(e % round(1 / fraction), 48, round(1 / fraction)))
+                                      for e in range(epochs)]
+
+
+def test_fraction_must_be_one_over_a_whole_number():
+    with pytest.raises(ValueError, match=r"`fraction` = 1/P.*got 0.3. Use 1/3"):
+        CurvatureCallback(fraction=0.3)
+    with pytest.raises(ValueError, match=r"`fraction` in \(0, 1\]"):
+        CurvatureCallback(fraction=0)
+    with pytest.raises(ValueError, match="`cache`"):
+        CurvatureCallback(cache="yes")
+
+
+class Counting(Blobs):
+    def __init__(self):
+        super().__init__()
+        self.reads = 0
+
+    def __getitem__(self, i):
+        self.reads += 1
+        return super().__getitem__(i)
+
+
+@pytest.mark.parametrize("cache", [True, False])
+def test_cached_dataset_is_read_once_and_scores_the_same(tmp_path, cache):
+    ds = Counting()
+    cb = CurvatureCallback(ds, n_vectors=1, cache=cache, batch_size=10, directory=tmp_path / "s")
+    fit(tmp_path, cb, model=Frozen, max_epochs=3)
+    assert ds.reads == (48 if cache else 3 * 48)
+    ref = CurvatureCallback(Blobs(), n_vectors=1, cache=not cache, batch_size=10, directory=tmp_path / "r")
+    fit(tmp_path, ref, model=Frozen, max_epochs=3)
+    np.testing.assert_allclose(cb.store.mean, ref.store.mean, rtol=1e-6)
