@@ -52,6 +52,7 @@ class CurvatureResult(NamedTuple):
     curvature: Tensor  #: ``[B]`` the score of DESIGN §1
     loss: Tensor  #: ``[B]`` per-sample loss at ``x`` (no perturbation)
     outputs: Tensor  #: ``[B, ...]`` model outputs at ``x`` (logits), detached
+    per_vector: Tensor  #: ``[B, n]`` each vector's ``||grad(x + h v_k) - grad(x)||^2`` (curvature is the row mean)
 
 
 # --------------------------------------------------------------------------------------------- the draw
@@ -290,7 +291,8 @@ def curvature_details(
             squares[start : start + len(r)] = (gp - g0[i]).flatten(1).pow(2).sum(1)
         curvature = squares.view(batch, n_vectors).mean(1)
         _check_finite(curvature, indices, "curvature")
-    return CurvatureResult(curvature.detach(), loss.detach().to(dtype), outputs.detach())
+    return CurvatureResult(curvature.detach(), loss.detach().to(dtype), outputs.detach(),
+                           squares.view(batch, n_vectors).detach())
 
 
 def input_curvature(

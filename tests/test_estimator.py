@@ -255,3 +255,12 @@ def test_non_finite_curvature_names_the_samples():
     x = x.round(decimals=2)
     with pytest.raises(ValueError, match=r"Non-finite curvature.*\[1\]"):
         input_curvature(Blowup(), x, Y, n_vectors=1)
+
+
+def test_per_vector_scores_are_the_single_vector_scores():
+    """Vector k of a sample is the same with n_vectors=1 at k=0 only; the row mean is the curvature."""
+    model = mlp().double()
+    x = X.double()
+    res = curvature_details(model, x, Y, n_vectors=4, seed=2)
+    torch.testing.assert_close(res.per_vector.mean(1), res.curvature)
+    torch.testing.assert_close(res.per_vector[:, :1], curvature_details(model, x, Y, n_vectors=1, seed=2).per_vector)
