@@ -117,9 +117,11 @@ class DigitsDataModule(pl.LightningDataModule):
         batch_size: training batch size.
         val_fraction: fraction held out for validation (0: train on everything, no validation loop).
         num_workers: loader workers (the data is in memory: 0 is fastest).
+        num_classes, in_channels: checked when given (10 and 1; the model configs read them from ``data``).
     """
 
     num_classes = 10
+    in_channels = 1
 
     def __init__(
         self,
@@ -129,8 +131,13 @@ class DigitsDataModule(pl.LightningDataModule):
         batch_size: int = 64,
         val_fraction: float = 0.0,
         num_workers: int = 0,
+        num_classes: int | None = None,
+        in_channels: int | None = None,
     ) -> None:
         super().__init__()
+        for name, value in (("num_classes", num_classes), ("in_channels", in_channels)):
+            if value is not None and value != getattr(self, name):
+                raise ValueError(f"The digits have {name}={getattr(self, name)}, got {name}={value!r}.")
         if not 0.0 <= val_fraction < 1.0:
             raise ValueError(f"Expected argument `val_fraction` in [0, 1), got {val_fraction!r}.")
         self.save_hyperparameters()  # logged with the run (hparams.yaml of the CSV logger)

@@ -1,10 +1,13 @@
-"""Networks of the experiments."""
+"""Networks of the experiments: a small CNN for quick runs, ResNets for the paper's (torchvision's own
+``resnet18``/``resnet50`` serve ImageNet directly)."""
 
 from __future__ import annotations
 
+from typing import Literal
+
 from torch import Tensor, nn
 
-__all__ = ["SmallCNN"]
+__all__ = ["SmallCNN", "resnet_cifar"]
 
 
 def _block(c_in: int, c_out: int, stride: int) -> nn.Sequential:
@@ -43,3 +46,31 @@ class SmallCNN(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         return self.head(self.pool(self.features(x)).flatten(1))
+
+
+def resnet_cifar(depth: Literal[18, 34, 50] = 18, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    """torchvision's ResNet with the CIFAR stem: a 3x3 stride-1 first convolution and no max-pool.
+
+    On 32x32 inputs the ImageNet stem (7x7 stride 2, then max-pool) leaves an 8x8 map after one block; the CIFAR
+    stem keeps 32x32 there and ends on 4x4, the ResNet18 of the memorization literature (11.2 M parameters).
+
+    Args:
+        depth: 18, 34 or 50.
+        num_classes: outputs (logits).
+        in_channels: input channels.
+
+    Example:
+        >>> import torch
+        >>> net = resnet_cifar(18, num_classes=100)
+        >>> net(torch.zeros(2, 3, 32, 32)).shape, sum(p.numel() for p in net.parameters())
+        (torch.Size([2, 100]), 11220132)
+    """
+    from torchvision import models
+
+    builders = {18: models.resnet18, 34: models.resnet34, 50: models.resnet50}
+    if depth not in builders:
+        raise ValueError(f"Expected argument `depth` to be one of {sorted(builders)}, got {depth!r}.")
+    net = builders[depth](weights=None, num_classes=num_classes)
+    net.conv1 = nn.Conv2d(in_channels, 64, kernel_size=3, stride=1, padding=1, bias=False)
+    net.maxpool = nn.Identity()
+    return net

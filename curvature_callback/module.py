@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any, Literal
 
 import lightning.pytorch as pl
@@ -25,8 +26,11 @@ class ClassifierModule(pl.LightningModule):
         lr: learning rate.
         momentum: SGD momentum (ignored by Adam).
         weight_decay: L2 penalty (SGD) or decoupled decay (AdamW).
-        scheduler: ``"cosine"`` anneals the learning rate to 0 over ``trainer.max_epochs``, stepping per
-            epoch; ``None`` keeps it constant.
+        scheduler: ``"cosine"`` anneals the learning rate to 0 over ``trainer.max_epochs``; ``"multistep"``
+            multiplies it by ``gamma`` at each of ``milestones`` (the paper: x0.1 at epochs 120 and 160 of 200);
+            both step per epoch. ``None`` keeps it constant.
+        milestones: epochs of the ``"multistep"`` decays.
+        gamma: factor of each ``"multistep"`` decay.
     """
 
     def __init__(
@@ -36,13 +40,17 @@ class ClassifierModule(pl.LightningModule):
         lr: float = 0.1,
         momentum: float = 0.9,
         weight_decay: float = 0.0,
-        scheduler: Literal["cosine"] | None = None,
+        scheduler: Literal["cosine", "multistep"] | None = None,
+        milestones: Sequence[int] = (120, 160),
+        gamma: float = 0.1,
     ) -> None:
         super().__init__()
         if optimizer not in ("sgd", "adam"):
             raise ValueError(f"Expected argument `optimizer` to be 'sgd' or 'adam', got {optimizer!r}.")
-        if scheduler not in ("cosine", None):
-            raise ValueError(f"Expected argument `scheduler` to be 'cosine' or None, got {scheduler!r}.")
+        if scheduler not in ("cosine", "multistep", None):
+            raise ValueError(
+                f"Expected argument `scheduler` to be 'cosine', 'multistep' or None, got {scheduler!r}."
+            )
         self.save_hyperparameters(ignore=["net"])
         self.net = net
 
@@ -56,7 +64,7 @@ class ClassifierModule(pl.LightningModule):
         loss = F.cross_entropy(logits, y)
         acc = (logits.argmax(1) == y).float().mean()
         self.log_dict({f"{stage}/loss": loss, f"{stage}/acc": acc}, on_step=False, on_epoch=True,
-                      prog_bar=True, batch_size=len(x))
+                      prog_bar=True, batch_size=len(x), sync_dist=True)  # epoch means over all ranks
         return loss
 
     @override
@@ -78,6 +86,9 @@ class ClassifierModule(pl.LightningModule):
             opt = torch.optim.AdamW(self.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
         if hp.scheduler is None:
             return opt
+        if hp.scheduler == "multistep":
+            sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=list(hp.milestones), gamma=hp.gamma)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
         epochs = self.trainer.max_epochs
         if epochs is None or epochs < 1:
             raise ValueError(

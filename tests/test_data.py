@@ -2,10 +2,10 @@
 
 from __future__ import annotations
 
-import tarfile
-
 import numpy as np
 import pytest
+from offline import ROOT as OFFLINE
+from offline import cache_dir, needs_offline
 from PIL import Image
 
 from curvature_callback.data import (
@@ -15,17 +15,10 @@ from curvature_callback.data import (
     cifar10_offline_root,
 )
 
-try:
-    OFFLINE = cifar10_offline_root()
-except FileNotFoundError:
-    OFFLINE = None
-needs_offline = pytest.mark.skipif(OFFLINE is None, reason="the offline CIFAR-10 copy (../shared/data/cifar10) "
-                                   "is not beside this checkout; set $CURVATURE_CIFAR10_OFFLINE")
-
 
 @pytest.fixture(scope="module")
 def cache(tmp_path_factory):
-    return tmp_path_factory.mktemp("cifar10_cache")
+    return cache_dir(tmp_path_factory.mktemp("cifar10_cache"))
 
 
 def test_standard_order_file_names_count_within_each_class():
@@ -40,11 +33,11 @@ def test_standard_order_file_names_count_within_each_class():
 
 
 @needs_offline
-def test_file_names_cover_the_tarball_exactly():
+def test_file_names_cover_the_tarball_exactly(tmp_path):
     labels = np.load(OFFLINE / "train_labels.npy")
     assert labels.dtype == np.int64 and labels.shape == (50000,) and np.bincount(labels).tolist() == [5000] * 10
-    with tarfile.open(OFFLINE / "cifar10-jpeg.tar.gz") as archive:
-        listed = {m.name for m in archive if m.isfile()}
+    unpacked = cache_dir(tmp_path) / "cifar10-jpeg"
+    listed = {p.relative_to(unpacked).as_posix() for p in unpacked.glob("*/*/*") if p.is_file()}
     names = cifar10_offline_files(labels, "train") + cifar10_offline_files(np.load(OFFLINE / "test_labels.npy"), "test")
     assert len(set(names)) == 60000 and set(names) == listed
 
