@@ -322,6 +322,7 @@ class CurvatureCallback(Callback):
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._log_end(trainer)
         self._close()
 
     @override
@@ -456,3 +457,23 @@ class CurvatureCallback(Callback):
                 import wandb
 
                 logger.log_metrics({"curvature/log10_histogram": wandb.Histogram(log10, num_bins=64)}, step=step)
+                from curvature_callback.wandb_utils import log_top_k_grid
+
+                log_top_k_grid(logger, self._scored_dataset, np.asarray(self._store.mean), step,  # the running mean
+                               self.batch_to_inputs or default_batch_to_inputs)
+
+    def _log_end(self, trainer: pl.Trainer) -> None:
+        """At the end of fit, on rank 0: a table of the most-curved samples to the W&B loggers."""
+        wandb_loggers = [lg for lg in trainer.loggers if type(lg).__name__ == "WandbLogger"]
+        if not (trainer.is_global_zero and wandb_loggers and self.log_histogram and self._store is not None
+                and self._store.epochs):
+            return
+        from curvature_callback.wandb_utils import log_top_k_table
+
+        dm = trainer.datamodule  # labels before noise and file names, when the datamodule keeps them
+        original, filenames = getattr(dm, "original_labels", None), getattr(dm, "filenames", None)
+        loss = np.asarray(self._store.channel_mean("loss")) if "loss" in self.channels else None
+        for logger in wandb_loggers:
+            log_top_k_table(logger, self._scored_dataset, np.asarray(self._store.mean),
+                            self.batch_to_inputs or default_batch_to_inputs, original_labels=original, loss=loss,
+                            filenames=filenames, step=trainer.global_step)

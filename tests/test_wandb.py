@@ -1,0 +1,100 @@
+"""W&B logging of the curvature callback, read back from an offline run's files (tests/wandb_reader.py)."""
+
+from __future__ import annotations
+
+import lightning.pytorch as pl
+import numpy as np
+import pytest
+import torch
+from wandb_reader import history
+
+from curvature_callback import CurvatureCallback
+from curvature_callback.image_data import _ArrayDataModule
+from curvature_callback.models import SmallCNN
+from curvature_callback.module import ClassifierModule
+from curvature_callback.wandb_utils import top_k, wandb_logger, wandb_offline
+
+
+class RandomImages(_ArrayDataModule):
+    """48 random 3x8x8 uint8 images in 4 classes, 25 % flipped labels; the crop-and-flip path of CIFAR."""
+
+    augment = "crop_flip"
+
+    def __init__(self):
+        super().__init__(noise=0.25, noise_kind="symmetric", seed=0, batch_size=16, num_workers=0, limit=None,
+                         validate=False, num_classes=4, in_channels=3)
+
+    def _arrays(self, train):
+        rng = np.random.default_rng(0)
+        return rng.integers(0, 256, (48, 8, 8, 3), dtype=np.uint8), rng.integers(0, 4, 48), 4
+
+
+def media(rows, key):
+    """Rows that logged ``key`` as a media object; the reader flattens it to ``key/<field>`` items."""
+    prefix = key + "/"
+    found = []
+    for r in rows:
+        fields = {k[len(prefix):]: v for k, v in r.items() if k.startswith(prefix)}
+        if fields:
+            found.append({**fields, "trainer/global_step": r.get("trainer/global_step")})
+    return found
+
+
+@pytest.mark.parametrize(
+    ("env", "offline"),
+    [({}, True), ({"WANDB_API_KEY": "x" * 40}, False), ({"WANDB_MODE": "online"}, False),
+     ({"WANDB_API_KEY": "x" * 40, "WANDB_MODE": "offline"}, True)],
+)
+def test_offline_unless_configured(monkeypatch, env, offline):
+    for key in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(key, raising=False)
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    assert wandb_offline() is offline
+
+
+def test_top_k_skips_unscored_samples():
+    assert top_k(np.array([np.nan, 1.0, 5.0, 1.0]), 10).tolist() == [2, 1, 3]
+
+
+def test_offline_run_holds_histograms_grids_and_the_table(tmp_path, monkeypatch):
+    for key in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    logger = wandb_logger(project="curvature-test", save_dir=str(tmp_path))
+    assert logger._offline
+    cb = CurvatureCallback(n_vectors=1, batch_size=16, directory=tmp_path / "store")
+    dm = RandomImages()
+    torch.manual_seed(0)
+    trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=logger, callbacks=[cb], enable_checkpointing=False,
+                         enable_progress_bar=False, enable_model_summary=False, log_every_n_steps=1)
+    trainer.fit(ClassifierModule(SmallCNN(3, 4, width=4), optimizer="adam", lr=0.01), datamodule=dm)
+    logger.experiment.finish()
+
+    rows = history(str(tmp_path))
+    histograms = media(rows, "curvature/log10_histogram")
+    assert len(histograms) == 2  # one per scoring epoch
+    for h, step in zip(histograms, (3, 6)):  # 48 samples / 16 per batch: 3 steps per epoch
+        assert h["_type"] == "histogram" and len(h["bins"]) == len(h["values"]) + 1 <= 513
+        assert sum(h["values"]) == 48
+        assert h["trainer/global_step"] == step
+    stats = [r for r in rows if "curvature/median" in r]
+    assert [r["trainer/global_step"] for r in stats] == [3, 6] and all(r["curvature/p99"] > 0 for r in stats)
+    grids = media(rows, "curvature/top_k")
+    assert [g["trainer/global_step"] for g in grids] == [3, 6] and grids[0]["_type"] == "image-file"
+    assert grids[0]["height"] == grids[0]["width"] == 5 * 8 + 6 * 2  # 25 8x8 images, 5 a row, 2 px apart
+    (table,) = media(rows, "curvature/top_k_table")
+    assert table["_type"] == "table-file" and table["nrows"] == 25 and table["ncols"] == 7
+    # the table file itself: rank, index, given label, original label, curvature, loss, image
+    import glob
+    import json
+
+    (path,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "files" / "media" / "table" / "**" / "*.json"),
+                        recursive=True)
+    data = json.loads(open(path).read())
+    assert data["columns"] == ["rank", "index", "given_label", "label", "curvature", "loss", "image"]
+    mean = np.asarray(cb.store.mean)
+    assert [row[1] for row in data["data"]] == np.argsort(-mean, kind="stable")[:25].tolist()
+    assert [row[2] for row in data["data"]] == dm.given_labels[[row[1] for row in data["data"]]].tolist()
+    assert [row[3] for row in data["data"]] == dm.original_labels[[row[1] for row in data["data"]]].tolist()
+    np.testing.assert_allclose([row[4] for row in data["data"]], np.sort(mean)[::-1][:25], rtol=1e-6)
