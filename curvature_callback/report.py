@@ -1,0 +1,445 @@
+"""``curvature-report RUN_DIR``: one static HTML page that says what a run's scores mean.
+
+It reads a run directory as ``curvature-train`` writes it (the store in ``curvature/``, ``scores.csv``,
+``metrics.json``, ``.hydra/config.yaml``) and writes ``RUN_DIR/report/index.html``: self-contained (every figure
+is embedded as a PNG data URI, no script, no network), with the same PNGs beside it for reuse. Sections:
+
+- mislabel detection by curvature beside every baseline of the same scoring pass (when labels were flipped);
+- the curvature histogram per class and the grid of the most-curved samples, given and original labels;
+- duplicates with conflicting labels among the most-curved samples, with thumbnails;
+- the comparison with a reference memorization score, when one is given (``--reference``).
+
+**Where the images come from.** The store holds scores, not pixels. The report takes the images from, in this
+order: the ``images`` argument (``curvature-train`` passes its dataset), ``--images FILE.npy`` (an ``[N, ...]``
+array in the store's order), or the datamodule of the run's own ``.hydra/config.yaml``, rebuilt and checked
+against the labels in ``scores.csv``. Without images the report still has every number; the sections that need
+pixels say why they are empty.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import html
+import json
+import math
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from curvature_callback.analysis import (
+    SCORE_NOTES,
+    detection_table,
+    load_feldman_zhang,
+    memorization_comparison,
+    read_scores_csv,
+    suspicion_scores,
+)
+from curvature_callback.duplicates import DuplicatePair, find_conflicting_duplicates, pixel_features
+from curvature_callback.plots import (
+    plot_class_histograms,
+    plot_detection_curves,
+    plot_histogram,
+    plot_memorization,
+    plot_top_k,
+    save_thumbnail,
+)
+
+__all__ = ["main", "write_report"]
+
+#: percentages of the samples inspected in the detection table
+AT_PERCENT = (1, 5, 10)
+#: most duplicate pairs listed with thumbnails
+MAX_PAIRS = 40
+
+
+@dataclass
+class _Images:
+    """A view of the run's images in the store's order, and where it came from."""
+
+    view: Any = None
+    source: str = ""
+    class_names: Sequence[str] | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+class _Inputs:
+    """``view[i]`` is the input of sample ``i`` of a dataset of ``(x, y, ...)`` items."""
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Any:
+        return self.dataset[i][0]
+
+
+def _dataset_images(dataset: Any) -> Any:
+    tensors = getattr(dataset, "tensors", None)  # a TensorDataset: its first tensor, stacked already
+    return tensors[0] if tensors else _Inputs(dataset)
+
+
+def _dataset_labels(dataset: Any) -> np.ndarray | None:
+    tensors = getattr(dataset, "tensors", None)
+    if tensors and len(tensors) > 1:
+        return np.asarray(tensors[1])
+    targets = getattr(dataset, "targets", None)
+    return None if targets is None else np.asarray(targets)
+
+
+def _images_from_config(run_dir: Path, n: int, given: np.ndarray) -> _Images:
+    """Rebuild the run's datamodule from ``.hydra/config.yaml`` and take its scored dataset's images."""
+    config = run_dir / ".hydra" / "config.yaml"
+    if not config.is_file():
+        return _Images(notes=[f"no images: {config} is missing (pass --images FILE.npy)"])
+    try:
+        from hydra.utils import instantiate
+        from omegaconf import OmegaConf
+
+        cfg = OmegaConf.load(config)
+        datamodule = instantiate(cfg.data)
+        dataset = datamodule.curvature_dataset()
+    except Exception as e:  # any failure to rebuild the data only costs the pictures, so say why and go on
+        return _Images(notes=[f"no images: rebuilding the datamodule of {config} failed ({type(e).__name__}: {e})"])
+    if len(dataset) != n:
+        return _Images(notes=[f"no images: the rebuilt dataset has {len(dataset)} samples, the store {n}"])
+    labels = _dataset_labels(dataset)
+    if labels is not None and not np.array_equal(labels.astype(np.int64), given):
+        return _Images(notes=["no images: the rebuilt dataset's labels differ from scores.csv's given labels"])
+    names = getattr(datamodule, "classes", None) or getattr(dataset, "classes", None)
+    return _Images(_dataset_images(dataset), f"the datamodule of {config}", names)
+
+
+def _resolve_images(run_dir: Path, images: Any, images_file: str | None, n: int, given: np.ndarray) -> _Images:
+    if images is not None:
+        if len(images) != n:
+            raise ValueError(f"Expected `images` of {n} samples (the store's N), got {len(images)}.")
+        return _Images(images, "the caller")
+    if images_file is not None:
+        array = np.load(images_file, mmap_mode="r", allow_pickle=False)
+        if len(array) != n:
+            raise ValueError(f"Expected {images_file} to hold {n} images (the store's N), got shape {array.shape}.")
+        return _Images(array, images_file)
+    return _images_from_config(run_dir, n, given)
+
+
+# ------------------------------------------------------------------------------------------ html pieces
+def _png(fig_path: Path) -> str:
+    return "data:image/png;base64," + base64.b64encode(fig_path.read_bytes()).decode()
+
+
+def _img(fig_path: Path, alt: str, width: int | None = None, cls: str = "") -> str:
+    size = f' width="{width}"' if width else ""
+    klass = f' class="{cls}"' if cls else ""
+    return f'<img src="{_png(fig_path)}" alt="{html.escape(alt)}"{size}{klass}>'
+
+
+def _fmt(v: Any) -> str:
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.3f}"
+    return html.escape(str(v))
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "", row_cls: Sequence[str] = ()) -> str:
+    """An HTML table; cells are HTML already; ``row_cls[r]`` is row ``r``'s class."""
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    classes = list(row_cls) + [""] * (len(rows) - len(row_cls))
+    body = "".join(
+        (f'<tr class="{c}">' if c else "<tr>") + "".join(f"<td>{v}</td>" for v in row) + "</tr>"
+        for c, row in zip(classes, rows)
+    )
+    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
+h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
+table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
+th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
+tr.curvature td { background: #fff3f0; }
+img.thumb { image-rendering: pixelated; border: 1px solid #999; }
+.note { color: #555; font-size: 0.9em; } .figure img { max-width: 100%; }
+"""
+
+
+# ------------------------------------------------------------------------------------------ the report
+def write_report(
+    run_dir: str | os.PathLike,
+    *,
+    out_dir: str | os.PathLike | None = None,
+    store_dir: str | os.PathLike | None = None,
+    images: Any = None,
+    images_file: str | None = None,
+    class_names: Sequence[str] | None = None,
+    reference: str | os.PathLike | np.ndarray | None = None,
+    reference_order: np.ndarray | None = None,
+    top_k: int = 25,
+    dup_top_k: int | None = None,
+    dup_threshold: float = 0.95,
+) -> Path:
+    """Write the HTML report of a ``curvature-train`` run; returns the path of ``index.html``.
+
+    Args:
+        run_dir: the run directory (``scores.csv``, ``metrics.json``, ``curvature/``).
+        out_dir: where to write; default ``RUN_DIR/report``.
+        store_dir: the store, if not ``RUN_DIR/curvature``.
+        images: ``images[i]`` is sample ``i`` (``[C, H, W]``, ``[H, W, C]`` or ``[H, W]``), in the store's order.
+        images_file: an ``.npy`` of ``[N, ...]`` images instead.
+        class_names: names indexed by label.
+        reference: a reference memorization score: Feldman & Zhang's ``.npz`` (aligned and checked against
+            ``scores.csv``'s ``label``; a ``source_index`` column, or ``reference_order``, gives the rows), an
+            ``.npy`` vector in the store's order, or an array.
+        reference_order: for each sample its row in the reference file.
+        top_k: samples in the grid of the most-curved.
+        dup_top_k: most-curved samples searched for conflicting duplicates (default 2 % of N, at least 50).
+        dup_threshold: least cosine similarity of downsampled pixels for a duplicate pair.
+
+    Raises:
+        FileNotFoundError: no store or no ``scores.csv`` in ``run_dir``.
+        ValueError: ``scores.csv`` and the store disagree on N, or a reference does not align.
+    """
+    from curvature_callback.store import CurvatureStore
+
+    start = time.perf_counter()
+    run_dir = Path(run_dir)
+    out = Path(out_dir) if out_dir is not None else run_dir / "report"
+    csv_path = run_dir / "scores.csv"
+    if not csv_path.is_file():
+        raise FileNotFoundError(
+            f"No scores.csv in {run_dir}: pass the directory a curvature-train run wrote (it holds scores.csv, "
+            "metrics.json and curvature/)."
+        )
+    store = CurvatureStore.open(store_dir if store_dir is not None else run_dir / "curvature")
+    columns = read_scores_csv(csv_path)
+    n = store.n
+    if len(columns["index"]) != n:
+        raise ValueError(f"scores.csv has {len(columns['index'])} rows, the store {n} samples: not the same run.")
+    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    given = columns.get("given_label", columns.get("label"))
+    original = columns.get("label", given)
+    if given is None:
+        raise ValueError(f"scores.csv lacks a label column (has {sorted(columns)}): expected label, given_label.")
+    flipped = columns["flipped"].astype(bool) if "flipped" in columns else given != original
+    scores = suspicion_scores(store)
+    curvature = scores["curvature"]
+    if not np.isfinite(curvature).all():
+        raise ValueError(f"{int((~np.isfinite(curvature)).sum())} samples were never scored: nothing to report.")
+    found = _resolve_images(run_dir, images, images_file, n, given)
+    names = class_names or found.class_names
+    out.mkdir(parents=True, exist_ok=True)
+    order = np.argsort(-curvature, kind="stable")
+    parts: list[str] = []
+
+    # summary
+    meta = store.meta
+    summary = [
+        ("run directory", html.escape(str(run_dir.resolve()))),
+        ("samples", n),
+        ("classes", len(np.unique(given))),
+        ("flipped labels", f"{int(flipped.sum())} ({flipped.mean():.1%})"),
+        ("scored epochs", html.escape(str(store.epochs))),
+        ("h, vectors, seed", f"{meta.get('h')}, {meta.get('n_vectors')}, {meta.get('seed')}"),
+    ]
+    for key, label in (("train_acc", "train accuracy on the given labels"),
+                       ("train_acc_original", "train accuracy on the original labels"),
+                       ("flipped_memorized", "flipped samples fit (memorized)")):
+        if metrics.get(key) is not None:
+            summary.append((label, f"{metrics[key]:.3f}"))
+    summary.append(("images", html.escape(found.source or "; ".join(found.notes))))
+    parts.append(_table(["", ""], [(html.escape(k), v) for k, v in summary], "summary"))
+
+    # mislabel detection
+    parts.append("<h2>Mislabel detection: curvature beside the baselines</h2>")
+    if 0 < flipped.sum() < n:
+        table = detection_table(scores, flipped, at_percent=(*AT_PERCENT, 100 * flipped.mean()))
+        keys = ["auroc", "ap"] + [f"{w}@{p:g}%" for p in AT_PERCENT for w in ("precision", "recall")]
+        noise_key = f"precision@{100 * flipped.mean():g}%"
+        keys.append(noise_key)
+        best = {k: max(row[k] for row in table.values()) for k in keys}
+        rows = [
+            [html.escape(name)] + [f"<b>{_fmt(row[k])}</b>" if row[k] == best[k] else _fmt(row[k]) for k in keys]
+            for name, row in table.items()
+        ]
+        header = ["score", "AUROC", "AP"] + [f"{w} @{p}%" for p in AT_PERCENT for w in ("precision", "recall")]
+        header.append("precision @ noise rate")
+        parts.append(_table(header, rows, "detection", [name for name in table]))
+        notes = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(SCORE_NOTES[k])}</li>" for k in scores)
+        parts.append(
+            f'<p class="note">Every score is oriented so that higher is more suspicious; bold: the best per column. '
+            f"Precision and recall at p % inspect the p % highest-scoring samples. Chance: AUROC 0.5, "
+            f"AP {flipped.mean():.3f}.</p><ul class=\"note\">{notes}</ul>"
+        )
+        plot_detection_curves(scores, flipped, out / "detection.png")
+        parts.append(f'<div class="figure">{_img(out / "detection.png", "detection curves")}</div>')
+    else:
+        parts.append(
+            '<p class="note">No known label noise in this run (scores.csv flags no flipped sample): detection '
+            "metrics need injected noise (e.g. <code>data.noise=0.05</code>).</p>"
+        )
+
+    # curvature per class
+    parts.append("<h2>Curvature per class</h2>")
+    plot_class_histograms(curvature, given, flipped, out / "class_histograms.png", class_names=names)
+    plot_histogram(curvature, flipped, out / "histogram.png")
+    parts.append(f'<div class="figure">{_img(out / "class_histograms.png", "curvature per class")}</div>')
+    parts.append(f'<div class="figure">{_img(out / "histogram.png", "curvature histogram")}</div>')
+
+    # most-curved samples
+    parts.append(f"<h2>The {min(top_k, n)} most-curved samples</h2>")
+    if found.view is not None:
+        plot_top_k(found.view, given, original, curvature, out / "top_k.png", k=top_k, class_names=names)
+        parts.append(f'<div class="figure">{_img(out / "top_k.png", "most-curved samples")}</div>')
+        parts.append('<p class="note">Title: index: given / original label; red where they differ.</p>')
+    else:
+        parts.append(f'<p class="note">{html.escape("; ".join(found.notes))}</p>')
+    rows = [(int(i), _label(given[i], names), _label(original[i], names), f"{curvature[i]:.4g}")
+            for i in order[: min(top_k, n)]]
+    parts.append(_table(["index", "given", "original", "curvature"], rows, "topk"))
+
+    # duplicates
+    k_dup = dup_top_k if dup_top_k is not None else min(n, max(50, math.ceil(0.02 * n)))
+    parts.append(f"<h2>Duplicates with conflicting labels among the {k_dup} most-curved samples</h2>")
+    if found.view is not None:
+        feats = pixel_features(found.view)
+        pairs = find_conflicting_duplicates(feats, given, order[:k_dup], threshold=dup_threshold)
+        parts.append(_duplicates_html(pairs, found.view, given, original, curvature, names, out))
+        parts.append(
+            f'<p class="note">Pairs whose 8x8 average-pooled pixels, centred and scaled per image, have cosine '
+            f"similarity of at least {dup_threshold}, and whose given labels differ. Both members are among the "
+            f"{k_dup} most-curved samples. {len(pairs)} pair(s) found.</p>"
+        )
+    else:
+        parts.append(f'<p class="note">{html.escape("; ".join(found.notes))}</p>')
+
+    # memorization
+    if reference is not None:
+        parts.append("<h2>Curvature against a reference memorization score</h2>")
+        parts.append(_memorization_html(reference, reference_order, columns, original, curvature, out))
+
+    elapsed = time.perf_counter() - start
+    page = (
+        f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Curvature report: "
+        f"{html.escape(run_dir.resolve().name)}</title><style>{_CSS}</style></head><body>"
+        f"<h1>Curvature report: {html.escape(run_dir.resolve().name)}</h1>"
+        + "".join(parts)
+        + f'<p class="note">Written by curvature-report in {elapsed:.1f} s. Scores: Garg, Ravikumar &amp; Roy, '
+        "ICML 2024 (input-loss curvature, mean over the scored epochs).</p></body></html>\n"
+    )
+    index = out / "index.html"
+    index.write_text(page, encoding="utf-8")
+    return index
+
+
+def _label(c: Any, names: Sequence[str] | None) -> str:
+    return html.escape(f"{c} ({names[int(c)]})" if names is not None else str(c))
+
+
+def _duplicates_html(
+    pairs: list[DuplicatePair], view: Any, given: np.ndarray, original: np.ndarray, curvature: np.ndarray,
+    names: Sequence[str] | None, out: Path,
+) -> str:
+    if not pairs:
+        return '<p class="note">None found.</p>'
+    rank = np.empty(len(curvature), dtype=np.int64)
+    rank[np.argsort(-curvature, kind="stable")] = np.arange(1, len(curvature) + 1)
+    thumbs = out / "thumbnails"
+    thumbs.mkdir(exist_ok=True)
+    rows = []
+    for p in pairs[:MAX_PAIRS]:
+        cells = []
+        for i in (p.i, p.j):
+            path = thumbs / f"{i}.png"
+            if not path.exists():
+                save_thumbnail(view[i], path)
+            cells.append(_img(path, f"sample {i}", width=72, cls="thumb"))
+        rows.append([
+            cells[0], cells[1], f"#{p.i}, #{p.j}", f"{_label(given[p.i], names)} / {_label(given[p.j], names)}",
+            f"{_label(original[p.i], names)} / {_label(original[p.j], names)}", f"{p.similarity:.4f}",
+            f"{rank[p.i]} / {rank[p.j]}",
+        ])
+    more = f'<p class="note">{len(pairs) - MAX_PAIRS} more not shown.</p>' if len(pairs) > MAX_PAIRS else ""
+    header = ["first", "second", "indices", "given labels", "original labels", "similarity", "curvature ranks"]
+    return _table(header, rows, "duplicates") + more
+
+
+def _memorization_html(
+    reference: Any, order: np.ndarray | None, columns: Mapping[str, np.ndarray], original: np.ndarray,
+    curvature: np.ndarray, out: Path,
+) -> str:
+    note = ""
+    if isinstance(reference, (str, os.PathLike)):
+        path = Path(reference)
+        name = path.name
+        if path.suffix == ".npz":
+            if order is None and "source_index" in columns:
+                order = columns["source_index"]
+            ref = load_feldman_zhang(path, original, order=order)
+            note = f"{html.escape(name)}: labels checked against scores.csv, sample by sample."
+        else:
+            ref = np.load(path, allow_pickle=False).astype(np.float64)
+            note = f"{html.escape(name)}: a plain vector; its alignment with the store cannot be checked."
+    else:
+        name, ref = "reference", np.asarray(reference, dtype=np.float64)
+        note = "an array passed by the caller; its alignment cannot be checked."
+    if ref.shape != curvature.shape:
+        raise ValueError(f"Expected a reference of shape {curvature.shape}, got {ref.shape}.")
+    n = len(curvature)
+    ks = sorted({k for k in (100, 500, 1000, 5000, n // 10, n) if 0 < k <= n})
+    rows = []
+    for by in ("reference", "scores"):
+        m = memorization_comparison(curvature, ref, top_k=ks, by=by)
+        for k in ks:
+            rows.append([f"top {k} by {by}", _fmt(m[f"cosine@{k}"]), _fmt(m[f"cosine_chance@{k}"])])
+    plot_memorization(curvature, ref, out / "memorization.png", name=name)
+    return (
+        f'<p class="note">Reference: {note}</p>'
+        + _table(["", "value"], [("Pearson", _fmt(m["pearson"])), ("Spearman", _fmt(m["spearman"]))], "mem")
+        + _table(["cosine similarity over", "cosine", "chance (scores shuffled)"], rows, "cosine")
+        + '<p class="note">Cosine similarity of non-negative scores is inflated: unrelated non-negative vectors '
+        "already score high. Read it against the chance column.</p>"
+        + f'<div class="figure">{_img(out / "memorization.png", "curvature against memorization")}</div>'
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script ``curvature-report RUN_DIR [options]``."""
+    parser = argparse.ArgumentParser(
+        prog="curvature-report", description="Write RUN_DIR/report/index.html for a curvature-train run."
+    )
+    parser.add_argument("run_dir", help="the run directory (scores.csv, metrics.json, curvature/)")
+    parser.add_argument("--out", help="output folder (default RUN_DIR/report)")
+    parser.add_argument("--store", help="the store folder, if not RUN_DIR/curvature")
+    parser.add_argument("--images", help=".npy of [N, ...] images in the store's order (default: rebuilt from "
+                        "RUN_DIR/.hydra/config.yaml)")
+    parser.add_argument("--reference", help="reference memorization: Feldman & Zhang .npz, or an .npy vector")
+    parser.add_argument("--reference-order", help=".npy of int rows: for each sample, its row in the reference")
+    parser.add_argument("--top-k", type=int, default=25, help="samples in the grid of the most-curved (25)")
+    parser.add_argument("--dup-top-k", type=int, help="most-curved samples searched for duplicates (2 %% of N)")
+    parser.add_argument("--dup-threshold", type=float, default=0.95, help="least cosine similarity (0.95)")
+    args = parser.parse_args(argv)
+    order = np.load(args.reference_order, allow_pickle=False) if args.reference_order else None
+    try:
+        index = write_report(
+            args.run_dir, out_dir=args.out, store_dir=args.store, images_file=args.images, reference=args.reference,
+            reference_order=order, top_k=args.top_k, dup_top_k=args.dup_top_k, dup_threshold=args.dup_threshold,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        print(f"curvature-report: {e}", file=sys.stderr)
+        return 2
+    print(f"curvature-report: wrote {index}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
