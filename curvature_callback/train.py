@@ -1,19 +1,28 @@
-"""``curvature-train``: the Hydra entry point of the experiments (DESIGN §6).
+"""``curvature-train``: the Hydra entry point of the experiments (DESIGN §6, docs/EXPERIMENTS.md).
 
 Trains the configured classifier with :class:`~curvature_callback.CurvatureCallback` and writes, in the
-run directory (``output_dir``): the store (``curvature/``), ``scores.csv``, ``metrics.json``,
-``histogram.png`` and ``top_k.png``. With no arguments it runs the embedded default (``conf/train.yaml``)::
+run directory (``output_dir``): the store (``curvature/``, with ``filenames.txt`` for folder datasets),
+``labels.npz`` (original and given labels, flipped mask; written before training), ``scores.csv``,
+``metrics.json`` (detection metrics and the time split), ``histogram.png`` and ``top_k.png``. With no
+arguments it runs the embedded default (``conf/train.yaml``)::
 
     curvature-train                                   # digits, 10 % label noise, CPU, about a minute
-    python -m curvature_callback.train trainer.max_epochs=60 data.noise=0.2
+    curvature-train experiment=cifar10_noise10 data=cifar10_offline
+    curvature-train experiment=cifar10_noise10 trainer=ddp trainer.devices=4
+    curvature-train -m experiment=cifar10_mislabeled sweep=noise_seed
+
+Under ``strategy=ddp`` Lightning starts this script again for each further rank; :func:`main` makes that
+command repeat exactly this job in this run directory, also inside a ``-m`` sweep.
 
 The configs are read from the repository's ``conf/`` folder, or from ``$CURVATURE_CONF``.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -24,8 +33,10 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from hydra.utils import instantiate
-from omegaconf import DictConfig
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
+from omegaconf import DictConfig, OmegaConf, read_write
 from torch.utils.data import DataLoader, Dataset
 
 from curvature_callback.analysis import mislabel_metrics, write_scores_csv
@@ -36,6 +47,23 @@ __all__ = ["CONF_DIR", "main", "run"]
 
 #: the config folder: $CURVATURE_CONF, else conf/ beside the package (an editable install or a checkout)
 CONF_DIR = os.environ.get("CURVATURE_CONF") or str(Path(__file__).resolve().parent.parent / "conf")
+#: what Lightning's DDP launcher sets in its own environment; a sweep's next job must not inherit it
+_DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
+_ENV_AT_START = {k: os.environ.get(k) for k in _DDP_ENV}
+
+
+def mixed_precision() -> str:
+    """``bf16-mixed`` on GPUs that support it, ``16-mixed`` on older ones, ``32-true`` without a GPU.
+
+    The config resolver ``${mixed_precision:}`` (conf/trainer/gpu.yaml). Only training is mixed: the scoring
+    pass turns autocast off (the finite differences need float32).
+    """
+    if not torch.cuda.is_available():
+        return "32-true"
+    return "bf16-mixed" if torch.cuda.is_bf16_supported() else "16-mixed"
+
+
+OmegaConf.register_new_resolver("mixed_precision", mixed_precision, replace=True)
 
 
 def _instantiate_group(group: Mapping | None) -> list[Any]:
@@ -56,16 +84,77 @@ class _Inputs:
 
 
 @torch.no_grad()
-def _predict(model: pl.LightningModule, dataset: Dataset, callback: CurvatureCallback) -> np.ndarray:
-    """Predicted class of every sample of ``dataset`` by the final model, in eval mode."""
+def _predict(
+    model: pl.LightningModule, dataset: Dataset, callback: CurvatureCallback, device: torch.device
+) -> np.ndarray:
+    """Predicted class of every sample of ``dataset`` by the final model, in eval mode, on ``device`` (Lightning
+    moves the model back to the CPU after fit; a GPU run predicts on its GPU)."""
     was_training = model.training
-    model.eval()
-    device = next(model.parameters()).device
+    model.eval().to(device)
     to_inputs = callback.batch_to_inputs or default_batch_to_inputs
-    loader = DataLoader(dataset, batch_size=callback.batch_size)
-    preds = [model(to_inputs(batch)[0].to(device)).argmax(1).cpu() for batch in loader]
+    loader = DataLoader(dataset, batch_size=callback.batch_size, num_workers=callback.num_workers,
+                        pin_memory=device.type == "cuda")
+    preds = [model(to_inputs(batch)[0].to(device, non_blocking=True)).argmax(1).cpu() for batch in loader]
     model.train(was_training)
     return torch.cat(preds).numpy()
+
+
+class _Clock(Callback):
+    """Wall-clock marks of a run: when training starts and how long the scoring passes take.
+
+    Two instances bracket the curvature callback (``"before"`` runs its ``on_train_epoch_end`` just before the
+    callback's, ``"after"`` just after), so their difference is the scoring pass, gather and commit included.
+    """
+
+    def __init__(self, times: dict[str, float], where: str) -> None:
+        self.times, self.where = times, where
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.times.setdefault("train_start", time.perf_counter())
+
+    def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        now = time.perf_counter()
+        if self.where == "before":
+            self.times["mark"] = now
+        else:
+            self.times["scoring"] = self.times.get("scoring", 0.0) + now - self.times.pop("mark", now)
+
+
+class _RecordLabels(Callback):
+    """Before training, on rank 0: ``labels.npz`` in the run directory (original and given labels, the flipped
+    mask, the source indices) and, for folder datasets, ``filenames.txt`` in the store folder.
+
+    ``filenames.txt`` is plain UTF-8, line ``i`` the path of sample ``i`` relative to the training folder: it
+    names each score's image (published ImageNet memorization scores are keyed by file name) with no pickle.
+    It runs after the curvature callback's ``on_train_start``, which opens the store.
+    """
+
+    def __init__(self, out: Path, datamodule: pl.LightningDataModule, curvature: CurvatureCallback) -> None:
+        self.out, self.datamodule, self.curvature = out, datamodule, curvature
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        given = getattr(self.datamodule, "given_labels", None)
+        digest = "" if given is None else hashlib.sha1(np.asarray(given, dtype=np.int64).tobytes()).hexdigest()
+        if trainer.world_size > 1 and trainer.strategy.broadcast(digest, src=0) != digest:  # same call on all ranks
+            raise RuntimeError(
+                f"Rank {trainer.global_rank} trains on other labels than rank 0: it composed another config. A "
+                "process started by hand (torchrun, SLURM) must get the same overrides as rank 0."
+            )
+        if not trainer.is_global_zero:
+            return
+        arrays = {name: np.asarray(getattr(self.datamodule, name)) for name in
+                  ("original_labels", "given_labels", "flipped", "source_indices")
+                  if getattr(self.datamodule, name, None) is not None}
+        self.out.mkdir(parents=True, exist_ok=True)
+        np.savez(self.out / "labels.npz", **arrays)  # np.load(..., allow_pickle=False) reads it
+        names = getattr(self.datamodule, "filenames", None)
+        if names is not None:
+            store = self.curvature.store
+            if len(names) != store.n:
+                raise RuntimeError(f"{len(names)} file names for a store of {store.n} samples.")
+            if any("\n" in name for name in names):
+                raise ValueError("A file name holds a line break: filenames.txt has one name per line.")
+            (store.directory / "filenames.txt").write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
 
 
 def _labels(datamodule: pl.LightningDataModule) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -102,8 +191,18 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"Expected exactly one CurvatureCallback in `callbacks`, got {len(curvature)}: keep "
             "callbacks/curvature in the defaults list (e.g. callbacks=curvature)."
         )
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
-    trainer.fit(model, datamodule=datamodule)
+    times: dict[str, float] = {}
+    at = callbacks.index(curvature[0])
+    callbacks[at : at + 1] = [_Clock(times, "before"), curvature[0], _Clock(times, "after"),
+                              _RecordLabels(out, datamodule, curvature[0])]
+    extra: dict[str, Any] = {"callbacks": callbacks, "logger": loggers or False}
+    if any(isinstance(cb, ModelCheckpoint) for cb in callbacks):
+        extra["enable_checkpointing"] = True  # callbacks=[...,checkpoint] works with any trainer config
+    trainer: pl.Trainer = instantiate(cfg.trainer, **extra)
+    for logger in loggers:
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # the whole composed config
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    fit_end = time.perf_counter()
     if not trainer.is_global_zero:
         return {}
 
@@ -117,7 +216,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     dataset = datamodule.curvature_dataset()
     original, given, flipped = _labels(datamodule)
     curv = np.array(store.mean)
-    pred = _predict(model, dataset, curvature[0])
+    pred = _predict(model, dataset, curvature[0], trainer.strategy.root_device)
     columns: dict[str, np.ndarray] = {
         "label": original, "given_label": given, "flipped": flipped, "curvature": curv,
     }
@@ -129,6 +228,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     source = getattr(datamodule, "source_indices", None)
     if source is not None:
         columns["source_index"] = np.asarray(source)
+    filenames = getattr(datamodule, "filenames", None)
+    if filenames is not None:
+        columns["file"] = np.asarray(filenames, dtype=object)
 
     metrics: dict[str, Any] = {}
     noisy = 0 < flipped.sum() < len(flipped)  # detection needs both kinds; without noise these are null
@@ -149,22 +251,73 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     write_scores_csv(out / "scores.csv", columns)
     plot_histogram(curv, flipped, out / "histogram.png")
     plot_top_k(_Inputs(dataset), given, original, curv, out / "top_k.png", k=int(cfg.get("top_k", 25)))
-    metrics["wall_time_s"] = round(time.perf_counter() - start, 2)
+    end = time.perf_counter()
+    train_start = times.get("train_start", start)
+    scoring = times.get("scoring", 0.0)
+    metrics["wall_time_s"] = round(end - start, 2)
+    metrics["time_s"] = {  # where the wall time went (rank 0)
+        "setup": round(train_start - start, 2),  # data (download, decode), model, DDP start, store
+        "train": round(fit_end - train_start - scoring, 2),  # training and validation epochs
+        "scoring": round(scoring, 2),  # the curvature passes, gather and commit included
+        "report": round(end - fit_end, 2),  # predictions, scores.csv, figures
+    }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    for logger in loggers:
+        if type(logger).__name__ == "WandbLogger":
+            logger.experiment.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
     aurocs = ", ".join(f"{s} {metrics[f'auroc_{s}']:.3f}" for s in ("curvature", "loss")
                        if metrics.get(f"auroc_{s}") is not None)
+    split = ", ".join(f"{k} {v:.0f} s" for k, v in metrics["time_s"].items())
     print(
         f"curvature-train: mislabel AUROC {aurocs or 'n/a (no flipped labels)'} | train acc "
-        f"{metrics['train_acc']:.3f} on given labels | {metrics['wall_time_s']:.0f} s\n  outputs: {out}"
+        f"{metrics['train_acc']:.3f} on given labels | {metrics['wall_time_s']:.0f} s ({split})\n  outputs: {out}"
     )
     return metrics
+
+
+def _ddp_children_repeat_this_job(output_dir: str) -> None:
+    """Make Lightning's DDP relaunch (``sys.argv`` plus ``hydra.run.dir=<hydra.run.dir>``) rerun this very job.
+
+    ``hydra.run.dir`` may hold ``${now:...}``, which a child resolves later, to another folder: pin it to this
+    job's resolved directory. In a ``-m`` sweep the argv holds the whole sweep: replace it with this job's own
+    overrides, so each child runs one job (in run mode) rather than the sweep.
+    """
+    run_cfg = HydraConfig.instance().cfg.hydra.run
+    with read_write(run_cfg):
+        run_cfg.dir = output_dir
+    if HydraConfig.get().mode != RunMode.MULTIRUN:
+        return
+    keep, args = [sys.argv[0]], iter(sys.argv[1:])
+    for arg in args:  # keep where the configs come from; drop -m and the sweep's override lists
+        name = arg.split("=", 1)[0]
+        if name in ("-cp", "-cn", "-cd", "--config-path", "--config-name", "--config-dir"):
+            keep += [arg] if "=" in arg else [arg, next(args, "")]
+    sys.argv = keep + list(HydraConfig.get().overrides.task)
+
+
+def _forget_ddp() -> None:
+    """After a job: drop the process group and the launcher's environment, so that the next job of a sweep
+    (same process) starts its own ranks instead of believing it was launched by them."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+    for key, value in _ENV_AT_START.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
     """Console script ``curvature-train``; returns the curvature AUROC (the value a sweep optimizes)."""
     cfg.output_dir = HydraConfig.get().runtime.output_dir  # also when a config set it otherwise
-    auroc = run(cfg).get("auroc_curvature")
+    _ddp_children_repeat_this_job(cfg.output_dir)
+    try:
+        auroc = run(cfg).get("auroc_curvature")
+    finally:
+        _forget_ddp()
+        if "wandb" in sys.modules:  # one W&B run per job of a sweep
+            sys.modules["wandb"].finish()
     return float("nan") if auroc is None else auroc
 
 

@@ -1,0 +1,174 @@
+"""``curvature-collect SWEEP_DIR``: the runs of a ``curvature-train -m`` sweep in one table.
+
+Each run directory under ``SWEEP_DIR`` holds ``metrics.json`` and Hydra's ``.hydra/overrides.yaml``; one row
+per run gets the run's overrides (``data.noise``, ``seed``, ...) and its scalar metrics. Writes
+``SWEEP_DIR/summary.csv`` (every column) and ``SWEEP_DIR/summary.md`` (the overrides that vary, the detection
+metrics; with several seeds, also their mean and standard deviation per setting), and prints the markdown::
+
+    curvature-train -m experiment=cifar10_mislabeled sweep=noise_seed
+    curvature-collect multirun/2026-01-31/12-00-00
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import OmegaConf
+
+__all__ = ["collect", "main", "markdown", "parse_overrides", "write_summary"]
+
+#: metrics in the markdown table, in this order, when present
+SHOWN = ("auroc_curvature", "ap_curvature", "auroc_loss", "ap_loss", "train_acc", "flipped_memorized",
+         "n_flipped", "wall_time_s")
+
+
+def parse_overrides(lines: Sequence[str]) -> dict[str, str]:
+    """``["data.noise=0.1", "+trainer.x=2", "~logger"]`` -> ``{"data.noise": "0.1", "trainer.x": "2", "logger": "~"}``.
+
+    Example:
+        >>> parse_overrides(["data.noise=0.1", "+trainer.limit_train_batches=2", "~logger"])
+        {'data.noise': '0.1', 'trainer.limit_train_batches': '2', 'logger': '~'}
+    """
+    out = {}
+    for line in lines:
+        key, sep, value = str(line).partition("=")
+        out[key.lstrip("+~")] = value if sep else "~"
+    return out
+
+
+def _flatten(metrics: dict[str, Any]) -> dict[str, Any]:
+    """Scalars as they are, ``{"time_s": {"train": 1}}`` as ``time_s.train``, lists by their length."""
+    flat: dict[str, Any] = {}
+    for key, value in metrics.items():
+        if isinstance(value, dict):
+            flat.update({f"{key}.{k}": v for k, v in _flatten(value).items()})
+        elif isinstance(value, list):
+            flat[f"n_{key}"] = len(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
+    """One row per run under ``sweep_dir`` (any depth), ordered by run folder: ``run``, overrides, metrics.
+
+    Raises:
+        FileNotFoundError: when no run under ``sweep_dir`` has a ``metrics.json``.
+    """
+    sweep_dir = Path(sweep_dir)
+    rows = []
+    for path in sorted(sweep_dir.rglob("metrics.json"), key=lambda p: _natural(p.parent.relative_to(sweep_dir))):
+        run = path.parent
+        overrides_file = run / ".hydra" / "overrides.yaml"
+        overrides = parse_overrides(OmegaConf.load(overrides_file)) if overrides_file.is_file() else {}
+        rows.append({"run": run.relative_to(sweep_dir).as_posix(), **overrides,
+                     **_flatten(json.loads(path.read_text()))})
+    if not rows:
+        raise FileNotFoundError(
+            f"No metrics.json under {sweep_dir}: pass the folder of a finished `curvature-train -m` sweep "
+            "(multirun/<date>/<time>), whose runs each wrote metrics.json."
+        )
+    return rows
+
+
+def _natural(path: Path) -> list[Any]:
+    """Sort key: run folders 2 before 10."""
+    return [(0, int(part), "") if part.isdigit() else (1, 0, part) for part in path.parts]
+
+
+def _format(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return str(value)
+
+
+def _table(header: list[str], rows: list[list[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines += ["| " + " | ".join(_format(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def markdown(rows: list[dict[str, Any]]) -> str:
+    """The runs (overrides that vary, then :data:`SHOWN` metrics) and, with several seeds, their mean ± std."""
+    keys = [k for k in rows[0] if k != "run"]
+    for row in rows[1:]:
+        keys += [k for k in row if k not in keys and k != "run"]
+    shown = [m for m in SHOWN if any(m in r for r in rows)]
+    overrides = [k for k in keys if k not in shown and not _is_metric(k, rows)]
+    varying = [k for k in overrides if len({str(r.get(k)) for r in rows}) > 1]
+    text = _table(["run", *varying, *shown], [[r["run"], *(r.get(k) for k in varying), *(r.get(m) for m in shown)]
+                                              for r in rows])
+    if "seed" in varying:
+        settings = [k for k in varying if k != "seed"]
+        groups: dict[tuple, list[dict[str, Any]]] = {}
+        for r in rows:
+            groups.setdefault(tuple(str(r.get(k)) for k in settings), []).append(r)
+        means = [m for m in shown if m.startswith(("auroc", "ap", "train_acc", "flipped"))]
+        body = []
+        for setting, members in groups.items():
+            cells = []
+            for m in means:
+                values = [float(r[m]) for r in members if isinstance(r.get(m), (int, float))]
+                cells.append(_mean_std(values))
+            body.append([*setting, len(members), *cells])
+        text += "\n\nMean ± standard deviation over seeds:\n\n" + _table([*settings, "runs", *means], body)
+    return text + "\n"
+
+
+def _is_metric(key: str, rows: list[dict[str, Any]]) -> bool:
+    return any(isinstance(r.get(key), (int, float, bool)) and not isinstance(r.get(key), str) for r in rows)
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return ""
+    mean = sum(values) / len(values)
+    if len(values) == 1:
+        return f"{mean:.4g}"
+    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    return f"{mean:.4g} ± {std:.2g}"
+
+
+def write_summary(rows: list[dict[str, Any]], out_dir: str | Path) -> tuple[Path, Path]:
+    """``summary.csv`` (every column of every run) and ``summary.md`` (:func:`markdown`) in ``out_dir``."""
+    out_dir = Path(out_dir)
+    columns = ["run"]
+    for row in rows:
+        columns += [k for k in row if k not in columns]
+    csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows([{k: ("" if r.get(k) is None else r.get(k)) for k in columns} for r in rows])
+    md_path.write_text(markdown(rows))
+    return csv_path, md_path
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Console script ``curvature-collect``."""
+    parser = argparse.ArgumentParser(prog="curvature-collect", description=__doc__.splitlines()[0])
+    parser.add_argument("sweep_dir", help="folder of a curvature-train -m sweep (multirun/<date>/<time>)")
+    parser.add_argument("--out", default=None, help="where summary.csv and summary.md go (default: SWEEP_DIR)")
+    args = parser.parse_args(argv)
+    try:
+        rows = collect(args.sweep_dir)
+    except FileNotFoundError as e:
+        print(f"curvature-collect: {e}", file=sys.stderr)
+        return 2
+    csv_path, md_path = write_summary(rows, args.out or args.sweep_dir)
+    print(md_path.read_text(), end="")
+    print(f"\n{len(rows)} runs -> {csv_path}, {md_path}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
