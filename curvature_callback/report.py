@@ -82,6 +82,19 @@ class _Inputs:
         return self.dataset[i][0]
 
 
+class _Subset:
+    """``view[k]`` is ``images[indices[k]]``."""
+
+    def __init__(self, images: Any, indices: np.ndarray) -> None:
+        self.images, self.indices = images, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, k: int) -> Any:
+        return self.images[int(self.indices[k])]
+
+
 def _dataset_images(dataset: Any) -> Any:
     tensors = getattr(dataset, "tensors", None)  # a TensorDataset: its first tensor, stacked already
     return tensors[0] if tensors else _Inputs(dataset)
@@ -120,7 +133,7 @@ def _images_from_config(run_dir: Path, n: int, given: np.ndarray) -> _Images:
 
 def _resolve_images(run_dir: Path, images: Any, images_file: str | None, n: int, given: np.ndarray) -> _Images:
     if images is not None:
-        if len(images) != n:
+        if hasattr(images, "__len__") and len(images) != n:
             raise ValueError(f"Expected `images` of {n} samples (the store's N), got {len(images)}.")
         return _Images(images, "the caller")
     if images_file is not None:
@@ -180,6 +193,7 @@ def write_report(
     out_dir: str | os.PathLike | None = None,
     store_dir: str | os.PathLike | None = None,
     images: Any = None,
+    dataset: Any = None,
     images_file: str | None = None,
     class_names: Sequence[str] | None = None,
     reference: str | os.PathLike | np.ndarray | None = None,
@@ -195,6 +209,7 @@ def write_report(
         out_dir: where to write; default ``RUN_DIR/report``.
         store_dir: the store, if not ``RUN_DIR/curvature``.
         images: ``images[i]`` is sample ``i`` (``[C, H, W]``, ``[H, W, C]`` or ``[H, W]``), in the store's order.
+        dataset: the scored dataset (items ``(x, y, ...)``), instead of ``images``: what ``curvature-train`` has.
         images_file: an ``.npy`` of ``[N, ...]`` images instead.
         class_names: names indexed by label.
         reference: a reference memorization score: Feldman & Zhang's ``.npz`` (aligned and checked against
@@ -235,6 +250,11 @@ def write_report(
     curvature = scores["curvature"]
     if not np.isfinite(curvature).all():
         raise ValueError(f"{int((~np.isfinite(curvature)).sum())} samples were never scored: nothing to report.")
+    ref = None if reference is None else _load_reference(reference, reference_order, columns, original)
+    if ref is not None and ref[0].shape != curvature.shape:
+        raise ValueError(f"Expected a reference of {n} samples (the store's N), got shape {ref[0].shape}.")
+    if dataset is not None and images is None:
+        images = _dataset_images(dataset)
     found = _resolve_images(run_dir, images, images_file, n, given)
     names = class_names or found.class_names
     out.mkdir(parents=True, exist_ok=True)
@@ -311,8 +331,11 @@ def write_report(
     k_dup = dup_top_k if dup_top_k is not None else min(n, max(50, math.ceil(0.02 * n)))
     parts.append(f"<h2>Duplicates with conflicting labels among the {k_dup} most-curved samples</h2>")
     if found.view is not None:
-        feats = pixel_features(found.view)
-        pairs = find_conflicting_duplicates(feats, given, order[:k_dup], threshold=dup_threshold)
+        candidates = np.sort(order[:k_dup])  # pairs within the candidates: only their pixels are read
+        feats = pixel_features(_Subset(found.view, candidates))
+        local = find_conflicting_duplicates(feats, given[candidates], np.arange(k_dup), threshold=dup_threshold)
+        pairs = [DuplicatePair(int(candidates[p.i]), int(candidates[p.j]), p.similarity, p.label_i, p.label_j)
+                 for p in local]
         parts.append(_duplicates_html(pairs, found.view, given, original, curvature, names, out))
         parts.append(
             f'<p class="note">Pairs whose 8x8 average-pooled pixels, centred and scaled per image, have cosine '
@@ -323,9 +346,9 @@ def write_report(
         parts.append(f'<p class="note">{html.escape("; ".join(found.notes))}</p>')
 
     # memorization
-    if reference is not None:
+    if ref is not None:
         parts.append("<h2>Curvature against a reference memorization score</h2>")
-        parts.append(_memorization_html(reference, reference_order, columns, original, curvature, out))
+        parts.append(_memorization_html(*ref, curvature, out))
 
     elapsed = time.perf_counter() - start
     page = (
@@ -373,25 +396,26 @@ def _duplicates_html(
     return _table(header, rows, "duplicates") + more
 
 
-def _memorization_html(
-    reference: Any, order: np.ndarray | None, columns: Mapping[str, np.ndarray], original: np.ndarray,
-    curvature: np.ndarray, out: Path,
-) -> str:
-    note = ""
+def _load_reference(
+    reference: Any, order: np.ndarray | None, columns: Mapping[str, np.ndarray], original: np.ndarray
+) -> tuple[np.ndarray, str, str]:
+    """The reference in the store's order, its name, and how its alignment was checked."""
     if isinstance(reference, (str, os.PathLike)):
         path = Path(reference)
-        name = path.name
         if path.suffix == ".npz":
             if order is None and "source_index" in columns:
-                order = columns["source_index"]
+                order = columns["source_index"]  # a subset run: its samples' rows in the full dataset
             ref = load_feldman_zhang(path, original, order=order)
-            note = f"{html.escape(name)}: labels checked against scores.csv, sample by sample."
-        else:
-            ref = np.load(path, allow_pickle=False).astype(np.float64)
-            note = f"{html.escape(name)}: a plain vector; its alignment with the store cannot be checked."
-    else:
-        name, ref = "reference", np.asarray(reference, dtype=np.float64)
-        note = "an array passed by the caller; its alignment cannot be checked."
+            return ref, path.name, f"{html.escape(path.name)}: labels checked against scores.csv, sample by sample."
+        ref = np.load(path, allow_pickle=False).astype(np.float64)
+        if order is not None:
+            ref = ref[order]
+        note = f"{html.escape(path.name)}: a plain vector; its alignment with the store cannot be checked."
+        return ref, path.name, note
+    return np.asarray(reference, dtype=np.float64), "reference", "an array; its alignment cannot be checked."
+
+
+def _memorization_html(ref: np.ndarray, name: str, note: str, curvature: np.ndarray, out: Path) -> str:
     if ref.shape != curvature.shape:
         raise ValueError(f"Expected a reference of shape {curvature.shape}, got {ref.shape}.")
     n = len(curvature)

@@ -135,6 +135,12 @@ def test_report_of_a_real_run_rebuilds_the_images_from_its_config(tmp_path):
     page = write_report(tmp_path, top_k=9).read_text()
     assert "the datamodule of" in page and "no images" not in page
     assert (tmp_path / "report" / "top_k.png").is_file()
+    # what curvature-train itself would pass: its scored dataset
+    from hydra.utils import instantiate
+
+    dataset = instantiate(cfg.data).curvature_dataset()
+    page = write_report(tmp_path, dataset=dataset, out_dir=tmp_path / "direct", top_k=9).read_text()
+    assert "the caller" in page and (tmp_path / "direct" / "top_k.png").is_file()
 
 
 # ------------------------------------------------------------------------------------------ in a browser
