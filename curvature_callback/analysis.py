@@ -479,8 +479,8 @@ def write_scores_csv(path: str | os.PathLike, columns: Mapping[str, np.ndarray])
 
 
 def read_scores_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
-    """The columns of a ``scores.csv`` (:func:`write_scores_csv`) as arrays: integers where every value is one,
-    else floats; ``index`` included."""
+    """The columns of a ``scores.csv`` (:func:`write_scores_csv`) as arrays: ``int64`` where every value is an
+    integer, ``float64`` where every value is a number, else strings (a ``file`` column); ``index`` included."""
     with open(path, newline="") as f:
         reader = csv.reader(f)
         header = next(reader, None)
@@ -490,8 +490,12 @@ def read_scores_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
     out: dict[str, np.ndarray] = {}
     for j, name in enumerate(header):
         values = [r[j] for r in rows]
-        try:
-            out[name] = np.array([int(v) for v in values], dtype=np.int64)
-        except ValueError:
-            out[name] = np.array([float(v) for v in values], dtype=np.float64)
+        for kind in (np.int64, np.float64):
+            try:
+                out[name] = np.array([kind(v) for v in values], dtype=kind)
+                break
+            except ValueError:
+                continue
+        else:
+            out[name] = np.array(values, dtype=str)
     return out

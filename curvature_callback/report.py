@@ -26,6 +26,7 @@ import math
 import os
 import sys
 import time
+import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -250,7 +251,8 @@ def write_report(
     curvature = scores["curvature"]
     if not np.isfinite(curvature).all():
         raise ValueError(f"{int((~np.isfinite(curvature)).sum())} samples were never scored: nothing to report.")
-    ref = None if reference is None else _load_reference(reference, reference_order, columns, original)
+    filenames = _run_filenames(columns, store.directory)
+    ref = None if reference is None else _load_reference(reference, reference_order, columns, original, filenames)
     if ref is not None and ref[0].shape != curvature.shape:
         raise ValueError(f"Expected a reference of {n} samples (the store's N), got shape {ref[0].shape}.")
     if dataset is not None and images is None:
@@ -364,6 +366,16 @@ def write_report(
     return index
 
 
+def _run_filenames(columns: Mapping[str, np.ndarray], store_dir: Path) -> list[str] | None:
+    """The samples' file names: scores.csv's ``file`` column, else ``filenames.txt`` beside the store."""
+    if "file" in columns:
+        return [str(f) for f in columns["file"]]
+    listed = store_dir / "filenames.txt"
+    if listed.is_file():
+        return listed.read_text(encoding="utf-8").splitlines()
+    return None
+
+
 def _label(c: Any, names: Sequence[str] | None) -> str:
     return html.escape(f"{c} ({names[int(c)]})" if names is not None else str(c))
 
@@ -397,16 +409,28 @@ def _duplicates_html(
 
 
 def _load_reference(
-    reference: Any, order: np.ndarray | None, columns: Mapping[str, np.ndarray], original: np.ndarray
+    reference: Any, order: np.ndarray | None, columns: Mapping[str, np.ndarray], original: np.ndarray,
+    filenames: Sequence[str] | None,
 ) -> tuple[np.ndarray, str, str]:
     """The reference in the store's order, its name, and how its alignment was checked."""
     if isinstance(reference, (str, os.PathLike)):
         path = Path(reference)
         if path.suffix == ".npz":
+            if zipfile.is_zipfile(path):
+                with np.load(path, allow_pickle=False) as f:
+                    by_name = "tr_filenames" in f.files
+            else:
+                by_name = False  # load_feldman_zhang says what is wrong with the file
+            if by_name and filenames is None:
+                raise ValueError(
+                    f"{path.name} lists file names (ImageNet format), but the run has none: expected a 'file' "
+                    "column in scores.csv or filenames.txt beside the store."
+                )
             if order is None and "source_index" in columns:
                 order = columns["source_index"]  # a subset run: its samples' rows in the full dataset
-            ref = load_feldman_zhang(path, original, order=order)
-            return ref, path.name, f"{html.escape(path.name)}: labels checked against scores.csv, sample by sample."
+            ref = load_feldman_zhang(path, original, order=order, filenames=filenames if by_name else None)
+            how = "file names matched, then labels" if by_name else "labels"
+            return ref, path.name, f"{html.escape(path.name)}: {how} checked against scores.csv, sample by sample."
         ref = np.load(path, allow_pickle=False).astype(np.float64)
         if order is not None:
             ref = ref[order]

@@ -262,9 +262,10 @@ def test_align_reference_checks_shapes():
 
 def test_scores_csv_reads_back_as_typed_columns(tmp_path):
     write_scores_csv(tmp_path / "s.csv", {"label": np.array([3, 1]), "flipped": np.array([True, False]),
-                                          "curvature": np.array([1.5e-7, 2.0])})
+                                          "curvature": np.array([1.5e-7, 2.0]), "file": np.array(["a/1.JPEG", "b"])})
     got = read_scores_csv(tmp_path / "s.csv")
-    assert list(got) == ["index", "label", "flipped", "curvature"]
+    assert list(got) == ["index", "label", "flipped", "curvature", "file"]
+    assert got["file"].tolist() == ["a/1.JPEG", "b"]
     assert got["label"].dtype == np.int64 and got["curvature"].dtype == np.float64
     np.testing.assert_array_equal(got["flipped"], [1, 0])
     np.testing.assert_allclose(got["curvature"], [1.5e-7, 2.0])

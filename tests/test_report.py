@@ -175,3 +175,22 @@ def test_report_renders_in_headless_chromium_with_every_image_loaded(report):
         assert rows == 3
     finally:
         browser.quit()
+
+
+def test_report_aligns_an_imagenet_format_reference_by_the_runs_file_names(tmp_path):
+    rng = np.random.default_rng(3)
+    run = tmp_path / "run"
+    labels = rng.integers(0, 3, 30)
+    files = [f"n0{c}/n0{c}_{i}.JPEG" for i, c in enumerate(labels)]  # as curvature-train's `file` column
+    store = CurvatureStore.create(run / "curvature", 30, settings=SETTINGS)
+    store.commit_epoch(0, np.linspace(1, 2, 30))
+    store.close()
+    write_scores_csv(run / "scores.csv", {"label": labels, "given_label": labels, "file": np.array(files)})
+    mem = rng.random(30)
+    perm = rng.permutation(30)
+    np.savez(tmp_path / "imagenet_index.npz", tr_filenames=np.array([files[i] for i in perm], dtype="S"),
+             tr_labels=labels[perm], tr_mem=mem[perm])
+    page = write_report(run, reference=tmp_path / "imagenet_index.npz").read_text()
+    assert "imagenet_index.npz: file names matched, then labels checked" in page
+    expected = np.corrcoef(np.linspace(1, 2, 30), mem)[0, 1]
+    assert f"<td>Pearson</td><td>{expected:.3f}</td>" in page
