@@ -121,6 +121,7 @@ def score_variants(store: CurvatureStore) -> dict[str, np.ndarray]:
         "curvature, mean of sqrt (RMS norm)": epoch_average(h, transform="sqrt"),
         "curvature, mean of log10": epoch_average(h, transform="log"),
         "curvature, mean within-epoch rank": epoch_average(h, transform="rank"),
+        "loss, second half of training": epoch_average(store.channel_history("loss"), slice(half, None)),
         "loss, last scored epoch": np.asarray(store.channel_last("loss"), dtype=np.float64),
     }
 

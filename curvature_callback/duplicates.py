@@ -77,7 +77,7 @@ def pixel_features(images: Any, size: int = 8, batch_size: int = 2048) -> np.nda
         if stacked:
             batch = images[start:stop]
         else:
-            batch = torch.stack([torch.as_tensor(np.asarray(images[i])) for i in range(start, stop)])
+            batch = np.stack([np.asarray(images[i]) for i in range(start, stop)])  # _as_nchw copies
         x = F.adaptive_avg_pool2d(_as_nchw(batch), size).flatten(1).double()
         x = x - x.mean(1, keepdim=True)
         norm = x.norm(dim=1, keepdim=True)
