@@ -281,34 +281,8 @@ def write_report(
     summary.append(("images", html.escape(found.source or "; ".join(found.notes))))
     parts.append(_table(["", ""], [(html.escape(k), v) for k, v in summary], "summary"))
 
-    # mislabel detection
     parts.append("<h2>Mislabel detection: curvature beside the baselines</h2>")
-    if 0 < flipped.sum() < n:
-        table = detection_table(scores, flipped, at_percent=(*AT_PERCENT, 100 * flipped.mean()))
-        keys = ["auroc", "ap"] + [f"{w}@{p:g}%" for p in AT_PERCENT for w in ("precision", "recall")]
-        noise_key = f"precision@{100 * flipped.mean():g}%"
-        keys.append(noise_key)
-        best = {k: max(row[k] for row in table.values()) for k in keys}
-        rows = [
-            [html.escape(name)] + [f"<b>{_fmt(row[k])}</b>" if row[k] == best[k] else _fmt(row[k]) for k in keys]
-            for name, row in table.items()
-        ]
-        header = ["score", "AUROC", "AP"] + [f"{w} @{p}%" for p in AT_PERCENT for w in ("precision", "recall")]
-        header.append("precision @ noise rate")
-        parts.append(_table(header, rows, "detection", [name for name in table]))
-        notes = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(SCORE_NOTES[k])}</li>" for k in scores)
-        parts.append(
-            f'<p class="note">Every score is oriented so that higher is more suspicious; bold: the best per column. '
-            f"Precision and recall at p % inspect the p % highest-scoring samples. Chance: AUROC 0.5, "
-            f"AP {flipped.mean():.3f}.</p><ul class=\"note\">{notes}</ul>"
-        )
-        plot_detection_curves(scores, flipped, out / "detection.png")
-        parts.append(f'<div class="figure">{_img(out / "detection.png", "detection curves")}</div>')
-    else:
-        parts.append(
-            '<p class="note">No known label noise in this run (scores.csv flags no flipped sample): detection '
-            "metrics need injected noise (e.g. <code>data.noise=0.05</code>).</p>"
-        )
+    parts.append(_detection_html(scores, flipped, out))
 
     # curvature per class
     parts.append("<h2>Curvature per class</h2>")
@@ -363,6 +337,7 @@ def write_report(
     )
     index = out / "index.html"
     index.write_text(page, encoding="utf-8")
+    store.close()
     return index
 
 
@@ -374,6 +349,35 @@ def _run_filenames(columns: Mapping[str, np.ndarray], store_dir: Path) -> list[s
     if listed.is_file():
         return listed.read_text(encoding="utf-8").splitlines()
     return None
+
+
+def _detection_html(scores: Mapping[str, np.ndarray], flipped: np.ndarray, out: Path) -> str:
+    """The table of every score's detection metrics (best per column in bold) and the detection curves."""
+    if not 0 < flipped.sum() < len(flipped):
+        return (
+            '<p class="note">No known label noise in this run (scores.csv flags no flipped sample): detection '
+            "metrics need injected noise (e.g. <code>data.noise=0.05</code>).</p>"
+        )
+    rate = 100 * flipped.mean()
+    table = detection_table(scores, flipped, at_percent=(*AT_PERCENT, rate))
+    keys = ["auroc", "ap"] + [f"{w}@{p:g}%" for p in AT_PERCENT for w in ("precision", "recall")]
+    keys.append(f"precision@{rate:g}%")
+    best = {k: max(row[k] for row in table.values()) for k in keys}
+    rows = [
+        [html.escape(name)] + [f"<b>{_fmt(row[k])}</b>" if row[k] == best[k] else _fmt(row[k]) for k in keys]
+        for name, row in table.items()
+    ]
+    header = ["score", "AUROC", "AP"] + [f"{w} @{p}%" for p in AT_PERCENT for w in ("precision", "recall")]
+    header.append("precision @ noise rate")
+    notes = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(SCORE_NOTES[k])}</li>" for k in scores)
+    plot_detection_curves(scores, flipped, out / "detection.png")
+    return (
+        _table(header, rows, "detection", list(table))
+        + '<p class="note">Every score is oriented so that higher is more suspicious; bold: the best per column. '
+        "Precision and recall at p % inspect the p % highest-scoring samples. Chance: AUROC 0.5, "
+        f'AP {flipped.mean():.3f}.</p><ul class="note">{notes}</ul>'
+        + f'<div class="figure">{_img(out / "detection.png", "detection curves")}</div>'
+    )
 
 
 def _label(c: Any, names: Sequence[str] | None) -> str:
@@ -472,6 +476,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "RUN_DIR/.hydra/config.yaml)")
     parser.add_argument("--reference", help="reference memorization: Feldman & Zhang .npz, or an .npy vector")
     parser.add_argument("--reference-order", help=".npy of int rows: for each sample, its row in the reference")
+    parser.add_argument("--class-names", help="comma-separated names indexed by label (default: the datamodule's)")
     parser.add_argument("--top-k", type=int, default=25, help="samples in the grid of the most-curved (25)")
     parser.add_argument("--dup-top-k", type=int, help="most-curved samples searched for duplicates (2 %% of N)")
     parser.add_argument("--dup-threshold", type=float, default=0.95, help="least cosine similarity (0.95)")
@@ -480,6 +485,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         index = write_report(
             args.run_dir, out_dir=args.out, store_dir=args.store, images_file=args.images, reference=args.reference,
+            class_names=args.class_names.split(",") if args.class_names else None,
             reference_order=order, top_k=args.top_k, dup_top_k=args.dup_top_k, dup_threshold=args.dup_threshold,
         )
     except (FileNotFoundError, ValueError) as e:

@@ -63,7 +63,8 @@ def report(tmp_path_factory):
     root = tmp_path_factory.mktemp("report")
     made = _make_run(root)
     code = main([str(made["run"]), "--images", str(root / "images.npy"), "--reference",
-                 str(root / "cifar100_infl_matrix.npz"), "--top-k", "16"])
+                 str(root / "cifar100_infl_matrix.npz"), "--top-k", "16", "--class-names",
+                 ",".join(f"class{c}" for c in range(10))])
     assert code == 0
     return {**made, "root": root, "index": made["run"] / "report" / "index.html"}
 
@@ -80,6 +81,7 @@ def test_report_has_every_section_and_the_planted_duplicates(report):
     table = page.split('<table class="duplicates">')[1].split("</table>")[0]
     assert sorted(re.findall(r"<td>#(\d+), #(\d+)</td>", table)) == sorted((str(a), str(b)) for a, b in report["pairs"])
     assert "labels checked against scores.csv" in page and "cifar100_infl_matrix.npz" in page
+    assert re.search(r"<td>\d \(class\d\) / \d \(class\d\)</td>", table)  # given labels, named
     assert "http://" not in page and "https://" not in page and "<script" not in page  # self-contained, static
     for name in ("detection.png", "class_histograms.png", "histogram.png", "top_k.png", "memorization.png"):
         assert (report["run"] / "report" / name).read_bytes().startswith(b"\x89PNG"), name
