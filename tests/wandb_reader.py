@@ -7,6 +7,7 @@ import glob
 import json
 import os
 import struct
+import time
 
 from wandb.proto import wandb_internal_pb2 as pb
 
@@ -43,9 +44,19 @@ def records(path):
         yield record
 
 
-def history(save_dir):
-    """Every logged row of the single offline run under ``save_dir``, values decoded from JSON."""
-    (path,) = glob.glob(os.path.join(save_dir, "wandb", "offline-run-*", "run-*.wandb"))
+def history(save_dir, timeout=60.0):
+    """Every logged row of the single offline run under ``save_dir``, values decoded from JSON.
+
+    wandb's service writes the file in the background: wait (up to ``timeout`` s) for the run's exit record.
+    """
+    deadline = time.monotonic() + timeout
+    while True:
+        paths = glob.glob(os.path.join(save_dir, "wandb", "offline-run-*", "run-*.wandb"))
+        kinds = [r.WhichOneof("record_type") for r in records(paths[0])] if len(paths) == 1 else []
+        if "exit" in kinds or time.monotonic() > deadline:
+            break
+        time.sleep(0.5)
+    (path,) = paths
     rows = []
     for r in records(path):
         if r.WhichOneof("record_type") == "history":
