@@ -11,6 +11,7 @@ duplicate finder inspects the top k % by curvature (and, as a baseline, by loss)
     python benchmarks/validate_cifar10.py                         # the study: 1/2/5/10 % noise + duplicates
     python benchmarks/validate_cifar10.py --noise 5 --no-duplicates --weight-decay 5e-4 --optimizer sgd --lr 0.05
     python benchmarks/validate_cifar10.py --n 1000 --epochs 4 --noise 5 --duplicates 10   # a two-minute smoke run
+    python benchmarks/validate_cifar10.py --finder-only          # the duplicate finder alone, seconds
 
 Prints one table per question and writes every number to ``--out``/results.json. CPU, one thread by default
 (``--threads``): on 2 shared cores the default study takes about 30 minutes.
@@ -187,6 +188,37 @@ def duplicates_run(images: np.ndarray, labels: np.ndarray, args: argparse.Namesp
             "threshold": args.dup_threshold}
 
 
+def finder_study(images: np.ndarray, labels: np.ndarray, args: argparse.Namespace) -> None:
+    """No training: the duplicate finder alone on the real images, every sample inspected. Precision and recall
+    of the planted pairs by pooled size and threshold, and the similarity a copy keeps when shifted or rescaled."""
+    dup_images, given, planted = plant_duplicates(images, labels, args.duplicates or 40, args.seed)
+    print(f"\nFinder alone: {len(planted)} planted conflicting pairs in {len(labels)} images, every sample inspected")
+    print(f"{'pooled size':>12s}{'threshold':>11s}{'precision':>11s}{'recall':>8s}{'found':>7s}")
+    for size in (8, 16):
+        feats = pixel_features(dup_images, size=size)
+        for threshold in (0.9, 0.95, 0.98):
+            pairs = find_conflicting_duplicates(feats, given, np.arange(len(given)), threshold=threshold)
+            r = pair_precision_recall([p[:2] for p in pairs], planted)
+            print(f"{size:>12d}{threshold:>11.2f}{r['precision']:>11.3f}{r['recall']:>8.3f}{r['found']:>7d}")
+    rng = np.random.default_rng(args.seed)
+    a = images[rng.choice(len(images), min(500, len(images)), replace=False)]
+    x = torch.as_tensor(a).permute(0, 3, 1, 2).float()
+    variants = {
+        "shifted 1 px": np.concatenate([a[:, :, :1], a[:, :, :-1]], axis=2),
+        "shifted 2 px": np.concatenate([a[:, :, :2], a[:, :, :-2]], axis=2),
+        "rescaled 32-28-32": nn.functional.interpolate(nn.functional.interpolate(x, size=28, mode="bilinear"),
+                                                       size=32, mode="bilinear").permute(0, 2, 3, 1).numpy(),
+    }
+    print(f"\nSimilarity of {len(a)} images with an altered copy of themselves: median, 5th percentile, share >= "
+          f"{args.dup_threshold}")
+    for size in (8, 16):
+        fa = pixel_features(a, size=size)
+        for name, b in variants.items():
+            sim = (fa * pixel_features(b, size=size)).sum(1)
+            print(f"  pooled {size:>2d}, {name:18s}{np.median(sim):>8.4f}{np.percentile(sim, 5):>8.4f}"
+                  f"{(sim >= args.dup_threshold).mean():>8.2f}")
+
+
 # ------------------------------------------------------------------------------------------ tables
 def _precision_at_noise(metrics: dict) -> float:
     return next(v for k, v in metrics.items() if k.startswith("precision@"))
@@ -240,6 +272,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duplicates", type=int, default=40, help="planted conflicting pairs (0: skip that run)")
     parser.add_argument("--no-duplicates", dest="duplicates", action="store_const", const=0)
     parser.add_argument("--dup-threshold", type=float, default=0.95)
+    parser.add_argument("--finder-only", action="store_true", help="no training: the duplicate finder alone")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, help="where the stores and results.json go (default: a new folder "
@@ -249,8 +282,11 @@ def main(argv: list[str] | None = None) -> int:
     torch.set_num_threads(args.threads)
     warnings.filterwarnings("ignore", ".*does not have many workers.*")
     logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)  # no GPU/TPU banner per run
-    args.out.mkdir(parents=True, exist_ok=True)
     images, labels = cifar10_offline_arrays(limit=args.n)
+    if args.finder_only:
+        finder_study(images, labels, args)
+        return 0
+    args.out.mkdir(parents=True, exist_ok=True)
     print(f"validate_cifar10: {' '.join(sys.argv[1:]) or '(defaults)'} -> {args.out}", flush=True)
     results: dict = {"args": {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()},
                      "mislabel": []}
