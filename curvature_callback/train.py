@@ -233,24 +233,28 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         columns["file"] = np.asarray(filenames, dtype=object)
 
     metrics: dict[str, Any] = {}
-    noisy = 0 < flipped.sum() < len(flipped)  # detection needs both kinds; without noise these are null
+    scored = np.isfinite(curv)  # with callbacks.curvature.fraction < 1 a short run may leave samples unscored
+    noisy = 0 < flipped[scored].sum() < scored.sum()  # detection needs both kinds; without noise these are null
     for score in ("curvature", "loss"):  # higher = more suspicious for both
         if score in columns:
-            found = mislabel_metrics(columns[score], flipped) if noisy else {"auroc": None, "ap": None}
+            found = (mislabel_metrics(columns[score][scored], flipped[scored]) if noisy
+                     else {"auroc": None, "ap": None})
             metrics.update({f"{name}_{score}": value for name, value in found.items()})
     metrics.update(
         train_acc=float((pred == given).mean()),  # on the labels it trained on: memorization reaches 1.0
         train_acc_original=float((pred == original).mean()),
         flipped_memorized=float((pred == given)[flipped].mean()) if noisy else None,
         n_samples=len(curv),
+        n_scored=int(scored.sum()),
         n_flipped=int(flipped.sum()),
         epochs=int(trainer.current_epoch),
         scored_epochs=scored_epochs,
     )
 
     write_scores_csv(out / "scores.csv", columns)
-    plot_histogram(curv, flipped, out / "histogram.png")
-    plot_top_k(_Inputs(dataset), given, original, curv, out / "top_k.png", k=int(cfg.get("top_k", 25)))
+    plot_histogram(curv[scored], flipped[scored], out / "histogram.png")
+    plot_top_k(_Inputs(dataset), given, original, np.where(scored, curv, -np.inf), out / "top_k.png",
+               k=int(cfg.get("top_k", 25)), class_names=getattr(datamodule, "classes", None))
     end = time.perf_counter()
     train_start = times.get("train_start", start)
     scoring = times.get("scoring", 0.0)

@@ -209,9 +209,9 @@ def test_cifar10_offline_experiment_end_to_end(tmp_path, monkeypatch):
     store = CurvatureStore.open(out / "curvature")
     assert store.n == 256 and (np.asarray(store.count) == 2).all()
     assert (out / "checkpoints" / "last.ckpt").is_file()  # the experiment's checkpoint callback
-    from wandb_reader import history
+    from test_wandb import complete_history
 
-    rows = history(str(out))
+    rows = complete_history(str(out))
     assert sum("curvature/log10_histogram/bins" in r for r in rows) == 2
     assert any("curvature/top_k_table/nrows" in r for r in rows)
     assert any(k.startswith("lr-") for r in rows for k in r) and any("val/acc" in r for r in rows)
@@ -305,3 +305,17 @@ def test_ddp_inside_a_sweep_runs_each_job_in_its_own_folder(tmp_path):
         assert json.loads((run_dir / "metrics.json").read_text())["n_flipped"] == flipped
         assert (np.asarray(CurvatureStore.open(run_dir / "curvature").count) == 1).all()
     assert sorted(p.name for p in (tmp_path / "sweep").iterdir() if p.is_dir()) == ["0", "1"]
+
+
+def test_run_reports_on_the_scored_samples_when_a_fraction_is_left(tmp_path):
+    """callbacks.curvature.fraction=0.5 with one pass: half the samples have no score yet (NaN mean); the
+    detection metrics and figures use the scored half."""
+    cfg = _compose(tmp_path, "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "~logger", "threads=null",
+                   "trainer.enable_progress_bar=false", "callbacks.curvature.fraction=0.5",
+                   "callbacks.curvature.n_vectors=1")
+    metrics = run(cfg)
+    assert metrics["n_samples"] == 1797 and metrics["n_scored"] == 899  # even indices: 0, 2, ..., 1796
+    assert 0 <= metrics["auroc_curvature"] <= 1
+    with open(tmp_path / "scores.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert [r["count"] for r in rows[:4]] == ["1", "0", "1", "0"] and rows[1]["curvature"] == "nan"
