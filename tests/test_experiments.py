@@ -209,9 +209,9 @@ def test_cifar10_offline_experiment_end_to_end(tmp_path, monkeypatch):
     store = CurvatureStore.open(out / "curvature")
     assert store.n == 256 and (np.asarray(store.count) == 2).all()
     assert (out / "checkpoints" / "last.ckpt").is_file()  # the experiment's checkpoint callback
-    from test_wandb import complete_history
+    from wandb_reader import history
 
-    rows = complete_history(str(out))
+    rows = history(str(out))
     assert sum("curvature/log10_histogram/bins" in r for r in rows) == 2
     assert any("curvature/top_k_table/nrows" in r for r in rows)
     assert any(k.startswith("lr-") for r in rows for k in r) and any("val/acc" in r for r in rows)

@@ -4,14 +4,12 @@ from __future__ import annotations
 
 import glob
 import json
-import os
-import time
 
 import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from wandb_reader import history, records
+from wandb_reader import history
 
 from curvature_callback import CurvatureCallback
 from curvature_callback.image_data import _ArrayDataModule
@@ -32,18 +30,6 @@ class RandomImages(_ArrayDataModule):
     def _arrays(self, train):
         rng = np.random.default_rng(0)
         return rng.integers(0, 256, (48, 8, 8, 3), dtype=np.uint8), rng.integers(0, 4, 48), 4
-
-
-def complete_history(save_dir, timeout=60.0):
-    """``wandb_reader.history`` once the run file holds its exit record: ``finish()`` can return before the
-    offline writer has flushed (seen about once in ten runs under pytest), and a half-written file reads as
-    fewer rows."""
-    (path,) = glob.glob(os.path.join(save_dir, "wandb", "offline-run-*", "run-*.wandb"))
-    deadline = time.monotonic() + timeout
-    while not any(r.WhichOneof("record_type") == "exit" for r in records(path)):
-        assert time.monotonic() < deadline, f"{path} has no exit record after {timeout} s"
-        time.sleep(0.2)
-    return history(save_dir)
 
 
 def media(rows, key):
@@ -88,7 +74,7 @@ def test_offline_run_holds_histograms_grids_and_the_table(tmp_path, monkeypatch)
     trainer.fit(ClassifierModule(SmallCNN(3, 4, width=4), optimizer="adam", lr=0.01), datamodule=dm)
     logger.experiment.finish()
 
-    rows = complete_history(str(tmp_path))
+    rows = history(str(tmp_path))  # waits for the run's exit record
     histograms = media(rows, "curvature/log10_histogram")
     assert len(histograms) == 2  # one per scoring epoch
     for h, step in zip(histograms, (3, 6)):  # 48 samples / 16 per batch: 3 steps per epoch
