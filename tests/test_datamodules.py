@@ -62,6 +62,8 @@ def test_cifar_from_torchvision_files_keeps_order_and_records_noise(tmp_path, mo
     dm = CIFARDataModule(name, root=str(tmp_path), download=False, noise=0.1, seed=3, limit=50,
                          num_classes=10 if name == "cifar10" else 100, in_channels=3)
     dm.prepare_data()  # no download asked: nothing to do
+    # download=True with the files in place: torchvision verifies their md5 and fetches nothing
+    CIFARDataModule(name, root=str(tmp_path), download=True, limit=50).prepare_data()
     ds = dm.curvature_dataset()
     assert len(ds) == 50 and dm.flipped.sum() == 5
     assert np.array_equal(dm.original_labels, labels[:50])
