@@ -249,25 +249,27 @@ def write_report(
     flipped = columns["flipped"].astype(bool) if "flipped" in columns else given != original
     scores = suspicion_scores(store)
     curvature = scores["curvature"]
-    if not np.isfinite(curvature).all():
-        raise ValueError(f"{int((~np.isfinite(curvature)).sum())} samples were never scored: nothing to report.")
+    scored = np.isfinite(curvature)  # a run with fraction < 1 may end before every sample had its turn
+    if not scored.any():
+        raise ValueError(f"No sample of the store at {store.directory} was scored: nothing to report.")
     filenames = _run_filenames(columns, store.directory)
     ref = None if reference is None else _load_reference(reference, reference_order, columns, original, filenames)
     if ref is not None and ref[0].shape != curvature.shape:
         raise ValueError(f"Expected a reference of {n} samples (the store's N), got shape {ref[0].shape}.")
+    ranking = np.where(scored, curvature, -np.inf)
     if dataset is not None and images is None:
         images = _dataset_images(dataset)
     found = _resolve_images(run_dir, images, images_file, n, given)
     names = class_names or found.class_names
     out.mkdir(parents=True, exist_ok=True)
-    order = np.argsort(-curvature, kind="stable")
+    order = np.argsort(-ranking, kind="stable")[: int(scored.sum())]  # scored samples, most curved first
     parts: list[str] = []
 
     # summary
     meta = store.meta
     summary = [
         ("run directory", html.escape(str(run_dir.resolve()))),
-        ("samples", n),
+        ("samples", n if scored.all() else f"{n}, of which {int(scored.sum())} scored (the rest: NaN, left out)"),
         ("classes", len(np.unique(given))),
         ("flipped labels", f"{int(flipped.sum())} ({flipped.mean():.1%})"),
         ("scored epochs", html.escape(str(store.epochs))),
@@ -282,29 +284,31 @@ def write_report(
     parts.append(_table(["", ""], [(html.escape(k), v) for k, v in summary], "summary"))
 
     parts.append("<h2>Mislabel detection: curvature beside the baselines</h2>")
-    parts.append(_detection_html(scores, flipped, out))
+    parts.append(_detection_html({k: v[scored] for k, v in scores.items()}, flipped[scored], out))
 
     # curvature per class
     parts.append("<h2>Curvature per class</h2>")
-    plot_class_histograms(curvature, given, flipped, out / "class_histograms.png", class_names=names)
-    plot_histogram(curvature, flipped, out / "histogram.png")
+    plot_class_histograms(curvature[scored], given[scored], flipped[scored], out / "class_histograms.png",
+                          class_names=names)
+    plot_histogram(curvature[scored], flipped[scored], out / "histogram.png")
     parts.append(f'<div class="figure">{_img(out / "class_histograms.png", "curvature per class")}</div>')
     parts.append(f'<div class="figure">{_img(out / "histogram.png", "curvature histogram")}</div>')
 
     # most-curved samples
-    parts.append(f"<h2>The {min(top_k, n)} most-curved samples</h2>")
+    parts.append(f"<h2>The {min(top_k, len(order))} most-curved samples</h2>")
     if found.view is not None:
-        plot_top_k(found.view, given, original, curvature, out / "top_k.png", k=top_k, class_names=names)
+        plot_top_k(found.view, given, original, ranking, out / "top_k.png", k=min(top_k, len(order)),
+                   class_names=names)
         parts.append(f'<div class="figure">{_img(out / "top_k.png", "most-curved samples")}</div>')
         parts.append('<p class="note">Title: index: given / original label; red where they differ.</p>')
     else:
         parts.append(f'<p class="note">{html.escape("; ".join(found.notes))}</p>')
     rows = [(int(i), _label(given[i], names), _label(original[i], names), f"{curvature[i]:.4g}")
-            for i in order[: min(top_k, n)]]
+            for i in order[:top_k]]
     parts.append(_table(["index", "given", "original", "curvature"], rows, "topk"))
 
     # duplicates
-    k_dup = dup_top_k if dup_top_k is not None else min(n, max(50, math.ceil(0.02 * n)))
+    k_dup = min(len(order), dup_top_k if dup_top_k is not None else max(50, math.ceil(0.02 * n)))
     parts.append(f"<h2>Duplicates with conflicting labels among the {k_dup} most-curved samples</h2>")
     if found.view is not None:
         candidates = np.sort(order[:k_dup])  # pairs within the candidates: only their pixels are read
@@ -324,7 +328,7 @@ def write_report(
     # memorization
     if ref is not None:
         parts.append("<h2>Curvature against a reference memorization score</h2>")
-        parts.append(_memorization_html(*ref, curvature, out))
+        parts.append(_memorization_html(ref[0][scored], ref[1], ref[2], curvature[scored], out))
 
     elapsed = time.perf_counter() - start
     page = (
@@ -391,7 +395,7 @@ def _duplicates_html(
     if not pairs:
         return '<p class="note">None found.</p>'
     rank = np.empty(len(curvature), dtype=np.int64)
-    rank[np.argsort(-curvature, kind="stable")] = np.arange(1, len(curvature) + 1)
+    rank[np.argsort(-np.nan_to_num(curvature, nan=-np.inf), kind="stable")] = np.arange(1, len(curvature) + 1)
     thumbs = out / "thumbnails"
     thumbs.mkdir(exist_ok=True)
     rows = []

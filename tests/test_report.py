@@ -196,3 +196,27 @@ def test_report_aligns_an_imagenet_format_reference_by_the_runs_file_names(tmp_p
     assert "imagenet_index.npz: file names matched, then labels checked" in page
     expected = np.corrcoef(np.linspace(1, 2, 30), mem)[0, 1]
     assert f"<td>Pearson</td><td>{expected:.3f}</td>" in page
+
+
+def test_report_of_a_partly_scored_run_uses_the_scored_samples(tmp_path):
+    """With callbacks.curvature.fraction < 1 a short run leaves some samples unscored (NaN means)."""
+    run = tmp_path / "run"
+    labels = np.arange(40) % 4
+    given = labels.copy()
+    given[[0, 2, 5, 7]] = (labels[[0, 2, 5, 7]] + 1) % 4
+    store = CurvatureStore.create(run / "curvature", 40, settings=SETTINGS, channels=("loss",))
+    scored = np.arange(0, 40, 2)
+    store.commit_epoch(0, {"curvature": np.where(given != labels, 5.0, 1.0)[scored] + scored / 100,
+                           "loss": np.ones(20)}, indices=scored)
+    store.close()
+    write_scores_csv(run / "scores.csv", {"label": labels, "given_label": given, "flipped": given != labels})
+    np.save(tmp_path / "images.npy", np.random.default_rng(0).random((40, 8, 8)))
+    page = write_report(run, images_file=str(tmp_path / "images.npy"), top_k=30).read_text()
+    assert "40, of which 20 scored" in page and "The 20 most-curved samples" in page
+    row = page.split('<tr class="curvature">')[1].split("</tr>")[0]
+    assert "<td><b>1.000</b></td>" in row  # the two scored flipped samples (0 and 2) rank first: AUROC 1
+    with pytest.raises(ValueError, match="No sample of the store"):
+        empty = tmp_path / "empty"
+        CurvatureStore.create(empty / "curvature", 40, settings=SETTINGS).close()
+        write_scores_csv(empty / "scores.csv", {"label": labels})
+        write_report(empty)
