@@ -139,7 +139,8 @@ def suspicion_scores(store: Any, *, which: Literal["mean", "last"] = "mean") -> 
 
     ``curvature`` and ``loss`` as stored; ``margin`` and ``confidence`` negated; ``correct`` becomes the fraction
     of scored epochs misclassified; ``forgetting`` the forgetting-event count, with samples that were never
-    correct at a scored epoch ranked highest (Toneva et al. count them as forgotten infinitely often). Channels the
+    correct at a scored epoch ranked highest (Toneva et al. count them as forgotten infinitely often). A sample
+    never scored is NaN in every score (``fraction < 1`` runs: mask with ``np.isfinite``). Channels the
     store lacks (``record_outputs=False``, a custom loss) are left out. See ``SCORE_NOTES`` for one line on each.
 
     Args:
@@ -162,7 +163,8 @@ def suspicion_scores(store: Any, *, which: Literal["mean", "last"] = "mean") -> 
         out["correct"] = 1.0 - np.array(value("correct"), dtype=np.float64)
     if "forgetting" in channels and "correct" in channels and which == "mean":
         ever = np.asarray(store.sum_of("correct")) > 0
-        out["forgetting"] = _forgetting_score(np.asarray(store.sum_of("forgetting")), ever)
+        forgetting = _forgetting_score(np.asarray(store.sum_of("forgetting")), ever)
+        out["forgetting"] = np.where(np.asarray(store.count) > 0, forgetting, np.nan)  # NaN like the other means
     return out
 
 

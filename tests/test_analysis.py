@@ -96,6 +96,15 @@ def test_suspicion_scores_orient_every_baseline_higher_is_suspicious(tmp_path):
     np.testing.assert_allclose(last["loss"], [0.0, 0.0, 0.0, 1.0])
 
 
+def test_a_sample_never_scored_is_nan_in_every_score(tmp_path):
+    store = CurvatureStore.create(tmp_path / "s", 3, settings=SETTINGS, channels=CHANNELS)
+    values = {"curvature": [1.0, 2.0], "loss": [1.0, 2.0], "margin": [0.0, 1.0], "confidence": [0.5, 0.5],
+              "correct": [0.0, 1.0], "forgetting": [0.0, 0.0]}
+    store.commit_epoch(0, {k: np.array(v) for k, v in values.items()}, indices=np.array([0, 2]))
+    for name, score in suspicion_scores(store).items():
+        assert np.isnan(score[1]) and np.isfinite(score[[0, 2]]).all(), name
+
+
 def test_suspicion_scores_of_a_store_without_baselines(tmp_path):
     store = CurvatureStore.create(tmp_path / "s", 2, settings=SETTINGS)
     store.commit_epoch(0, np.array([1.0, 2.0]))
