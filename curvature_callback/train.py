@@ -39,9 +39,10 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, read_write
 from torch.utils.data import DataLoader, Dataset
 
-from curvature_callback.analysis import mislabel_metrics, write_scores_csv
+from curvature_callback.analysis import detection_table, mislabel_metrics, suspicion_scores, write_scores_csv
 from curvature_callback.callback import CurvatureCallback, default_batch_to_inputs
 from curvature_callback.plots import plot_histogram, plot_top_k
+from curvature_callback.report import write_report
 
 __all__ = ["CONF_DIR", "main", "run"]
 
@@ -224,6 +225,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         columns[channel] = np.array(store.channel_mean(channel))
     columns.update(count=np.array(store.count), pred=pred)
     scored_epochs = store.epochs
+    suspicion = suspicion_scores(store)  # every baseline oriented as "higher = more suspicious"
     store.close()
     source = getattr(datamodule, "source_indices", None)
     if source is not None:
@@ -240,6 +242,10 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             found = (mislabel_metrics(columns[score][scored], flipped[scored]) if noisy
                      else {"auroc": None, "ap": None})
             metrics.update({f"{name}_{score}": value for name, value in found.items()})
+    if noisy:  # the baselines of the same pass beside curvature: margin and confidence negated, forgetting count
+        others = {k: v[scored] for k, v in suspicion.items() if k not in ("curvature", "loss")}
+        for name, found in detection_table(others, flipped[scored], at_percent=()).items():
+            metrics.update({f"{metric}_{name}": value for metric, value in found.items()})
     metrics.update(
         train_acc=float((pred == given).mean()),  # on the labels it trained on: memorization reaches 1.0
         train_acc_original=float((pred == original).mean()),
@@ -266,6 +272,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "report": round(end - fit_end, 2),  # predictions, scores.csv, figures
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    if cfg.get("report", True):  # report/index.html: figures, top-k, duplicates, every baseline
+        write_report(out, dataset=dataset, class_names=getattr(datamodule, "classes", None),
+                     top_k=int(cfg.get("top_k", 25)))
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":
             logger.experiment.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
