@@ -37,13 +37,25 @@ def cross_entropy_per_sample(outputs: Tensor, targets: Tensor) -> Tensor:
     return F.cross_entropy(outputs, targets, reduction="none")
 
 
-def default_chunk_size(device: torch.device) -> int:
-    """Rows (sample x vector pairs) per stacked forward+backward.
+def default_chunk_size(device: torch.device, sample_bytes: int = 3 * 32 * 32 * 4) -> int:
+    """Rows (sample x vector pairs) per stacked forward+backward, by device and the size of one input.
 
-    On CPU small stacks win (cache-resident activations: 128 rows ran at half the cost per sample of 640); on
-    a GPU large stacks fill the device. See ``benchmarks/bench_estimator.py``.
+    - CPU: at most 64 rows. Measured on the small CIFAR CNN (``benchmarks/bench_estimator.py --sweep-chunk``):
+      buffers past glibc's adaptive mmap/trim thresholds (about 16 MB of activations at 128 rows, always at 256
+      and more) cost tens of thousands of page faults per call; 64 rows ran 1.9-2.1x the published loop where 128
+      ran 1.5-1.8x. Inputs above 12 KB per row get proportionally fewer rows.
+    - GPU: up to 1024 rows (a CIFAR batch of 128 with n = 10 in about one pass), and at most 64 MB of inputs per
+      chunk, so ImageNet-size inputs (602 KB) take about 111 rows and their activations stay within ordinary GPUs.
+
+    Example:
+        >>> default_chunk_size(torch.device("cpu")), default_chunk_size(torch.device("cpu"), 3 * 224 * 224 * 4)
+        (64, 1)
+        >>> default_chunk_size(torch.device("cuda")), default_chunk_size(torch.device("cuda"), 3 * 224 * 224 * 4)
+        (1024, 111)
     """
-    return 128 if torch.device(device).type == "cpu" else 1024
+    if torch.device(device).type == "cpu":
+        return max(1, min(64, (64 * 12288) // max(1, sample_bytes)))
+    return max(1, min(1024, (64 << 20) // max(1, sample_bytes)))
 
 
 class CurvatureResult(NamedTuple):
@@ -259,7 +271,8 @@ def curvature_details(
     dtype = torch.float64 if inputs.dtype == torch.float64 else torch.float32  # never below float32
     indices = _check_indices(indices, batch, device)
     if chunk_size is None:
-        chunk_size = default_chunk_size(device)
+        row_bytes = (inputs[0].nelement() if batch else 1) * (8 if dtype == torch.float64 else 4)
+        chunk_size = default_chunk_size(device, row_bytes)
     if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
         raise ValueError(f"Expected argument `chunk_size` to be an integer >= 1 (rows per pass), got {chunk_size!r}.")
 
