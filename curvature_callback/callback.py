@@ -7,7 +7,6 @@ module is the glue that runs them inside a Lightning ``Trainer``.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -23,8 +22,8 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 from typing_extensions import override
 
-from curvature_callback.estimator import LossFn, curvature_details
-from curvature_callback.feeding import BatchFeeder, CachePolicy, pass_indices, period_of, rank_block
+from curvature_callback.estimator import LossFn, check_settings, curvature_details
+from curvature_callback.feeding import BatchFeeder, CachePolicy, check_cache, pass_indices, period_of, rank_block
 from curvature_callback.store import CurvatureStore, StoreMismatchError
 
 __all__ = ["CurvatureCallback"]
@@ -179,11 +178,9 @@ class CurvatureCallback(Callback):
         fraction: float = 1.0,
         cache: CachePolicy = "auto",
     ) -> None:
-        if isinstance(h, bool) or not isinstance(h, (int, float)) or not math.isfinite(h) or h <= 0:
-            raise ValueError(f"Expected argument `h` to be a positive finite float (the paper uses 1e-3), got {h!r}.")
-        for name, value, low in (("n_vectors", n_vectors, 1), ("batch_size", batch_size, 1),
-                                 ("every_n_epochs", every_n_epochs, 1), ("start_epoch", start_epoch, 0),
-                                 ("seed", seed, 0), ("num_workers", num_workers, 0)):
+        check_settings(h, n_vectors, seed)
+        for name, value, low in (("batch_size", batch_size, 1), ("every_n_epochs", every_n_epochs, 1),
+                                 ("start_epoch", start_epoch, 0), ("num_workers", num_workers, 0)):
             if isinstance(value, bool) or not isinstance(value, int) or value < low:
                 raise ValueError(f"Expected argument `{name}` to be an integer >= {low}, got {value!r}.")
         self.dataset = dataset
@@ -204,9 +201,7 @@ class CurvatureCallback(Callback):
         self.record_outputs = record_outputs
         self.fraction = fraction
         self._period = period_of(fraction)
-        if cache not in (True, False, "auto"):
-            raise ValueError(f"Expected argument `cache` to be True, False or 'auto', got {cache!r}.")
-        self.cache = cache
+        self.cache = check_cache(cache)
         self._feeder: BatchFeeder | None = None
         self._store: CurvatureStore | None = None  # the writer, on global rank 0 during fit
         self._path: Path | None = None  # the resolved store folder

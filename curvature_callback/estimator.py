@@ -202,6 +202,11 @@ def _check_arguments(inputs: object, targets: object, h: object, n_vectors: obje
         raise ValueError(
             f"Expected one target per input: inputs have B={len(inputs)} rows, targets {len(targets)}."
         )
+    check_settings(h, n_vectors, seed)
+
+
+def check_settings(h: object, n_vectors: object, seed: object) -> None:
+    """Raise ``ValueError`` for an ``h``, ``n_vectors`` or ``seed`` that cannot define a score."""
     if isinstance(h, bool) or not isinstance(h, (int, float)) or not math.isfinite(h) or h <= 0:
         raise ValueError(f"Expected argument `h` to be a positive finite float (the paper uses 1e-3), got {h!r}.")
     if isinstance(n_vectors, bool) or not isinstance(n_vectors, int) or n_vectors < 1:

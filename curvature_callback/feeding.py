@@ -18,11 +18,18 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Subset
 
-__all__ = ["BatchFeeder", "pass_indices", "rank_block", "period_of"]
+__all__ = ["BatchFeeder", "check_cache", "pass_indices", "period_of", "rank_block"]
 
 CachePolicy = bool | Literal["auto"]
 #: "auto" keeps a dataset on the device when it takes at most this many bytes (CIFAR-10 float32: 600 MB)
 AUTO_CACHE_BYTES = 2 << 30
+
+
+def check_cache(cache: object) -> CachePolicy:
+    """``cache`` itself if it is ``True``, ``False`` or ``"auto"``, else ``ValueError``."""
+    if cache not in (True, False, "auto") or not isinstance(cache, (bool, str)):
+        raise ValueError(f"Expected argument `cache` to be True, False or 'auto', got {cache!r}.")
+    return cache
 
 
 def period_of(fraction: float) -> int:
@@ -86,8 +93,7 @@ class BatchFeeder:
         num_workers: int = 0,
         cache: CachePolicy = "auto",
     ) -> None:
-        if cache not in (True, False, "auto"):
-            raise ValueError(f"Expected argument `cache` to be True, False or 'auto', got {cache!r}.")
+        check_cache(cache)
         self.dataset, self.to_inputs = dataset, to_inputs
         self.batch_size, self.num_workers, self.cache = batch_size, num_workers, cache
         self._x: Tensor | None = None

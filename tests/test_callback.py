@@ -325,3 +325,20 @@ def test_cached_dataset_is_read_once_and_scores_the_same(tmp_path, cache):
     ref = CurvatureCallback(Blobs(), n_vectors=1, cache=not cache, batch_size=10, directory=tmp_path / "r")
     fit(tmp_path, ref, model=Frozen, max_epochs=3)
     np.testing.assert_allclose(cb.store.mean, ref.store.mean, rtol=1e-6)
+
+
+def test_error_messages_of_the_pass(tmp_path):
+    from curvature_callback.callback import _classification_channels
+
+    with pytest.raises(ValueError, match=r"logits \[B, classes\].*record_outputs=False"):
+        _classification_channels(torch.zeros(4, 3, 2), torch.zeros(4, dtype=torch.long), torch.zeros(4))
+    cb = CurvatureCallback(n_vectors=2)
+    with pytest.raises(ValueError, match=r"checkpoint's CurvatureCallback used n_vectors=3, this one has n_vectors=2"):
+        cb.load_state_dict({"h": 1e-3, "n_vectors": 3, "seed": 0, "loss": "cross_entropy"})
+
+    class NoDataset(BlobsDM):
+        def train_dataloader(self):
+            return {"a": DataLoader(self.train, batch_size=16), "b": DataLoader(self.train, batch_size=16)}
+
+    with pytest.raises(ValueError, match=r"Cannot find the training dataset to score.*dataset=\.\.\."):
+        fit(tmp_path, CurvatureCallback(n_vectors=1, directory=tmp_path / "s"), dm=NoDataset(), max_epochs=1)

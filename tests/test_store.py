@@ -178,3 +178,15 @@ def test_open_and_create_errors(tmp_path):
         make(tmp_path / "b")
     with pytest.raises(ValueError, match="mode"):
         CurvatureStore.open(tmp_path / "b", "w")
+
+
+def test_channel_names_and_newer_format_refused(tmp_path):
+    with pytest.raises(ValueError, match="extra channel names that are identifiers, not 'curvature'"):
+        make(tmp_path / "a", channels=("curvature",))
+    with pytest.raises(ValueError, match="identifiers"):
+        make(tmp_path / "b", channels=("my loss",))
+    make(tmp_path / "c").close()
+    meta = json.loads((tmp_path / "c" / "meta.json").read_text())
+    (tmp_path / "c" / "meta.json").write_text(json.dumps({**meta, "version": 99}))
+    with pytest.raises(RuntimeError, match="format version 99.*upgrade curvature_callback"):
+        CurvatureStore.open(tmp_path / "c")
