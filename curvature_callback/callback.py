@@ -23,7 +23,15 @@ from tqdm.auto import tqdm
 from typing_extensions import override
 
 from curvature_callback.estimator import LossFn, check_settings, curvature_details
-from curvature_callback.feeding import BatchFeeder, CachePolicy, check_cache, pass_indices, period_of, rank_block
+from curvature_callback.feeding import (
+    BatchFeeder,
+    CachePolicy,
+    check_cache,
+    pass_indices,
+    period_of,
+    rank_block,
+    rank_universe,
+)
 from curvature_callback.store import CurvatureStore, StoreMismatchError
 
 __all__ = ["CurvatureCallback"]
@@ -137,7 +145,8 @@ class CurvatureCallback(Callback):
         batch_to_inputs: ``fn(batch) -> (x, y)`` for batches that are not ``(x, y, ...)``.
         fast: allow TF32 in the finite differences (faster on Ampere and newer; ~5 % per-value error).
         log_histogram: log a histogram of ``log10`` curvature to the loggers that take one.
-        num_workers: workers of the scoring loader.
+        num_workers: workers of the scoring loader (uncached data); they start at the first pass and persist
+            until the fit ends, memory pinned on CUDA.
         chunk_size: rows per stacked forward+backward (default by device).
         record_outputs: also store the per-sample loss (and, with the default loss, margin, confidence,
             correctness and forgetting events) from the pass's forward at ``x``: baselines at almost no cost.
@@ -145,8 +154,9 @@ class CurvatureCallback(Callback):
             al. count them): with ``every_n_epochs > 1`` they were near chance in our CIFAR-10 study.
         fraction: score ``1/P`` of the samples per scoring epoch, rotating (``index % P == pass % P``): every
             sample is scored once every ``P`` passes and its mean stays exact (the store counts per sample).
-        cache: keep the scored dataset's tensors on the model's device after the first pass (``"auto"``: when
-            they take at most 2 GiB, e.g. CIFAR), instead of reloading it each pass.
+        cache: keep the scored samples' tensors on the model's device after the first pass (``"auto"``: when
+            they take at most 2 GiB, e.g. CIFAR), instead of reloading them each pass. Under DDP each rank keeps
+            only the samples it scores (about ``1/world_size`` of them).
 
     Example::
 
@@ -332,6 +342,8 @@ class CurvatureCallback(Callback):
         self._close()
 
     def _close(self) -> None:
+        if self._feeder is not None:
+            self._feeder.close()  # the scoring loader's persistent workers; its device cache stays
         if self._store is not None:
             self._store.close()
             self._store = None
@@ -393,7 +405,10 @@ class CurvatureCallback(Callback):
                                        self.batch_size, self.num_workers, self.cache)
         parts: dict[str, list[Tensor]] = {}
         show = trainer.is_global_zero and trainer.progress_bar_callback is not None
-        for idx, x, y in tqdm(self._feeder.batches(indices[start:stop], device), desc=f"curvature (epoch {epoch})",
+        universe = rank_universe(len(self._scored_dataset), self._period, self.batch_size, trainer.world_size,
+                                 trainer.global_rank)  # what this rank's cache needs over a rotation
+        batches = self._feeder.batches(indices[start:stop], device, universe=universe)
+        for idx, x, y in tqdm(batches, desc=f"curvature (epoch {epoch})",
                               total=self._feeder.num_batches(stop - start), disable=not show, leave=False,
                               dynamic_ncols=True):
             res = curvature_details(

@@ -4,8 +4,9 @@
   consecutive passes every sample is scored once, and the store's per-sample counts keep each mean exact.
 - Each rank takes a contiguous block of whole batches of that list (so its batches are exactly the ones a single
   process would make: float32 results depend on batch shape, aligned blocks make DDP and one process agree).
-- Batches come from the dataset through a DataLoader, or, when the whole dataset fits (``cache``), from tensors
-  kept on the model's device after the first pass: no decoding, no host-to-device copies, no loader stalls.
+- Batches come from the dataset through one DataLoader whose workers persist across passes, or, when the
+  samples a rank scores fit (``cache``), from tensors kept on the model's device after the first pass: no
+  decoding, no host-to-device copies, no loader stalls. Each rank caches only its own samples.
 """
 
 from __future__ import annotations
@@ -16,9 +17,9 @@ from typing import Any, Literal
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset, Subset
+from torch.utils.data import DataLoader, Dataset, Sampler
 
-__all__ = ["BatchFeeder", "check_cache", "pass_indices", "period_of", "rank_block"]
+__all__ = ["BatchFeeder", "check_cache", "pass_indices", "period_of", "rank_block", "rank_universe"]
 
 CachePolicy = bool | Literal["auto"]
 #: "auto" keeps a dataset on the device when it takes at most this many bytes (CIFAR-10 float32: 600 MB)
@@ -73,16 +74,48 @@ def rank_block(count: int, batch_size: int, world: int, rank: int) -> tuple[int,
     return min(rank * block, count), min((rank + 1) * block, count), block
 
 
+def rank_universe(n: int, period: int, batch_size: int, world: int, rank: int) -> np.ndarray:
+    """Every global index that ``rank`` scores over ``period`` consecutive passes (what its cache needs).
+
+    Example:
+        >>> rank_universe(10, 1, 2, 2, 1).tolist(), rank_universe(10, 2, 2, 2, 1).tolist()
+        ([6, 7, 8, 9], [8, 9])
+    """
+    parts = []
+    for p in range(period):
+        indices = pass_indices(n, p, period)
+        start, stop, _ = rank_block(len(indices), batch_size, world, rank)
+        parts.append(indices[start:stop])
+    return np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+
+
+class _Positions(Sampler[int]):
+    """The indices of the current pass: set before each pass, read by a loader whose workers persist."""
+
+    def __init__(self) -> None:
+        self.indices = np.empty(0, dtype=np.int64)
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self.indices.tolist())
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+
 class BatchFeeder:
     """Batches ``(indices, x, y)`` of given global indices, on ``device``.
+
+    Uncached, batches come from one DataLoader kept for the feeder's life: its workers (``num_workers > 0``)
+    start at the first pass and persist, memory is pinned for CUDA. Cached, the inputs of the samples a rank
+    will ever score (``universe``) stay on the device after the first pass.
 
     Args:
         dataset: the scored dataset (indices ``0..N-1``).
         to_inputs: ``batch -> (x, y)``.
         batch_size: samples per batch.
         num_workers: DataLoader workers (uncached).
-        cache: keep ``x`` and ``y`` of the whole dataset on the device after the first pass: ``True``,
-            ``False``, or ``"auto"`` (when it takes at most 2 GiB).
+        cache: keep ``x`` and ``y`` of the scored samples on the device after the first pass: ``True``,
+            ``False``, or ``"auto"`` (when they take at most 2 GiB).
     """
 
     def __init__(
@@ -98,45 +131,71 @@ class BatchFeeder:
         self.batch_size, self.num_workers, self.cache = batch_size, num_workers, cache
         self._x: Tensor | None = None
         self._y: Tensor | None = None
+        self._row: Tensor | None = None  # [N] on the device: global index -> row of the cache, -1 if not cached
+        self._cached: np.ndarray | None = None  # [N] bool on the host: which indices the cache holds
         self._use_cache: bool | None = None  # decided at the first pass
+        self._positions = _Positions()
+        self._loader: DataLoader | None = None
 
-    def _wants_cache(self) -> bool:
+    def _wants_cache(self, count: int) -> bool:
         if self._use_cache is None:
             if self.cache != "auto":
                 self._use_cache = bool(self.cache)
             else:
                 x, _ = self.to_inputs(next(iter(DataLoader(self.dataset, batch_size=1))))
-                self._use_cache = x[0].nelement() * x.element_size() * len(self.dataset) <= AUTO_CACHE_BYTES
+                self._use_cache = x[0].nelement() * x.element_size() * count <= AUTO_CACHE_BYTES
         return self._use_cache
 
-    def _loader(self, indices: np.ndarray, device: torch.device) -> DataLoader:
-        return DataLoader(
-            Subset(self.dataset, indices.tolist()), batch_size=self.batch_size, shuffle=False,
-            num_workers=self.num_workers, pin_memory=device.type == "cuda",
-        )
+    def _load(self, indices: np.ndarray, device: torch.device) -> Iterator[tuple[Tensor, Tensor]]:
+        """``(x, y)`` batches of ``indices`` in order, through the feeder's one loader."""
+        pin = device.type == "cuda"
+        if self._loader is None or self._loader.pin_memory != pin:
+            self.close()
+            self._loader = DataLoader(
+                self.dataset, batch_size=self.batch_size, sampler=self._positions, num_workers=self.num_workers,
+                pin_memory=pin, persistent_workers=self.num_workers > 0,
+            )
+        self._positions.indices = np.asarray(indices, dtype=np.int64)
+        for batch in self._loader:
+            yield self.to_inputs(batch)
 
-    def _fill_cache(self, device: torch.device) -> None:
+    def _fill_cache(self, universe: np.ndarray, device: torch.device) -> None:
+        universe = np.unique(universe)
         xs, ys = [], []
-        for batch in self._loader(np.arange(len(self.dataset)), device):
-            x, y = self.to_inputs(batch)
+        for x, y in self._load(universe, device):
             xs.append(x.to(device, non_blocking=True))
             ys.append(y.to(device, non_blocking=True))
         self._x, self._y = torch.cat(xs), torch.cat(ys)
+        row = torch.full((len(self.dataset),), -1, dtype=torch.long)
+        row[torch.from_numpy(universe)] = torch.arange(len(universe))
+        self._row = row.to(device)
+        self._cached = np.zeros(len(self.dataset), dtype=bool)
+        self._cached[universe] = True
 
-    def batches(self, indices: np.ndarray, device: torch.device) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
-        """Yield ``(global indices, x, y)`` on ``device`` for ``indices`` in order, ``batch_size`` at a time."""
-        if self._x is None and len(indices) and self._wants_cache():
-            self._fill_cache(device)
-        if self._x is not None and self._y is not None:
+    def batches(
+        self, indices: np.ndarray, device: torch.device, universe: np.ndarray | None = None
+    ) -> Iterator[tuple[Tensor, Tensor, Tensor]]:
+        """Yield ``(global indices, x, y)`` on ``device`` for ``indices`` in order, ``batch_size`` at a time.
+
+        ``universe``: every index this feeder will be asked for (default: all); the cache holds only these.
+        Indices outside the cache are read through the loader.
+        """
+        if self._x is None and len(indices):
+            universe = np.arange(len(self.dataset)) if universe is None else np.asarray(universe, dtype=np.int64)
+            if self._wants_cache(len(np.unique(universe))):
+                self._fill_cache(universe, device)
+        cached = self._x is not None and self._cached is not None and bool(self._cached[indices].all())
+        if cached:
+            assert self._x is not None and self._y is not None and self._row is not None
             if self._x.device != device:
-                self._x, self._y = self._x.to(device), self._y.to(device)
+                self._x, self._y, self._row = self._x.to(device), self._y.to(device), self._row.to(device)
             for start in range(0, len(indices), self.batch_size):
                 idx = torch.as_tensor(indices[start : start + self.batch_size], device=device)
-                yield idx, self._x[idx], self._y[idx]
+                rows = self._row[idx]
+                yield idx, self._x[rows], self._y[rows]
             return
         offset = 0
-        for batch in self._loader(indices, device):
-            x, y = self.to_inputs(batch)
+        for x, y in self._load(indices, device):
             idx = torch.as_tensor(indices[offset : offset + len(x)], device=device)
             offset += len(x)
             yield idx, x.to(device, non_blocking=True), y.to(device, non_blocking=True)
@@ -144,5 +203,18 @@ class BatchFeeder:
     def num_batches(self, count: int) -> int:
         return -(-count // self.batch_size)
 
-    def __getstate__(self) -> dict[str, Any]:  # a cache on a device does not travel to spawned processes
-        return {**self.__dict__, "_x": None, "_y": None, "_use_cache": None}
+    @property
+    def cached_count(self) -> int:
+        """How many samples the device cache holds (0 when there is none)."""
+        return 0 if self._cached is None else int(self._cached.sum())
+
+    def close(self) -> None:
+        """Stop the loader's persistent workers (a later pass starts new ones); the cache stays."""
+        loader, self._loader = self._loader, None
+        iterator = getattr(loader, "_iterator", None)
+        if iterator is not None and hasattr(iterator, "_shutdown_workers"):
+            iterator._shutdown_workers()
+
+    def __getstate__(self) -> dict[str, Any]:  # a cache on a device or live workers do not travel
+        return {**self.__dict__, "_x": None, "_y": None, "_row": None, "_cached": None, "_use_cache": None,
+                "_loader": None}

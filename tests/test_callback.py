@@ -237,18 +237,31 @@ def test_store_before_fit_says_what_to_do():
         _ = CurvatureCallback().store
 
 
+class TellsCache(CurvatureCallback):
+    """Writes how many samples this rank's device cache holds (spawned ranks are copies: a file tells)."""
+
+    def on_fit_end(self, trainer, pl_module):
+        (self.store_directory() / f"cached_{trainer.global_rank}").write_text(str(self._feeder.cached_count))
+        super().on_fit_end(trainer, pl_module)
+
+    def store_directory(self):
+        return self._path
+
+
 @pytest.mark.slow
 def test_ddp_spawn_two_processes_equal_one(tmp_path):
     """With a rotating half of the samples per pass and gathers in pieces smaller than a block."""
     one = CurvatureCallback(Blobs(50), n_vectors=2, batch_size=8, fraction=0.5, directory=tmp_path / "one")
     fit(tmp_path, one, model=Frozen, dm=BlobsDM(50), max_epochs=4)
-    two = CurvatureCallback(Blobs(50), n_vectors=2, batch_size=8, fraction=0.5, directory=tmp_path / "two")
+    two = TellsCache(Blobs(50), n_vectors=2, batch_size=8, fraction=0.5, directory=tmp_path / "two")
     two.GATHER_COLUMNS = 9
     fit(tmp_path, two, model=Frozen, dm=BlobsDM(50), devices=2, strategy="ddp_spawn", max_epochs=4)
     a, b = CurvatureStore.open(tmp_path / "one"), CurvatureStore.open(tmp_path / "two")
     assert b.count.tolist() == [2] * 50 and b.epochs == [0, 1, 2, 3]
     np.testing.assert_allclose(b.mean, a.mean, rtol=1e-5)  # aligned blocks: the same batches
     np.testing.assert_allclose(b.channel_mean("margin"), a.channel_mean("margin"), rtol=1e-5, atol=1e-6)
+    # each rank caches only the samples it scores: 2 blocks of 16 on rank 0, 9 + 9 on rank 1
+    assert [int((tmp_path / "two" / f"cached_{r}").read_text()) for r in (0, 1)] == [32, 18]
 
 
 class Flipping(Frozen):

@@ -1,0 +1,89 @@
+"""How the scoring pass is fed: persistent loader workers, per-rank device caches (issue 5, item 4)."""
+
+import os
+
+import numpy as np
+import pytest
+import torch
+from boring import Blobs
+from torch.utils.data import Dataset, get_worker_info
+
+from curvature_callback.feeding import BatchFeeder, pass_indices, rank_block, rank_universe
+
+
+class WhoReads(Dataset):
+    """Sample i is (i as a float, pid of the process that read it): shows which worker served it."""
+
+    def __init__(self, n=30):
+        self.n, self.reads = n, 0
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        self.reads += 1
+        pid = os.getpid() if get_worker_info() is not None else -1
+        return torch.tensor([float(i), float(pid)]), torch.tensor(i % 3)
+
+
+def to_inputs(batch):
+    return batch[0], batch[1]
+
+
+def pids(feeder, indices):
+    seen, order = set(), []
+    for idx, x, y in feeder.batches(indices, torch.device("cpu")):
+        assert x[:, 0].long().tolist() == idx.tolist() and (y == idx % 3).all()
+        order += idx.tolist()
+        seen |= set(x[:, 1].long().tolist())
+    assert order == list(indices)
+    return seen
+
+
+def test_loader_workers_persist_across_passes():
+    feeder = BatchFeeder(WhoReads(), to_inputs, batch_size=4, num_workers=1, cache=False)
+    first = pids(feeder, np.arange(0, 30, 2))
+    second = pids(feeder, np.arange(1, 30, 2))  # another pass, other indices: the same worker serves it
+    assert len(first) == 1 and first == second and -1 not in first
+    feeder.close()  # workers stop; a later pass starts a new one
+    third = pids(feeder, np.arange(5))
+    assert len(third) == 1 and third != first
+    feeder.close()
+
+
+def test_cache_holds_only_the_universe_and_reads_it_once():
+    ds = WhoReads()
+    feeder = BatchFeeder(ds, to_inputs, batch_size=4, cache=True)
+    universe = np.array([3, 5, 7, 9, 11])
+    got = [(i.tolist(), x[:, 0].long().tolist()) for i, x, _ in feeder.batches(np.array([9, 3]), torch.device("cpu"),
+                                                                               universe=universe)]
+    assert got == [([9, 3], [9, 3])] and feeder.cached_count == 5 and ds.reads == 5
+    list(feeder.batches(np.array([11, 5, 7]), torch.device("cpu"), universe=universe))
+    assert ds.reads == 5  # cached: no further reads
+    got = [x[:, 0].long().tolist() for _, x, _ in feeder.batches(np.array([4, 5]), torch.device("cpu"))]
+    assert got == [[4, 5]] and ds.reads == 7  # outside the cache: read through the loader, still right
+
+
+def test_auto_cache_sizes_the_universe_not_the_dataset(monkeypatch):
+    import curvature_callback.feeding as feeding
+
+    ds = Blobs(n=40)  # 6 float32 per sample: 24 bytes
+    monkeypatch.setattr(feeding, "AUTO_CACHE_BYTES", 24 * 10)
+    small = BatchFeeder(ds, to_inputs, batch_size=8, cache="auto")
+    list(small.batches(np.arange(10), torch.device("cpu"), universe=np.arange(10)))
+    assert small.cached_count == 10
+    large = BatchFeeder(ds, to_inputs, batch_size=8, cache="auto")
+    list(large.batches(np.arange(10), torch.device("cpu")))  # universe: all 40 samples, over the limit
+    assert large.cached_count == 0
+
+
+@pytest.mark.parametrize("n,period,batch,world", [(50, 1, 8, 2), (50, 3, 8, 2), (7, 2, 4, 3), (100, 4, 5, 4)])
+def test_rank_universes_cover_every_pass_block_exactly(n, period, batch, world):
+    universes = [rank_universe(n, period, batch, world, r) for r in range(world)]
+    for p in range(2 * period):
+        indices = pass_indices(n, p, period)
+        for r in range(world):
+            start, stop, _ = rank_block(len(indices), batch, world, r)
+            assert np.isin(indices[start:stop], universes[r]).all()
+    together = np.concatenate(universes)
+    assert sorted(together.tolist()) == list(range(n))  # disjoint, and every sample in one rank's cache
