@@ -44,6 +44,7 @@ import torch.nn.functional as F
 from _models import CifarResNet18, SmallCNN
 from torch import Tensor, nn
 
+from curvature_callback import estimator
 from curvature_callback.estimator import default_chunk_size, input_curvature
 
 CPU_TARGET = 1.8  # ours / published, small CNN on CPU, B=64, n=10
@@ -197,11 +198,26 @@ def _paired(seconds: dict[str, list[float]], slower: str, faster: str) -> float:
     return statistics.median(a / b for a, b in zip(seconds[slower], seconds[faster], strict=True))
 
 
+@contextlib.contextmanager
+def layout(channels_last: bool) -> Iterator[None]:
+    """Whether ``fast=True`` feeds image batches in channels_last (on any device: the CPU is timed too)."""
+    saved = estimator.CHANNELS_LAST_WHEN_FAST, estimator._channels_last_pays
+    estimator.CHANNELS_LAST_WHEN_FAST = channels_last
+    estimator._channels_last_pays = lambda device: channels_last
+    try:
+        yield
+    finally:
+        estimator.CHANNELS_LAST_WHEN_FAST, estimator._channels_last_pays = saved
+
+
 def measure(name: str, model: nn.Module, device: torch.device, *, batch: int, n: int, chunk: int | None,
             fast: bool, warmup: int, repeats: int, clock: Callable[[], float] = time.perf_counter,
-            quiet: Quiet | None = None) -> Row:
+            quiet: Quiet | None = None, channels_last: bool = False) -> Row:
+    """One row. ``channels_last`` (with ``fast``): all three methods get channels_last inputs."""
     model = model.to(device).eval()
     x, y = _batch(batch, device)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
     chunk = default_chunk_size(device) if chunk is None else chunk
 
     def limit() -> None:
@@ -213,13 +229,36 @@ def measure(name: str, model: nn.Module, device: torch.device, *, batch: int, n:
         "ours": lambda: input_curvature(model, x, y, h=H, n_vectors=n, chunk_size=chunk, fast=fast),
         "limit": limit,
     }
-    with precision(fast):
+    with precision(fast and device.type == "cuda"), layout(fast and channels_last):
         timing = time_interleaved(fns, device, warmup, repeats, clock=clock, quiet=quiet)
     sec = timing.seconds
     speed = {k: batch / statistics.median(t) for k, t in sec.items()}
-    return Row(name, device.type, "tf32 (fast=True)" if fast else "float32", batch, n, chunk,
+    arithmetic = "float32" if not fast or device.type != "cuda" else "tf32"
+    if fast and channels_last:
+        arithmetic += " + channels_last"
+    if fast and channels_last == estimator.CHANNELS_LAST_WHEN_FAST and device.type == "cuda":
+        arithmetic += " (fast=True)"
+    return Row(name, device.type, arithmetic, batch, n, chunk,
                speed["published"], speed["ours"], speed["limit"], _paired(sec, "published", "ours"),
                _paired(sec, "limit", "ours"), timing.others)
+
+
+def training_speed(model: nn.Module, device: torch.device, batch: int, warmup: int, repeats: int) -> float:
+    """Samples/s of a bf16-mixed SGD training step (forward, backward, step) at ``batch``: what a GPU run of
+    ``experiment=cifar10_*`` does per batch, the unit of "overhead vs training"."""
+    model = model.to(device).train()
+    opt = torch.optim.SGD(model.parameters(), lr=1e-3, momentum=0.9)
+    x, y = _batch(batch, device)
+
+    def step() -> None:
+        with torch.autocast(device.type, dtype=torch.bfloat16):
+            loss = F.cross_entropy(model(x), y)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    timing = time_interleaved({"train": step}, device, warmup, repeats)
+    return batch / statistics.median(timing.seconds["train"])
 
 
 def sweep_chunks(sizes: tuple[int, ...], *, batch: int, n: int, warmup: int, repeats: int,
@@ -265,8 +304,9 @@ def print_table(rows: list[Row]) -> None:
 
 
 def print_verdicts(rows: list[Row]) -> None:
-    cpu = [r for r in rows if r.device == "cpu" and r.model == "SmallCNN"]
-    gpu = [r for r in rows if r.device == "cuda" and r.model == "CifarResNet18" and r.arithmetic == "float32"]
+    cpu = [r for r in rows if r.device == "cpu" and r.model == "SmallCNN" and r.arithmetic == "float32"]
+    gpu = [r for r in rows
+           if r.device == "cuda" and r.model == "CifarResNet18" and r.arithmetic == "float32" and r.n == 10]
     for r in cpu:
         ratio = r.ours_vs_published
         print(f"CPU target (SmallCNN, ours/published >= {CPU_TARGET}x, at B={r.batch}, n={r.n}): "
@@ -298,6 +338,10 @@ def main() -> None:
                              "most this many CPU cores, and redo a round during which they used more")
     parser.add_argument("--max-wait", type=float, default=600.0,
                         help="with --max-others: seconds per table to wait and redo rounds before giving up")
+    parser.add_argument("--channels-last", action="store_true",
+                        help="also a CPU row with channels_last inputs (fast=True's GPU layout), to see if it pays")
+    parser.add_argument("--gpu-extra-n", type=int, nargs="*", default=[1, 2],
+                        help="GPU: also time these n_vectors (float32 and fast=True)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--clock", choices=("wall", "cpu"), default="wall",
@@ -326,12 +370,28 @@ def main() -> None:
     if "cpu" in devices:
         rows.append(measure("SmallCNN", SmallCNN(), torch.device("cpu"), batch=args.batch or 64, fast=False,
                             **common))
+        if args.channels_last:
+            rows.append(measure("SmallCNN", SmallCNN(), torch.device("cpu"), batch=args.batch or 64, fast=True,
+                                channels_last=True, **common))
+    train = None
     if "cuda" in devices:
-        for fast in (False, True):
-            rows.append(measure("CifarResNet18", CifarResNet18(), torch.device("cuda"),
-                                batch=args.batch or 128, fast=fast, **common))
+        cuda = torch.device("cuda")
+        for n in sorted({args.n_vectors, *args.gpu_extra_n}, reverse=True):
+            for fast, cl in ((False, False), (True, False), (True, True)):
+                if n != args.n_vectors and not (fast and cl) and fast:
+                    continue  # fewer vectors: float32 and fast=True only
+                rows.append(measure("CifarResNet18", CifarResNet18(), cuda, batch=args.batch or 128, fast=fast,
+                                    channels_last=cl, **{**common, "n": n}))
+        train = training_speed(CifarResNet18(), cuda, args.batch or 128, args.warmup, args.repeats)
     print_table(rows)
     print()
+    if train is not None:
+        print(f"bf16-mixed training step of CifarResNet18 (SGD, B={args.batch or 128}): {train:,.0f} samples/s. "
+              "Scoring pass time / training epoch time, per row (ours):")
+        for r in rows:
+            if r.device == "cuda":
+                print(f"- {r.arithmetic}, n={r.n}: {train / r.ours:.2f}x")
+        print()
     print_verdicts(rows)
     if args.sweep_chunk:
         print()

@@ -137,7 +137,7 @@ def main() -> None:
     ref_auroc = mislabel_metrics(ref, flipped)["auroc"]
     t_train, t_score = float(np.median(train_s)), float(np.median(score_s))
     rows = []
-    for n, every, period in itertools.product([1, 2, 4, args.n_vectors], [1, 2, 4], [1, 2, 4]):
+    for n, every, period in itertools.product(sorted({1, 2, 4, args.n_vectors}), [1, 2, 4], [1, 2, 4]):
         if n > args.n_vectors or math.ceil(args.epochs / every) < period:
             continue
         mean = settings_mean(per_epoch, n, every, period)
@@ -146,7 +146,7 @@ def main() -> None:
                      mislabel_metrics(mean, flipped)["auroc"]))
     if tf32:
         tf_epochs = sorted(tf32)
-        for n in (1, 2, args.n_vectors):
+        for n in sorted({1, 2, args.n_vectors}):
             tf_mean = np.mean([tf32[e][:, :n].mean(1) for e in tf_epochs], axis=0)
             fp_mean = np.mean([per_epoch[e][:, :n].mean(1) for e in tf_epochs], axis=0)
             rel = float(np.median(np.abs(tf32[tf_epochs[-1]][:, 0] / per_epoch[tf_epochs[-1]][:, 0] - 1)))

@@ -1,8 +1,8 @@
 """Where the scoring pass's time goes: waiting for batches (load) against scoring them (compute).
 
 The callback feeds its pass through :class:`curvature_callback.feeding.BatchFeeder`: one DataLoader whose
-``num_workers`` workers start at the first pass and persist (pinned memory on CUDA), or, when the scored inputs fit (``cache="auto"``: CIFAR), tensors
-kept on the device after the first pass. This script runs the same feeder and
+``num_workers`` workers start at the first pass and persist (pinned memory on CUDA), or, when the scored inputs
+fit (``cache="auto"``: CIFAR), tensors kept on the device after the first pass. This script runs the same feeder and
 :func:`curvature_callback.estimator.curvature_details` on two sources of CIFAR-10 images (offline copy, standard
 order) and times, per pass, the seconds spent in ``next(batches)`` (decode, normalize, collate, worker start-up,
 host-to-device copy) and in the estimator:

@@ -1,10 +1,11 @@
-"""What the callback adds to training, side by side in one run: digits (CPU) by default.
+"""What the callback adds to training, side by side in one run: digits on the CPU, CIFAR-10 ResNet18 on a GPU.
 
 Rows, each a full ``Trainer.fit`` of the same model from the same seed:
 
 - training alone;
 - + ``CurvatureCallback`` at the paper setting (n = 10 vectors, every epoch, float32);
-- + ``CurvatureCallback`` at cheaper settings (fewer vectors, every k epochs, a rotating fraction);
+- + ``CurvatureCallback`` at cheaper settings (fewer vectors, every k epochs, a rotating fraction; on a GPU
+  also ``fast=True``: TF32 and channels_last);
 - + a callback running the published scorer's loop (2n mean-reduced passes, per-vector CPU copies) at n = 10;
 - the limit: the paper setting's scoring at the input-gradient forward+backward throughput / (n + 1).
 
@@ -13,6 +14,11 @@ setting's (Spearman) with the mislabel AUROC. One markdown table.
 
     python benchmarks/bench_overhead.py                     # digits, 40 epochs, CPU (~10 min on 2 cores)
     python benchmarks/bench_overhead.py --epochs 10         # quicker
+    python benchmarks/bench_overhead.py --setup cifar10 --device cuda --samples 10000 --epochs 6   # one GPU
+
+``--setup cifar10``: the offline CIFAR-10 copy (first ``--samples`` images, 10 % symmetric noise), the CIFAR
+ResNet18, SGD lr 0.1 cosine, batch 128, random crop and flip, bf16-mixed training on a GPU (32-true on the CPU);
+scoring in float32 (TF32 off) unless ``fast``.
 """
 
 from __future__ import annotations
@@ -28,19 +34,27 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from lightning.pytorch.callbacks import Callback
+from torch.utils.data import DataLoader
 
 from curvature_callback import CurvatureCallback
 from curvature_callback.analysis import mislabel_metrics
 from curvature_callback.data import DigitsDataModule
-from curvature_callback.models import SmallCNN
+from curvature_callback.image_data import CIFARDataModule
+from curvature_callback.models import SmallCNN, resnet_cifar
 from curvature_callback.module import ClassifierModule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_estimator import published_style  # noqa: E402
+from bench_estimator import precision, published_style  # noqa: E402
+
+
+def _batches(ds, batch: int, device: torch.device):
+    for x, y in DataLoader(ds, batch_size=batch, shuffle=False):
+        yield x.to(device), y.to(device)
 
 
 class PublishedStyle(Callback):
-    """The published scorer's loop as an end-of-epoch callback, keeping a running sum per sample."""
+    """The published scorer's loop as an end-of-epoch callback, keeping a running sum per sample (float32:
+    the TF32 flags off, as in the callback's paper row)."""
 
     def __init__(self, n_vectors: int = 10, h: float = 1e-3, batch_size: int = 256):
         self.n_vectors, self.h, self.batch_size = n_vectors, h, batch_size
@@ -51,9 +65,8 @@ class PublishedStyle(Callback):
         ds = trainer.datamodule.curvature_dataset()
         was = pl_module.training
         scores = []
-        with torch.enable_grad(), torch.inference_mode(False):
-            for lo in range(0, len(ds), self.batch_size):
-                x, y = ds[lo : lo + self.batch_size]
+        with torch.enable_grad(), torch.inference_mode(False), precision(False):
+            for x, y in _batches(ds, self.batch_size, pl_module.device):
                 scores.append(published_style(pl_module, x.clone(), y.clone(), self.h, self.n_vectors))
         pl_module.train(was)
         s = torch.cat(scores).double().numpy()
@@ -61,77 +74,125 @@ class PublishedStyle(Callback):
         self.count += 1
 
 
-def input_grad_seconds(model, ds, batch: int = 256) -> float:
-    """Seconds for one input-gradient forward+backward over the dataset (the unit of the limit)."""
+def input_grad_seconds(model, ds, device: torch.device, batch: int = 256) -> float:
+    """Seconds for one input-gradient forward+backward over the dataset (the unit of the limit), float32."""
     model.eval()
-    start = time.perf_counter()
-    for lo in range(0, len(ds), batch):
-        x, y = ds[lo : lo + batch]
-        x = x.clone().requires_grad_(True)
-        torch.autograd.grad(F.cross_entropy(model(x), y.clone(), reduction="none").sum(), x)
-    return time.perf_counter() - start
+    with precision(False):
+        start = time.perf_counter()
+        for x, y in _batches(ds, batch, device):
+            x = x.clone().requires_grad_(True)
+            torch.autograd.grad(F.cross_entropy(model(x), y.clone(), reduction="none").sum(), x)
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
 
 
 def spearman(a: np.ndarray, b: np.ndarray) -> float:
     return float(np.corrcoef(np.argsort(np.argsort(a)), np.argsort(np.argsort(b)))[0, 1])
 
 
-def fit(epochs: int, callbacks: list, root: str):
-    L.seed_everything(0, verbose=False)
-    dm = DigitsDataModule(noise=0.1, seed=0, batch_size=64)
-    module = ClassifierModule(SmallCNN(in_channels=1, num_classes=10, width=32), optimizer="adam", lr=2e-3,
+def make_run(setup: str, samples: int | None):
+    """(datamodule, LightningModule) of a setup, fresh."""
+    if setup == "digits":
+        dm = DigitsDataModule(noise=0.1, seed=0, batch_size=64)
+        module = ClassifierModule(SmallCNN(in_channels=1, num_classes=10, width=32), optimizer="adam", lr=2e-3,
+                                  scheduler="cosine")
+        return dm, module
+    dm = CIFARDataModule(source="offline", noise=0.1, seed=0, batch_size=128, limit=samples, validate=False)
+    module = ClassifierModule(resnet_cifar(18), optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
                               scheduler="cosine")
-    trainer = L.Trainer(max_epochs=epochs, accelerator="cpu", devices=1, logger=False, enable_checkpointing=False,
+    return dm, module
+
+
+def fit(args, epochs: int, callbacks: list, root: str):
+    L.seed_everything(0, verbose=False)
+    dm, module = make_run(args.setup, args.samples)
+    gpu = args.device == "cuda"
+    trainer = L.Trainer(max_epochs=epochs, accelerator="gpu" if gpu else "cpu", devices=1, logger=False,
+                        precision="bf16-mixed" if gpu else "32-true", enable_checkpointing=False,
                         enable_progress_bar=False, enable_model_summary=False, default_root_dir=root,
                         callbacks=callbacks)
     start = time.perf_counter()
     trainer.fit(module, dm)
+    if gpu:
+        torch.cuda.synchronize()
     return time.perf_counter() - start, dm, module
+
+
+CPU_SETTINGS = {
+    "paper": ("paper: n=10, every epoch", dict(n_vectors=10)),
+    "n2": ("n=2, every epoch", dict(n_vectors=2)),
+    "n1": ("n=1, every epoch", dict(n_vectors=1)),
+    "n10_every3": ("n=10, every 3 epochs (default run)", dict(n_vectors=10, every_n_epochs=3)),
+    "n2_every2": ("n=2, every 2 epochs", dict(n_vectors=2, every_n_epochs=2)),
+    "n1_half": ("n=1, fraction 1/2", dict(n_vectors=1, fraction=0.5)),
+}
+FAST_SETTINGS = {
+    "paper_fast": ("n=10, every epoch, fast=True", dict(n_vectors=10, fast=True)),
+    "n2_fast": ("n=2, every epoch, fast=True", dict(n_vectors=2, fast=True)),
+    "n1_fast": ("n=1, every epoch, fast=True", dict(n_vectors=1, fast=True)),
+    "n2_every2_fast": ("n=2, every 2 epochs, fast=True", dict(n_vectors=2, every_n_epochs=2, fast=True)),
+}
+DEFAULT_ROWS = {"cpu": "paper,n2,n1,n10_every3,n2_every2,n1_half,published",
+                "cuda": "paper,paper_fast,n2_fast,n1_fast,n2,published"}
 
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--setup", choices=["digits", "cifar10"], default="digits")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--samples", type=int, default=None, help="cifar10: the first this many training images")
     p.add_argument("--epochs", type=int, default=40)
+    p.add_argument("--rows", default=None,
+                   help=f"comma-separated settings, the first is the reference; choose from "
+                        f"{', '.join([*CPU_SETTINGS, *FAST_SETTINGS, 'published'])} (default: {DEFAULT_ROWS})")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.device == "cuda" and not torch.cuda.is_available():
+        p.error("--device cuda, but torch.cuda.is_available() is False")
+    names = (args.rows or DEFAULT_ROWS[args.device]).split(",")
+    known = {**CPU_SETTINGS, **FAST_SETTINGS}
+    unknown = [n for n in names if n not in known and n != "published"]
+    if unknown:
+        p.error(f"unknown --rows {unknown}; choose from {', '.join([*known, 'published'])}")
     root = tempfile.mkdtemp(prefix="bench_overhead_")
-    settings = [
-        ("paper: n=10, every epoch", dict(n_vectors=10)),
-        ("n=2, every epoch", dict(n_vectors=2)),
-        ("n=1, every epoch", dict(n_vectors=1)),
-        ("n=10, every 3 epochs (default run)", dict(n_vectors=10, every_n_epochs=3)),
-        ("n=2, every 2 epochs", dict(n_vectors=2, every_n_epochs=2)),
-        ("n=1, fraction 1/2", dict(n_vectors=1, fraction=0.5)),
-    ]
-    fit(1, [], root)  # warm-up: imports, first-call costs
-    base, dm, module = fit(args.epochs, [], root)
-    unit = input_grad_seconds(module.net, dm.curvature_dataset())
+    device = torch.device(args.device)
+    fit(args, 1, [], root)  # warm-up: imports, data decode, cuDNN autotuning, first-call costs
+    base, dm, module = fit(args, args.epochs, [], root)
+    unit = input_grad_seconds(module.net.to(device), dm.curvature_dataset(), device)
     flipped = np.asarray(dm.flipped)
     rows, paper = [], None
-    for i, (name, kw) in enumerate(settings):
-        cb = CurvatureCallback(directory=f"{root}/s{i}", log_histogram=False, **kw)
-        seconds, _, _ = fit(args.epochs, [cb], root)
-        mean = np.array(cb.store.mean)
+    for i, name in enumerate(names):
+        if name == "published":
+            pub = PublishedStyle(n_vectors=10)
+            seconds, _, _ = fit(args, args.epochs, [pub], root)
+            mean = pub.sum / pub.count
+            label = "published-style loop, n=10, every epoch"
+        else:
+            label, kw = known[name]
+            cb = CurvatureCallback(directory=f"{root}/s{i}", log_histogram=False, **kw)
+            seconds, _, _ = fit(args, args.epochs, [cb], root)
+            mean = np.array(cb.store.mean)
         paper = mean if paper is None else paper
-        rows.append((name, seconds, spearman(mean, paper), mislabel_metrics(mean, flipped)["auroc"]))
-    pub = PublishedStyle(n_vectors=10)
-    seconds, _, _ = fit(args.epochs, [pub], root)
-    pub_mean = pub.sum / pub.count
-    rows.append(("published-style loop, n=10, every epoch", seconds, spearman(pub_mean, paper),
-                 mislabel_metrics(pub_mean, flipped)["auroc"]))
-    base = min(base, fit(args.epochs, [], root)[0])  # again at the end: the machine may have been busier at first
+        rows.append((label, seconds, spearman(mean, paper), mislabel_metrics(mean, flipped)["auroc"]))
+        print(f"{label}: {seconds:.1f} s", flush=True)
+    base = min(base, fit(args, args.epochs, [], root)[0])  # again at the end: the machine may have been busier
     limit = base + args.epochs * 11 * unit
-    print(f"\nDigits (1797 images, 10 % symmetric noise), SmallCNN, {args.epochs} epochs, CPU "
-          f"({torch.get_num_threads()} threads). Training alone: {base:.1f} s.\n")
-    print("| setting | wall s | overhead vs training | Spearman vs paper setting | mislabel AUROC |")
+    what = ("Digits (1797 images, 10 % symmetric noise), SmallCNN" if args.setup == "digits" else
+            f"CIFAR-10 offline (first {len(flipped)} images, 10 % symmetric noise), ResNet18, bf16-mixed training"
+            if args.device == "cuda" else f"CIFAR-10 offline (first {len(flipped)} images), ResNet18, float32")
+    where = (torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)")
+    print(f"\n{what}, {args.epochs} epochs, {where}. Training alone: {base:.1f} s. "
+          f"Reference for Spearman: {rows[0][0]}.\n")
+    print("| setting | wall s | overhead vs training | Spearman vs reference | mislabel AUROC |")
     print("|---|---|---|---|---|")
     print(f"| training alone | {base:.1f} | 0 | | |")
-    for name, seconds, rho, auroc in rows:
-        print(f"| + {name} | {seconds:.1f} | {(seconds - base) / base:.2f}x | {rho:.4f} | {auroc:.4f} |")
-    print(f"| limit: paper setting at (n+1) x input-gradient passes | {limit:.1f} | {(limit - base) / base:.2f}x "
-          f"| | |")
+    for label, seconds, rho, auroc in rows:
+        print(f"| + {label} | {seconds:.1f} | {(seconds - base) / base:.2f}x | {rho:.4f} | {auroc:.4f} |")
+    print(f"| limit: paper setting at (n+1) x input-gradient passes (float32) | {limit:.1f} | "
+          f"{(limit - base) / base:.2f}x | | |")
 
 
 if __name__ == "__main__":

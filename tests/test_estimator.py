@@ -264,3 +264,32 @@ def test_per_vector_scores_are_the_single_vector_scores():
     res = curvature_details(model, x, Y, n_vectors=4, seed=2)
     torch.testing.assert_close(res.per_vector.mean(1), res.curvature)
     torch.testing.assert_close(res.per_vector[:, :1], curvature_details(model, x, Y, n_vectors=1, seed=2).per_vector)
+
+
+def test_fast_feeds_images_in_channels_last_where_it_pays_and_scores_the_same(monkeypatch):
+    """On CUDA ``fast=True`` feeds [B, C, H, W] batches in channels_last; here the CPU stands in for it."""
+    import curvature_callback.estimator as estimator
+
+    layouts = []
+
+    class Spy(nn.Module):
+        def forward(self, x):
+            layouts.append(x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous())
+            return x
+
+    torch.manual_seed(0)
+    net = nn.Sequential(Spy(), nn.Conv2d(3, 4, 3), nn.Tanh(), nn.Flatten(), nn.Linear(4 * 6 * 6, 3))
+    x, y = torch.randn(5, 3, 8, 8), torch.tensor([0, 1, 2, 0, 1])
+    want = input_curvature(net, x, y, n_vectors=3, h=1e-2, fast=True)  # CPU: fast changes nothing
+    assert layouts and not any(layouts)
+    layouts.clear()
+    monkeypatch.setattr(estimator, "_channels_last_pays", lambda device: True)
+    got = input_curvature(net, x, y, n_vectors=3, h=1e-2, fast=True, chunk_size=4)
+    assert layouts and all(layouts)  # the input and every chunk of perturbed copies
+    torch.testing.assert_close(got, want, rtol=1e-3, atol=0)
+    layouts.clear()
+    input_curvature(net, x, y, n_vectors=3, h=1e-2)  # not fast: fed as the inputs come
+    assert layouts and not any(layouts)
+    flat = nn.Sequential(Spy(), nn.Linear(6, 3))
+    input_curvature(flat, torch.randn(5, 6), y, n_vectors=2, fast=True)  # not an image batch: as it comes
+    assert not any(layouts)
