@@ -121,9 +121,9 @@ def fit(args, epochs: int, callbacks: list, root: str):
 
 CPU_SETTINGS = {
     "paper": ("paper: n=10, every epoch", dict(n_vectors=10)),
-    "n2": ("n=2, every epoch", dict(n_vectors=2)),
+    "n2": ("n=2, every epoch (the default run)", dict(n_vectors=2)),
     "n1": ("n=1, every epoch", dict(n_vectors=1)),
-    "n10_every3": ("n=10, every 3 epochs (default run)", dict(n_vectors=10, every_n_epochs=3)),
+    "n10_every3": ("n=10, every 3 epochs (the old default run)", dict(n_vectors=10, every_n_epochs=3)),
     "n2_every2": ("n=2, every 2 epochs", dict(n_vectors=2, every_n_epochs=2)),
     "n1_half": ("n=1, fraction 1/2", dict(n_vectors=1, fraction=0.5)),
 }

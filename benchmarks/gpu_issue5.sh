@@ -8,6 +8,7 @@
 #                  target (float32 ours/limit >= 0.95); the bf16 training step for scale
 #   fidelity.txt   benchmarks/bench_fidelity.py --device cuda --model resnet18: the cost-fidelity frontier with TF32
 #                  rows (per-value error, Spearman, AUROC), first SAMPLES_FID offline CIFAR-10 images
+#   layout.txt     benchmarks/bench_layout.py --device cuda: does channels_last pay, per model (fast=True)
 #   overhead.txt   benchmarks/bench_overhead.py --setup cifar10 --device cuda: training with and without the
 #                  callback side by side (paper setting, fast=True, fewer vectors, published loop, the limit)
 #
@@ -31,6 +32,7 @@ if [ "$SMOKE" = 1 ]; then
   EST=(--device cpu --channels-last --repeats 1 --warmup 0)
   FID=(--device cpu --model small_cnn --samples 64 --epochs 2 --n-vectors 2)
   OVH=(--setup cifar10 --device cpu --samples 64 --epochs 1 --rows paper,n1_fast,published)
+  LAY=(--device cpu --repeats 1 --n-vectors 2)
 else
   DEV=cuda
   EST=(--device cuda --repeats 10 --warmup 3)
@@ -38,6 +40,7 @@ else
   FID=(--device cuda --model resnet18 --samples "${SAMPLES_FID:-5000}" --epochs "${EPOCHS_FID:-15}" --lr 0.05
        --tf32-every 3)
   OVH=(--setup cifar10 --device cuda --samples "${SAMPLES_OVH:-5000}" --epochs "${EPOCHS_OVH:-4}")
+  LAY=(--device cuda --repeats 5)
 fi
 
 step() {  # step NAME SECONDS COMMAND...: run under a time limit, keep its output, go on whatever happens
@@ -63,5 +66,6 @@ if [ "$DEV" = cuda ] && ! "$PY" -c "import torch; assert torch.cuda.is_available
 fi
 
 step estimator 120 "$PY" benchmarks/bench_estimator.py "${EST[@]}"
+step layout 60 "$PY" benchmarks/bench_layout.py "${LAY[@]}"
 step fidelity 240 "$PY" benchmarks/bench_fidelity.py "${FID[@]}"
 step overhead 200 "$PY" benchmarks/bench_overhead.py "${OVH[@]}"

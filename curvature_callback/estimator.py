@@ -157,8 +157,8 @@ CHANNELS_LAST_WHEN_FAST = True
 
 
 def _channels_last_pays(device: torch.device) -> bool:
-    # On the CPU it depends on the model (measured: a small CNN 1.41x faster, the CIFAR ResNet18 0.97x, a
-    # one-channel input 1.03x; docs/PERFORMANCE.md): not applied there.
+    # On the CPU it depends on the model (measured: a small CNN 1.41x faster, the CIFAR ResNet18 and a
+    # one-channel input within +-6 %; docs/PERFORMANCE.md): not applied there.
     return device.type == "cuda"
 
 

@@ -21,8 +21,10 @@ def test_gpu_issue5_script_runs_every_step_in_smoke_mode(tmp_path):
                           text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     out = tmp_path / "out"
-    assert sorted(p.name for p in out.iterdir()) == ["estimator.txt", "fidelity.txt", "machine.txt", "overhead.txt"]
+    assert sorted(p.name for p in out.iterdir()) == ["estimator.txt", "fidelity.txt", "layout.txt", "machine.txt",
+                                                      "overhead.txt"]
     for step, row in [("estimator", "| SmallCNN | cpu | float32 + channels_last |"),
+                      ("layout", "| CIFAR ResNet18 | 16 |"),
                       ("fidelity", "| fp32 | 2 | 1 | 1/1 | 1.000 |"),
                       ("overhead", "| + published-style loop, n=10, every epoch |")]:
         text = (out / f"{step}.txt").read_text()
