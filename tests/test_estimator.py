@@ -209,6 +209,13 @@ def test_tf32_off_inside_the_pass_and_restored():
         input_curvature(model, X, Y, n_vectors=1, fast=True)
         assert set(seen) == {"tf32"}
         assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("tf32", "tf32")
+        # fast turns TF32 on whatever the user's flags say (PyTorch's default leaves matmuls in IEEE)
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
+        seen.clear()
+        input_curvature(model, X, Y, n_vectors=1, fast=True)
+        assert set(seen) == {"tf32"}
+        assert (torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision) == ("ieee", "ieee")
     finally:
         torch.backends.cuda.matmul.fp32_precision, torch.backends.cudnn.conv.fp32_precision = saved
 
