@@ -408,9 +408,9 @@ class CurvatureCallback(Callback):
         universe = rank_universe(len(self._scored_dataset), self._period, self.batch_size, trainer.world_size,
                                  trainer.global_rank)  # what this rank's cache needs over a rotation
         batches = self._feeder.batches(indices[start:stop], device, universe=universe)
-        for idx, x, y in tqdm(batches, desc=f"curvature (epoch {epoch})",
-                              total=self._feeder.num_batches(stop - start), disable=not show, leave=False,
-                              dynamic_ncols=True):
+        # disable=None: tqdm shows the bar on a terminal only (in a log file it would be a line per batch)
+        for idx, x, y in tqdm(batches, desc=f"curvature (epoch {epoch})", total=self._feeder.num_batches(stop - start),
+                              disable=True if not show else None, leave=False, dynamic_ncols=True):
             res = curvature_details(
                 pl_module, x, y, loss_fn=self.loss_fn, h=self.h, n_vectors=self.n_vectors, seed=self.seed,
                 indices=idx, chunk_size=self.chunk_size, fast=self.fast,

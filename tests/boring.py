@@ -75,5 +75,6 @@ class BlobsDM(L.LightningDataModule):
 def trainer(tmp_path, callbacks, max_epochs=2, **kw):
     kw.setdefault("logger", False)
     kw.setdefault("enable_checkpointing", False)
-    return L.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=kw.pop("devices", 1), enable_progress_bar=False,
+    kw.setdefault("enable_progress_bar", False)
+    return L.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=kw.pop("devices", 1),
                      enable_model_summary=False, default_root_dir=tmp_path, callbacks=callbacks, **kw)

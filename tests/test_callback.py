@@ -355,3 +355,25 @@ def test_error_messages_of_the_pass(tmp_path):
 
     with pytest.raises(ValueError, match=r"Cannot find the training dataset to score.*dataset=\.\.\."):
         fit(tmp_path, CurvatureCallback(n_vectors=1, directory=tmp_path / "s"), dm=NoDataset(), max_epochs=1)
+
+
+def test_progress_bar_only_on_a_terminal(tmp_path, capsys, monkeypatch):
+    """The pass's bar shows with the Trainer's bar on a terminal; written to a file or pipe it would be one line
+    per batch, so there it stays off (tqdm's disable=None)."""
+    import sys
+
+    import curvature_callback.callback as callback_module
+
+    real, seen = callback_module.tqdm, []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("disable"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(callback_module, "tqdm", spy)
+    fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=1, directory=tmp_path / "s"), model=Frozen, max_epochs=1,
+        enable_progress_bar=True)
+    assert seen == [None]  # with the Trainer's bar: tqdm decides by the stream
+    assert not sys.stderr.isatty() and "curvature (epoch 0)" not in capsys.readouterr().err
+    fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=1, directory=tmp_path / "t"), model=Frozen, max_epochs=1)
+    assert seen == [None, True]  # no Trainer bar: none of ours either
