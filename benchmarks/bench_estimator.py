@@ -77,24 +77,10 @@ def input_gradient(model: nn.Module, x: Tensor, y: Tensor) -> Tensor:
 
 
 # ---------------------------------------------------------------------------------------------- timing
-@contextlib.contextmanager
-def precision(fast: bool) -> Iterator[None]:
-    """All methods of a row in one arithmetic: IEEE float32, or TF32 matmuls and convolutions (``fast``)."""
-    matmul, cudnn = torch.backends.cuda.matmul, torch.backends.cudnn
-    if hasattr(matmul, "fp32_precision") and hasattr(cudnn, "conv"):  # torch >= 2.9
-        saved = (matmul.fp32_precision, cudnn.conv.fp32_precision)
-        matmul.fp32_precision = cudnn.conv.fp32_precision = "tf32" if fast else "ieee"
-        try:
-            yield
-        finally:
-            matmul.fp32_precision, cudnn.conv.fp32_precision = saved
-    else:
-        saved = (matmul.allow_tf32, cudnn.allow_tf32)
-        matmul.allow_tf32 = cudnn.allow_tf32 = fast
-        try:
-            yield
-        finally:
-            matmul.allow_tf32, cudnn.allow_tf32 = saved
+def precision(fast: bool) -> contextlib.AbstractContextManager[None]:
+    """All methods of a row in one arithmetic: IEEE float32, or TF32 matmuls and convolutions (``fast``), set
+    the way the estimator sets them inside its pass."""
+    return estimator._tf32(fast)
 
 
 def _sync(device: torch.device) -> None:
@@ -201,13 +187,12 @@ def _paired(seconds: dict[str, list[float]], slower: str, faster: str) -> float:
 @contextlib.contextmanager
 def layout(channels_last: bool) -> Iterator[None]:
     """Whether ``fast=True`` feeds image batches in channels_last (on any device: the CPU is timed too)."""
-    saved = estimator.CHANNELS_LAST_WHEN_FAST, estimator._channels_last_pays
-    estimator.CHANNELS_LAST_WHEN_FAST = channels_last
+    saved = estimator._channels_last_pays
     estimator._channels_last_pays = lambda device: channels_last
     try:
         yield
     finally:
-        estimator.CHANNELS_LAST_WHEN_FAST, estimator._channels_last_pays = saved
+        estimator._channels_last_pays = saved
 
 
 def measure(name: str, model: nn.Module, device: torch.device, *, batch: int, n: int, chunk: int | None,
@@ -229,14 +214,15 @@ def measure(name: str, model: nn.Module, device: torch.device, *, batch: int, n:
         "ours": lambda: input_curvature(model, x, y, h=H, n_vectors=n, chunk_size=chunk, fast=fast),
         "limit": limit,
     }
-    with precision(fast and device.type == "cuda"), layout(fast and channels_last):
+    fast_default = estimator._channels_last_pays(device) == channels_last  # what fast=True does on this device
+    with precision(fast), layout(fast and channels_last):
         timing = time_interleaved(fns, device, warmup, repeats, clock=clock, quiet=quiet)
     sec = timing.seconds
     speed = {k: batch / statistics.median(t) for k, t in sec.items()}
     arithmetic = "float32" if not fast or device.type != "cuda" else "tf32"
     if fast and channels_last:
         arithmetic += " + channels_last"
-    if fast and channels_last == estimator.CHANNELS_LAST_WHEN_FAST and device.type == "cuda":
+    if fast and fast_default and device.type == "cuda":
         arithmetic += " (fast=True)"
     return Row(name, device.type, arithmetic, batch, n, chunk,
                speed["published"], speed["ours"], speed["limit"], _paired(sec, "published", "ours"),

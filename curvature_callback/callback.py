@@ -213,6 +213,7 @@ class CurvatureCallback(Callback):
         self._period = period_of(fraction)
         self.cache = check_cache(cache)
         self._feeder: BatchFeeder | None = None
+        self._universe: np.ndarray | None = None  # the indices this rank scores over a rotation (set per fit)
         self._store: CurvatureStore | None = None  # the writer, on global rank 0 during fit
         self._path: Path | None = None  # the resolved store folder
         self._epochs_done: list[int] = []  # same on every rank
@@ -309,6 +310,8 @@ class CurvatureCallback(Callback):
             rank_zero_warn(f"The checkpoint says epochs {missing} were scored, but the store at {self._path} lacks "
                            "them: their scores are not in the mean.")
         self._scored_dataset = dataset
+        # what this rank's device cache needs over a rotation of `fraction`: fixed for the fit
+        self._universe = rank_universe(n, self._period, self.batch_size, trainer.world_size, trainer.global_rank)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -405,9 +408,7 @@ class CurvatureCallback(Callback):
                                        self.batch_size, self.num_workers, self.cache)
         parts: dict[str, list[Tensor]] = {}
         show = trainer.is_global_zero and trainer.progress_bar_callback is not None
-        universe = rank_universe(len(self._scored_dataset), self._period, self.batch_size, trainer.world_size,
-                                 trainer.global_rank)  # what this rank's cache needs over a rotation
-        batches = self._feeder.batches(indices[start:stop], device, universe=universe)
+        batches = self._feeder.batches(indices[start:stop], device, universe=self._universe)
         # disable=None: tqdm shows the bar on a terminal only (in a log file it would be a line per batch)
         for idx, x, y in tqdm(batches, desc=f"curvature (epoch {epoch})", total=self._feeder.num_batches(stop - start),
                               disable=True if not show else None, leave=False, dynamic_ncols=True):

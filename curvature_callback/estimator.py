@@ -150,21 +150,20 @@ def _float32_arithmetic(device: torch.device, fast: bool) -> Iterator[None]:
         yield
 
 
-#: ``fast=True`` on CUDA feeds image batches ``[B, C, H, W]`` in channels_last: cuDNN's TF32 tensor-core
-#: convolutions run in NHWC, and a channels_last input makes the whole network run so (weights are converted per
-#: call; the model itself is not touched). A switch for benchmarks/bench_estimator.py, which times both layouts.
-CHANNELS_LAST_WHEN_FAST = True
-
-
 def _channels_last_pays(device: torch.device) -> bool:
-    # On the CPU it depends on the model (measured: a small CNN 1.41x faster, the CIFAR ResNet18 and a
-    # one-channel input within +-6 %; docs/PERFORMANCE.md): not applied there.
+    """Whether ``fast=True`` feeds image batches ``[B, C, H, W]`` in channels_last on ``device``.
+
+    On CUDA, cuDNN's TF32 tensor-core convolutions run in NHWC, and a channels_last input makes the whole network
+    run so (weights are converted per call; the model itself is not touched). On the CPU it depends on the model
+    (measured: a small CNN 1.41x faster, the CIFAR ResNet18 and a one-channel input within +-6 %;
+    docs/PERFORMANCE.md): not applied there. The benchmarks replace this function to time both layouts.
+    """
     return device.type == "cuda"
 
 
 def _fast_layout(x: Tensor, fast: bool) -> torch.memory_format | None:
     """The memory format the pass's inputs are fed in; ``None``: as they come."""
-    if fast and CHANNELS_LAST_WHEN_FAST and x.dim() == 4 and _channels_last_pays(x.device):
+    if fast and x.dim() == 4 and _channels_last_pays(x.device):
         return torch.channels_last
     return None
 

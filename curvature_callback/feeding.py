@@ -160,7 +160,7 @@ class BatchFeeder:
             yield self.to_inputs(batch)
 
     def _fill_cache(self, universe: np.ndarray, device: torch.device) -> None:
-        universe = np.unique(universe)
+        """Cache the samples of ``universe`` (sorted, unique)."""
         xs, ys = [], []
         for x, y in self._load(universe, device):
             xs.append(x.to(device, non_blocking=True))
@@ -181,8 +181,8 @@ class BatchFeeder:
         Indices outside the cache are read through the loader.
         """
         if self._x is None and len(indices):
-            universe = np.arange(len(self.dataset)) if universe is None else np.asarray(universe, dtype=np.int64)
-            if self._wants_cache(len(np.unique(universe))):
+            universe = np.arange(len(self.dataset)) if universe is None else np.unique(universe)
+            if self._wants_cache(len(universe)):
                 self._fill_cache(universe, device)
         cached = self._x is not None and self._cached is not None and bool(self._cached[indices].all())
         if cached:
@@ -206,7 +206,7 @@ class BatchFeeder:
     @property
     def cached_count(self) -> int:
         """How many samples the device cache holds (0 when there is none)."""
-        return 0 if self._cached is None else int(self._cached.sum())
+        return 0 if self._x is None else len(self._x)
 
     def close(self) -> None:
         """Stop the loader's persistent workers (a later pass starts new ones); the cache stays."""
