@@ -201,26 +201,26 @@ _CIFAR10_TARBALL = "cifar10-jpeg.tar.gz"
 def cifar10_offline_root(root: str | os.PathLike | None = None) -> Path:
     """The folder of the offline CIFAR-10 copy (``cifar10-jpeg.tar.gz``, ``train_labels.npy``, ...).
 
-    ``root`` if given, else ``$CURVATURE_CIFAR10_OFFLINE``, else ``shared/data/cifar10`` beside the repository
-    (``../shared/data/cifar10``) or inside it (``shared/data/cifar10``).
+    ``root`` if given, else ``$CURVATURE_CIFAR10_OFFLINE``. Nothing else is searched: the package never looks
+    outside itself and the paths its user names.
 
     Raises:
-        FileNotFoundError: when none of them holds the tarball; the message lists where it looked.
+        FileNotFoundError: when no folder is given, or the folder holds no tarball.
     """
     if root is None:
         root = os.environ.get("CURVATURE_CIFAR10_OFFLINE")
-    if root is not None:
-        candidates = [Path(root)]
-    else:
-        repo = Path(__file__).resolve().parent.parent
-        candidates = [repo.parent / "shared" / "data" / "cifar10", repo / "shared" / "data" / "cifar10"]
-    for folder in candidates:
-        if (folder / _CIFAR10_TARBALL).is_file():
-            return folder
-    raise FileNotFoundError(
-        f"Found no {_CIFAR10_TARBALL} in {', '.join(map(str, candidates))}: pass `root=` (data.root) or set "
-        "$CURVATURE_CIFAR10_OFFLINE to the folder of the offline CIFAR-10 copy."
-    )
+    if root is None:
+        raise FileNotFoundError(
+            "No folder given for the offline CIFAR-10 copy: pass `root=` (data.root=...) or set "
+            "$CURVATURE_CIFAR10_OFFLINE to the folder that holds cifar10-jpeg.tar.gz."
+        )
+    folder = Path(root)
+    if not (folder / _CIFAR10_TARBALL).is_file():
+        raise FileNotFoundError(
+            f"Found no {_CIFAR10_TARBALL} in {folder}: pass `root=` (data.root=...) or set $CURVATURE_CIFAR10_OFFLINE "
+            "to the folder of the offline CIFAR-10 copy."
+        )
+    return folder
 
 
 def _cache_dir(cache_dir: str | os.PathLike | None) -> Path:

@@ -1,4 +1,4 @@
-"""``curvature-train``: the Hydra entry point of the experiments (DESIGN §6, docs/EXPERIMENTS.md).
+"""``curvature-train``: the Hydra entry point of the experiments (docs/DESIGN.md §6, docs/EXPERIMENTS.md).
 
 Trains the configured classifier with :class:`~curvature_callback.CurvatureCallback` and writes, in the
 run directory (``output_dir``): the store (``curvature/``, with ``filenames.txt`` for folder datasets),
@@ -14,7 +14,8 @@ arguments it runs the embedded default (``conf/train.yaml``)::
 Under ``strategy=ddp`` Lightning starts this script again for each further rank; :func:`main` makes that
 command repeat exactly this job in this run directory, also inside a ``-m`` sweep.
 
-The configs are read from the repository's ``conf/`` folder, or from ``$CURVATURE_CONF``.
+The configs are read from ``$CURVATURE_CONF`` if set, else from the copy of ``conf/`` that the wheel ships inside
+the package, else from the checkout's top-level ``conf/`` (an editable install).
 """
 
 from __future__ import annotations
@@ -46,8 +47,19 @@ from curvature_callback.report import write_report
 
 __all__ = ["CONF_DIR", "main", "run"]
 
-#: the config folder: $CURVATURE_CONF, else conf/ beside the package (an editable install or a checkout)
-CONF_DIR = os.environ.get("CURVATURE_CONF") or str(Path(__file__).resolve().parent.parent / "conf")
+
+
+def _conf_dir() -> str:
+    """$CURVATURE_CONF, else the configs shipped inside the package (a wheel), else the checkout's conf/."""
+    if os.environ.get("CURVATURE_CONF"):
+        return os.environ["CURVATURE_CONF"]
+    here = Path(__file__).resolve().parent
+    packaged = here / "conf"  # pyproject.toml maps the top-level conf/ to curvature_callback/conf in the wheel
+    return str(packaged if (packaged / "train.yaml").is_file() else here.parent / "conf")
+
+
+#: the config folder (see :func:`_conf_dir`)
+CONF_DIR = _conf_dir()
 #: what Lightning's DDP launcher sets in its own environment; a sweep's next job must not inherit it
 _DDP_ENV = ("MASTER_ADDR", "MASTER_PORT", "NODE_RANK", "LOCAL_RANK", "WORLD_SIZE")
 _ENV_AT_START = {k: os.environ.get(k) for k in _DDP_ENV}

@@ -32,7 +32,7 @@ class Blobs(L.LightningDataModule):
 class Classifier(L.LightningModule):
     def __init__(self) -> None:
         super().__init__()
-        # smooth activations: with ReLU, kinks dominate the finite difference of small models (DESIGN §1)
+        # smooth activations: with ReLU, kinks dominate the finite difference of small models (docs/DESIGN.md §1)
         self.net = nn.Sequential(nn.Linear(10, 64), nn.GELU(), nn.Linear(64, 64), nn.GELU(), nn.Linear(64, 4))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # the callback scores self(x): logits

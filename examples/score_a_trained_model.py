@@ -18,7 +18,7 @@ x = 3 * torch.randn(classes, dim)[y] + torch.randn(n, dim)
 flipped = torch.randperm(n)[: n // 20]
 y[flipped] = (y[flipped] + torch.randint(1, classes, (len(flipped),))) % classes  # another label
 
-# smooth activations: with ReLU, kinks dominate the finite difference of small models (DESIGN §1)
+# smooth activations: with ReLU, kinks dominate the finite difference of small models (docs/DESIGN.md §1)
 model = nn.Sequential(nn.Linear(dim, 128), nn.GELU(), nn.Linear(128, 128), nn.GELU(), nn.Linear(128, classes))
 optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
 for _ in range(300):  # full batch

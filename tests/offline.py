@@ -11,8 +11,8 @@ try:
 except FileNotFoundError:
     ROOT = None
 
-needs_offline = pytest.mark.skipif(ROOT is None, reason="the offline CIFAR-10 copy (../shared/data/cifar10) is not "
-                                   "beside this checkout; set $CURVATURE_CIFAR10_OFFLINE")
+needs_offline = pytest.mark.skipif(ROOT is None, reason="no offline CIFAR-10 copy: set $CURVATURE_CIFAR10_OFFLINE "
+                                   "to its folder")
 
 
 def cache_dir(path):

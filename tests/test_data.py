@@ -73,6 +73,9 @@ def test_offline_arrays_cache_the_whole_split_and_slice_it(cache):
 def test_offline_errors_say_what_to_do(tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="CURVATURE_CIFAR10_OFFLINE"):
         cifar10_offline_root(tmp_path)
+    monkeypatch.delenv("CURVATURE_CIFAR10_OFFLINE", raising=False)  # no path named: nothing is searched
+    with pytest.raises(FileNotFoundError, match="No folder given for the offline CIFAR-10 copy"):
+        cifar10_offline_root()
     monkeypatch.setenv("CURVATURE_CIFAR10_OFFLINE", str(tmp_path))
     with pytest.raises(FileNotFoundError, match=str(tmp_path)):
         cifar10_offline_arrays()

@@ -1,4 +1,4 @@
-"""The default run (DESIGN §6): label noise, the digits datamodule, the small CNN, the classifier module,
+"""The default run (docs/DESIGN.md §6): label noise, the digits datamodule, the small CNN, the classifier module,
 metrics, figures, the Hydra configs and one end-to-end ``curvature-train`` on a short schedule."""
 
 from __future__ import annotations
