@@ -18,17 +18,38 @@ Every file opens with ``np.load(path, mmap_mode="r")``; nothing is pickled.
 **Commits are atomic and idempotent.** ``commit_epoch`` first writes a journal (the epoch's values, and the sums
 and counts they produce) and only then touches the arrays; all writes are absolute, so replaying a journal
 after a crash gives the same arrays. ``meta.json`` (replaced atomically) lists the epochs added; an epoch
-that is already there is never added again. One writer at a time (``flock`` on ``lock``; the kernel drops it
-when the process dies).
+that is already there is never added again. One writer at a time (``flock`` on the folder itself, so deleting
+``lock``, which only holds the writer's pid for messages, does not let a second writer in; the kernel drops the
+lock when the process dies). A commit that failed after its commit point is finished by the writer's next commit
+or the next ``open(mode="r+")``, never dropped. History files are created and grown with their space reserved
+(``posix_fallocate``), so a full disk is an ``OSError`` before anything changes, not a ``SIGBUS`` mid-write.
+
+**Threat model.** A store folder is data from a stranger: it may hold anything (truncated or swapped files,
+hand-edited ``meta.json``, a half-written journal). Every open checks ``meta.json`` (valid JSON, keys and types),
+each array's ``.npy`` header, dtype, C order, shape and exact file size, the counts against the epochs, and a
+journal before replaying it. A damaged store is refused with :class:`StoreCorruptError` naming the file; nothing is
+repaired, padded or overwritten, and :meth:`CurvatureStore.create` never writes over store files it did not make.
+
+**Readers during training.** A read-only store is a snapshot of the epochs listed when it was opened: each array is
+copied into memory (read-only) the first time it is read, between two checks that no commit is being applied and
+that ``meta.json`` is the file read at open (``meta.json`` is replaced at each commit, and grows by one epoch, so
+its inode, mtime and size tell). A commit in progress is waited for (10 s at most); if a commit landed since the
+open, or a dead writer left one half-applied, the read raises :class:`StoreChangedError`: open the store again.
+Arrays read once stay as they were, consistent with ``epochs``. ``history`` stays a memory map: rows below
+``len(epochs)`` are written once and never again (growing the file copies them into a new file swapped in
+atomically; the old inode keeps them).
 """
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import json
 import math
 import os
+import re
 import shutil
+import time
 import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -36,16 +57,33 @@ from typing import Any, Literal
 
 import numpy as np
 
-__all__ = ["CurvatureStore", "StoreMismatchError"]
+__all__ = ["CurvatureStore", "StoreChangedError", "StoreCorruptError", "StoreMismatchError"]
 
 FORMAT_VERSION = 1
 PRIMARY = "curvature"
 #: settings that change what a score means: a store refuses to continue with other values
-MEANING_KEYS = ("n", "h", "n_vectors", "seed", "loss")
+MEANING_KEYS = ("n", "h", "n_vectors", "seed", "loss", "fast")  # fast: TF32 moves values by ~5 %
+#: the names of the files a store writes, for any channel: ``create`` refuses a folder that holds one without meta.json
+_STORE_FILE = re.compile(r"(?:[A-Za-z_]\w*_)?(?:sum|mean|last|count|history)\.npy")
+#: dtype of each kind of array
+_DTYPES = {"sum": np.dtype(np.float64), "mean": np.dtype(np.float64), "last": np.dtype(np.float32),
+           "count": np.dtype(np.int64), "history": np.dtype(np.float32)}
+#: how long a reader waits for a commit in progress before it gives up (seconds)
+_READ_WAIT = 10.0
 
 
 class StoreMismatchError(ValueError):
     """An existing store was made with other settings than the ones asked for."""
+
+
+class StoreCorruptError(ValueError):
+    """A store folder is damaged or is not a store: a file missing, truncated, of another type or shape, a
+    ``meta.json`` that does not parse, counts that disagree with the epochs. It is refused, never repaired."""
+
+
+class StoreChangedError(RuntimeError):
+    """A read-only store was committed to since it was opened (or a commit is in progress for too long, or was
+    interrupted): its arrays no longer match its ``epochs``. Open it again with ``CurvatureStore.open(path)``."""
 
 
 def _atomic_write_json(path: Path, obj: Any) -> None:
@@ -67,19 +105,160 @@ def _fsync_dir(path: Path) -> None:
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
+    array = np.ascontiguousarray(array)
     with open(path, "wb") as f:
-        np.save(f, array, allow_pickle=False)
+        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
+        f.write(memoryview(array).cast("B"))  # a file write keeps the errno (ENOSPC); numpy's tofile loses it
         f.flush()
         os.fsync(f.fileno())
 
 
-def _npy_layout(path: Path) -> tuple[tuple[int, ...], int]:
-    """Shape of a ``.npy`` file and the byte offset where its data starts."""
+def _npy_layout(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """Shape, Fortran order, dtype of a ``.npy`` file and the byte offset where its data starts.
+
+    Raises:
+        StoreCorruptError: the file does not open as ``.npy`` (bad magic, unknown version, unparsable header).
+        FileNotFoundError: there is no such file.
+    """
     with open(path, "rb") as f:
-        version = np.lib.format.read_magic(f)
-        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-        shape, _, _ = read(f)
-        return shape, f.tell()
+        try:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0), (3, 0)):
+                raise ValueError(f"unknown .npy format version {version}")
+            # 3.0 differs from 2.0 only in allowing utf-8 field names, which none of our dtypes has
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran_order, dtype = read(f)
+        except (ValueError, TypeError, SyntaxError, RecursionError) as e:
+            raise StoreCorruptError(
+                f"{path} is damaged: expected a .npy file, got an unreadable header ({e}). Restore the file from a "
+                "backup or use another `directory`; a damaged store is refused, not repaired."
+            ) from None
+        return shape, fortran_order, dtype, f.tell()
+
+
+def _check_npy(path: Path, dtype: np.dtype, n: int, min_rows: int | None = None) -> tuple[tuple[int, ...], int]:
+    """Check one array file of a store: it exists, parses, has ``dtype``, C order, shape ``[n]`` (or
+    ``[rows >= min_rows, n]`` for a history) and exactly the bytes its header announces. Returns shape and offset.
+
+    Raises:
+        StoreCorruptError: naming the file and what differs.
+    """
+
+    def refuse(expected: str, got: str) -> StoreCorruptError:
+        return StoreCorruptError(
+            f"{path} is damaged: expected {expected}, got {got}. Restore the file from a backup or use another "
+            "`directory`; a damaged store is refused, not repaired."
+        )
+
+    try:
+        shape, fortran_order, got_dtype, offset = _npy_layout(path)
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        raise refuse("the file (meta.json's n, channels and keep_history call for it)", "no such file") from None
+    if got_dtype != dtype:  # native byte order only: what np.save writes and what the writer maps
+        raise refuse(f"dtype {dtype}", f"dtype {got_dtype}")
+    if fortran_order and len(shape) > 1:
+        raise refuse("C order", "Fortran order")
+    if min_rows is None and shape != (n,):
+        raise refuse(f"shape ({n},) (n={n} in meta.json)", f"shape {shape}")
+    if min_rows is not None and (len(shape) != 2 or shape[1] != n or shape[0] < min_rows):
+        raise refuse(f"shape (capacity >= {min_rows} epochs, {n}) (n={n} and {min_rows} epochs in meta.json)",
+                     f"shape {shape}")
+    want = offset + math.prod(shape) * dtype.itemsize
+    if size != want:
+        raise refuse(f"{want} bytes (header {offset} + data {want - offset})",
+                     f"{size} bytes ({'truncated' if size < want else 'extra bytes at the end'})")
+    return shape, offset
+
+
+def _reserve(fd: int, offset: int, length: int) -> None:
+    """Allocate the disk blocks of ``[offset, offset + length)`` so that writes through a memory map never need
+    new blocks: on a full disk this raises OSError (ENOSPC) now, instead of SIGBUS in the middle of a commit."""
+    if length <= 0:
+        return
+    try:
+        os.posix_fallocate(fd, offset, length)
+        return
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    # fallocate unsupported by this file system: write the zeros ourselves (a full disk fails here just the same)
+    chunk = bytes(min(length, 16 << 20))
+    done = 0
+    while done < length:
+        done += os.pwrite(fd, chunk[: min(len(chunk), length - done)], offset + done)
+
+
+def _create_npy(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> int:
+    """Create a zero-filled ``.npy`` file with its space reserved (see :func:`_reserve`); returns the data offset."""
+    with open(path, "wb") as f:
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(f, header)
+        f.flush()
+        offset = f.tell()
+        _reserve(f.fileno(), offset, math.prod(shape) * dtype.itemsize)
+        os.fsync(f.fileno())
+    return offset
+
+
+def _meta_identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    # meta.json is replaced (new inode) at each commit and grows by one epoch: the size tells even if the
+    # file system hands a freed inode out again within its mtime granularity
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def _read_meta(directory: Path) -> tuple[dict[str, Any], tuple[int, int, int, int]]:
+    """Read and check ``meta.json``; returns it and the identity of the file read (for :class:`StoreChangedError`).
+
+    Raises:
+        StoreCorruptError: not JSON, not an object, a key missing or of another type.
+        RuntimeError: a newer format version.
+    """
+    path = directory / "meta.json"
+    with open(path, "rb") as f:
+        identity = _meta_identity(os.fstat(f.fileno()))
+        raw = f.read()
+
+    def refuse(expected: str, got: str) -> StoreCorruptError:
+        return StoreCorruptError(
+            f"{path} is damaged: expected {expected}, got {got}. Restore meta.json from a backup or use another "
+            "`directory`; a damaged store is refused, not repaired."
+        )
+
+    try:
+        meta = json.loads(raw)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise refuse("a JSON object", f"text that does not parse as JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise refuse("a JSON object", f"a JSON {type(meta).__name__}")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    checks = {  # key: (what it must be, test); version first: a newer format may have other keys
+        "version": ("a positive integer", lambda v: is_int(v) and v >= 1),
+        "n": ("a positive integer", lambda v: is_int(v) and v >= 1),
+        "epochs": ("a list of distinct integers",
+                   lambda v: isinstance(v, list) and all(map(is_int, v)) and len(set(v)) == len(v)),
+        "channels": (f"a list of distinct identifier strings other than {PRIMARY!r}",
+                     lambda v: isinstance(v, list) and all(isinstance(c, str) and c.isidentifier() and c != PRIMARY
+                                                           for c in v) and len(set(v)) == len(v)),
+        "keep_history": ("true or false", lambda v: isinstance(v, bool)),
+        "fingerprint": ("an object", lambda v: isinstance(v, dict)),
+    }
+    for key, (expected, ok) in checks.items():
+        if key not in meta:
+            if key == "fingerprint":  # optional
+                continue
+            raise refuse(f"key {key!r} ({expected})", "no such key")
+        if not ok(meta[key]):
+            raise refuse(f"{key!r} as {expected}", f"{meta[key]!r}")
+        if key == "version" and meta[key] > FORMAT_VERSION:
+            raise RuntimeError(
+                f"Store {directory} has format version {meta['version']}, this curvature_callback reads "
+                f"up to {FORMAT_VERSION}: upgrade curvature_callback."
+            )
+    return meta, identity
 
 
 def _same(a: Any, b: Any) -> bool:
@@ -115,18 +294,25 @@ class CurvatureStore:
         self.directory = Path(directory)
         self.mode = mode
         self._lock_fd = _lock_fd
-        self._meta: dict[str, Any] = json.loads((self.directory / "meta.json").read_text())
-        if self._meta.get("version", 0) > FORMAT_VERSION:
-            raise RuntimeError(
-                f"Store {self.directory} has format version {self._meta['version']}, this curvature_callback reads "
-                f"up to {FORMAT_VERSION}: upgrade curvature_callback."
-            )
-        self._arrays: dict[str, np.memmap] = {}
+        self._meta, self._identity = _read_meta(self.directory)
+        self._arrays: dict[str, np.memmap] = {}  # a reader's memory maps (the writer maps afresh each time)
+        self._copies: dict[str, np.ndarray] = {}  # a reader's snapshot: arrays copied while no commit ran
+        self._check_files()
 
     # ------------------------------------------------------------------------------------ opening
     @classmethod
     def open(cls, directory: str | os.PathLike, mode: Literal["r", "r+"] = "r") -> CurvatureStore:
-        """Open an existing store, read-only by default (``mode="r+"`` to add epochs; one writer at a time)."""
+        """Open an existing store, read-only by default (``mode="r+"`` to add epochs; one writer at a time).
+
+        Every open checks ``meta.json``, every array file and the counts (see the module's threat model). A
+        reader is a snapshot of the epochs listed at the open: see :class:`StoreChangedError`.
+
+        Raises:
+            FileNotFoundError: no ``meta.json`` in ``directory``.
+            StoreCorruptError: a damaged file, named in the message.
+            StoreChangedError: (read-only) commits kept landing while the store was being opened.
+            RuntimeError: (``mode="r+"``) another process has the store open for writing.
+        """
         directory = Path(directory)
         if mode not in ("r", "r+"):
             raise ValueError(f"Expected `mode` 'r' or 'r+', got {mode!r}.")
@@ -136,19 +322,38 @@ class CurvatureStore:
                 "e.g. <run dir>/curvature."
             )
         if mode == "r":
-            store = cls(directory, "r")
-            if (directory / "journal" / "journal.json").exists() and store._journal_pending():
-                warnings.warn(
-                    f"Store {directory} has a commit in progress or an interrupted one: the values may be "
-                    "mid-update. Opening it once for writing (mode='r+') completes the commit.",
-                    RuntimeWarning,
-                    stacklevel=2,
-                )
-            return store
+            for _ in range(20):
+                store = cls(directory, "r")
+                try:
+                    count = store._read_consistent(PRIMARY, "count")
+                except StoreChangedError:
+                    if store._state() == "changed":
+                        continue  # a commit landed while we opened: open the newer store
+                    warnings.warn(
+                        f"Store {directory} has a commit in progress or an interrupted one: its arrays are "
+                        "mid-update, and reading them raises StoreChangedError until the commit is finished. "
+                        "Opening it once for writing (mode='r+') completes an interrupted commit.",
+                        RuntimeWarning,
+                        stacklevel=2,
+                    )
+                    # the pending epoch may already be counted
+                    store._check_counts(np.array(store._map(PRIMARY, "count")), pending=True)
+                    return store
+                store._check_counts(count)
+                store._copies[store._file(PRIMARY, "count")] = count
+                return store
+            raise StoreChangedError(
+                f"The store at {directory} kept changing while it was opened (20 commits in a row): open it "
+                "again with CurvatureStore.open(...) once the writer slows down."
+            )
         fd = cls._lock(directory)
         try:
             store = cls(directory, "r+", fd)
+            record = store._journal_record()
+            # checked before the recovery writes anything, with room for the pending epoch
+            store._check_counts(np.array(store.count), pending=record is not None)
             store._recover()
+            store._check_counts(np.array(store.count))
         except BaseException:
             os.close(fd)
             raise
@@ -166,39 +371,64 @@ class CurvatureStore:
         fingerprint: Mapping[str, Any] | None = None,
         history_capacity: int = 16,
     ) -> CurvatureStore:
-        """Create a new, empty store for ``n`` samples and open it for writing."""
+        """Create a new, empty store for ``n`` samples and open it for writing.
+
+        Raises:
+            FileExistsError: a store (``meta.json``) exists in ``directory`` already.
+            StoreCorruptError: ``directory`` holds store files (``sum.npy``, ``count.npy``, ``journal``, ...) but no
+                ``meta.json``: a damaged store, or other data. Nothing is overwritten.
+            OSError: the disk is full (the history's space is reserved); nothing of the new store is left behind.
+        """
         directory = Path(directory)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"Expected the number of samples `n` to be a positive integer, got {n!r}.")
-        if (directory / "meta.json").exists():
-            raise FileExistsError(f"A store exists at {directory} already: open it, or use open_or_create.")
         for c in channels:
-            if c == PRIMARY or not c.isidentifier():
+            if c == PRIMARY or not isinstance(c, str) or not c.isidentifier():
                 raise ValueError(f"Expected extra channel names that are identifiers, not {PRIMARY!r}; got {c!r}.")
+        if len(set(channels)) != len(channels):
+            raise ValueError(f"Expected distinct extra channel names, got {list(channels)}.")
         directory.mkdir(parents=True, exist_ok=True)
         fd = cls._lock(directory)
         try:
+            # checked under the lock, so that two processes creating the same store cannot both pass
+            if (directory / "meta.json").exists():
+                raise FileExistsError(f"A store exists at {directory} already: open it, or use open_or_create.")
+            found = sorted(f for f in os.listdir(directory) if f == "journal" or _STORE_FILE.fullmatch(f))
+            if found:
+                raise StoreCorruptError(
+                    f"Expected no store files in {directory} without a meta.json, got {', '.join(found)} but "
+                    "meta.json is missing: a damaged store, or data that is not ours. Nothing was overwritten. "
+                    "Restore meta.json from a backup, or use another `directory` (delete those files yourself "
+                    "if you know they are not needed)."
+                )
             names = [PRIMARY, *channels]
-            for name in names:
-                _save_npy(directory / cls._file(name, "sum"), np.zeros(n, dtype=np.float64))
-                _save_npy(directory / cls._file(name, "mean"), np.full(n, np.nan, dtype=np.float64))
-                _save_npy(directory / cls._file(name, "last"), np.full(n, np.nan, dtype=np.float32))
-                if keep_history:
-                    np.lib.format.open_memmap(
-                        directory / cls._file(name, "history"), mode="w+", dtype=np.float32,
-                        shape=(max(1, history_capacity), n),
-                    ).flush()
-            _save_npy(directory / "count.npy", np.zeros(n, dtype=np.int64))
-            meta = {
-                "version": FORMAT_VERSION,
-                "n": n,
-                **{k: v for k, v in settings.items() if k != "n"},
-                "channels": list(channels),
-                "keep_history": bool(keep_history),
-                "epochs": [],
-                "fingerprint": dict(fingerprint or {}),
-            }
-            _atomic_write_json(directory / "meta.json", meta)  # written last: its presence means complete
+            made: list[Path] = []
+            try:
+                for name in names:
+                    for kind, fill in (("sum", 0.0), ("mean", np.nan), ("last", np.nan)):
+                        made.append(directory / cls._file(name, kind))
+                        _save_npy(made[-1], np.full(n, fill, dtype=_DTYPES[kind]))
+                    if keep_history:
+                        made.append(directory / cls._file(name, "history"))
+                        _create_npy(made[-1], _DTYPES["history"], (max(1, history_capacity), n))
+                made.append(directory / "count.npy")
+                _save_npy(made[-1], np.zeros(n, dtype=np.int64))
+                meta = {
+                    "version": FORMAT_VERSION,
+                    "n": n,
+                    **{k: v for k, v in settings.items() if k not in ("n", "version")},
+                    "channels": list(channels),
+                    "keep_history": bool(keep_history),
+                    "epochs": [],
+                    "fingerprint": dict(fingerprint or {}),
+                }
+                _atomic_write_json(directory / "meta.json", meta)  # written last: its presence means complete
+            except BaseException:
+                # a failed create (a full disk, ^C) leaves none of its files behind, or the next create would
+                # refuse the folder; these files did not exist before (checked above), we made them
+                for path in [*made, directory / "meta.json.tmp", directory / "meta.json"]:
+                    path.unlink(missing_ok=True)
+                raise
             return cls(directory, "r+", fd)
         except BaseException:
             os.close(fd)
@@ -249,10 +479,12 @@ class CurvatureStore:
         asked = {"n": n, **settings}
         for key in MEANING_KEYS:
             if key in asked and key in self._meta and not _same(asked[key], self._meta[key]):
+                # the loss is recorded by its identity (name and arguments), not a value one can set back
+                fix = "pass the loss it names (or its `loss_id`)" if key == "loss" else f"set {key}={self._meta[key]!r}"
                 raise StoreMismatchError(
                     f"The store at {self.directory} was made with {key}={self._meta[key]!r}, this run asks "
                     f"{key}={asked[key]!r}. Scores made with another {key} do not average: use another "
-                    f"`directory`, or set {key}={self._meta[key]!r}."
+                    f"`directory`, or {fix}."
                 )
         if channels is not None and list(channels) != list(self._meta.get("channels", [])):
             raise StoreMismatchError(
@@ -274,23 +506,42 @@ class CurvatureStore:
 
     @staticmethod
     def _lock(directory: Path) -> int:
-        fd = os.open(directory / "lock", os.O_RDWR | os.O_CREAT, 0o644)
+        """Take the writer's lock: ``flock`` on the folder itself (deleting the ``lock`` file, which only holds the
+        pid for the message, does not let a second writer in)."""
+        fd = os.open(directory, os.O_RDONLY)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            for attempt in range(20):
+                try:
+                    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                    break
+                except BlockingIOError:
+                    if attempt == 19:
+                        raise
+                    time.sleep(0.01)  # a reader asking whether a writer is alive holds a shared lock for a moment
+            pid = os.open(directory / "lock", os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+            try:
+                os.write(pid, str(os.getpid()).encode())
+            finally:
+                os.close(pid)
         except BlockingIOError:
-            holder = os.pread(fd, 64, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
+            try:
+                holder = (directory / "lock").read_text(errors="replace").strip()[:32] or "unknown"
+            except OSError:
+                holder = "unknown"
             raise RuntimeError(
                 f"The store at {directory} is open for writing elsewhere (pid {holder}): one writer at a time. "
                 "Close the other writer, or open it read-only with CurvatureStore.open(path)."
             ) from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, str(os.getpid()).encode(), 0)
+        except BaseException:
+            os.close(fd)
+            raise
         return fd
 
     def close(self) -> None:
         """Drop the memory maps and release the writer's lock. Safe to call twice."""
         self._arrays.clear()
+        self._copies.clear()
         if self._lock_fd is not None:
             fcntl.flock(self._lock_fd, fcntl.LOCK_UN)
             os.close(self._lock_fd)
@@ -312,20 +563,142 @@ class CurvatureStore:
             return "count.npy"
         return f"{kind}.npy" if channel == PRIMARY else f"{channel}_{kind}.npy"
 
-    def _array(self, channel: str, kind: str) -> np.memmap:
-        """A memory map of one file. Readers keep theirs; the writer maps afresh each time and lets go, so the
-        pages a commit touches leave its resident memory with the map (bounded memory over 200 epochs of
-        ImageNet-size history)."""
+    def _map(self, channel: str, kind: str) -> np.memmap:
+        """A memory map of one file, checked first (a writer's ``r+`` map of a truncated file would silently pad it
+        with zeros). Readers keep theirs; the writer maps afresh each time and lets go, so the pages a commit
+        touches leave its resident memory with the map (bounded memory over 200 epochs of ImageNet-size history)."""
         name = self._file(channel, kind)
         if name in self._arrays:
             return self._arrays[name]
+        if channel not in self.channels:
+            raise KeyError(f"Store {self.directory} has no {kind} for {channel!r} (its channels: {self.channels}).")
         path = self.directory / name
-        if not path.exists():
-            raise KeyError(f"Store {self.directory} has no {kind} for {channel!r} ({name} is missing).")
+        _check_npy(path, _DTYPES[kind], self.n, len(self._meta["epochs"]) if kind == "history" else None)
         array = np.load(path, mmap_mode=self.mode, allow_pickle=False)
         if self.mode == "r":
             self._arrays[name] = array
         return array
+
+    def _array(self, channel: str, kind: str) -> np.ndarray:
+        """The writer's memory map of one file; for a reader, its snapshot copy (the history stays a map: its rows
+        below ``len(epochs)`` never change)."""
+        if self.mode == "r+" or kind == "history":
+            return self._map(channel, kind)
+        name = self._file(channel, kind)
+        if name not in self._copies:
+            self._copies[name] = self._read_consistent(channel, kind)
+        return self._copies[name]
+
+    def _check_files(self) -> None:
+        """Check every array file meta.json calls for (see :func:`_check_npy`)."""
+        _check_npy(self.directory / "count.npy", _DTYPES["count"], self.n)
+        for name in self.channels:
+            for kind in ("sum", "mean", "last"):
+                _check_npy(self.directory / self._file(name, kind), _DTYPES[kind], self.n)
+            if self._meta["keep_history"]:
+                _check_npy(self.directory / self._file(name, "history"), _DTYPES["history"], self.n,
+                           len(self._meta["epochs"]))
+
+    def _check_counts(self, count: np.ndarray, pending: bool = False) -> None:
+        """Refuse counts outside ``[0, len(epochs)]`` (one more while a commit is pending)."""
+        top = len(self._meta["epochs"]) + int(pending)
+        bad = np.flatnonzero((count < 0) | (count > top))
+        if len(bad):
+            i = int(bad[0])
+            raise StoreCorruptError(
+                f"{self.directory / 'count.npy'} is damaged: expected counts in [0, {top}] (meta.json lists "
+                f"{len(self._meta['epochs'])} epoch(s){', and a commit is pending' if pending else ''}), got "
+                f"{int(count[i])} for sample {i} ({len(bad)} sample(s) out of range). Restore the store from a "
+                "backup or use another `directory`; a damaged store is refused, not repaired."
+            )
+
+    def _journal_record(self) -> dict[str, int] | None:
+        """The commit record ``journal/journal.json``, or None where there is none (no commit past its commit
+        point, or one that finished between our look and our read)."""
+        path = self.directory / "journal" / "journal.json"
+        try:
+            raw = path.read_bytes()
+        except (FileNotFoundError, NotADirectoryError):
+            return None
+        try:
+            record = json.loads(raw)
+        except (ValueError, RecursionError):
+            record = None
+        if not (isinstance(record, dict) and all(isinstance(record.get(k), int) and not isinstance(record[k], bool)
+                                                 for k in ("epoch", "row"))):
+            raise StoreCorruptError(
+                f"{path} is damaged: expected a commit record {{\"epoch\": <int>, \"row\": <int>}}, got "
+                f"{raw[:200]!r}. It marks a commit that may be half-applied: restore the store from a backup or use "
+                "another `directory`; a damaged store is refused, not repaired."
+            )
+        return record
+
+    def _state(self) -> Literal["ok", "busy", "changed"]:
+        """For a reader: ``"changed"`` if meta.json is no longer the file read at open, ``"busy"`` while a commit
+        past its commit point is not applied yet, else ``"ok"``. The journal is looked at first: a commit that
+        finishes between the two looks has replaced meta.json by the second."""
+        record = self._journal_record()
+        busy = record is not None and record["epoch"] not in self._meta["epochs"]
+        try:
+            identity = _meta_identity(os.stat(self.directory / "meta.json"))
+        except FileNotFoundError:
+            return "changed"
+        if identity != self._identity:
+            return "changed"
+        return "busy" if busy else "ok"
+
+    def _writer_alive(self) -> bool:
+        """Whether a writer holds the lock (a shared ``flock`` for a moment: :meth:`_lock` retries for that)."""
+        fd = os.open(self.directory, os.O_RDONLY)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        except OSError:  # no flock on this file system: assume a writer, and wait for it
+            return True
+        else:
+            fcntl.flock(fd, fcntl.LOCK_UN)
+            return False
+        finally:
+            os.close(fd)
+
+    def _read_consistent(self, channel: str, kind: str) -> np.ndarray:
+        """Copy one array while no commit touches it (a seqlock: the same quiet state before and after the copy),
+        waiting out a commit in progress.
+
+        Raises:
+            StoreChangedError: a commit landed since the open, a commit was interrupted, or one ran too long.
+        """
+        waited, delay = 0.0, 0.001
+        for _ in range(100_000):
+            state = self._state()
+            if state == "ok":
+                data = np.array(self._map(channel, kind))
+                if self._state() == "ok":
+                    data.flags.writeable = False  # a snapshot of the store, not a scratch array
+                    return data
+                continue  # a commit ran during the copy: the next look tells which
+            if state == "changed":
+                raise StoreChangedError(
+                    f"The store at {self.directory} has committed epoch(s) since you opened it (you hold epochs "
+                    f"{self._meta['epochs']}), so its arrays no longer match them: open it again with "
+                    "CurvatureStore.open(...)."
+                )
+            if not self._writer_alive():
+                raise StoreChangedError(
+                    f"The store at {self.directory} has an interrupted commit (journal/journal.json, no writer "
+                    "alive): its arrays are half-updated. Open it once for writing, CurvatureStore.open(path, "
+                    "'r+').close(), to finish the commit, then open it again for reading."
+                )
+            if waited >= _READ_WAIT:
+                break
+            time.sleep(delay)
+            waited += delay
+            delay = min(2 * delay, 0.05)
+        raise StoreChangedError(
+            f"The store at {self.directory} has had a commit in progress for over {_READ_WAIT:.0f} s: try again "
+            "later with CurvatureStore.open(...)."
+        )
 
     @property
     def meta(self) -> dict[str, Any]:
@@ -346,16 +719,21 @@ class CurvatureStore:
         return [PRIMARY, *self._meta.get("channels", [])]
 
     @property
-    def sum(self) -> np.memmap:
+    def sum(self) -> np.ndarray:
+        """``float64 [N]``: the sum of the curvature scores added for each sample.
+
+        The arrays of a read-only store are read-only in-memory copies, consistent with :attr:`epochs` (read
+        once, kept); a writer's are memory maps. Reading one raises :class:`StoreChangedError` where a commit
+        landed since the open."""
         return self._array(PRIMARY, "sum")
 
     @property
-    def count(self) -> np.memmap:
+    def count(self) -> np.ndarray:
         """``int64 [N]``: epochs that scored each sample."""
         return self._array(PRIMARY, "count")
 
     @property
-    def mean(self) -> np.memmap:
+    def mean(self) -> np.ndarray:
         """``float64 [N]``: the running mean curvature of each sample (NaN where never scored)."""
         return self._array(PRIMARY, "mean")
 
@@ -365,19 +743,24 @@ class CurvatureStore:
         or None without ``keep_history``."""
         return self.channel_history(PRIMARY)
 
-    def sum_of(self, channel: str = PRIMARY) -> np.memmap:
+    def sum_of(self, channel: str = PRIMARY) -> np.ndarray:
         """``float64 [N]``: the sum of a channel over the added epochs (for "forgetting": the event count)."""
         return self._array(channel, "sum")
 
-    def channel_mean(self, channel: str) -> np.memmap:
+    def channel_mean(self, channel: str) -> np.ndarray:
         """Running mean of another channel (``"loss"``, ``"margin"``, ...)."""
         return self._array(channel, "mean")
 
-    def channel_last(self, channel: str = PRIMARY) -> np.memmap:
+    def channel_last(self, channel: str = PRIMARY) -> np.ndarray:
         """``float32 [N]``: each sample's value at the latest epoch that scored it (NaN before any)."""
         return self._array(channel, "last")
 
     def channel_history(self, channel: str) -> np.memmap | None:
+        """``float32 [epochs, N]`` memory-mapped scores of a channel per added epoch, or None without history.
+
+        A reader may keep it while commits land: the rows below ``len(epochs)`` are written once (by the commit
+        that adds the epoch, before meta.json lists it) and never again, and growing the file writes a new file
+        that replaces the old one atomically, so the map keeps the old inode and its rows."""
         if not self._meta.get("keep_history"):
             return None
         return self._array(channel, "history")[: len(self._meta["epochs"])]
@@ -399,10 +782,22 @@ class CurvatureStore:
 
         Returns:
             True if the epoch was added, False if it was there already.
+
+        Raises:
+            OSError: writing failed (a full disk: ENOSPC). Before the commit point the store is as before; after
+                it, the next ``commit_epoch`` (or ``open(mode="r+")``) finishes the commit.
         """
         if self.mode != "r+":
             raise RuntimeError(f"Store {self.directory} is open read-only: open it with mode='r+' to add epochs.")
+        if isinstance(epoch, (bool, np.bool_)) or not isinstance(epoch, (int, np.integer)):
+            raise ValueError(
+                f"Expected `epoch` as an integer (the training epoch), got {epoch!r} of type "
+                f"{type(epoch).__name__}: pass an int (int(epoch) if it is a whole number)."
+            )
         epoch = int(epoch)
+        # a commit that failed after its commit point (an OSError while applying) holds a committed epoch:
+        # finish it first, never drop its journal
+        self._recover()
         if epoch in self._meta["epochs"]:
             return False
         if not isinstance(values, Mapping):
@@ -424,57 +819,113 @@ class CurvatureStore:
             vals[name] = v
 
         journal = self.directory / "journal"
-        if journal.exists():
-            shutil.rmtree(journal)
-        journal.mkdir()
-        new_count = self.count[idx] + 1
-        _save_npy(journal / "indices.npy", idx.astype(np.int64))
-        _save_npy(journal / "count.npy", new_count)
-        for name, v in vals.items():
-            _save_npy(journal / f"{name}_values.npy", v)
-            _save_npy(journal / f"{name}_sum.npy", self._array(name, "sum")[idx] + v)
-        del new_count, vals
         row = len(self._meta["epochs"])
-        _fsync_dir(journal)
+        try:
+            journal.mkdir()  # _recover left none
+            new_count = self.count[idx] + 1
+            _save_npy(journal / "indices.npy", idx.astype(np.int64))
+            _save_npy(journal / "count.npy", new_count)
+            for name, v in vals.items():
+                _save_npy(journal / f"{name}_values.npy", v)
+                _save_npy(journal / f"{name}_sum.npy", self._array(name, "sum")[idx] + v)
+            del new_count, vals
+            if self._meta["keep_history"]:
+                self._ensure_history_rows(row + 1)  # before the commit point, so a full disk fails here
+            _fsync_dir(journal)
+        except OSError as e:
+            raise OSError(
+                e.errno,
+                f"Could not write the commit of epoch {epoch} into {self.directory} ({e.strerror or e}): expected room "
+                "for its journal and history. The store is as it was before this commit: free some space (or lift "
+                "the limit), then commit again.",
+            ) from e
         _atomic_write_json(journal / "journal.json", {"epoch": epoch, "row": row})  # the commit point
         self._apply_journal()
         return True
 
-    def _journal_pending(self) -> bool:
-        record = json.loads((self.directory / "journal" / "journal.json").read_text())
-        return record["epoch"] not in self._meta["epochs"]
-
     def _recover(self) -> None:
-        """Finish a commit that a crash interrupted after its commit point; drop one that did not reach it."""
+        """Finish a commit that a crash (or an error) interrupted after its commit point; drop one that did not
+        reach it (no journal.json: the arrays were not touched)."""
         journal = self.directory / "journal"
-        if not journal.exists():
+        if not journal.exists() and not journal.is_symlink():
             return
-        if (journal / "journal.json").exists() and self._journal_pending():
+        if journal.is_symlink() or not journal.is_dir():
+            raise StoreCorruptError(
+                f"{journal} is damaged: expected the journal folder a commit writes, got a file or a link. Move it "
+                "away if you know what it is, or use another `directory`; a damaged store is refused, not repaired."
+            )
+        record = self._journal_record()
+        if record is not None and record["epoch"] not in self._meta["epochs"]:
             self._apply_journal()
         else:
             shutil.rmtree(journal)
 
+    def _load_journal(self, record: dict[str, int]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray],
+                                                                dict[str, np.ndarray]]:
+        """The journal's indices, counts, and per channel the sums and values, each checked before any is applied.
+
+        Raises:
+            StoreCorruptError: naming the journal file that does not fit the store.
+        """
+        journal = self.directory / "journal"
+        epochs = self._meta["epochs"]
+
+        def refuse(path: Path, expected: str, got: str) -> StoreCorruptError:
+            return StoreCorruptError(
+                f"{path} is damaged: expected {expected}, got {got}. It records a commit past its commit point that "
+                "cannot be replayed: restore the store from a backup or use another `directory`; a damaged store "
+                "is refused, not repaired."
+            )
+
+        if record["row"] != len(epochs):
+            raise refuse(journal / "journal.json", f"row {len(epochs)} (meta.json lists {len(epochs)} epochs)",
+                         f"row {record['row']}")
+
+        def load(name: str, dtype: type, m: int | None) -> np.ndarray:
+            path = journal / name
+            try:
+                array = np.load(path, allow_pickle=False)
+            except (OSError, ValueError, EOFError) as e:
+                raise refuse(path, "a .npy file", f"{type(e).__name__}: {e}") from None
+            if array.dtype != dtype or array.ndim != 1 or (m is not None and len(array) != m):
+                raise refuse(path, f"a 1-d {np.dtype(dtype)} array" + (f" of {m} values" if m is not None else ""),
+                             f"{array.dtype} of shape {array.shape}")
+            if array.dtype.kind == "f" and not np.isfinite(array).all():
+                raise refuse(path, "finite values", "NaN or infinity")
+            return array
+
+        idx = load("indices.npy", np.int64, None)
+        if len(idx) and (idx.min() < 0 or idx.max() >= self.n or len(np.unique(idx)) != len(idx)):
+            raise refuse(journal / "indices.npy", f"distinct indices in [0, {self.n})", "out-of-range or repeated ones")
+        new_count = load("count.npy", np.int64, len(idx))
+        if len(idx) and (new_count.min() < 1 or new_count.max() > len(epochs) + 1):
+            raise refuse(journal / "count.npy", f"counts in [1, {len(epochs) + 1}]",
+                         f"counts in [{new_count.min()}, {new_count.max()}]")
+        sums = {name: load(f"{name}_sum.npy", np.float64, len(idx)) for name in self.channels}
+        values = {name: load(f"{name}_values.npy", np.float64, len(idx)) for name in self.channels}
+        return idx, new_count, sums, values
+
     def _apply_journal(self) -> None:
         journal = self.directory / "journal"
-        record = json.loads((journal / "journal.json").read_text())
-        idx = np.load(journal / "indices.npy", allow_pickle=False)
-        new_count = np.load(journal / "count.npy", allow_pickle=False)
-        row = int(record["row"])
-        if self._meta.get("keep_history"):
-            self._ensure_history_rows(row + 1)
+        record = self._journal_record()
+        if record is None:
+            raise StoreCorruptError(f"{journal / 'journal.json'} vanished while a commit was being applied: is "
+                                    "another process writing to this store? One writer at a time.")
+        idx, new_count, sums, values = self._load_journal(record)
+        row = record["row"]
+        if self._meta["keep_history"]:
+            self._ensure_history_rows(row + 1)  # a no-op unless a crash came before the commit grew it
         self._write(self.count, idx, new_count)
         for name in self.channels:
-            new_sum = np.load(journal / f"{name}_sum.npy", allow_pickle=False)
-            self._write(self._array(name, "sum"), idx, new_sum)
-            self._write(self._array(name, "mean"), idx, new_sum / new_count)
-            values = np.load(journal / f"{name}_values.npy", allow_pickle=False)
-            self._write(self._array(name, "last"), idx, values)
-            if self._meta.get("keep_history"):
+            self._write(self._array(name, "sum"), idx, sums[name])
+            self._write(self._array(name, "mean"), idx, sums[name] / new_count)
+            self._write(self._array(name, "last"), idx, values[name])
+            if self._meta["keep_history"]:
                 line = np.full(self.n, np.nan, dtype=np.float32)
-                line[idx] = values
+                line[idx] = values[name]
                 self._write(self._array(name, "history"), row, line)
         meta = dict(self._meta)
-        meta["epochs"] = [*self._meta["epochs"], int(record["epoch"])]
+        meta["epochs"] = [*self._meta["epochs"], record["epoch"]]
         _atomic_write_json(self.directory / "meta.json", meta)
         self._meta = meta
         shutil.rmtree(journal)
@@ -485,22 +936,27 @@ class CurvatureStore:
         array.flush()
 
     def _ensure_history_rows(self, rows: int) -> None:
-        """Grow each history file to hold ``rows`` (doubling): a new header, the old rows copied as bytes
-        (no memory map, so resident memory stays flat), swapped in atomically."""
+        """Grow each history file to hold ``rows`` (doubling): a new header, its space reserved (a full disk fails
+        here, with the old file untouched), the old rows copied as bytes (no memory map, so resident memory stays
+        flat), swapped in atomically. A reader's map keeps the old inode, whose rows do not change."""
         for name in self.channels:
             path = self.directory / self._file(name, "history")
-            old_shape, old_start = _npy_layout(path)
+            old_shape, old_start = _check_npy(path, _DTYPES["history"], self.n, len(self._meta["epochs"]))
             if old_shape[0] >= rows:
                 continue
             capacity = max(rows, 2 * old_shape[0])
             tmp = path.with_name(path.name + ".grow")
-            np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(capacity, self.n)).flush()
-            _, new_start = _npy_layout(tmp)
-            with open(path, "rb") as src, open(tmp, "r+b") as dst:
-                src.seek(old_start)
-                dst.seek(new_start)
-                shutil.copyfileobj(src, dst, 16 << 20)
-                dst.flush()
-                os.fsync(dst.fileno())
+            try:
+                new_start = _create_npy(tmp, _DTYPES["history"], (capacity, self.n))
+                with open(path, "rb") as src, open(tmp, "r+b") as dst:
+                    src.seek(old_start)
+                    dst.seek(new_start)
+                    shutil.copyfileobj(src, dst, 16 << 20)  # into reserved blocks: no new space needed
+                    dst.flush()
+                    os.fsync(dst.fileno())
+            except BaseException:
+                tmp.unlink(missing_ok=True)  # ours, made just now
+                raise
             self._arrays.pop(self._file(name, "history"), None)
             os.replace(tmp, path)
+            _fsync_dir(self.directory)

@@ -1,16 +1,27 @@
 """CurvatureStore: format, commits (idempotent, atomic across crashes), the lock, settings (DESIGN §2, §5)."""
 
+import errno
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
 import textwrap
+import time
+import warnings
+from pathlib import Path
 
 import numpy as np
 import pytest
 
-from curvature_callback.store import CurvatureStore, StoreMismatchError
+from curvature_callback import store as store_module
+from curvature_callback.store import (
+    CurvatureStore,
+    StoreChangedError,
+    StoreCorruptError,
+    StoreMismatchError,
+)
 
 SETTINGS = {"h": 1e-3, "n_vectors": 10, "seed": 0, "loss": "cross_entropy"}
 
@@ -62,14 +73,14 @@ def test_crash_before_the_commit_point_leaves_the_store_as_before(tmp_path, monk
     with make(tmp_path) as s:
         s.commit_epoch(0, np.ones(5))
     s = CurvatureStore.open(tmp_path, "r+")
-    real = np.save
+    real = store_module._save_npy
 
-    def dies_on_sums(f, arr, **kw):
-        if "curvature_sum" in getattr(f, "name", ""):
+    def dies_on_sums(path, array):
+        if "curvature_sum" in path.name:
             raise KeyboardInterrupt("killed while writing the journal")
-        return real(f, arr, **kw)
+        return real(path, array)
 
-    monkeypatch.setattr(np, "save", dies_on_sums)
+    monkeypatch.setattr(store_module, "_save_npy", dies_on_sums)
     with pytest.raises(KeyboardInterrupt):
         s.commit_epoch(1, np.full(5, 3.0))
     monkeypatch.undo()
@@ -101,7 +112,9 @@ def test_crash_in_the_middle_of_applying_is_finished_once(tmp_path):
     assert proc.returncode == -signal.SIGKILL, proc.stderr
     assert np.load(tmp_path / "count.npy").tolist() == [2] * 5  # half-applied on disk
     with pytest.warns(RuntimeWarning, match="interrupted"):
-        CurvatureStore.open(tmp_path)
+        reader = CurvatureStore.open(tmp_path)
+    with pytest.raises(StoreChangedError, match=r"interrupted commit .*no writer alive.*open\(path, 'r\+'\)"):
+        reader.sum_of()  # half-updated: refused, not shown
     with CurvatureStore.open(tmp_path, "r+") as s:  # the dead writer's lock is gone with it
         assert s.epochs == [0, 5]
         assert s.count.tolist() == [2] * 5 and s.mean.tolist() == [2.0] * 5
@@ -118,7 +131,10 @@ def test_one_writer_at_a_time(tmp_path):
         CurvatureStore.open_or_create(tmp_path, 5, settings=SETTINGS)
     reader = CurvatureStore.open(tmp_path)  # readers need no lock
     s.commit_epoch(0, np.ones(5))
-    assert reader.count.tolist() == [1] * 5  # memory maps see the writer's commits
+    assert reader.epochs == [] and reader.count.tolist() == [0] * 5  # a snapshot: count was read at the open
+    with pytest.raises(StoreChangedError, match=r"committed epoch\(s\) since you opened it.*CurvatureStore\.open"):
+        reader.channel_mean("curvature")  # not read before the commit: no longer matches the reader's epochs
+    assert CurvatureStore.open(tmp_path).mean.tolist() == [1.0] * 5
     s.close()
     s.close()
     CurvatureStore.open(tmp_path, "r+").close()
@@ -185,8 +201,357 @@ def test_channel_names_and_newer_format_refused(tmp_path):
         make(tmp_path / "a", channels=("curvature",))
     with pytest.raises(ValueError, match="identifiers"):
         make(tmp_path / "b", channels=("my loss",))
+    with pytest.raises(ValueError, match=r"Expected distinct extra channel names, got \['loss', 'loss'\]"):
+        make(tmp_path / "b", channels=("loss", "loss"))
     make(tmp_path / "c").close()
     meta = json.loads((tmp_path / "c" / "meta.json").read_text())
     (tmp_path / "c" / "meta.json").write_text(json.dumps({**meta, "version": 99}))
     with pytest.raises(RuntimeError, match="format version 99.*upgrade curvature_callback"):
         CurvatureStore.open(tmp_path / "c")
+
+
+# ---------------------------------------------------------------------------------------- a store is untrusted data
+STORE_PY = Path(__file__).resolve().parents[1] / "curvature_callback" / "store.py"
+# subprocesses load store.py alone: importing the package would pull in torch (seconds on a busy machine)
+PRELUDE = textwrap.dedent(f"""
+    import importlib.util, sys
+    spec = importlib.util.spec_from_file_location("store", {str(STORE_PY)!r})
+    st = importlib.util.module_from_spec(spec)
+    sys.modules["store"] = st
+    spec.loader.exec_module(st)
+""")
+
+
+def snapshot(path):
+    return {f: (path / f).read_bytes() for f in sorted(os.listdir(path)) if (path / f).is_file()}
+
+
+def test_store_files_without_meta_json_are_refused_and_left_as_they_are(tmp_path):
+    with make(tmp_path, keep_history=True, channels=("loss",)) as s:
+        s.commit_epoch(0, {"curvature": np.arange(5.0), "loss": np.ones(5)})
+    (tmp_path / "meta.json").unlink()
+    before = snapshot(tmp_path)
+    with pytest.raises(StoreCorruptError, match=rf"in {re.escape(str(tmp_path))} without a meta.json, got count\.npy, "
+                       r"history\.npy, .*loss_sum\.npy, mean\.npy, sum\.npy but meta\.json is missing.*Nothing was "
+                       r"overwritten\. Restore meta\.json"):
+        CurvatureStore.open_or_create(tmp_path, 5, settings=SETTINGS)
+    assert snapshot(tmp_path) == before
+    other = tmp_path / "other"  # somebody else's files, named like ours
+    (other / "journal").mkdir(parents=True)
+    np.save(other / "margin_mean.npy", np.ones(3))
+    with pytest.raises(StoreCorruptError, match=r"got journal, margin_mean\.npy but meta\.json is missing"):
+        make(other)
+    assert np.load(other / "margin_mean.npy").tolist() == [1.0] * 3 and sorted(os.listdir(other)) == [
+        "journal", "lock", "margin_mean.npy"]
+
+
+def damaged_store(path):
+    with make(path, keep_history=True, channels=("loss",), history_capacity=4) as s:
+        for e in (0, 1):
+            s.commit_epoch(e, {"curvature": np.full(5, e + 1.0), "loss": np.ones(5)})
+    return path
+
+
+def _cut(path, delta):
+    with open(path, "r+b") as f:
+        f.truncate(os.path.getsize(path) + delta)
+
+
+DAMAGES = {  # what is done to a store of N=5, epochs [0, 1] -> what the refusal says
+    "truncated": (lambda d: _cut(d / "sum.npy", -8),
+                  r"sum\.npy is damaged: expected 168 bytes .*got 160 bytes \(trunc"),
+    "enlarged": (lambda d: _cut(d / "loss_mean.npy", 8),
+                 r"loss_mean\.npy is damaged: .*got 176 bytes \(extra bytes"),
+    "dtype": (lambda d: np.save(d / "last.npy", np.zeros(5)),
+              r"last\.npy is damaged: expected dtype float32, got dtype float64"),
+    "object": (lambda d: np.save(d / "mean.npy", np.array([None] * 5), allow_pickle=True),
+               r"mean\.npy is damaged: expected dtype float64, got dtype object"),
+    "fortran": (lambda d: np.save(d / "history.npy", np.asfortranarray(np.zeros((4, 5), np.float32))),
+                r"history\.npy is damaged: expected C order, got Fortran order"),
+    "shape": (lambda d: np.save(d / "count.npy", np.zeros(6, np.int64)),
+              r"count\.npy is damaged: expected shape \(5,\) \(n=5 in meta\.json\), got shape \(6,\)"),
+    "few rows": (lambda d: np.save(d / "loss_history.npy", np.zeros((1, 5), np.float32)),
+                 r"loss_history\.npy is damaged: expected shape \(capacity >= 2 epochs, 5\).*got shape \(1, 5\)"),
+    "missing": (lambda d: (d / "loss_last.npy").unlink(),
+                r"loss_last\.npy is damaged: expected the file .*no such file"),
+    "header": (lambda d: (d / "sum.npy").write_bytes(b"\x93NUMPY\x01\x00\x10\x00{'descr': oops}\n"),
+               r"sum\.npy is damaged: expected a \.npy file, got an unreadable header"),
+    "not npy": (lambda d: (d / "count.npy").write_text("hello"), r"count\.npy is damaged: expected a \.npy file"),
+    "counts": (lambda d: np.save(d / "count.npy", np.array([0, 1, 3, 2, 2])),
+               r"count\.npy is damaged: expected counts in \[0, 2\] \(meta\.json lists 2 epoch\(s\)\), got 3 for "
+               r"sample 2"),
+    "negative counts": (lambda d: np.save(d / "count.npy", np.array([0, -1, 0, 2, 2])),
+                        r"count\.npy is damaged: expected counts in \[0, 2\].*got -1 for sample 1"),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGES)
+@pytest.mark.parametrize("mode", ["r", "r+"])
+def test_damaged_arrays_are_refused_by_name_and_never_repaired(tmp_path, damage, mode):
+    do, message = DAMAGES[damage]
+    d = damaged_store(tmp_path)
+    do(d)
+    before = snapshot(d)
+    with pytest.raises(StoreCorruptError, match=message):
+        CurvatureStore.open(d, mode)
+    with pytest.raises(StoreCorruptError, match=message):
+        CurvatureStore.open_or_create(d, 5, settings=SETTINGS, channels=("loss",))
+    assert snapshot(d) == {**before, "lock": snapshot(d)["lock"]}  # not padded, not rewritten; only the pid
+
+
+def edit_meta(path, change):
+    meta = json.loads((path / "meta.json").read_text())
+    new = change(meta)
+    (path / "meta.json").write_text(new if isinstance(new, str) else json.dumps(new))
+
+
+META_DAMAGES = {
+    "not json": (lambda m: '{"n": 5,', r"expected a JSON object, got text that does not parse as JSON"),
+    "binary": (lambda m: "\udcff", r"expected a JSON object, got text that does not parse"),
+    "a list": (lambda m: "[1, 2]", r"expected a JSON object, got a JSON list"),
+    "no n": (lambda m: {k: v for k, v in m.items() if k != "n"}, r"expected key 'n' \(a positive integer\), got no "
+             "such key"),
+    "n text": (lambda m: {**m, "n": "5"}, r"expected 'n' as a positive integer, got '5'"),
+    "n zero": (lambda m: {**m, "n": 0}, r"expected 'n' as a positive integer, got 0"),
+    "n bool": (lambda m: {**m, "n": True}, r"expected 'n' as a positive integer, got True"),
+    "epochs repeated": (lambda m: {**m, "epochs": [0, 0]}, r"expected 'epochs' as a list of distinct integers"),
+    "epochs floats": (lambda m: {**m, "epochs": [0.5, 1]},
+                      r"expected 'epochs' as a list of distinct integers, got \[0\.5, 1\]"),
+    "epochs missing": (lambda m: {k: v for k, v in m.items() if k != "epochs"}, r"expected key 'epochs'"),
+    "channels text": (lambda m: {**m, "channels": "loss"},
+                      r"expected 'channels' as a list of distinct identifier strings"),
+    "channel name": (lambda m: {**m, "channels": ["my loss"]},
+                     r"expected 'channels' .*identifier strings other than 'curvature', got \['my loss'\]"),
+    "keep_history": (lambda m: {**m, "keep_history": "yes"}, r"expected 'keep_history' as true or false, got 'yes'"),
+    "version": (lambda m: {**m, "version": "1"}, r"expected 'version' as a positive integer, got '1'"),
+    "fingerprint": (lambda m: {**m, "fingerprint": []}, r"expected 'fingerprint' as an object, got \[\]"),
+}
+
+
+@pytest.mark.parametrize("damage", META_DAMAGES)
+def test_damaged_meta_json_is_refused_by_name(tmp_path, damage):
+    change, message = META_DAMAGES[damage]
+    d = damaged_store(tmp_path)
+    if damage == "binary":
+        (d / "meta.json").write_bytes(b"\xff\xfe\x00garbage")
+    else:
+        edit_meta(d, change)
+    for mode in ("r", "r+"):
+        with pytest.raises(StoreCorruptError, match=rf"{re.escape(str(d / 'meta.json'))} is damaged: {message}"):
+            CurvatureStore.open(d, mode)
+
+
+def test_meta_json_that_disagrees_with_the_arrays_is_refused(tmp_path):
+    d = damaged_store(tmp_path)
+    edit_meta(d, lambda m: {**m, "n": 6})
+    with pytest.raises(StoreCorruptError, match=r"count\.npy is damaged: expected shape \(6,\) \(n=6 in meta"):
+        CurvatureStore.open(d)
+    edit_meta(d, lambda m: {**m, "n": 5, "epochs": [0]})  # the counts say 2 epochs
+    for mode in ("r", "r+"):
+        with pytest.raises(StoreCorruptError, match=r"count\.npy is damaged: expected counts in \[0, 1\] \(meta\.json "
+                           r"lists 1 epoch\(s\)\), got 2 for sample 0 \(5 sample\(s\) out of range\)"):
+            CurvatureStore.open(d, mode)
+    edit_meta(d, lambda m: {**m, "channels": ["loss", "margin"], "epochs": [0, 1]})
+    with pytest.raises(StoreCorruptError, match=r"margin_sum\.npy is damaged: expected the file"):
+        CurvatureStore.open(d)
+
+
+def test_a_commit_that_failed_while_applying_is_finished_by_the_next_commit(tmp_path, monkeypatch):
+    real = CurvatureStore._write
+    writes = []
+
+    def fails_once(array, where, values):
+        writes.append(1)
+        if len(writes) == 3:  # count and sum written, mean not: half-applied, past the commit point
+            raise OSError(errno.EIO, "Input/output error")
+        return real(array, where, values)
+
+    with make(tmp_path, keep_history=True) as s:
+        s.commit_epoch(0, np.ones(5))
+        monkeypatch.setattr(CurvatureStore, "_write", staticmethod(fails_once))
+        with pytest.raises(OSError, match="Input/output error"):
+            s.commit_epoch(1, np.full(5, 3.0))
+        monkeypatch.undo()
+        assert s.epochs == [0] and (tmp_path / "journal" / "journal.json").exists()
+        assert s.commit_epoch(2, np.full(5, 5.0))  # replays epoch 1 first, never drops it
+        assert s.commit_epoch(1, np.full(5, 9.0)) is False
+        assert s.epochs == [0, 1, 2] and s.count.tolist() == [3] * 5 and s.mean.tolist() == [3.0] * 5
+    r = CurvatureStore.open(tmp_path)
+    assert r.sum.tolist() == [9.0] * 5 and r.history.tolist() == [[1.0] * 5, [3.0] * 5, [5.0] * 5]
+
+
+def test_a_damaged_journal_is_refused_not_replayed(tmp_path, monkeypatch):
+    with make(tmp_path) as s:
+        s.commit_epoch(0, np.ones(5))
+        monkeypatch.setattr(CurvatureStore, "_apply_journal", lambda self: None)  # stops at the commit point
+        s.commit_epoch(1, np.full(5, 3.0))
+    monkeypatch.undo()
+    journal = tmp_path / "journal"
+    np.save(journal / "count.npy", np.array([2, 2, 2, 2, 2], dtype=np.int32))
+    before = snapshot(tmp_path)
+    with pytest.raises(StoreCorruptError, match=r"journal/count\.npy is damaged: expected a 1-d int64 array of 5 "
+                       r"values, got int32 of shape \(5,\)\. It records a commit past its commit point"):
+        CurvatureStore.open(tmp_path, "r+")
+    (journal / "journal.json").write_text('{"epoch": 1, "row": 7}')
+    with pytest.raises(StoreCorruptError, match=r"journal\.json is damaged: expected row 1 \(meta\.json lists 1 "
+                       r"epochs\), got row 7"):
+        CurvatureStore.open(tmp_path, "r+")
+    (journal / "journal.json").write_text("[]")
+    for mode in ("r", "r+"):
+        with pytest.raises(StoreCorruptError, match=r"journal\.json is damaged: expected a commit record"):
+            CurvatureStore.open(tmp_path, mode)
+    assert {k: v for k, v in snapshot(tmp_path).items() if k != "lock"} == {
+        k: v for k, v in before.items() if k != "lock"}
+    assert sorted(os.listdir(journal)) == ["count.npy", "curvature_sum.npy", "curvature_values.npy",
+                                           "indices.npy", "journal.json"]
+
+
+WRITER = """
+import time
+import numpy as np
+s = st.CurvatureStore.open({path!r}, "r+")
+print("ready", flush=True)
+epoch, end = 0, time.monotonic() + 60
+while not os.path.exists({stop!r}) and time.monotonic() < end:
+    s.commit_epoch(epoch, np.full({n}, float(epoch)))  # after epochs 0..k-1: count k, sum k(k-1)/2 everywhere
+    epoch += 1
+s.close()
+print(epoch)
+"""
+
+
+def test_readers_see_one_committed_epoch_set_while_another_process_commits(tmp_path):
+    n, path, stop = 20_000, tmp_path / "s", tmp_path / "stop"
+    make(path, n=n, keep_history=True, history_capacity=2).close()
+    writer = subprocess.Popen(
+        [sys.executable, "-c", PRELUDE + "import os\n" + WRITER.format(path=str(path), stop=str(stop), n=n)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        assert writer.stdout.readline() == "ready\n", writer.stderr.read()
+        seen, changed = set(), 0
+        end = time.monotonic() + 3
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # not even a warning: a commit in progress is waited for
+            while time.monotonic() < end:
+                try:
+                    r = CurvatureStore.open(path)
+                    epochs, count = r.epochs, r.count  # count is read at the open
+                    time.sleep(0.002 * (len(seen) % 3))  # give a commit the time to land in between
+                    total, mean, last, history = r.sum, r.mean, r.channel_last(), np.array(r.history)
+                except StoreChangedError as e:
+                    assert "since you opened it" in str(e)
+                    changed += 1
+                    continue
+                k = len(epochs)
+                assert epochs == list(range(k))
+                assert (count == k).all() and (total == k * (k - 1) / 2).all()
+                np.testing.assert_array_equal(mean, np.full(n, (k - 1) / 2 if k else np.nan))
+                np.testing.assert_array_equal(last, np.full(n, k - 1.0 if k else np.nan, dtype=np.float32))
+                np.testing.assert_array_equal(history, np.repeat(np.arange(k, dtype=np.float32)[:, None], n, axis=1))
+                seen.add(k)
+    finally:
+        stop.touch()
+        out, err = writer.communicate(timeout=60)
+    assert writer.returncode == 0, err
+    committed = int(out.split()[-1])
+    assert committed >= 3 and len(seen) >= 2, (committed, seen, changed)
+
+
+def test_a_full_disk_fails_before_anything_changes_and_the_run_goes_on(tmp_path, monkeypatch):
+    def full(fd, offset, length):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    with make(tmp_path / "s", keep_history=True, history_capacity=1) as s:
+        s.commit_epoch(0, np.ones(5))
+        monkeypatch.setattr(os, "posix_fallocate", full)
+        with pytest.raises(OSError, match=r"Could not write the commit of epoch 1 into .*No space left on device.*"
+                           r"as it was before this commit: free some space") as caught:
+            s.commit_epoch(1, np.full(5, 3.0))  # needs a second history row: the file grows
+        assert caught.value.errno == errno.ENOSPC
+        assert s.epochs == [0] and s.sum.tolist() == [1.0] * 5 and s.history.shape == (1, 5)
+        assert sorted(os.listdir(tmp_path / "s")) == ["count.npy", "history.npy", "journal", "last.npy", "lock",
+                                                      "mean.npy", "meta.json", "sum.npy"]  # no .grow left
+        assert not (tmp_path / "s" / "journal" / "journal.json").exists()  # before the commit point
+        with pytest.raises(OSError, match="No space left on device"):
+            make(tmp_path / "new", keep_history=True)
+        assert os.listdir(tmp_path / "new") == ["lock"]  # a failed create leaves nothing that blocks the next
+        monkeypatch.undo()
+        assert s.commit_epoch(1, np.full(5, 3.0))
+    r = CurvatureStore.open(tmp_path / "s")
+    assert r.epochs == [0, 1] and r.mean.tolist() == [2.0] * 5 and r.history.tolist() == [[1.0] * 5, [3.0] * 5]
+    make(tmp_path / "new", keep_history=True).close()
+
+
+def test_history_space_is_reserved_not_sparse(tmp_path, monkeypatch):
+    n, rows = 100_000, 4
+    data = n * rows * 4
+    with make(tmp_path / "a", n=n, keep_history=True, history_capacity=rows):
+        pass
+    assert os.stat(tmp_path / "a" / "history.npy").st_blocks * 512 >= data  # allocated, not a hole
+    monkeypatch.setattr(os, "posix_fallocate", lambda *a: (_ for _ in ()).throw(OSError(errno.EOPNOTSUPP, "no")))
+    with make(tmp_path / "b", n=n, keep_history=True, history_capacity=rows) as s:  # zeros written instead
+        assert os.stat(tmp_path / "b" / "history.npy").st_blocks * 512 >= data
+        s.commit_epoch(0, np.arange(n, dtype=np.float64))
+        assert s.history.shape == (1, n) and s.history[0, -1] == n - 1
+
+
+FILE_SIZE_LIMIT = """
+import errno, json, resource, signal
+import numpy as np
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails with EFBIG instead of killing us
+soft, hard = resource.getrlimit(resource.RLIMIT_FSIZE)
+s = st.CurvatureStore.open({path!r}, "r+")
+out = []
+for limit in (4000, 12000):  # the journal's files do not fit; then the journal fits, the grown history not
+    resource.setrlimit(resource.RLIMIT_FSIZE, (limit, hard))
+    try:
+        s.commit_epoch(2, np.full(1000, 7.0))
+        out.append("committed")
+    except OSError as e:
+        out.append(errno.errorcode[e.errno])
+    resource.setrlimit(resource.RLIMIT_FSIZE, (soft, hard))
+    r = st.CurvatureStore.open({path!r})
+    out.append([r.epochs, float(r.sum[0]), r.count.tolist()[:2], os.path.exists({journal!r})])
+out.append(s.commit_epoch(2, np.full(1000, 7.0)))
+print(json.dumps(out))
+"""
+
+
+def test_a_file_size_limit_fails_cleanly_and_lifting_it_lets_the_run_go_on(tmp_path):
+    path = tmp_path / "s"
+    with make(path, n=1000, keep_history=True, history_capacity=2) as s:
+        s.commit_epoch(0, np.ones(1000))
+        s.commit_epoch(1, np.full(1000, 3.0))
+    script = PRELUDE + "import os\n" + FILE_SIZE_LIMIT.format(path=str(path), journal=str(path / "journal" /
+                                                                                              "journal.json"))
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    before = [[0, 1], 4.0, [2, 2], False]
+    assert json.loads(proc.stdout) == ["EFBIG", before, "EFBIG", before, True]
+    r = CurvatureStore.open(path)
+    assert r.epochs == [0, 1, 2] and r.mean.tolist() == [11 / 3] * 1000 and r.history.shape == (3, 1000)
+    np.testing.assert_array_equal(r.history[2], 7.0)
+
+
+@pytest.mark.parametrize("epoch", [0.7, 2.0, True, np.bool_(False), "1", None])
+def test_epoch_must_be_an_integer(tmp_path, epoch):
+    with make(tmp_path) as s:
+        with pytest.raises(ValueError, match=rf"Expected `epoch` as an integer \(the training epoch\), got "
+                           rf"{re.escape(repr(epoch))} of type {type(epoch).__name__}: pass an int"):
+            s.commit_epoch(epoch, np.ones(5))
+        assert s.epochs == []
+        assert s.commit_epoch(np.int64(3), np.ones(5)) and s.commit_epoch(np.int32(4), np.ones(5))
+    assert json.loads((tmp_path / "meta.json").read_text())["epochs"] == [3, 4]
+
+
+def test_a_second_writer_is_refused_even_without_the_lock_file(tmp_path):
+    s = make(tmp_path)
+    (tmp_path / "lock").unlink()
+    with pytest.raises(RuntimeError, match=r"open for writing elsewhere \(pid unknown\): one writer at a time"):
+        CurvatureStore.open(tmp_path, "r+")
+    script = PRELUDE + f"st.CurvatureStore.open({str(tmp_path)!r}, 'r+')"
+    proc = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "open for writing elsewhere" in proc.stderr
+    s.close()
+    with CurvatureStore.open(tmp_path, "r+") as s:
+        assert (tmp_path / "lock").read_text() == str(os.getpid())
