@@ -7,12 +7,17 @@ metrics; with several seeds, also their mean and standard deviation per setting)
 
     curvature-train -m experiment=cifar10_mislabeled sweep=noise_seed
     curvature-collect multirun/2026-01-31/12-00-00
+
+A sweep folder is data from a stranger: ``overrides.yaml`` is read as plain YAML (nothing resolved or built), a
+``metrics.json`` or ``overrides.yaml`` that is a link leading out of ``SWEEP_DIR`` is refused, and
+``summary.csv`` / ``summary.md`` are never written through a link (:mod:`curvature_callback.safe_paths`).
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import sys
@@ -20,7 +25,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from omegaconf import OmegaConf
+import yaml
+
+from curvature_callback import safe_paths
 
 __all__ = ["collect", "main", "markdown", "parse_overrides", "write_summary"]
 
@@ -56,20 +63,50 @@ def _flatten(metrics: dict[str, Any]) -> dict[str, Any]:
     return flat
 
 
+def _read_overrides(path: Path, sweep_dir: Path) -> dict[str, str]:
+    """A run's ``.hydra/overrides.yaml`` (a list of ``key=value`` strings), read as plain text: nothing resolved."""
+    try:
+        lines = yaml.safe_load(safe_paths.inside(path, sweep_dir).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"Expected {path} to be Hydra's YAML list of overrides, got unreadable text ({e}): remove "
+                         "or fix the file.") from e
+    if lines is None:
+        return {}
+    if not isinstance(lines, list) or not all(isinstance(line, (str, int, float, bool)) for line in lines):
+        raise ValueError(f"Expected {path} to be a YAML list of `key=value` strings (Hydra's overrides), got "
+                         f"{type(lines).__name__}: remove or fix the file.")
+    return parse_overrides([str(line) for line in lines])
+
+
+def _read_metrics(path: Path, sweep_dir: Path) -> dict[str, Any]:
+    try:
+        metrics = json.loads(safe_paths.inside(path, sweep_dir).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"Expected {path} to hold curvature-train's JSON metrics, got unreadable text ({e}): "
+                         "remove or fix the file.") from e
+    if not isinstance(metrics, dict):
+        raise ValueError(f"Expected {path} to hold a JSON object, got a {type(metrics).__name__}: remove or fix it.")
+    return metrics
+
+
 def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One row per run under ``sweep_dir`` (any depth), ordered by run folder: ``run``, overrides, metrics.
 
+    Only files inside ``sweep_dir`` are read: a ``metrics.json`` or ``.hydra/overrides.yaml`` that is (or lies
+    under) a link leading out of it is refused; linked folders are not searched.
+
     Raises:
         FileNotFoundError: when no run under ``sweep_dir`` has a ``metrics.json``.
+        ValueError: a run's file is unreadable, or (``safe_paths.UnsafePathError``) links out of ``sweep_dir``.
     """
     sweep_dir = Path(sweep_dir)
     rows = []
     for path in sorted(sweep_dir.rglob("metrics.json"), key=lambda p: _natural(p.parent.relative_to(sweep_dir))):
         run = path.parent
         overrides_file = run / ".hydra" / "overrides.yaml"
-        overrides = parse_overrides(OmegaConf.load(overrides_file)) if overrides_file.is_file() else {}
+        overrides = _read_overrides(overrides_file, sweep_dir) if overrides_file.is_file() else {}
         rows.append({"run": run.relative_to(sweep_dir).as_posix(), **overrides,
-                     **_flatten(json.loads(path.read_text()))})
+                     **_flatten(_read_metrics(path, sweep_dir))})
     if not rows:
         raise FileNotFoundError(
             f"No metrics.json under {sweep_dir}: pass the folder of a finished `curvature-train -m` sweep "
@@ -139,17 +176,25 @@ def _mean_std(values: list[float]) -> str:
 
 
 def write_summary(rows: list[dict[str, Any]], out_dir: str | Path) -> tuple[Path, Path]:
-    """``summary.csv`` (every column of every run) and ``summary.md`` (:func:`markdown`) in ``out_dir``."""
+    """``summary.csv`` (every column of every run) and ``summary.md`` (:func:`markdown`) in ``out_dir``.
+
+    Raises:
+        safe_paths.UnsafePathError: (a ValueError) ``summary.csv`` or ``summary.md`` is a link; it is left as
+            it is, and what it points to untouched.
+    """
     out_dir = Path(out_dir)
     columns = ["run"]
     for row in rows:
         columns += [k for k in row if k not in columns]
     csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows([{k: ("" if r.get(k) is None else r.get(k)) for k in columns} for r in rows])
-    md_path.write_text(markdown(rows))
+    for path in (csv_path, md_path):  # both checked before either is written: a refusal leaves no half summary
+        safe_paths.not_a_link(path)
+    table = io.StringIO(newline="")
+    writer = csv.DictWriter(table, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows([{k: ("" if r.get(k) is None else r.get(k)) for k in columns} for r in rows])
+    safe_paths.write_text(csv_path, table.getvalue())
+    safe_paths.write_text(md_path, markdown(rows))
     return csv_path, md_path
 
 
@@ -161,11 +206,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         rows = collect(args.sweep_dir)
-    except FileNotFoundError as e:
+        csv_path, md_path = write_summary(rows, safe_paths.output_dir(args.out) if args.out else args.sweep_dir)
+    except (FileNotFoundError, ValueError) as e:  # ValueError: an unreadable file, or a link refused
         print(f"curvature-collect: {e}", file=sys.stderr)
         return 2
-    csv_path, md_path = write_summary(rows, args.out or args.sweep_dir)
-    print(md_path.read_text(), end="")
+    print(markdown(rows), end="")
     print(f"\n{len(rows)} runs -> {csv_path}, {md_path}")
     return 0
 

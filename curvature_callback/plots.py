@@ -3,18 +3,29 @@ curves of every score, the memorization scatter and image thumbnails for the rep
 
 Figures are drawn on matplotlib's Agg canvas directly (no pyplot): no display is needed, and the process's
 pyplot backend (a notebook's, say) is left alone.
+
+Class names, score names and file names come from the data (a folder's class folders, a store's channels): every
+figure is drawn with math text off, so a ``$`` in them is a dollar sign, not the start of a formula that
+matplotlib fails to parse. PNGs are written with :func:`curvature_callback.safe_paths.write_bytes`: never through
+a link left in the output folder.
 """
 
 from __future__ import annotations
 
+import functools
+import io
 import math
 import os
-from collections.abc import Mapping, Sequence
-from typing import Any
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
 
+import matplotlib
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+
+from curvature_callback.safe_paths import write_bytes
 
 __all__ = [
     "plot_class_histograms",
@@ -26,11 +37,41 @@ __all__ = [
 ]
 
 
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+#: what every figure is drawn under: strings from the data are plain text (a ``$`` starts no formula, LaTeX is
+#: not run on them)
+_PLAIN_TEXT = {"text.parse_math": False, "text.usetex": False}
+
+
+def _plain_text(function: _F) -> _F:
+    """Run ``function`` (which draws and saves a figure) with math text off; tick labels are made at save time,
+    so the whole call, saving included, is inside."""
+
+    @functools.wraps(function)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        with matplotlib.rc_context(_PLAIN_TEXT):
+            return function(*args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _save(fig: Figure, path: str | os.PathLike | Any, dpi: int) -> None:
+    """Save ``fig`` as a PNG at ``path`` (never through a link there), or into ``path`` when it is a file object."""
+    if hasattr(path, "write"):
+        fig.savefig(path, dpi=dpi, format="png")
+        return
+    buffer = io.BytesIO()
+    fig.savefig(buffer, dpi=dpi, format=Path(path).suffix.lstrip(".").lower() or "png")
+    write_bytes(path, buffer.getvalue())
+
+
 def _log10(values: np.ndarray) -> np.ndarray:
     """log10, with zeros (an exactly flat loss) put at the smallest positive float32."""
     return np.log10(np.maximum(values, np.finfo(np.float32).tiny))
 
 
+@_plain_text
 def plot_histogram(
     curvature: np.ndarray, flipped: np.ndarray, path: str | os.PathLike, bins: int = 50
 ) -> None:
@@ -58,7 +99,7 @@ def plot_histogram(
     ax.set_ylabel("samples")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    _save(fig, path, dpi=120)
 
 
 def _as_image(x: Any) -> tuple[np.ndarray, str | None]:
@@ -83,6 +124,7 @@ def _as_rgb(x: Any) -> np.ndarray:
     return a
 
 
+@_plain_text
 def plot_top_k(
     images: Any,
     given: np.ndarray,
@@ -142,7 +184,7 @@ def plot_top_k(
                 fontsize=7 if class_names else 8, color="tab:red" if differs else "black")
     fig.suptitle("highest curvature; title: index: given / original label", fontsize=9,
                  y=1 - 0.12 / fig.get_figheight())
-    fig.savefig(path, dpi=120)
+    _save(fig, path, dpi=120)
     return top
 
 
@@ -151,6 +193,7 @@ def _class_names(labels: np.ndarray, class_names: Sequence[str] | None) -> list[
     return [str(class_names[c]) if class_names is not None else str(c) for c in classes]
 
 
+@_plain_text
 def plot_class_histograms(
     curvature: np.ndarray,
     labels: np.ndarray,
@@ -221,13 +264,14 @@ def plot_class_histograms(
             ax.set_xticks(x, [names[i] for i in order], rotation=90, fontsize=5)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path, dpi=110)
 
 
 #: how each score is drawn in detection curves: curvature stands out, baselines stay muted
 _STYLES = {"curvature": ("tab:red", "-", 2.2)}
 
 
+@_plain_text
 def plot_detection_curves(
     scores: Mapping[str, np.ndarray], flipped: np.ndarray, path: str | os.PathLike
 ) -> None:
@@ -266,9 +310,10 @@ def plot_detection_curves(
     ax.set_ylabel("fraction of flipped samples found")
     ax.legend(fontsize=8, loc="upper left")
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path, dpi=110)
 
 
+@_plain_text
 def plot_memorization(
     scores: np.ndarray, reference: np.ndarray, path: str | os.PathLike, *, name: str = "reference memorization"
 ) -> None:
@@ -300,9 +345,10 @@ def plot_memorization(
     ax.set_ylabel(name)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    _save(fig, path, dpi=110)
 
 
+@_plain_text
 def save_thumbnail(image: Any, path: str | os.PathLike) -> None:
     """One image as a PNG at its own resolution (rescaled to [0, 1] per image, like :func:`plot_top_k`).
 
@@ -313,4 +359,9 @@ def save_thumbnail(image: Any, path: str | os.PathLike) -> None:
     from matplotlib.image import imsave
 
     img, cmap = _as_image(image)
-    imsave(path, img, cmap=cmap or None, vmin=0.0, vmax=1.0, format="png")
+    buffer = io.BytesIO()
+    imsave(buffer, img, cmap=cmap or None, vmin=0.0, vmax=1.0, format="png")
+    if hasattr(path, "write"):
+        path.write(buffer.getvalue())
+    else:
+        write_bytes(path, buffer.getvalue())

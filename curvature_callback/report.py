@@ -10,10 +10,20 @@ is embedded as a PNG data URI, no script, no network), with the same PNGs beside
 - the comparison with a reference memorization score, when one is given (``--reference``).
 
 **Where the images come from.** The store holds scores, not pixels. The report takes the images from, in this
-order: the ``images`` argument (``curvature-train`` passes its dataset), ``--images FILE.npy`` (an ``[N, ...]``
-array in the store's order), or the datamodule of the run's own ``.hydra/config.yaml``, rebuilt and checked
-against the labels in ``scores.csv``. Without images the report still has every number; the sections that need
-pixels say why they are empty.
+order: the ``images`` (or ``dataset``) argument (``curvature-train`` passes its dataset), ``--images FILE.npy``
+(an ``[N, ...]`` array in the store's order, loaded without pickle), or, only when asked with
+``--rebuild-data``, one of this package's own datamodules (:data:`REBUILDABLE`) named by the run's
+``.hydra/config.yaml``, rebuilt and checked against the labels in ``scores.csv``. Without images the report
+still has every number; the sections that need pixels say why they are empty and how to get them.
+
+**A run folder is data from a stranger.** Nothing read from it chooses what code runs: the config is read as
+plain YAML, never instantiated; ``--rebuild-data`` builds a datamodule only when ``data._target_`` is exactly
+one of :data:`REBUILDABLE`, with plain keyword arguments (a nested ``_target_``, a list, a mapping or an
+interpolation other than ``${oc.env:CURVATURE_...}`` is refused, with the reason in the report), and never
+downloads. Every file read from the run folder must stay inside it once links are followed, and nothing is
+written through a link: the default output folder ``RUN_DIR/report`` must not be a link nor lead out of the run
+folder (``--out`` chooses another place), and a link in it where a file goes is refused
+(:mod:`curvature_callback.safe_paths`).
 """
 
 from __future__ import annotations
@@ -24,6 +34,7 @@ import html
 import json
 import math
 import os
+import re
 import sys
 import time
 import zipfile
@@ -34,6 +45,7 @@ from typing import Any
 
 import numpy as np
 
+from curvature_callback import safe_paths
 from curvature_callback.analysis import (
     SCORE_NOTES,
     detection_table,
@@ -52,12 +64,26 @@ from curvature_callback.plots import (
     save_thumbnail,
 )
 
-__all__ = ["main", "write_report"]
+__all__ = ["REBUILDABLE", "main", "write_report"]
 
 #: percentages of the samples inspected in the detection table
 AT_PERCENT = (1, 5, 10)
 #: most duplicate pairs listed with thumbnails
 MAX_PAIRS = 40
+#: the datamodules ``--rebuild-data`` may build, by the ``_target_`` that ``conf/data/*.yaml`` gives them: this
+#: package's own, and nothing else (a run folder's config is data, and must not choose the code that runs)
+REBUILDABLE = (
+    "curvature_callback.data.DigitsDataModule",
+    "curvature_callback.image_data.CIFARDataModule",
+    "curvature_callback.image_data.FashionMNISTDataModule",
+    "curvature_callback.image_data.ImageFolderDataModule",
+)
+#: the only interpolation resolved in a rebuilt datamodule's arguments: this package's own environment variables
+#: (``root: ${oc.env:CURVATURE_DATA_ROOT,data}``); any other would let the folder read the environment
+_ENV = re.compile(r"^\$\{oc\.env:(CURVATURE_[A-Za-z0-9_]*)(?:,([^${}\\]*))?\}$")
+#: how to get the images when the report has none
+_HOW = ("pass --images FILE.npy (an [N, ...] array in the store's order), or --rebuild-data to rebuild this "
+        "package's datamodule named in the run's .hydra/config.yaml")
 
 
 @dataclass
@@ -109,40 +135,135 @@ def _dataset_labels(dataset: Any) -> np.ndarray | None:
     return None if targets is None else np.asarray(targets)
 
 
-def _images_from_config(run_dir: Path, n: int, given: np.ndarray) -> _Images:
-    """Rebuild the run's datamodule from ``.hydra/config.yaml`` and take its scored dataset's images."""
+def _datamodule_class(target: str) -> type:
+    """The class of one of :data:`REBUILDABLE`, imported by this package's own name for it."""
+    from curvature_callback import data, image_data
+
+    module = data if target.startswith("curvature_callback.data.") else image_data
+    return getattr(module, target.rsplit(".", 1)[1])
+
+
+def _plain_argument(key: str, value: Any, config: Path) -> Any:
+    """``value`` when it is a plain scalar (``${oc.env:CURVATURE_...}`` resolved); raises ValueError otherwise."""
+    if value is not None and not isinstance(value, (str, int, float, bool)):
+        raise ValueError(
+            f"data.{key} in {config} is a {type(value).__name__}, expected a plain value (a string, number, boolean "
+            f"or null): nested objects and lists are never built. Pass --images FILE.npy instead"
+        )
+    if isinstance(value, str) and "${" in value:
+        match = _ENV.match(value)
+        if match is None:
+            raise ValueError(
+                f"data.{key} in {config} is {value!r}, expected a plain value or ${{oc.env:CURVATURE_...}}: no other "
+                "interpolation or resolver is run. Pass --images FILE.npy instead"
+            )
+        default = match.group(2)
+        found = os.environ.get(match.group(1), None if default is None else default.strip())
+        if found is None:
+            raise ValueError(f"data.{key} in {config} needs ${match.group(1)}, which is not set: set it, or pass "
+                             "--images FILE.npy")
+        return None if found == "null" else found
+    return value
+
+
+def _datamodule_from_config(run_dir: Path) -> tuple[str, type, dict[str, Any], list[str]]:
+    """``(target, class, keyword arguments, notes)`` of the run's datamodule, checked against :data:`REBUILDABLE`.
+
+    Raises:
+        ValueError: the config is missing, unreadable, leaves the run folder, or names anything else.
+    """
+    import yaml
+
     config = run_dir / ".hydra" / "config.yaml"
     if not config.is_file():
-        return _Images(notes=[f"no images: {config} is missing (pass --images FILE.npy)"])
+        raise ValueError(f"{config} is missing, so there is no datamodule to rebuild: pass --images FILE.npy")
+    text = safe_paths.inside(config, run_dir).read_text(encoding="utf-8")
     try:
-        from hydra.utils import instantiate
-        from omegaconf import OmegaConf
+        cfg = yaml.safe_load(text)  # plain YAML: no tags, no objects; interpolations stay strings
+    except yaml.YAMLError as e:
+        raise ValueError(f"{config} is not valid YAML ({e}): pass --images FILE.npy") from e
+    data = cfg.get("data") if isinstance(cfg, dict) else None
+    if not isinstance(data, dict):
+        raise ValueError(f"{config} has no `data` mapping to rebuild the datamodule from: pass --images FILE.npy")
+    target = data.get("_target_")
+    if target not in REBUILDABLE:
+        raise ValueError(
+            f"data._target_ in {config} is {target!r}, expected one of this package's datamodules "
+            f"({', '.join(REBUILDABLE)}); it was not run. Pass --images FILE.npy instead"
+        )
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        if key == "_target_":
+            continue
+        if not isinstance(key, str) or key.startswith("_"):
+            raise ValueError(
+                f"data.{key} in {config}: expected the datamodule's own arguments only, got a special key (Hydra's "
+                "_args_, _partial_, ... are not honoured here). Pass --images FILE.npy instead"
+            )
+        kwargs[key] = _plain_argument(key, value, config)
+    cls = _datamodule_class(target)
+    notes = []
+    # the report only reads what is there: no download (to a folder the config chose), no decode cache written
+    # where the config says
+    if kwargs.get("download"):
+        kwargs["download"] = False
+        notes.append("download=false (the report never downloads)")
+    if kwargs.get("cache_dir") is not None:
+        notes.append(f"cache_dir={kwargs['cache_dir']!r} ignored (the default cache is used)")
+        kwargs["cache_dir"] = None
+    return target, cls, kwargs, notes
 
-        cfg = OmegaConf.load(config)
-        datamodule = instantiate(cfg.data)
+
+def _images_from_config(run_dir: Path, n: int, given: np.ndarray, rebuild: bool) -> _Images:
+    """With ``rebuild``, rebuild the run's datamodule (one of :data:`REBUILDABLE`) and take its scored images."""
+    if not rebuild:
+        return _Images(notes=[f"images unavailable: the report does not rebuild data from a run folder unless asked; "
+                              f"{_HOW}"])
+    config = run_dir / ".hydra" / "config.yaml"
+    try:
+        target, cls, kwargs, adjusted = _datamodule_from_config(run_dir)
+    except ValueError as e:  # safe_paths.UnsafePathError included: a refusal only costs the pictures
+        return _Images(notes=[f"images unavailable: {e}"])
+    try:
+        datamodule = cls(**kwargs)
         dataset = datamodule.curvature_dataset()
     except Exception as e:  # any failure to rebuild the data only costs the pictures, so say why and go on
-        return _Images(notes=[f"no images: rebuilding the datamodule of {config} failed ({type(e).__name__}: {e})"])
+        how = f", with {'; '.join(adjusted)}" if adjusted else ""
+        return _Images(notes=[f"images unavailable: rebuilding {target} from {config}{how} failed "
+                              f"({type(e).__name__}: {e}); pass --images FILE.npy"])
     if len(dataset) != n:
-        return _Images(notes=[f"no images: the rebuilt dataset has {len(dataset)} samples, the store {n}"])
+        return _Images(notes=[f"images unavailable: the rebuilt dataset has {len(dataset)} samples, the store {n}; "
+                              "pass --images FILE.npy"])
     labels = _dataset_labels(dataset)
     if labels is not None and not np.array_equal(labels.astype(np.int64), given):
-        return _Images(notes=["no images: the rebuilt dataset's labels differ from scores.csv's given labels"])
+        return _Images(notes=["images unavailable: the rebuilt dataset's labels differ from scores.csv's given "
+                              "labels; pass --images FILE.npy"])
     names = getattr(datamodule, "classes", None) or getattr(dataset, "classes", None)
-    return _Images(_dataset_images(dataset), f"the datamodule of {config}", names)
+    how = f" ({'; '.join(adjusted)})" if adjusted else ""
+    return _Images(_dataset_images(dataset), f"{target} rebuilt from {config} (--rebuild-data){how}", names)
 
 
-def _resolve_images(run_dir: Path, images: Any, images_file: str | None, n: int, given: np.ndarray) -> _Images:
+def _resolve_images(
+    run_dir: Path, images: Any, images_file: str | None, n: int, given: np.ndarray, rebuild: bool
+) -> _Images:
     if images is not None:
         if hasattr(images, "__len__") and len(images) != n:
             raise ValueError(f"Expected `images` of {n} samples (the store's N), got {len(images)}.")
         return _Images(images, "the caller")
     if images_file is not None:
-        array = np.load(images_file, mmap_mode="r", allow_pickle=False)
+        try:
+            array = np.load(images_file, mmap_mode="r", allow_pickle=False)  # never unpickle: it runs code
+        except ValueError as e:  # an object array (pickled), or not an .npy at all
+            raise ValueError(f"Expected {images_file} to be an .npy of numeric [N, ...] images, loadable without "
+                             f"pickle, got one that is not ({e}): save a numeric array with np.save.") from e
+        if not isinstance(array, np.ndarray) or array.ndim < 3:
+            what = f"shape {array.shape}" if isinstance(array, np.ndarray) else f"a {type(array).__name__}"
+            raise ValueError(f"Expected {images_file} to be an .npy of [N, H, W] or [N, ...] images, got {what}: "
+                             "save the images with np.save.")
         if len(array) != n:
             raise ValueError(f"Expected {images_file} to hold {n} images (the store's N), got shape {array.shape}.")
         return _Images(array, images_file)
-    return _images_from_config(run_dir, n, given)
+    return _images_from_config(run_dir, n, given, rebuild)
 
 
 # ------------------------------------------------------------------------------------------ html pieces
@@ -202,13 +323,16 @@ def write_report(
     top_k: int = 25,
     dup_top_k: int | None = None,
     dup_threshold: float = 0.95,
+    rebuild_data: bool = False,
 ) -> Path:
     """Write the HTML report of a ``curvature-train`` run; returns the path of ``index.html``.
 
     Args:
-        run_dir: the run directory (``scores.csv``, ``metrics.json``, ``curvature/``).
-        out_dir: where to write; default ``RUN_DIR/report``.
-        store_dir: the store, if not ``RUN_DIR/curvature``.
+        run_dir: the run directory (``scores.csv``, ``metrics.json``, ``curvature/``). Its files are read only
+            where they stay inside it once links are followed.
+        out_dir: where to write; default ``RUN_DIR/report``, which must then be a folder of the run directory
+            (not a link, not leading out of it). A given ``out_dir`` may be anywhere.
+        store_dir: the store, if not ``RUN_DIR/curvature`` (a given one may be anywhere).
         images: ``images[i]`` is sample ``i`` (``[C, H, W]``, ``[H, W, C]`` or ``[H, W]``), in the store's order.
         dataset: the scored dataset (items ``(x, y, ...)``), instead of ``images``: what ``curvature-train`` has.
         images_file: an ``.npy`` of ``[N, ...]`` images instead.
@@ -220,28 +344,41 @@ def write_report(
         top_k: samples in the grid of the most-curved.
         dup_top_k: most-curved samples searched for conflicting duplicates (default 2 % of N, at least 50).
         dup_threshold: least cosine similarity of downsampled pixels for a duplicate pair.
+        rebuild_data: without ``images``, ``dataset`` or ``images_file``, rebuild the run's datamodule from
+            ``.hydra/config.yaml`` when it is one of :data:`REBUILDABLE` with plain arguments (never anything
+            else; a refusal is explained in the report). False: no images, and the report says how to get them.
 
     Raises:
         FileNotFoundError: no store or no ``scores.csv`` in ``run_dir``.
         ValueError: ``scores.csv`` and the store disagree on N, or a reference does not align.
+        safe_paths.UnsafePathError: (a ValueError) a file of ``run_dir`` is a link that leaves it, or the output
+            would be written through a link.
     """
     from curvature_callback.store import CurvatureStore
 
     start = time.perf_counter()
     run_dir = Path(run_dir)
-    out = Path(out_dir) if out_dir is not None else run_dir / "report"
     csv_path = run_dir / "scores.csv"
     if not csv_path.is_file():
         raise FileNotFoundError(
             f"No scores.csv in {run_dir}: pass the directory a curvature-train run wrote (it holds scores.csv, "
             "metrics.json and curvature/)."
         )
-    store = CurvatureStore.open(store_dir if store_dir is not None else run_dir / "curvature")
+    csv_path = safe_paths.inside(csv_path, run_dir)
+    # the output folder first: a refusal costs nothing yet, and nothing below writes outside it
+    out = Path(out_dir) if out_dir is not None else run_dir / "report"
+    out = safe_paths.output_dir(out, root=run_dir if out_dir is None else None)
+    if store_dir is None:
+        store_dir = run_dir / "curvature"
+        if store_dir.exists() or store_dir.is_symlink():
+            safe_paths.check_tree(store_dir, run_dir)  # the store's files (and filenames.txt) stay in the run
+    store = CurvatureStore.open(store_dir)
     columns = read_scores_csv(csv_path)
     n = store.n
     if len(columns["index"]) != n:
         raise ValueError(f"scores.csv has {len(columns['index'])} rows, the store {n} samples: not the same run.")
-    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    metrics_path = run_dir / "metrics.json"
+    metrics = _read_metrics(safe_paths.inside(metrics_path, run_dir)) if metrics_path.is_file() else {}
     given = columns.get("given_label", columns.get("label"))
     original = columns.get("label", given)
     if given is None:
@@ -259,9 +396,8 @@ def write_report(
     ranking = np.where(scored, curvature, -np.inf)
     if dataset is not None and images is None:
         images = _dataset_images(dataset)
-    found = _resolve_images(run_dir, images, images_file, n, given)
+    found = _resolve_images(run_dir, images, images_file, n, given, rebuild_data)
     names = class_names or found.class_names
-    out.mkdir(parents=True, exist_ok=True)
     order = np.argsort(-ranking, kind="stable")[: int(scored.sum())]  # scored samples, most curved first
     parts: list[str] = []
 
@@ -339,10 +475,21 @@ def write_report(
         + f'<p class="note">Written by curvature-report in {elapsed:.1f} s. Scores: Garg, Ravikumar &amp; Roy, '
         "ICML 2024 (input-loss curvature, mean over the scored epochs).</p></body></html>\n"
     )
-    index = out / "index.html"
-    index.write_text(page, encoding="utf-8")
+    index = safe_paths.write_text(out / "index.html", page)
     store.close()
     return index
+
+
+def _read_metrics(path: Path) -> dict[str, Any]:
+    """``metrics.json`` as a mapping; only its numbers are shown."""
+    try:
+        metrics = json.loads(path.read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"Expected {path} to hold JSON (curvature-train's metrics), got unreadable text ({e}): "
+                         "remove or fix the file.") from e
+    if not isinstance(metrics, dict):
+        raise ValueError(f"Expected {path} to hold a JSON object, got a {type(metrics).__name__}: remove or fix it.")
+    return metrics
 
 
 def _run_filenames(columns: Mapping[str, np.ndarray], store_dir: Path) -> list[str] | None:
@@ -350,7 +497,7 @@ def _run_filenames(columns: Mapping[str, np.ndarray], store_dir: Path) -> list[s
     if "file" in columns:
         return [str(f) for f in columns["file"]]
     listed = store_dir / "filenames.txt"
-    if listed.is_file():
+    if listed.is_file():  # the store was checked: its links, if any, stay in the run folder
         return listed.read_text(encoding="utf-8").splitlines()
     return None
 
@@ -396,15 +543,16 @@ def _duplicates_html(
         return '<p class="note">None found.</p>'
     rank = np.empty(len(curvature), dtype=np.int64)
     rank[np.argsort(-np.nan_to_num(curvature, nan=-np.inf), kind="stable")] = np.arange(1, len(curvature) + 1)
-    thumbs = out / "thumbnails"
-    thumbs.mkdir(exist_ok=True)
+    thumbs = safe_paths.subdir(out, "thumbnails")
     rows = []
+    written: set[int] = set()  # a sample in two pairs is drawn once; a file already there (maybe a link) never read
     for p in pairs[:MAX_PAIRS]:
         cells = []
         for i in (p.i, p.j):
             path = thumbs / f"{i}.png"
-            if not path.exists():
+            if i not in written:
                 save_thumbnail(view[i], path)
+                written.add(i)
             cells.append(_img(path, f"sample {i}", width=72, cls="thumb"))
         rows.append([
             cells[0], cells[1], f"#{p.i}, #{p.j}", f"{_label(given[p.i], names)} / {_label(given[p.j], names)}",
@@ -439,7 +587,12 @@ def _load_reference(
             ref = load_feldman_zhang(path, original, order=order, filenames=filenames if by_name else None)
             how = "file names matched, then labels" if by_name else "labels"
             return ref, path.name, f"{html.escape(path.name)}: {how} checked against scores.csv, sample by sample."
-        ref = np.load(path, allow_pickle=False).astype(np.float64)
+        loaded = np.load(path, allow_pickle=False)
+        if not isinstance(loaded, np.ndarray):  # an .npz under another name
+            loaded.close()
+            raise ValueError(f"Expected {path} to be an .npy vector (or a Feldman & Zhang .npz named *.npz), got an "
+                             "archive of arrays: rename it to .npz, or save the vector with np.save.")
+        ref = loaded.astype(np.float64)
         if order is not None:
             ref = ref[order]
         note = f"{html.escape(path.name)}: a plain vector; its alignment with the store cannot be checked."
@@ -471,13 +624,22 @@ def _memorization_html(ref: np.ndarray, name: str, note: str, curvature: np.ndar
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``curvature-report RUN_DIR [options]``."""
     parser = argparse.ArgumentParser(
-        prog="curvature-report", description="Write RUN_DIR/report/index.html for a curvature-train run."
+        prog="curvature-report", description="Write RUN_DIR/report/index.html for a curvature-train run.",
+        epilog="A run folder is treated as data from a stranger: its config is never instantiated (see "
+        "--rebuild-data), files that link out of it are not read, and no output is written through a link.",
     )
     parser.add_argument("run_dir", help="the run directory (scores.csv, metrics.json, curvature/)")
-    parser.add_argument("--out", help="output folder (default RUN_DIR/report)")
+    parser.add_argument("--out", help="output folder (default RUN_DIR/report, which must not be a link out of "
+                        "RUN_DIR; a folder given here may be anywhere)")
     parser.add_argument("--store", help="the store folder, if not RUN_DIR/curvature")
-    parser.add_argument("--images", help=".npy of [N, ...] images in the store's order (default: rebuilt from "
-                        "RUN_DIR/.hydra/config.yaml)")
+    parser.add_argument("--images", help=".npy of [N, ...] images in the store's order, loaded without pickle "
+                        "(default: none, unless --rebuild-data)")
+    parser.add_argument("--rebuild-data", action="store_true",
+                        help="without --images, rebuild the images from the datamodule named in "
+                        "RUN_DIR/.hydra/config.yaml, only if it is one of this package's own ("
+                        + ", ".join(t.rsplit(".", 1)[1] for t in REBUILDABLE)
+                        + ") with plain arguments; nothing else in the config is built or run, and nothing is "
+                        "downloaded. Off by default: only for a run folder you trust")
     parser.add_argument("--reference", help="reference memorization: Feldman & Zhang .npz, or an .npy vector")
     parser.add_argument("--reference-order", help=".npy of int rows: for each sample, its row in the reference")
     parser.add_argument("--class-names", help="comma-separated names indexed by label (default: the datamodule's)")
@@ -485,12 +647,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--dup-top-k", type=int, help="most-curved samples searched for duplicates (2 %% of N)")
     parser.add_argument("--dup-threshold", type=float, default=0.95, help="least cosine similarity (0.95)")
     args = parser.parse_args(argv)
-    order = np.load(args.reference_order, allow_pickle=False) if args.reference_order else None
     try:
+        order = np.load(args.reference_order, allow_pickle=False) if args.reference_order else None
         index = write_report(
             args.run_dir, out_dir=args.out, store_dir=args.store, images_file=args.images, reference=args.reference,
             class_names=args.class_names.split(",") if args.class_names else None,
             reference_order=order, top_k=args.top_k, dup_top_k=args.dup_top_k, dup_threshold=args.dup_threshold,
+            rebuild_data=args.rebuild_data,
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"curvature-report: {e}", file=sys.stderr)

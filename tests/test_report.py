@@ -3,6 +3,7 @@ headless Chromium with every image loaded."""
 
 from __future__ import annotations
 
+import html
 import json
 import re
 import shutil
@@ -113,7 +114,10 @@ def test_report_without_images_or_noise_still_reports_the_numbers(tmp_path):
     store.close()
     write_scores_csv(run / "scores.csv", {"label": np.arange(30) % 3, "given_label": np.arange(30) % 3})
     page = write_report(run).read_text()
-    assert "No known label noise" in page and "no images:" in page and ".hydra/config.yaml is missing" in page
+    assert "No known label noise" in page and "images unavailable:" in page
+    assert "pass --images FILE.npy" in page and "--rebuild-data" in page  # how to get them
+    page = write_report(run, rebuild_data=True).read_text()
+    assert "images unavailable:" in page and ".hydra/config.yaml is missing" in page
     with pytest.raises(FileNotFoundError, match="No scores.csv"):
         write_report(tmp_path)
     write_scores_csv(run / "scores.csv", {"label": np.arange(29) % 3})
@@ -134,8 +138,11 @@ def test_report_of_a_real_run_rebuilds_the_images_from_its_config(tmp_path):
     run(cfg)
     (tmp_path / ".hydra").mkdir()
     OmegaConf.save(cfg, tmp_path / ".hydra" / "config.yaml")  # what @hydra.main saves in a run directory
-    page = write_report(tmp_path, top_k=9).read_text()
-    assert "the datamodule of" in page and "no images" not in page
+    page = write_report(tmp_path, top_k=9, out_dir=tmp_path / "plain").read_text()  # not asked: no images
+    assert "images unavailable" in page and "--rebuild-data" in page and not (tmp_path / "plain" / "top_k.png").exists()
+    (tmp_path / "report" / "top_k.png").unlink()  # the run's own report drew it, from the dataset in hand
+    page = write_report(tmp_path, top_k=9, rebuild_data=True).read_text()
+    assert "curvature_callback.data.DigitsDataModule rebuilt from" in page and "images unavailable" not in page
     assert (tmp_path / "report" / "top_k.png").is_file()
     # what curvature-train itself would pass: its scored dataset
     from hydra.utils import instantiate
@@ -220,3 +227,230 @@ def test_report_of_a_partly_scored_run_uses_the_scored_samples(tmp_path):
         CurvatureStore.create(empty / "curvature", 40, settings=SETTINGS).close()
         write_scores_csv(empty / "scores.csv", {"label": labels})
         write_report(empty)
+
+
+# ------------------------------------------------------------------------------------------ a run folder is data
+def _tiny_run(run: Path, labels: np.ndarray | None = None) -> Path:
+    """The least run folder the report reads: a store of one scored epoch and scores.csv (no noise, no images)."""
+    labels = np.arange(30) % 3 if labels is None else labels
+    store = CurvatureStore.create(run / "curvature", len(labels), settings=SETTINGS)
+    store.commit_epoch(0, np.linspace(1, 2, len(labels)))
+    store.close()
+    write_scores_csv(run / "scores.csv", {"label": labels, "given_label": labels})
+    return run
+
+
+def _with_data_config(run: Path, data: dict) -> Path:
+    (run / ".hydra").mkdir(exist_ok=True)
+    OmegaConf.save(OmegaConf.create({"seed": 0, "data": data}), run / ".hydra" / "config.yaml")
+    return run
+
+
+def test_report_never_builds_what_a_run_folders_config_names(tmp_path, capsys):
+    """A config naming pathlib.Path.write_text or numpy.savetxt writes nothing, with or without --rebuild-data."""
+    written = tmp_path / "written-by-config.txt"
+    hostile = {
+        "Path.write_text": {"_target_": "pathlib.Path.write_text",
+                            "_args_": [{"_target_": "pathlib.Path", "_args_": [str(written)]}, "pwned"]},
+        "numpy.savetxt": {"_target_": "numpy.savetxt", "fname": str(written), "X": [1.0, 2.0]},
+        "a nested _target_": {"_target_": "curvature_callback.data.DigitsDataModule",
+                              "noise": {"_target_": "numpy.savetxt", "fname": str(written), "X": [1.0]}},
+        "_args_": {"_target_": "curvature_callback.data.DigitsDataModule",
+                   "_args_": [{"_target_": "numpy.savetxt", "fname": str(written), "X": [1.0]}]},
+        "a resolver": {"_target_": "curvature_callback.data.DigitsDataModule", "batch_size": "${mixed_precision:}"},
+        "another environment variable": {"_target_": "curvature_callback.data.DigitsDataModule",
+                                         "batch_size": "${oc.env:HOME}"},
+    }
+    why = {"Path.write_text": "data._target_ in .* is 'pathlib.Path.write_text', expected one of this package's",
+           "numpy.savetxt": "data._target_ in .* is 'numpy.savetxt', expected one of this package's",
+           "a nested _target_": "data.noise in .* is a dict, expected a plain value",
+           "_args_": "data._args_ in .*: expected the datamodule's own arguments only",
+           "a resolver": r"data.batch_size in .* is '\$\{mixed_precision:\}', expected a plain value or",
+           "another environment variable": r"data.batch_size in .* is '\$\{oc.env:HOME\}', expected a plain value"}
+    for name, data in hostile.items():
+        run = _with_data_config(_tiny_run(tmp_path / name.replace(" ", "_")), data)
+        page = write_report(run).read_text()  # the default: the config is not even read
+        assert "images unavailable: the report does not rebuild data from a run folder unless asked" in page
+        assert main([str(run), "--rebuild-data", "--out", str(run / "rebuilt")]) == 0, capsys.readouterr().err
+        page = html.unescape((run / "rebuilt" / "index.html").read_text())
+        assert re.search("images unavailable: " + why[name], page), (name, page.split("images")[1][:400])
+        assert not written.exists(), name
+    # a YAML tag that would construct a Python object is not even parsed
+    run = _tiny_run(tmp_path / "tagged")
+    (run / ".hydra").mkdir()
+    (run / ".hydra" / "config.yaml").write_text(
+        f"data: !!python/object/apply:pathlib.Path.write_text [!!python/object/apply:pathlib.Path ['{written}'], x]\n")
+    page = write_report(run, rebuild_data=True).read_text()
+    assert "images unavailable: " in page and "is not valid YAML" in page and not written.exists()
+
+
+def test_report_rebuilds_a_package_datamodule_only_when_asked(tmp_path):
+    """Digits, as conf/data/digits.yaml has it: no images by default, the scored images with --rebuild-data."""
+    from curvature_callback.data import DigitsDataModule
+
+    data = OmegaConf.to_container(OmegaConf.load(Path(__file__).parent.parent / "conf" / "data" / "digits.yaml"))
+    datamodule = DigitsDataModule(noise=0.1, seed=0)
+    datamodule.setup()
+    run = _with_data_config(_tiny_run(tmp_path / "run", datamodule.given_labels), data)
+    assert main([str(run), "--top-k", "9"]) == 0
+    page = (run / "report" / "index.html").read_text()
+    assert "images unavailable" in page and "--images FILE.npy" in page and "--rebuild-data" in page
+    assert not (run / "report" / "top_k.png").exists()
+    assert main([str(run), "--top-k", "9", "--rebuild-data"]) == 0
+    page = (run / "report" / "index.html").read_text()
+    assert "curvature_callback.data.DigitsDataModule rebuilt from" in page and "images unavailable" not in page
+    assert (run / "report" / "top_k.png").read_bytes().startswith(b"\x89PNG")
+
+
+def test_report_rebuild_reads_only_curvature_variables_and_never_downloads(tmp_path, monkeypatch):
+    """CIFAR-10's config as shipped (root from $CURVATURE_DATA_ROOT, download: true, a cache_dir): rebuilt with
+    download off and the cache_dir ignored; with no data there it fails and says so, having written nothing."""
+    run = _tiny_run(tmp_path / "run")
+    monkeypatch.delenv("CURVATURE_DATA_ROOT", raising=False)
+    empty = tmp_path / "no-data-here"
+    _with_data_config(run, {"_target_": "curvature_callback.image_data.CIFARDataModule",
+                            "root": f"${{oc.env:CURVATURE_DATA_ROOT,{empty}}}", "download": True,
+                            "cache_dir": str(tmp_path / "cache"), "limit": 30, "num_classes": 10})
+    page = write_report(run, rebuild_data=True).read_text()
+    assert "images unavailable: rebuilding curvature_callback.image_data.CIFARDataModule" in page
+    assert "download=false (the report never downloads)" in page and "ignored (the default cache is used)" in page
+    assert str(empty) in page  # the variable's default, resolved
+    assert not empty.exists() and not (tmp_path / "cache").exists()
+
+
+def test_rebuildable_datamodules_are_the_ones_the_configs_name():
+    """Every _target_ of conf/data/*.yaml is allowed, and each allowed one is a LightningDataModule of ours."""
+    import lightning.pytorch as pl
+
+    from curvature_callback.report import REBUILDABLE, _datamodule_class
+
+    configs = (Path(__file__).parent.parent / "conf" / "data").glob("*.yaml")
+    targets = {OmegaConf.load(f).get("_target_") for f in configs}
+    assert targets - {None} == set(REBUILDABLE)
+    for target in REBUILDABLE:
+        cls = _datamodule_class(target)
+        assert issubclass(cls, pl.LightningDataModule) and f"{cls.__module__}.{cls.__name__}" == target
+
+
+def _outside(tmp_path: Path) -> Path:
+    outside = tmp_path / "outside"
+    outside.mkdir(exist_ok=True)
+    (outside / "precious.txt").write_text("keep me")
+    return outside
+
+
+def test_report_refuses_to_write_through_links_in_the_run_folder(tmp_path, capsys):
+    outside = _outside(tmp_path)
+    run = _tiny_run(tmp_path / "run")
+    (run / "report").symlink_to(outside)  # the default output folder itself
+    with pytest.raises(ValueError, match=r"Refusing to write into .*report: expected a folder inside .* but it is a "
+                                         r"link to .*outside\. Remove the link, or pass --out"):
+        write_report(run)
+    assert main([str(run)]) == 2 and "Refusing to write into" in capsys.readouterr().err
+    assert sorted(p.name for p in outside.iterdir()) == ["precious.txt"]
+    # named with --out, a link is the user's choice
+    assert main([str(run), "--out", str(run / "report")]) == 0 and (outside / "index.html").is_file()
+    # a link where a file goes: index.html, a PNG
+    for name in ("index.html", "histogram.png"):
+        run = _tiny_run(tmp_path / name)
+        (run / "report").mkdir()
+        (run / "report" / name).symlink_to(outside / "precious.txt")
+        assert main([str(run)]) == 2
+        assert re.search(rf"Refusing to write .*{re.escape(name)}: expected a file or nothing there, but it is a link",
+                         capsys.readouterr().err)
+        assert (outside / "precious.txt").read_text() == "keep me"
+        assert (run / "report" / name).is_symlink()  # left as it was
+
+
+def test_report_replaces_a_hard_link_instead_of_writing_through_it(tmp_path):
+    outside = _outside(tmp_path)
+    run = _tiny_run(tmp_path / "run")
+    (run / "report").mkdir()
+    (run / "report" / "index.html").hardlink_to(outside / "precious.txt")
+    page = write_report(run).read_text()
+    assert "Curvature report" in page and (outside / "precious.txt").read_text() == "keep me"
+
+
+def test_report_thumbnails_never_go_through_links(report, tmp_path, capsys):
+    outside = _outside(tmp_path)
+    run = tmp_path / "run"
+    shutil.copytree(report["run"], run, ignore=shutil.ignore_patterns("report"))
+    args = [str(run), "--images", str(report["root"] / "images.npy"), "--top-k", "4"]
+    (run / "report").mkdir()
+    (run / "report" / "thumbnails").symlink_to(outside)
+    assert main(args) == 2 and "Refusing to write into" in capsys.readouterr().err
+    assert sorted(p.name for p in outside.iterdir()) == ["precious.txt"]
+    (run / "report" / "thumbnails").unlink()
+    (run / "report" / "thumbnails").mkdir()
+    (run / "report" / "thumbnails" / "5.png").symlink_to(outside / "precious.txt")  # 5: a planted duplicate
+    assert main(args) == 2 and "5.png: expected a file or nothing there" in capsys.readouterr().err
+    assert (outside / "precious.txt").read_text() == "keep me"
+
+
+def test_report_reads_no_file_that_links_out_of_the_run_folder(tmp_path, capsys):
+    outside = _outside(tmp_path)
+    elsewhere = _tiny_run(outside / "other")  # a valid run outside: its files would be read without the check
+    (elsewhere / "metrics.json").write_text(json.dumps({"train_acc": 0.123}))
+    (elsewhere / "curvature" / "filenames.txt").write_text("\n".join(f"f{i}" for i in range(30)))
+    cases = {
+        "scores.csv": lambda run: (run / "scores.csv").symlink_to(elsewhere / "scores.csv"),
+        "metrics.json": lambda run: (run / "metrics.json").symlink_to(elsewhere / "metrics.json"),
+        "curvature": lambda run: (run / "curvature").symlink_to(elsewhere / "curvature"),
+        "filenames.txt": lambda run: (run / "curvature" / "filenames.txt").symlink_to(
+            elsewhere / "curvature" / "filenames.txt"),
+    }
+    for name, plant in cases.items():
+        run = tmp_path / name
+        if name == "curvature":
+            run.mkdir()
+            write_scores_csv(run / "scores.csv", {"label": np.arange(30) % 3})
+        elif name == "scores.csv":
+            _tiny_run(run)
+            (run / "scores.csv").unlink()
+        else:
+            _tiny_run(run)
+        plant(run)
+        with pytest.raises(ValueError, match=rf"Refusing to read .*{re.escape(name)}: expected a path inside"):
+            write_report(run)
+        assert main([str(run)]) == 2 and "but a link takes it to" in capsys.readouterr().err
+    # the config, read only with --rebuild-data: its refusal is a note, the report is still written
+    run = _tiny_run(tmp_path / "config")
+    (run / ".hydra").mkdir()
+    (outside / "config.yaml").write_text("data: {_target_: curvature_callback.data.DigitsDataModule}\n")
+    (run / ".hydra" / "config.yaml").symlink_to(outside / "config.yaml")
+    page = write_report(run, rebuild_data=True).read_text()
+    assert "images unavailable: Refusing to read" in page and "config.yaml" in page
+
+
+def test_report_images_file_must_be_an_array_without_pickles(tmp_path, capsys):
+    run = _tiny_run(tmp_path / "run")
+    np.save(tmp_path / "objects.npy", np.array([{"a": 1}] * 30, dtype=object), allow_pickle=True)
+    assert main([str(run), "--images", str(tmp_path / "objects.npy")]) == 2
+    assert re.search(r"Expected .*objects.npy to be an .npy of numeric \[N, ...\] images, loadable without pickle",
+                     capsys.readouterr().err)
+    np.savez(tmp_path / "vector.npz", x=np.zeros(30))
+    (tmp_path / "vector.npz").rename(tmp_path / "vector.npy")  # a reference archive under the wrong name
+    assert main([str(run), "--reference", str(tmp_path / "vector.npy")]) == 2
+    assert re.search(r"Expected .*vector.npy to be an .npy vector .* got an archive", capsys.readouterr().err)
+    np.savez(tmp_path / "images.npz", x=np.zeros((30, 4, 4)))
+    with pytest.raises(ValueError, match=r"Expected .*images.npz to be an .npy of \[N, H, W\] .* got a NpzFile"):
+        write_report(run, images_file=str(tmp_path / "images.npz"))
+
+
+def test_report_draws_dollar_signs_in_class_names_as_text(report, tmp_path):
+    """Matplotlib's math text would parse `$...$` in a class name (and fail on `$\\nope$`): it is plain text."""
+    names = ["a$b", "$x", "cost $5", r"$\nope$", "x^$_$", "$$", "6", "7", "8", "9"]
+    out = tmp_path / "out"
+    assert main([str(report["run"]), "--images", str(report["root"] / "images.npy"), "--top-k", "16", "--out",
+                 str(out), "--class-names", ",".join(names)]) == 0
+    for png in ("top_k.png", "class_histograms.png"):
+        assert (out / png).read_bytes().startswith(b"\x89PNG")
+    assert "cost $5" in (out / "index.html").read_text()
+    # the same strings as score names and a reference's name
+    from curvature_callback.plots import plot_detection_curves, plot_memorization
+
+    rng = np.random.default_rng(0)
+    plot_detection_curves({r"$\nope$": rng.random(40), "a$b": rng.random(40)}, np.arange(40) % 4 == 0,
+                          tmp_path / "d.png")
+    plot_memorization(rng.random(40), rng.random(40), tmp_path / "m.png", name=r"$\nope$.npz")
+    assert (tmp_path / "d.png").is_file() and (tmp_path / "m.png").is_file()

@@ -1,0 +1,165 @@
+"""Reading and writing inside a folder handed to us: a run folder or a sweep folder is data from a stranger.
+
+``curvature-report`` and ``curvature-collect`` read files of a folder someone else may have made, and write
+beside them. A symbolic link planted there must not make them read a file elsewhere (its bytes would land in a
+report) nor write through it (over a file elsewhere). The rules, in one place:
+
+- reading: :func:`inside` resolves a path (every link followed) and refuses it unless it stays inside the
+  resolved folder we were given; :func:`check_tree` does so for every link under a folder;
+- writing: :func:`output_dir` refuses an output folder that is a link or leaves the given folder (unless the
+  user named it); :func:`write_bytes` and :func:`write_text` refuse a path that is a link and replace the file
+  atomically (a temporary file beside it, then ``os.replace``), so neither a symbolic link nor a hard link to a
+  file elsewhere is ever written through.
+
+Numpy-free and torch-free: the standard library only.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import tempfile
+from pathlib import Path
+
+__all__ = ["UnsafePathError", "check_tree", "inside", "not_a_link", "output_dir", "subdir", "write_bytes", "write_text"]
+
+# the process's umask, read once (os.umask can only be read by setting it): new files get the usual mode, not
+# mkstemp's 0600
+_UMASK = os.umask(0o022)
+os.umask(_UMASK)
+
+
+class UnsafePathError(ValueError):
+    """A path that leaves the folder it belongs to, or a link where a file is to be written."""
+
+
+def _is_within(path: Path, root: Path) -> bool:
+    return path == root or root in path.parents
+
+
+def inside(path: str | os.PathLike, root: str | os.PathLike, verb: str = "read") -> Path:
+    """``path`` resolved, when it stays inside ``root`` (resolved too) once every link is followed.
+
+    Args:
+        path: a file or folder under ``root`` (it need not exist).
+        root: the folder we were given.
+        verb: what is refused, for the message (``"read"``, ``"write into"``).
+
+    Returns:
+        The resolved path: read that, not ``path``.
+
+    Raises:
+        UnsafePathError: ``path`` resolves outside ``root``.
+    """
+    resolved, base = Path(path).resolve(), Path(root).resolve()
+    if not _is_within(resolved, base):
+        raise UnsafePathError(
+            f"Refusing to {verb} {os.fspath(path)}: expected a path inside {base}, but a link takes it to "
+            f"{resolved}. A run or sweep folder is only read and written inside itself: copy the file into the "
+            "folder instead of linking to it (or, for output, pass --out to choose where it goes)."
+        )
+    return resolved
+
+
+def check_tree(folder: str | os.PathLike, root: str | os.PathLike) -> None:
+    """Refuse any link under ``folder`` (``folder`` included) that resolves outside ``root``.
+
+    Links that stay inside are followed, each folder once (a link loop ends there).
+
+    Raises:
+        UnsafePathError: a link leaves ``root``.
+    """
+    seen = {inside(folder, root)}
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        for name in filenames:
+            if os.path.islink(os.path.join(dirpath, name)):
+                inside(os.path.join(dirpath, name), root)
+        for name in list(dirnames):
+            resolved = inside(os.path.join(dirpath, name), root)
+            if resolved in seen:
+                dirnames.remove(name)  # reached already, through another path: a loop or an alias
+            seen.add(resolved)
+
+
+def output_dir(path: str | os.PathLike, root: str | os.PathLike | None = None) -> Path:
+    """Create the output folder ``path`` and return it.
+
+    Args:
+        path: the output folder.
+        root: the given folder ``path`` must stay in (a default under a run folder), or None when the user
+            named ``path`` (``--out``): then it may be anywhere, a link included.
+
+    Raises:
+        UnsafePathError: with ``root``, ``path`` is a link, or resolves outside ``root``.
+    """
+    path = Path(path)
+    if root is not None:
+        if path.is_symlink():
+            raise UnsafePathError(
+                f"Refusing to write into {path}: expected a folder inside {Path(root).resolve()}, but it is a link to "
+                f"{os.readlink(path)}. Remove the link, or pass --out to choose where the output goes."
+            )
+        inside(path, root, "write into")  # a parent that is a link out of root
+    path.mkdir(parents=True, exist_ok=True)
+    if root is not None:
+        inside(path, root, "write into")  # created: check again, in case a component appeared as a link meanwhile
+    return path
+
+
+def subdir(parent: Path, name: str) -> Path:
+    """``parent / name``, created, refused when it is a link (an output folder's own subfolder, as thumbnails/).
+
+    Raises:
+        UnsafePathError: ``parent / name`` is a link.
+    """
+    path = parent / name
+    if path.is_symlink():
+        raise UnsafePathError(
+            f"Refusing to write into {path}: expected a folder, but it is a link to {os.readlink(path)}. Remove "
+            "the link, or pass --out to write elsewhere."
+        )
+    path.mkdir(exist_ok=True)
+    return path
+
+
+def not_a_link(path: str | os.PathLike) -> Path:
+    """``path``, when it is not a symbolic link (a file to be written: the link and its target stay untouched).
+
+    Raises:
+        UnsafePathError: ``path`` is a symbolic link.
+    """
+    path = Path(path)
+    if path.is_symlink():
+        raise UnsafePathError(
+            f"Refusing to write {path}: expected a file or nothing there, but it is a link to {os.readlink(path)}; "
+            "links in an output folder are never written through. Remove the link, or pass --out to write elsewhere."
+        )
+    return path
+
+
+def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to ``path`` without following a link there; returns ``path``.
+
+    The bytes go to a new temporary file beside ``path``, which then replaces it: a hard link at ``path`` to a
+    file elsewhere is unlinked, not written through, and a reader never sees half a file.
+
+    Raises:
+        UnsafePathError: ``path`` is a symbolic link (left as it is, and its target untouched).
+    """
+    path = not_a_link(path)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # O_EXCL: a new file
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_UMASK)
+        os.replace(tmp, path)  # replaces the name: a link planted after the check above is replaced, not followed
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
+    """:func:`write_bytes` of ``text`` encoded."""
+    return write_bytes(path, text.encode(encoding))
