@@ -264,6 +264,24 @@ TINY = ("trainer.enable_progress_bar=false", "callbacks.curvature.every_n_epochs
 
 
 @pytest.mark.slow
+def test_sweep_through_the_submitit_launcher_runs_each_job_apart(tmp_path):
+    """The `cluster` extra: hydra/launcher=submitit_local runs each job of a -m sweep as its own process, as
+    submitit_slurm runs it as a SLURM job."""
+    sweep = tmp_path / "sweep"
+    _entry(["-m", "hydra/launcher=submitit_local", "hydra.launcher.timeout_min=10", "hydra.launcher.cpus_per_task=1",
+            f"hydra.sweep.dir={sweep}", "data.noise=0.05,0.2", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
+            "callbacks.curvature.n_vectors=1", "report=false", *TINY], cwd=tmp_path, timeout=600)
+    for job, flipped in (("0", 90), ("1", 359)):
+        assert json.loads((sweep / job / "metrics.json").read_text())["n_flipped"] == flipped
+        assert (np.asarray(CurvatureStore.open(sweep / job / "curvature").count) == 1).all()
+    # submitit's own record of two jobs, each with its log and its pickled result
+    jobs = sorted(p.name for p in (sweep / ".submitit").iterdir() if p.name.isdigit())
+    assert len(jobs) == 2
+    for job_id in jobs:
+        assert (sweep / ".submitit" / job_id / f"{job_id}_0_result.pkl").is_file()
+
+
+@pytest.mark.slow
 def test_ddp_through_the_entry_point_scores_every_sample_once_per_epoch(tmp_path):
     """trainer=ddp_cpu: Lightning starts rank 1 again from the command line; it must join this run (the default,
     time-stamped run directory included) and score its half."""
