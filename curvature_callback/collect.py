@@ -37,16 +37,29 @@ SHOWN = ("auroc_curvature", "ap_curvature", "auroc_loss", "ap_loss", "train_acc"
 
 
 def parse_overrides(lines: Sequence[str]) -> dict[str, str]:
-    """``["data.noise=0.1", "+trainer.x=2", "~logger"]`` -> ``{"data.noise": "0.1", "trainer.x": "2", "logger": "~"}``.
+    """Overrides as Hydra parses them: the key as written, ``+`` (add), ``++`` (force add) and ``~`` (delete) kept,
+    mapped to the value as written (``""`` for a delete without one).
+
+    Hydra's own grammar does the parsing (quoting, ``@package``, lists); nothing is resolved or built.
+
+    Raises:
+        ValueError: a line that is not a Hydra override.
 
     Example:
-        >>> parse_overrides(["data.noise=0.1", "+trainer.limit_train_batches=2", "~logger"])
-        {'data.noise': '0.1', 'trainer.limit_train_batches': '2', 'logger': '~'}
+        >>> parse_overrides(["data.noise=0.1", "+trainer.limit_train_batches=2", "~logger", "model@m=a,b"])
+        {'data.noise': '0.1', '+trainer.limit_train_batches': '2', '~logger': '', 'model@m': 'a,b'}
     """
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import OverrideParseException
+
+    parser = OverridesParser.create()
     out = {}
     for line in lines:
-        key, sep, value = str(line).partition("=")
-        out[key.lstrip("+~")] = value if sep else "~"
+        try:
+            (override,) = parser.parse_overrides([str(line)])
+        except OverrideParseException as e:
+            raise ValueError(f"Expected a Hydra override such as data.noise=0.1, got {line!r}: {e}") from e
+        out[override.get_key_element()] = override.input_line.partition("=")[2]
     return out
 
 

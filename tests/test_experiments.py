@@ -356,3 +356,19 @@ def test_run_reports_on_the_scored_samples_when_a_fraction_is_left(tmp_path):
     with open(tmp_path / "scores.csv") as f:
         rows = list(csv.DictReader(f))
     assert [r["count"] for r in rows[:4]] == ["1", "0", "1", "0"] and rows[1]["curvature"] == "nan"
+
+
+def test_collect_keeps_what_hydra_overrides_mean(tmp_path):
+    """+ (add), ++ (force add) and ~ (delete) stay in the column names, quoted values as written."""
+    for job, noise in (("0", "0.05"), ("1", "0.2")):
+        (tmp_path / job / ".hydra").mkdir(parents=True)
+        (tmp_path / job / ".hydra" / "overrides.yaml").write_text(
+            f"- data.noise={noise}\n- +trainer.limit_train_batches=2\n- ~logger\n- '++tags=[\"a,b\"]'\n")
+        (tmp_path / job / "metrics.json").write_text(json.dumps({"auroc_curvature": 0.5}))
+    rows = collect(tmp_path)
+    assert [r["data.noise"] for r in rows] == ["0.05", "0.2"]
+    assert rows[0]["+trainer.limit_train_batches"] == "2" and rows[0]["~logger"] == ""
+    assert rows[0]["++tags"] == '["a,b"]' and "logger" not in rows[0] and "trainer.limit_train_batches" not in rows[0]
+    (tmp_path / "0" / ".hydra" / "overrides.yaml").write_text("- 'data.noise=[unclosed'\n")
+    with pytest.raises(ValueError, match=r"Expected a Hydra override such as data.noise=0.1, got 'data.noise=\["):
+        collect(tmp_path)
