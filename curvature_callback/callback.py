@@ -7,6 +7,7 @@ module is the glue that runs them inside a Lightning ``Trainer``.
 from __future__ import annotations
 
 import hashlib
+import inspect
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -22,7 +23,15 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 from typing_extensions import override
 
-from curvature_callback.estimator import LossFn, check_settings, curvature_details
+from curvature_callback.estimator import (
+    LossFn,
+    check_bool,
+    check_float,
+    check_int,
+    check_settings,
+    curvature_details,
+    loss_identity,
+)
 from curvature_callback.feeding import (
     BatchFeeder,
     CachePolicy,
@@ -32,7 +41,7 @@ from curvature_callback.feeding import (
     rank_block,
     rank_universe,
 )
-from curvature_callback.store import CurvatureStore, StoreMismatchError
+from curvature_callback.store import MEANING_KEYS, CurvatureStore, StoreMismatchError
 
 __all__ = ["CurvatureCallback"]
 
@@ -44,6 +53,11 @@ _AUGMENTATIONS = ("Random", "ColorJitter", "AutoAugment", "RandAugment", "Trivia
 #: channels scored beside curvature when the default (cross-entropy) loss is used; "forgetting" is 1 where a
 #: sample correct at its previous scored epoch is wrong now (its sum counts forgetting events, Toneva et al.)
 CLASSIFICATION_CHANNELS = ("loss", "margin", "confidence", "correct", "forgetting")
+#: the pass's int64 column of label keys (not a store channel: the store checks and records labels)
+LABEL_KEYS = "label_keys"
+#: exception types an error on rank 0 is raised as on every rank (the nearest one in the error's MRO)
+_SHARED_ERRORS = {e.__name__: e for e in (StoreMismatchError, FileNotFoundError, FileExistsError, OSError,
+                                          TypeError, ValueError, RuntimeError)}
 
 
 def default_batch_to_inputs(batch: Any) -> tuple[Tensor, Tensor]:
@@ -60,11 +74,61 @@ def default_batch_to_inputs(batch: Any) -> tuple[Tensor, Tensor]:
     )
 
 
-def _loss_name(loss_fn: LossFn | None) -> str:
-    if loss_fn is None:
-        return "cross_entropy"
-    target = loss_fn if hasattr(loss_fn, "__qualname__") else type(loss_fn)
-    return f"{getattr(target, '__module__', '?')}.{target.__qualname__}"
+def _resolve_loss(loss_fn: LossFn | None, loss_id: str | None) -> str:
+    """What a store records as the loss: ``loss_id`` if given, else :func:`loss_identity`; a loss whose
+    identity cannot be known needs a ``loss_id``."""
+    if loss_id is not None:
+        if not isinstance(loss_id, str) or not loss_id.strip():
+            raise ValueError(f"Expected `loss_id` to be a non-empty string such as 'my_loss_v1', got {loss_id!r}.")
+        return loss_id
+    identity = loss_identity(loss_fn)
+    if identity is None:
+        qualname = getattr(loss_fn, "__qualname__", "")
+        kind = ("a lambda" if "<lambda>" in qualname else
+                "a closure" if "<locals>" in qualname or getattr(loss_fn, "__closure__", None) is not None else
+                "a bound method" if inspect.ismethod(loss_fn) else
+                f"an object of type {type(loss_fn).__qualname__} whose state cannot be written down deterministically")
+        raise ValueError(
+            f"Cannot tell from `loss_fn` ({kind}) which loss it computes: its values can change while its name "
+            "stays, so a resumed store could average two different losses. Pass `loss_id=\"my_loss_v1\"` (a name "
+            "that changes whenever the loss's values would change), or use a named module-level function or a "
+            "functools.partial of one, e.g. `functools.partial(F.cross_entropy, reduction=\"none\", "
+            "label_smoothing=0.1)`."
+        )
+    return identity
+
+
+def _label_keys(targets: Tensor) -> Tensor:
+    """``[B]`` int64 keys of the given labels, compared with the ones a store recorded.
+
+    Integer class labels (``[B]``) are their own key; any other target (soft labels, masks, regression values)
+    gets a 63-bit key from blake2b of its bytes, dtype and shape, so a changed target changes the key.
+    """
+    if targets.dim() == 1 and not (targets.is_floating_point() or targets.is_complex()):
+        return targets.to(torch.int64)
+    rows = targets.detach().cpu().contiguous()
+    shape = f"|{rows.dtype}|{tuple(rows.shape[1:])}".encode()
+    keys = [int.from_bytes(hashlib.blake2b(row.reshape(-1).view(torch.uint8).numpy().tobytes() + shape,
+                                           digest_size=8).digest(), "little") >> 1 for row in rows]
+    return torch.tensor(keys, dtype=torch.int64, device=targets.device)
+
+
+def _raise_together(trainer: pl.Trainer, caught: BaseException | None) -> None:
+    """Every rank raises what rank 0 caught (or nothing): one collective, on every rank.
+
+    The type's name and the message travel separately, so the other ranks raise the same type with the plain
+    message; rank 0 re-raises its own exception, traceback included.
+    """
+    sent = None
+    if caught is not None:
+        kind = next(c.__name__ for c in (*type(caught).__mro__, RuntimeError) if c.__name__ in _SHARED_ERRORS)
+        sent = (kind, str(caught))
+    received = trainer.strategy.broadcast(sent, src=0)
+    if caught is not None:
+        raise caught
+    if received is not None:
+        kind, message = received
+        raise _SHARED_ERRORS[kind](message)
 
 
 def _classification_channels(outputs: Tensor, targets: Tensor, loss: Tensor) -> dict[str, Tensor]:
@@ -141,7 +205,9 @@ class CurvatureCallback(Callback):
         keep_history: also keep each epoch's scores (``epochs x N`` float32 on disk).
         seed: seed of the Rademacher vectors.
         loss_fn: ``loss_fn(outputs, targets) -> [B]`` per-sample losses (default: cross-entropy). Must pickle
-            for ``ddp_spawn``: a named function, not a lambda.
+            for ``ddp_spawn``: a named function or a ``functools.partial`` of one, not a lambda. A store
+            resumes only with the same loss, compared by name and arguments
+            (:func:`~curvature_callback.estimator.loss_identity`).
         batch_to_inputs: ``fn(batch) -> (x, y)`` for batches that are not ``(x, y, ...)``.
         fast: allow TF32 in the finite differences (faster on Ampere and newer; ~5 % per-value error).
         log_histogram: log a histogram of ``log10`` curvature to the loggers that take one.
@@ -157,6 +223,9 @@ class CurvatureCallback(Callback):
         cache: keep the scored samples' tensors on the model's device after the first pass (``"auto"``: when
             they take at most 2 GiB, e.g. CIFAR), instead of reloading them each pass. Under DDP each rank keeps
             only the samples it scores (about ``1/world_size`` of them).
+        loss_id: a name that changes whenever the loss's values would change; required for lambdas and
+            closures (whose values cannot be known from their name), and recorded instead of the loss's
+            identity when given.
 
     Example::
 
@@ -187,30 +256,27 @@ class CurvatureCallback(Callback):
         record_outputs: bool = True,
         fraction: float = 1.0,
         cache: CachePolicy = "auto",
+        loss_id: str | None = None,
     ) -> None:
-        check_settings(h, n_vectors, seed)
-        for name, value, low in (("batch_size", batch_size, 1), ("every_n_epochs", every_n_epochs, 1),
-                                 ("start_epoch", start_epoch, 0), ("num_workers", num_workers, 0)):
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ValueError(f"Expected argument `{name}` to be an integer >= {low}, got {value!r}.")
+        # Python numbers from here on (numpy ones accepted): the settings go to JSON metadata and state_dicts
+        self.h, self.n_vectors, self.seed = check_settings(h, n_vectors, seed)
+        self.batch_size = check_int("batch_size", batch_size, 1)
+        self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, 1)
+        self.start_epoch = check_int("start_epoch", start_epoch, 0)
+        self.num_workers = check_int("num_workers", num_workers, 0)
+        self.chunk_size = None if chunk_size is None else check_int("chunk_size", chunk_size, 1)
+        self.keep_history = check_bool("keep_history", keep_history)
+        self.fast = check_bool("fast", fast)
+        self.log_histogram = check_bool("log_histogram", log_histogram)
+        self.record_outputs = check_bool("record_outputs", record_outputs)
         self.dataset = dataset
-        self.h = float(h)
-        self.n_vectors = n_vectors
-        self.batch_size = batch_size
-        self.every_n_epochs = every_n_epochs
-        self.start_epoch = start_epoch
         self.directory = os.fspath(directory)
-        self.keep_history = keep_history
-        self.seed = seed
         self.loss_fn = loss_fn
+        self.loss_id = loss_id
+        self._loss = _resolve_loss(loss_fn, loss_id)  # once: a loss module's tensors are hashed
         self.batch_to_inputs = batch_to_inputs
-        self.fast = fast
-        self.log_histogram = log_histogram
-        self.num_workers = num_workers
-        self.chunk_size = chunk_size
-        self.record_outputs = record_outputs
-        self.fraction = fraction
-        self._period = period_of(fraction)
+        self.fraction = check_float("fraction", fraction, at_most=1.0)
+        self._period = period_of(self.fraction)
         self.cache = check_cache(cache)
         self._feeder: BatchFeeder | None = None
         self._universe: np.ndarray | None = None  # the indices this rank scores over a rotation (set per fit)
@@ -219,7 +285,8 @@ class CurvatureCallback(Callback):
         self._epochs_done: list[int] = []  # same on every rank
         self._restored: dict[str, Any] | None = None
         self._scored_dataset: Dataset | None = None
-        self._reader: tuple[float, CurvatureStore] | None = None  # (meta.json mtime, read-only store)
+        self._dataset_source = ""  # where the scored dataset came from, for messages
+        self._reader: tuple[tuple[int, ...], CurvatureStore] | None = None  # (meta.json's identity, read-only store)
 
     # ----------------------------------------------------------------------------- settings
     @property
@@ -235,8 +302,8 @@ class CurvatureCallback(Callback):
         return CLASSIFICATION_CHANNELS if self.loss_fn is None else ("loss",)
 
     def settings(self) -> dict[str, Any]:
-        """What goes into the store's metadata; ``h``, ``n_vectors``, ``seed`` and ``loss`` must match to resume."""
-        return {"h": self.h, "n_vectors": self.n_vectors, "seed": self.seed, "loss": _loss_name(self.loss_fn),
+        """What goes into the store's metadata; the ones in the store's ``MEANING_KEYS`` must match to resume."""
+        return {"h": self.h, "n_vectors": self.n_vectors, "seed": self.seed, "loss": self._loss,
                 "fast": self.fast, "fraction": self.fraction}
 
     def should_score(self, epoch: int) -> bool:
@@ -261,7 +328,11 @@ class CurvatureCallback(Callback):
                 "dir, which is resolved during fit (with ddp_spawn, only in the worker processes). Use an absolute "
                 "`directory`, or CurvatureStore.open(<log dir>/<directory>)."
             )
-        stamp = (path / "meta.json").stat().st_mtime if (path / "meta.json").exists() else -1.0
+        try:  # meta.json is replaced at every commit: a new inode, a new snapshot
+            st = (path / "meta.json").stat()
+            stamp: tuple[int, ...] = (st.st_ino, st.st_mtime_ns, st.st_size)
+        except FileNotFoundError:
+            stamp = ()
         if self._reader is None or self._reader[0] != stamp or self._reader[1].directory != path:
             self._reader = (stamp, CurvatureStore.open(path))
         return self._reader[1]
@@ -274,22 +345,28 @@ class CurvatureCallback(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        for key in ("h", "n_vectors", "seed", "loss"):
-            if key in state_dict and state_dict[key] != self.settings()[key]:
+        settings = self.settings()
+        for key in MEANING_KEYS:  # the store's list: a checkpoint is held to what the store is held to
+            if key in state_dict and key in settings and state_dict[key] != settings[key]:
                 raise ValueError(
                     f"The checkpoint's CurvatureCallback used {key}={state_dict[key]!r}, this one has "
-                    f"{key}={self.settings()[key]!r}: resume with the same setting, or use another `directory`."
+                    f"{key}={settings[key]!r}: resume with the same setting, or use another `directory`."
                 )
         self._restored = dict(state_dict)
 
     # ----------------------------------------------------------------------------- hooks
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        dataset = self._resolve_dataset(trainer)
+        dataset, self._dataset_source = self._resolve_dataset(trainer)
         self._path = self._resolve_path(trainer)
         n = len(dataset)
-        error: str | None = None
-        epochs: list[int] = []
+        if n == 0:  # every rank sees the same dataset: all raise here, before any collective
+            raise ValueError(
+                f"Expected a dataset with at least one sample to score, got an empty {type(dataset).__name__} "
+                f"(from {self._dataset_source}). Check how it is built (paths, split, filters), or pass another "
+                "`dataset=`."
+            )
+        caught: BaseException | None = None
         if trainer.is_global_zero:
             try:
                 self._store = CurvatureStore.open_or_create(
@@ -297,13 +374,10 @@ class CurvatureCallback(Callback):
                     fingerprint=self._fingerprint(dataset),
                     history_capacity=max(1, min(int(trainer.max_epochs or 16), 1000)),
                 )
-                epochs = self._store.epochs
-            except (StoreMismatchError, RuntimeError, OSError) as e:
-                error = f"{type(e).__name__}: {e}"
-        # every rank makes the same collective call, then all raise together
-        error, epochs = trainer.strategy.broadcast((error, epochs), src=0)
-        if error is not None:
-            raise StoreMismatchError(error) if error.startswith("StoreMismatch") else RuntimeError(error)
+            except Exception as e:  # raised on every rank below: one rank alone raising would hang the others
+                caught = e
+        _raise_together(trainer, caught)
+        epochs = trainer.strategy.broadcast(self._store.epochs if self._store is not None else [], src=0)
         self._epochs_done = list(epochs)
         missing = sorted(set((self._restored or {}).get("epochs_done", [])) - set(epochs))
         if missing:
@@ -320,16 +394,29 @@ class CurvatureCallback(Callback):
             return
         values = self._score_shard(trainer, pl_module, epoch)
         values = self._gather(trainer, values)
+        caught: BaseException | None = None
         if trainer.is_global_zero:
-            assert self._store is not None
-            arrays = {k: v.cpu().numpy() for k, v in values.items()}
-            if "forgetting" in self.channels:
-                before = np.asarray(self._store.channel_last("correct"))[self._pass_indices()]
-                arrays["forgetting"] = ((before == 1) & (arrays["correct"] == 0)).astype(np.float64)
-            self._store.commit_epoch(epoch, arrays, indices=self._pass_indices())
+            try:
+                arrays = self._commit(epoch, {k: v.cpu().numpy() for k, v in values.items()})
+            except Exception as e:  # a refused commit (other labels) stops every rank, not only this one
+                caught = e
+        _raise_together(trainer, caught)
+        if trainer.is_global_zero:
             self._log(trainer, arrays["curvature"])
         self._epochs_done.append(epoch)
         trainer.strategy.barrier("curvature_commit")
+
+    def _commit(self, epoch: int, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Add the pass's gathered values (and its label keys) to the store, on rank 0; returns the channels."""
+        assert self._store is not None
+        labels = arrays.pop(LABEL_KEYS)
+        indices = self._pass_indices()
+        if "forgetting" in self.channels:
+            before = np.asarray(self._store.channel_last("correct"))[indices]
+            arrays["forgetting"] = ((before == 1) & (arrays["correct"] == 0)).astype(np.float64)
+        # the store refuses labels that differ from the ones it recorded (by sample), and records new ones
+        self._store.commit_epoch(epoch, arrays, indices=indices, labels=labels)
+        return arrays
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -352,12 +439,13 @@ class CurvatureCallback(Callback):
             self._store = None
 
     # ----------------------------------------------------------------------------- the pass
-    def _resolve_dataset(self, trainer: pl.Trainer) -> Dataset:
+    def _resolve_dataset(self, trainer: pl.Trainer) -> tuple[Dataset, str]:
+        """The dataset to score and where it came from (for messages)."""
         if self.dataset is not None:
-            return self.dataset
+            return self.dataset, "`CurvatureCallback(dataset=...)`"
         dm = trainer.datamodule
         if dm is not None and callable(getattr(dm, "curvature_dataset", None)):
-            return dm.curvature_dataset()
+            return dm.curvature_dataset(), f"`{type(dm).__name__}.curvature_dataset()`"
         loader = trainer.train_dataloader
         dataset = getattr(loader, "dataset", None)
         if dataset is None:
@@ -372,7 +460,7 @@ class CurvatureCallback(Callback):
                 "scores then include augmentation noise. Pass `dataset=` with the evaluation transform, or define "
                 "`curvature_dataset()` on the datamodule."
             )
-        return dataset
+        return dataset, "the training loader's dataset (`trainer.train_dataloader.dataset`)"
 
     @staticmethod
     def _fingerprint(dataset: Dataset) -> dict[str, Any]:
@@ -416,7 +504,7 @@ class CurvatureCallback(Callback):
                 pl_module, x, y, loss_fn=self.loss_fn, h=self.h, n_vectors=self.n_vectors, seed=self.seed,
                 indices=idx, chunk_size=self.chunk_size, fast=self.fast,
             )
-            out = {"curvature": res.curvature.double()}
+            out = {"curvature": res.curvature.double(), LABEL_KEYS: _label_keys(y)}
             if self.channels == CLASSIFICATION_CHANNELS:
                 out.update(_classification_channels(res.outputs, y, res.loss.double()))
             elif self.channels:
@@ -425,30 +513,38 @@ class CurvatureCallback(Callback):
                 parts.setdefault(k, []).append(v)
         names = ("curvature", *(c for c in self.channels if c != "forgetting"))  # forgetting: at the commit
         empty = torch.empty(0, dtype=torch.float64, device=device)
-        return {k: torch.cat(parts[k]) if k in parts else empty for k in names}
+        shard = {k: torch.cat(parts[k]) if k in parts else empty for k in names}
+        shard[LABEL_KEYS] = torch.cat(parts[LABEL_KEYS]) if parts else empty.to(torch.int64)
+        return shard
 
     #: columns per collective: bounds the gather's memory at ImageNet scale (8 MB of float64 per rank and call)
     GATHER_COLUMNS = 1 << 20
 
     def _gather(self, trainer: pl.Trainer, values: dict[str, Tensor]) -> dict[str, Tensor]:
         """All ranks' blocks in index order: padded to one length for the collective, gathered in bounded
-        pieces, unpadded after. Every rank makes the same calls."""
+        pieces, unpadded after. Every rank makes the same calls.
+
+        One matrix per dtype: the int64 label keys travel as int64 (a float64 keeps integers exact only up to
+        2**53; hashed keys use 63 bits)."""
         if trainer.world_size == 1:
             return values
         count = len(self._pass_indices())
         _, _, block = rank_block(count, self.batch_size, trainer.world_size, trainer.global_rank)
-        names = list(values)
-        device = next(iter(values.values())).device
-        local = torch.zeros(len(names), block, dtype=torch.float64, device=device)
-        for i, k in enumerate(names):
-            local[i, : len(values[k])] = values[k]
-        pieces = []
-        step = max(1, self.GATHER_COLUMNS // len(names))
-        for lo in range(0, block, step):
-            pieces.append(trainer.strategy.all_gather(local[:, lo : lo + step].contiguous()))  # [world, C, piece]
-        gathered = torch.cat(pieces, dim=2)
-        full = gathered.permute(1, 0, 2).reshape(len(names), -1)[:, :count]
-        return {k: full[i] for i, k in enumerate(names)}
+        out: dict[str, Tensor] = {}
+        for dtype in sorted({v.dtype for v in values.values()}, key=str):  # the same order on every rank
+            names = [k for k, v in values.items() if v.dtype == dtype]
+            device = values[names[0]].device
+            local = torch.zeros(len(names), block, dtype=dtype, device=device)
+            for i, k in enumerate(names):
+                local[i, : len(values[k])] = values[k]
+            pieces = []
+            step = max(1, self.GATHER_COLUMNS // len(names))
+            for lo in range(0, block, step):
+                pieces.append(trainer.strategy.all_gather(local[:, lo : lo + step].contiguous()))  # [world, C, piece]
+            gathered = torch.cat(pieces, dim=2)
+            full = gathered.permute(1, 0, 2).reshape(len(names), -1)[:, :count]
+            out.update({k: full[i] for i, k in enumerate(names)})
+        return {k: out[k] for k in values}
 
     # ----------------------------------------------------------------------------- logging
     def _log(self, trainer: pl.Trainer, scores: np.ndarray) -> None:

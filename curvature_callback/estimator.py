@@ -17,15 +17,21 @@ of every sample are stacked along the batch dimension and go through the model i
 from __future__ import annotations
 
 import contextlib
+import enum
+import functools
+import hashlib
+import inspect
 import math
 from collections.abc import Callable, Iterator
 from typing import NamedTuple
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-__all__ = ["CurvatureResult", "curvature_details", "input_curvature", "rademacher", "default_chunk_size"]
+__all__ = ["CurvatureResult", "curvature_details", "default_chunk_size", "input_curvature", "loss_identity",
+           "rademacher"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -207,7 +213,9 @@ def _rng_kept(device: torch.device) -> Iterator[None]:
 
 
 # ---------------------------------------------------------------------------------------------- checks
-def _check_arguments(inputs: object, targets: object, h: object, n_vectors: object, seed: object) -> None:
+def _check_arguments(
+    inputs: object, targets: object, h: object, n_vectors: object, seed: object
+) -> tuple[float, int, int]:
     if not isinstance(inputs, Tensor):
         raise TypeError(f"Expected `inputs` to be a torch.Tensor of shape [B, ...], got {type(inputs).__name__}.")
     if not inputs.is_floating_point():
@@ -224,17 +232,67 @@ def _check_arguments(inputs: object, targets: object, h: object, n_vectors: obje
         raise ValueError(
             f"Expected one target per input: inputs have B={len(inputs)} rows, targets {len(targets)}."
         )
-    check_settings(h, n_vectors, seed)
+    return check_settings(h, n_vectors, seed)
 
 
-def check_settings(h: object, n_vectors: object, seed: object) -> None:
-    """Raise ``ValueError`` for an ``h``, ``n_vectors`` or ``seed`` that cannot define a score."""
-    if isinstance(h, bool) or not isinstance(h, (int, float)) or not math.isfinite(h) or h <= 0:
-        raise ValueError(f"Expected argument `h` to be a positive finite float (the paper uses 1e-3), got {h!r}.")
-    if isinstance(n_vectors, bool) or not isinstance(n_vectors, int) or n_vectors < 1:
-        raise ValueError(f"Expected argument `n_vectors` to be an integer >= 1 (the paper uses 10), got {n_vectors!r}.")
-    if isinstance(seed, bool) or not isinstance(seed, int) or not 0 <= seed < 2**64:
-        raise ValueError(f"Expected argument `seed` to be an integer in [0, 2**64), got {seed!r}.")
+def check_int(name: str, value: object, low: int = 0, high: int | None = None, *, hint: str = "") -> int:
+    """``value`` as a Python ``int`` if it is an integer (Python or numpy, not a bool) in ``[low, high)``.
+
+    The one integer check of the package: the estimator, the callback and the feeding use it, so a numpy integer
+    (from a config or an array) is accepted everywhere and every refusal reads the same.
+
+    Raises:
+        ValueError: naming the argument, the range expected and the value given.
+
+    Example:
+        >>> check_int("n_vectors", np.int64(2), 1)
+        2
+        >>> check_int("n_vectors", 2.5, 1)
+        Traceback (most recent call last):
+        ...
+        ValueError: Expected argument `n_vectors` to be an integer >= 1, got 2.5.
+    """
+    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
+    if not ok or value < low or (high is not None and value >= high):
+        span = f">= {low}" if high is None else f"in [{low}, {'2**64' if high == 2**64 else high})"
+        raise ValueError(f"Expected argument `{name}` to be an integer {span}{hint}, got {value!r}.")
+    return int(value)
+
+
+def check_float(name: str, value: object, *, at_most: float | None = None, hint: str = "") -> float:
+    """``value`` as a Python ``float`` if it is a finite real number ``> 0`` (and ``<= at_most``).
+
+    Python and numpy numbers are accepted. A lower-precision numpy float is read as the shortest decimal that
+    it rounds to (``np.float32(1e-3)`` is 0.001, not 0.0010000000474974513): the number its user wrote, which
+    then matches a store made with ``h=1e-3``; float32 arithmetic rounds both to the same value.
+
+    Raises:
+        ValueError: naming the argument, the range expected and the value given.
+
+    Example:
+        >>> check_float("h", np.float32(1e-3))
+        0.001
+    """
+    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
+    number = (float(str(value)) if isinstance(value, np.floating) else float(value)) if ok else math.nan
+    if not math.isfinite(number) or number <= 0 or (at_most is not None and number > at_most):
+        span = "a positive finite float" if at_most is None else f"a float in (0, {at_most:g}]"
+        raise ValueError(f"Expected argument `{name}` to be {span}{hint}, got {value!r}.")
+    return number
+
+
+def check_bool(name: str, value: object) -> bool:
+    """``value`` as a Python ``bool`` if it is one (or a numpy bool): settings are written to JSON metadata."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"Expected argument `{name}` to be True or False, got {value!r}.")
+    return bool(value)
+
+
+def check_settings(h: object, n_vectors: object, seed: object) -> tuple[float, int, int]:
+    """``(h, n_vectors, seed)`` as Python numbers, or ``ValueError`` for values that cannot define a score."""
+    return (check_float("h", h, hint=" (the paper uses 1e-3)"),
+            check_int("n_vectors", n_vectors, 1, hint=" (the paper uses 10)"),
+            check_int("seed", seed, 0, 2**64))
 
 
 def _check_indices(indices: Tensor | None, batch: int, device: torch.device) -> Tensor:
@@ -257,20 +315,191 @@ def _per_sample(loss: object, rows: int) -> Tensor:
         raise ValueError(
             f"Expected `loss_fn(outputs, targets)` to return per-sample losses of shape [{rows}], got {got}. "
             "A mean- or sum-reduced loss mixes samples: use reduction='none', e.g. "
-            "`lambda o, t: F.cross_entropy(o, t, reduction='none')` (as a named function, so it pickles)."
+            "`functools.partial(F.cross_entropy, reduction='none')` (it pickles, and resumes by its arguments)."
         )
     return loss
+
+
+def _shown(where: list[int]) -> str:
+    return ", ".join(map(str, where[:20])) + (" ..." if len(where) > 20 else "")
 
 
 def _check_finite(values: Tensor, indices: Tensor, what: str) -> None:
     bad = ~torch.isfinite(values)
     if bool(bad.any()):
         where = indices[bad].tolist()
-        shown = ", ".join(map(str, where[:20])) + (" ..." if len(where) > 20 else "")
         raise ValueError(
-            f"Non-finite {what} for {len(where)} sample(s), dataset indices [{shown}]. Check those inputs and "
-            "labels, or the model (diverged training, a label outside the output range?)."
+            f"Non-finite {what} for {len(where)} sample(s), dataset indices [{_shown(where)}]. Check those inputs "
+            "and labels, or the model (diverged training, a label outside the output range?)."
         )
+
+
+def _parameter_dtype(model: nn.Module) -> torch.dtype | None:
+    """The floating dtype of the model's first floating parameter or buffer (``None``: it has none)."""
+    for tensor in (*model.parameters(), *model.buffers()):
+        if tensor.is_floating_point():
+            return tensor.dtype
+    return None
+
+
+def _forward(model: nn.Module, x: Tensor, inputs_dtype: torch.dtype) -> Tensor:
+    """``model(x)``; a failure that a dtype mismatch explains is reported as one, with the fix.
+
+    Checked after the fact rather than up front: a model that casts its input itself works with any dtype.
+    """
+    try:
+        return model(x)
+    except RuntimeError as e:
+        wanted = _parameter_dtype(model)
+        if wanted is None or wanted == x.dtype:
+            raise
+        if wanted == inputs_dtype:  # a float16/bfloat16 model: the pass itself raised the inputs to float32
+            raise TypeError(
+                f"Expected a model in float32 or float64, got parameters in {wanted}: the finite differences run "
+                f"in {x.dtype} at least (in {wanted} a step h ~ 1e-3 is lost in rounding), and the model's forward "
+                f"failed on {x.dtype} inputs ({e}). Score a float32 copy of the model (`model.float()`)."
+            ) from e
+        raise TypeError(
+            f"Expected `inputs` in the model's parameter dtype {wanted}, got {inputs_dtype} (scored as {x.dtype}), "
+            f"and the model's forward failed ({e}). Cast the dataset's inputs to {wanted} (in the dataset, or in "
+            f"`batch_to_inputs`), or the model to {x.dtype} (`model.to({x.dtype})`"
+            f"{', i.e. `model.double()`' if x.dtype == torch.float64 else ''})."
+        ) from e
+
+
+def _input_gradient(loss: Tensor, x: Tensor, indices: Tensor) -> Tensor:
+    """Per-sample input gradients of per-sample losses; a loss that does not reach ``x`` is refused by name."""
+    grad = torch.autograd.grad(loss.sum(), x, allow_unused=True)[0] if loss.requires_grad else None
+    if grad is None:
+        if len(x) == 0:
+            return torch.zeros_like(x)
+        raise ValueError(
+            f"The loss of samples with dataset indices [{_shown(indices.tolist())}] has no gradient path to the "
+            "inputs: `loss_fn(model(x), y)` does not depend on x through autograd, so it has no input curvature. "
+            "Make the model's forward differentiable in x: no `x.detach()`, `torch.no_grad()`, `.item()`, "
+            "`.numpy()` or integer casts of x, and an output computed from x (a frozen model is fine: its "
+            "parameters need no gradients, only the path from x to the loss)."
+        )
+    return grad
+
+
+# --------------------------------------------------------------------------------------- loss identity
+#: how deep loss_identity follows nested objects (partials of partials, modules in modules) before giving up
+_MAX_DEPTH = 8
+
+
+def loss_identity(loss_fn: object) -> str | None:
+    """A stable string for everything that decides a loss's values, or ``None`` when that cannot be known.
+
+    A store's scores average only with scores of the same loss, so a resumed run compares this string, not
+    just the loss's name:
+
+    - ``None`` (the default loss) and :func:`cross_entropy_per_sample`: ``"cross_entropy"``.
+    - a module-level named function: ``module.qualname``.
+    - ``functools.partial``: the function's identity with its arguments, keywords sorted (nested partials too).
+    - an ``nn.Module`` loss: ``module.ClassQualname(...)`` with its hyperparameters (public non-module
+      attributes), parameters and buffers (as sha1 of bytes, dtype and shape) and submodules, sorted by name.
+    - any other object: its class with all its attributes, if each of them renders.
+
+    Values render deterministically: ``repr`` of ``None``, bools, ints, floats, strings, enums, and of
+    tuples, lists and dicts of those; tensors and arrays by digest. ``None`` (unknown) for a lambda, a closure
+    (``__closure__`` set, or ``<locals>`` in its qualified name), a bound method, or an object with any other
+    attribute: their values can change while their name stays.
+
+    Example:
+        >>> loss_identity(None)
+        'cross_entropy'
+        >>> loss_identity(functools.partial(F.cross_entropy, reduction="none", label_smoothing=0.3))
+        "functools.partial(torch.nn.functional.cross_entropy, label_smoothing=0.3, reduction='none')"
+        >>> loss_identity(nn.CrossEntropyLoss(label_smoothing=0.3))
+        "torch.nn.modules.loss.CrossEntropyLoss(ignore_index=-100, label_smoothing=0.3, reduction='mean', weight=None)"
+        >>> loss_identity(lambda o, t: o.sum(1)) is None
+        True
+    """
+    if loss_fn is None or loss_fn is cross_entropy_per_sample:
+        return "cross_entropy"
+    return _render(loss_fn, 0)
+
+
+def _render(value: object, depth: int) -> str | None:
+    """A deterministic string for ``value``, ``None`` if there is none (see :func:`loss_identity`)."""
+    if depth > _MAX_DEPTH:
+        return None
+    if value is None or type(value) in (bool, int, float, str, bytes):
+        return repr(value)
+    if isinstance(value, enum.Enum):
+        return f"{_named(type(value))}.{value.name}"
+    if isinstance(value, np.generic) and value.dtype.kind in "biuf":
+        return repr(value.item())  # np.float64(0.3) and 0.3 are one setting
+    if isinstance(value, (torch.dtype, torch.device)):
+        return str(value)
+    if isinstance(value, (Tensor, np.ndarray)):
+        return _digest(value)
+    if type(value) in (tuple, list):
+        parts = [_render(v, depth + 1) for v in value]
+        if any(p is None for p in parts):
+            return None
+        if type(value) is list:
+            return f"[{', '.join(parts)}]"
+        return f"({', '.join(parts)}{',' if len(parts) == 1 else ''})"
+    if type(value) is dict:
+        return _keywords("dict", value, depth) if all(type(k) is str for k in value) else None
+    if isinstance(value, functools.partial):
+        func, args = _render(value.func, depth + 1), [_render(a, depth + 1) for a in value.args]
+        keywords = _keywords("", value.keywords, depth)
+        if func is None or keywords is None or any(a is None for a in args):
+            return None
+        inner = ", ".join([func, *args, *([keywords[1:-1]] if value.keywords else [])])
+        return f"functools.partial({inner})"
+    if isinstance(value, type) or inspect.isfunction(value) or inspect.isbuiltin(value):
+        return _named(value)
+    if inspect.ismethod(value):
+        return None  # a bound method's values depend on its object's whole state (a model's, often)
+    if isinstance(value, nn.Module):
+        state = {k: v for k, v in vars(value).items() if not k.startswith("_") and k != "training"}
+        state.update(value._parameters)
+        state.update(value._buffers)
+        state.update(value._modules)
+    elif hasattr(value, "__dict__") and not hasattr(type(value), "__slots__"):
+        state = dict(vars(value))
+    else:
+        return None  # slots or native state: not readable here
+    cls = _named(type(value))
+    return None if cls is None else _keywords(cls, state, depth)
+
+
+def _keywords(prefix: str, items: dict[str, object], depth: int) -> str | None:
+    """``prefix(k1=v1, k2=v2)`` with the keys sorted, ``None`` if a value does not render."""
+    parts = [(k, _render(v, depth + 1)) for k, v in sorted(items.items())]
+    if any(p is None for _, p in parts):
+        return None
+    return f"{prefix}({', '.join(f'{k}={p}' for k, p in parts)})"
+
+
+def _named(obj: object) -> str | None:
+    """``module.qualname`` of a module-level function or class; ``None`` for lambdas and closures."""
+    module, qualname = getattr(obj, "__module__", None), getattr(obj, "__qualname__", None)
+    if not isinstance(module, str) or not isinstance(qualname, str) or "<lambda>" in qualname:
+        return None
+    if "<locals>" in qualname or getattr(obj, "__closure__", None) is not None:
+        return None
+    return f"{module}.{qualname}"
+
+
+def _digest(array: Tensor | np.ndarray) -> str | None:
+    """``tensor(sha1=..., dtype=..., shape=...)``: the values of a tensor or array without printing them."""
+    try:
+        if isinstance(array, Tensor):
+            flat = array.detach().cpu().contiguous().reshape(-1)
+            data, dtype, shape = flat.view(torch.uint8).numpy().tobytes(), str(array.dtype), tuple(array.shape)
+        else:
+            if array.dtype.hasobject:
+                return None
+            data, dtype, shape = np.ascontiguousarray(array).tobytes(), f"numpy.{array.dtype}", array.shape
+    except (RuntimeError, TypeError, ValueError):
+        return None  # sparse, quantized, meta tensors: no plain bytes
+    sha1 = hashlib.sha1(data + f"|{dtype}|{shape}".encode()).hexdigest()
+    return f"tensor(sha1={sha1}, dtype={dtype}, shape={shape})"
 
 
 # ---------------------------------------------------------------------------------------------- public
@@ -292,7 +521,7 @@ def curvature_details(
     Baselines (loss, margin, confidence) come from the forward at ``x`` that the score needs anyway.
     Arguments as in :func:`input_curvature`; returns a :class:`CurvatureResult`.
     """
-    _check_arguments(inputs, targets, h, n_vectors, seed)
+    h, n_vectors, seed = _check_arguments(inputs, targets, h, n_vectors, seed)
     loss_fn = cross_entropy_per_sample if loss_fn is None else loss_fn
     device, batch = inputs.device, inputs.shape[0]
     dtype = torch.float64 if inputs.dtype == torch.float64 else torch.float32  # never below float32
@@ -300,8 +529,7 @@ def curvature_details(
     if chunk_size is None:
         row_bytes = (inputs[0].nelement() if batch else 1) * (8 if dtype == torch.float64 else 4)
         chunk_size = default_chunk_size(device, row_bytes)
-    if isinstance(chunk_size, bool) or not isinstance(chunk_size, int) or chunk_size < 1:
-        raise ValueError(f"Expected argument `chunk_size` to be an integer >= 1 (rows per pass), got {chunk_size!r}.")
+    chunk_size = check_int("chunk_size", chunk_size, 1, hint=" (rows per pass)")
 
     with contextlib.ExitStack() as stack:
         stack.enter_context(torch.inference_mode(False))  # Lightning's loops may run under inference_mode
@@ -315,10 +543,10 @@ def curvature_details(
         x = _laid_out(x, layout)
 
         x.requires_grad_(True)
-        outputs = model(x)
+        outputs = _forward(model, x, inputs.dtype)
         loss = _per_sample(loss_fn(outputs, y), batch)
         _check_finite(loss.detach(), indices, "loss")
-        (g0,) = torch.autograd.grad(loss.sum(), x)  # sum of per-sample losses: per-sample gradients
+        g0 = _input_gradient(loss, x, indices)  # sum of per-sample losses: per-sample gradients
         x = x.detach()
 
         rows = batch * n_vectors
@@ -329,7 +557,7 @@ def curvature_details(
             v = rademacher(seed, indices[i], k, tuple(x.shape[1:]), dtype=dtype)
             xp = _laid_out(x[i] + h * v, layout).requires_grad_(True)
             lp = _per_sample(loss_fn(model(xp), y[i]), len(r))
-            (gp,) = torch.autograd.grad(lp.sum(), xp)
+            gp = _input_gradient(lp, xp, indices[i])
             squares[start : start + len(r)] = (gp - g0[i]).flatten(1).pow(2).sum(1)
         curvature = squares.view(batch, n_vectors).mean(1)
         _check_finite(curvature, indices, "curvature")
@@ -380,9 +608,10 @@ def input_curvature(
         ``[B]`` scores on the inputs' device, in the inputs' floating dtype (float32 at least).
 
     Raises:
-        TypeError: non-floating inputs (token ids: score an embedding instead) or non-tensor arguments.
-        ValueError: ``h <= 0``, ``n_vectors < 1``, a loss that is not per-sample, non-finite losses or scores
-            (the message names the sample indices).
+        TypeError: non-floating inputs (token ids: score an embedding instead), non-tensor arguments, or inputs
+            in another floating dtype than the model's parameters.
+        ValueError: ``h <= 0``, ``n_vectors < 1``, a loss that is not per-sample, a model whose output has no
+            gradient path to its input, non-finite losses or scores (the messages name the sample indices).
 
     Example:
         For the quadratic loss ``0.5 x^T A x`` the gradient is ``A x`` and each vector contributes exactly

@@ -19,6 +19,8 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from curvature_callback.estimator import check_float
+
 __all__ = ["BatchFeeder", "check_cache", "pass_indices", "period_of", "rank_block", "rank_universe"]
 
 CachePolicy = bool | Literal["auto"]
@@ -40,8 +42,7 @@ def period_of(fraction: float) -> int:
         >>> period_of(1.0), period_of(0.25), period_of(1 / 3)
         (1, 4, 3)
     """
-    if isinstance(fraction, bool) or not isinstance(fraction, (int, float)) or not 0 < fraction <= 1:
-        raise ValueError(f"Expected argument `fraction` in (0, 1], got {fraction!r}.")
+    fraction = check_float("fraction", fraction, at_most=1.0)
     period = round(1 / fraction)
     if abs(period * fraction - 1) > 1e-6:
         raise ValueError(

@@ -59,15 +59,18 @@ import numpy as np
 
 __all__ = ["CurvatureStore", "StoreChangedError", "StoreCorruptError", "StoreMismatchError"]
 
-FORMAT_VERSION = 1
+#: 2: labels.npy, each scored sample's label key, checked at every commit (format 1 stores are read, not added to)
+FORMAT_VERSION = 2
 PRIMARY = "curvature"
 #: settings that change what a score means: a store refuses to continue with other values
 MEANING_KEYS = ("n", "h", "n_vectors", "seed", "loss", "fast")  # fast: TF32 moves values by ~5 %
 #: the names of the files a store writes, for any channel: ``create`` refuses a folder that holds one without meta.json
-_STORE_FILE = re.compile(r"(?:[A-Za-z_]\w*_)?(?:sum|mean|last|count|history)\.npy")
+_STORE_FILE = re.compile(r"(?:[A-Za-z_]\w*_)?(?:sum|mean|last|count|history|labels)\.npy")
 #: dtype of each kind of array
 _DTYPES = {"sum": np.dtype(np.float64), "mean": np.dtype(np.float64), "last": np.dtype(np.float32),
-           "count": np.dtype(np.int64), "history": np.dtype(np.float32)}
+           "count": np.dtype(np.int64), "history": np.dtype(np.float32), "labels": np.dtype(np.int64)}
+#: the label key of a sample never scored (no label recorded yet); no sample may have it
+LABEL_UNKNOWN = int(np.iinfo(np.int64).min)
 #: how long a reader waits for a commit in progress before it gives up (seconds)
 _READ_WAIT = 10.0
 
@@ -349,6 +352,12 @@ class CurvatureStore:
         fd = cls._lock(directory)
         try:
             store = cls(directory, "r+", fd)
+            if store._meta["version"] < FORMAT_VERSION:
+                raise StoreMismatchError(
+                    f"The store at {directory} has format version {store._meta['version']}, which records no labels: "
+                    f"this curvature_callback adds epochs only to format {FORMAT_VERSION} stores, whose commits check "
+                    "each sample's label. Read it with CurvatureStore.open(path), and write to another `directory`."
+                )
             record = store._journal_record()
             # checked before the recovery writes anything, with room for the pending epoch
             store._check_counts(np.array(store.count), pending=record is not None)
@@ -413,6 +422,8 @@ class CurvatureStore:
                         _create_npy(made[-1], _DTYPES["history"], (max(1, history_capacity), n))
                 made.append(directory / "count.npy")
                 _save_npy(made[-1], np.zeros(n, dtype=np.int64))
+                made.append(directory / "labels.npy")
+                _save_npy(made[-1], np.full(n, LABEL_UNKNOWN, dtype=np.int64))
                 meta = {
                     "version": FORMAT_VERSION,
                     "n": n,
@@ -559,8 +570,8 @@ class CurvatureStore:
     # ------------------------------------------------------------------------------------ reading
     @staticmethod
     def _file(channel: str, kind: str) -> str:
-        if kind == "count":
-            return "count.npy"
+        if kind in ("count", "labels"):  # one per store, not per channel
+            return f"{kind}.npy"
         return f"{kind}.npy" if channel == PRIMARY else f"{channel}_{kind}.npy"
 
     def _map(self, channel: str, kind: str) -> np.memmap:
@@ -592,6 +603,8 @@ class CurvatureStore:
     def _check_files(self) -> None:
         """Check every array file meta.json calls for (see :func:`_check_npy`)."""
         _check_npy(self.directory / "count.npy", _DTYPES["count"], self.n)
+        if self._meta["version"] >= 2:
+            _check_npy(self.directory / "labels.npy", _DTYPES["labels"], self.n)
         for name in self.channels:
             for kind in ("sum", "mean", "last"):
                 _check_npy(self.directory / self._file(name, kind), _DTYPES[kind], self.n)
@@ -738,6 +751,12 @@ class CurvatureStore:
         return self._array(PRIMARY, "mean")
 
     @property
+    def labels(self) -> np.ndarray | None:
+        """``int64 [N]``: the label key each sample was scored with (its class index, or a hash of a non-integer
+        target), :data:`LABEL_UNKNOWN` where never scored; None for a format 1 store."""
+        return self._array(PRIMARY, "labels") if self._meta["version"] >= 2 else None
+
+    @property
     def history(self) -> np.memmap | None:
         """``float32 [epochs, N]`` memory-mapped scores per added epoch (NaN where a sample was not scored),
         or None without ``keep_history``."""
@@ -771,6 +790,7 @@ class CurvatureStore:
         epoch: int,
         values: np.ndarray | Mapping[str, np.ndarray],
         indices: np.ndarray | None = None,
+        labels: np.ndarray | None = None,
     ) -> bool:
         """Add one epoch's scores, once.
 
@@ -779,11 +799,15 @@ class CurvatureStore:
             values: ``[M]`` curvature scores, or a mapping from channel name to ``[M]`` scores (the
                 ``"curvature"`` channel and every extra channel of the store).
             indices: ``[M]`` distinct sample indices the values belong to (default: all ``N`` samples in order).
+            labels: ``[M]`` integer label keys the samples were scored with: each must equal the key recorded at
+                the sample's earlier commits (the first one records it), so that scores under other labels never
+                average. None skips the check (and records nothing).
 
         Returns:
             True if the epoch was added, False if it was there already.
 
         Raises:
+            StoreMismatchError: a sample's label differs from the one it was scored with before; nothing is added.
             OSError: writing failed (a full disk: ENOSPC). Before the commit point the store is as before; after
                 it, the next ``commit_epoch`` (or ``open(mode="r+")``) finishes the commit.
         """
@@ -817,6 +841,7 @@ class CurvatureStore:
             if not np.isfinite(v).all():
                 raise ValueError(f"Non-finite values for channel {name!r} at sample(s) {idx[~np.isfinite(v)][:20]}.")
             vals[name] = v
+        keys = None if labels is None else self._check_labels(idx, labels)
 
         journal = self.directory / "journal"
         row = len(self._meta["epochs"])
@@ -825,6 +850,8 @@ class CurvatureStore:
             new_count = self.count[idx] + 1
             _save_npy(journal / "indices.npy", idx.astype(np.int64))
             _save_npy(journal / "count.npy", new_count)
+            if keys is not None:
+                _save_npy(journal / "labels.npy", keys)
             for name, v in vals.items():
                 _save_npy(journal / f"{name}_values.npy", v)
                 _save_npy(journal / f"{name}_sum.npy", self._array(name, "sum")[idx] + v)
@@ -843,6 +870,30 @@ class CurvatureStore:
         self._apply_journal()
         return True
 
+    def _check_labels(self, idx: np.ndarray, labels: Any) -> np.ndarray:
+        """``labels`` as int64, checked against the keys recorded for ``idx``."""
+        keys = np.asarray(labels)
+        if keys.shape != idx.shape or not (np.issubdtype(keys.dtype, np.integer) or keys.dtype == bool):
+            raise ValueError(f"Expected `labels` as {len(idx)} integer label keys (one per index), got {keys.dtype} of "
+                             f"shape {keys.shape}.")
+        keys = keys.astype(np.int64)
+        if (keys == LABEL_UNKNOWN).any():
+            raise ValueError(f"Expected label keys other than {LABEL_UNKNOWN} (the store's mark of 'no label yet').")
+        recorded = self.labels
+        if recorded is None:
+            return keys
+        before = np.asarray(recorded[idx])
+        differ = np.flatnonzero((before != LABEL_UNKNOWN) & (before != keys))
+        if len(differ):
+            i = differ[0]
+            raise StoreMismatchError(
+                f"The store at {self.directory} scored samples {idx[differ][:10].tolist()} under other labels "
+                f"({len(differ)} sample(s); e.g. sample {int(idx[i])}: label key {int(before[i])} then, "
+                f"{int(keys[i])} now): the dataset's labels changed since. Scores under other labels do not average: "
+                "use another `directory` for other labels, or score the dataset the store was made for."
+            )
+        return keys
+
     def _recover(self) -> None:
         """Finish a commit that a crash (or an error) interrupted after its commit point; drop one that did not
         reach it (no journal.json: the arrays were not touched)."""
@@ -860,9 +911,10 @@ class CurvatureStore:
         else:
             shutil.rmtree(journal)
 
-    def _load_journal(self, record: dict[str, int]) -> tuple[np.ndarray, np.ndarray, dict[str, np.ndarray],
-                                                                dict[str, np.ndarray]]:
-        """The journal's indices, counts, and per channel the sums and values, each checked before any is applied.
+    def _load_journal(self, record: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None,
+                                                                dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """The journal's indices, counts, label keys (None when the commit checked none), and per channel the sums
+        and values, each checked before any is applied.
 
         Raises:
             StoreCorruptError: naming the journal file that does not fit the store.
@@ -903,7 +955,8 @@ class CurvatureStore:
                          f"counts in [{new_count.min()}, {new_count.max()}]")
         sums = {name: load(f"{name}_sum.npy", np.float64, len(idx)) for name in self.channels}
         values = {name: load(f"{name}_values.npy", np.float64, len(idx)) for name in self.channels}
-        return idx, new_count, sums, values
+        keys = load("labels.npy", np.int64, len(idx)) if (journal / "labels.npy").exists() else None
+        return idx, new_count, keys, sums, values
 
     def _apply_journal(self) -> None:
         journal = self.directory / "journal"
@@ -911,11 +964,13 @@ class CurvatureStore:
         if record is None:
             raise StoreCorruptError(f"{journal / 'journal.json'} vanished while a commit was being applied: is "
                                     "another process writing to this store? One writer at a time.")
-        idx, new_count, sums, values = self._load_journal(record)
+        idx, new_count, keys, sums, values = self._load_journal(record)
         row = record["row"]
         if self._meta["keep_history"]:
             self._ensure_history_rows(row + 1)  # a no-op unless a crash came before the commit grew it
         self._write(self.count, idx, new_count)
+        if keys is not None:
+            self._write(self._array(PRIMARY, "labels"), idx, keys)
         for name in self.channels:
             self._write(self._array(name, "sum"), idx, sums[name])
             self._write(self._array(name, "mean"), idx, sums[name] / new_count)

@@ -1,11 +1,14 @@
 """CurvatureCallback inside a real Trainer (DESIGN §2, §4, §5)."""
 
 import csv
+import functools
+import inspect
 import pickle
 
 import numpy as np
 import pytest
 import torch
+import torch.nn.functional as F
 from boring import Blobs, BlobsDM, Classifier, DictBlobs, Frozen, trainer
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, WandbLogger
@@ -27,6 +30,21 @@ def fit(tmp_path, cb, model=Classifier, dm=None, max_epochs=2, ckpt_path=None, *
     return t
 
 
+def blobs64(n=48):
+    """Blobs in float64, for comparing a sample's score across batch compositions (fit with precision="64-true":
+    model and training batches in float64 too; the estimator keeps float64 inputs in float64).
+
+    Not float32: the score is ||g(x+hv) - g(x)||^2, two gradients of size |g| that differ by |d| ~ h|Hv|. Each
+    carries rounding ~ gamma*u*|g| (gamma ~ 8 for these 6-16-3 layers) that a different batch composition
+    changes (BLAS blocking), so the score moves by up to 2 * 2*gamma*u*|g|/|d| = 32*u*R, R = |g|/|d| <= 9e3 on
+    Blobs (computed in float64): ~2e-2 in float32 (u = 2**-24; 1e-3 seen on AMD EPYC), 3e-11 in float64
+    (u = 2**-53; seen <= 1e-12). Hence rtol=1e-9 in float64; a wrong index, vector or epoch moves a score O(1).
+    """
+    ds = Blobs(n)
+    ds.x = ds.x.double()
+    return ds
+
+
 def test_scores_on_schedule_and_counts_every_sample(tmp_path):
     cb = CurvatureCallback(Blobs(), n_vectors=2, every_n_epochs=2, start_epoch=1, directory=tmp_path / "s")
     fit(tmp_path, cb, max_epochs=6)
@@ -36,23 +54,26 @@ def test_scores_on_schedule_and_counts_every_sample(tmp_path):
 
 
 def test_scores_equal_the_estimator_on_the_final_model(tmp_path):
-    cb = CurvatureCallback(Blobs(), n_vectors=3, batch_size=7, seed=4, directory=tmp_path / "s")
+    """Batches of 7 in the callback, one of 48 here: float64 (see blobs64), so the rounding is ~1e-12."""
+    cb = CurvatureCallback(blobs64(), n_vectors=3, batch_size=7, seed=4, directory=tmp_path / "s")
     model = Frozen()
-    fit(tmp_path, cb, model=model)
-    ds = Blobs()
-    want = input_curvature(model, ds.x, ds.targets, n_vectors=3, seed=4, indices=torch.arange(48)).double()
-    np.testing.assert_allclose(cb.store.mean, want.numpy(), rtol=1e-3)
+    fit(tmp_path, cb, model=model, precision="64-true")  # converts `model` itself to float64
+    ds = blobs64()
+    want = input_curvature(model, ds.x, ds.targets, n_vectors=3, seed=4, indices=torch.arange(48))
+    assert want.dtype == torch.float64
+    np.testing.assert_allclose(cb.store.mean, want.numpy(), rtol=1e-9)  # 32*u*R <= 3e-11 (blobs64); seen 1e-12
     with torch.no_grad():
-        logits = model(ds.x).double()
+        logits = model(ds.x)
+    # logits (|z| ~ 1, untrained) move by ~16*u*|z| ~ 4e-15 with the batch: so do loss, margin and confidence
     loss = torch.nn.functional.cross_entropy(logits, ds.targets, reduction="none")
-    np.testing.assert_allclose(cb.store.channel_mean("loss"), loss.numpy(), rtol=1e-5)
+    np.testing.assert_allclose(cb.store.channel_mean("loss"), loss.numpy(), rtol=1e-10, atol=1e-12)
     top2 = logits.topk(2, 1).values
     given = logits.gather(1, ds.targets[:, None]).squeeze(1)
     margin = torch.where(given == top2[:, 0], given - top2[:, 1], given - top2[:, 0])
-    np.testing.assert_allclose(cb.store.channel_mean("margin"), margin.numpy(), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(cb.store.channel_mean("margin"), margin.numpy(), rtol=1e-10, atol=1e-12)
     np.testing.assert_allclose(cb.store.channel_mean("correct"), (margin > 0).double().numpy())
     np.testing.assert_allclose(cb.store.channel_mean("confidence"), logits.softmax(1).gather(1, ds.targets[:, None])
-                               .squeeze(1).numpy(), rtol=1e-5)
+                               .squeeze(1).numpy(), rtol=1e-10, atol=1e-12)
 
 
 def test_model_trains_in_train_mode_between_passes(tmp_path):
@@ -296,15 +317,16 @@ def test_other_labels_refused(tmp_path):
 
 @pytest.mark.parametrize(("fraction", "epochs", "counts"), [(0.5, 4, [2, 2, 2]), (1 / 3, 4, [2, 1, 1])])
 def test_rotating_fraction_scores_every_sample_in_turn(tmp_path, fraction, epochs, counts):
-    cb = CurvatureCallback(Blobs(), n_vectors=1, fraction=fraction, keep_history=True, directory=tmp_path / "s")
-    fit(tmp_path, cb, model=Frozen, max_epochs=epochs)
+    cb = CurvatureCallback(blobs64(), n_vectors=1, fraction=fraction, keep_history=True, directory=tmp_path / "s")
+    fit(tmp_path, cb, model=Frozen, max_epochs=epochs, precision="64-true")
     count = np.asarray(cb.store.count)
     assert count[:3].tolist() == counts and count.sum() == sum(len(range(e % round(1 / fraction), 48,
                                                                            round(1 / fraction)))
                                                               for e in range(epochs))
-    full = CurvatureCallback(Blobs(), n_vectors=1, directory=tmp_path / "full")
-    fit(tmp_path, full, model=Frozen, max_epochs=1)
-    np.testing.assert_allclose(cb.store.mean, full.store.mean, rtol=1e-3)  # frozen model: the same per-sample mean
+    full = CurvatureCallback(blobs64(), n_vectors=1, directory=tmp_path / "full")
+    fit(tmp_path, full, model=Frozen, max_epochs=1, precision="64-true")
+    # frozen model: the same per-sample mean, from batches of 48/P instead of 48 (float64: see blobs64)
+    np.testing.assert_allclose(cb.store.mean, full.store.mean, rtol=1e-9)
     scored = ~np.isnan(np.asarray(cb.store.history))
     assert scored.sum(1).tolist() == [len(range(e % round(1 / fraction), 48, round(1 / fraction)))
                                       for e in range(epochs)]
@@ -313,7 +335,7 @@ def test_rotating_fraction_scores_every_sample_in_turn(tmp_path, fraction, epoch
 def test_fraction_must_be_one_over_a_whole_number():
     with pytest.raises(ValueError, match=r"`fraction` = 1/P.*got 0.3. Use 1/3"):
         CurvatureCallback(fraction=0.3)
-    with pytest.raises(ValueError, match=r"`fraction` in \(0, 1\]"):
+    with pytest.raises(ValueError, match=r"`fraction` to be a float in \(0, 1\], got 0"):
         CurvatureCallback(fraction=0)
     with pytest.raises(ValueError, match="`cache`"):
         CurvatureCallback(cache="yes")
@@ -377,3 +399,252 @@ def test_progress_bar_only_on_a_terminal(tmp_path, capsys, monkeypatch):
     assert not sys.stderr.isatty() and "curvature (epoch 0)" not in capsys.readouterr().err
     fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=1, directory=tmp_path / "t"), model=Frozen, max_epochs=1)
     assert seen == [None, True]  # no Trainer bar: none of ours either
+
+
+# ------------------------------------------------------------------------------------------ what a score means
+def ce_smooth_00():
+    return functools.partial(F.cross_entropy, reduction="none", label_smoothing=0.0)
+
+
+def test_loss_with_other_arguments_refused_on_resume(tmp_path):
+    fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=1, loss_fn=ce_smooth_00(), directory=tmp_path / "s"),
+        max_epochs=1)
+    assert CurvatureStore.open(tmp_path / "s").meta["loss"] == (
+        "functools.partial(torch.nn.functional.cross_entropy, label_smoothing=0.0, reduction='none')")
+    other = functools.partial(F.cross_entropy, reduction="none", label_smoothing=0.3)
+    with pytest.raises(StoreMismatchError, match=r"label_smoothing=0.0.*this run asks.*label_smoothing=0.3.*loss_id"):
+        fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=1, loss_fn=other, directory=tmp_path / "s"), max_epochs=2)
+    module = torch.nn.CrossEntropyLoss(reduction="none", label_smoothing=0.3)
+    with pytest.raises(StoreMismatchError, match=r"CrossEntropyLoss\(ignore_index=-100, label_smoothing=0.3"):
+        fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=1, loss_fn=module, directory=tmp_path / "s"), max_epochs=2)
+    fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=1, loss_fn=ce_smooth_00(), directory=tmp_path / "s"),
+        max_epochs=2)  # the same arguments in a new partial: resumed
+    assert CurvatureStore.open(tmp_path / "s").epochs == [0, 1]
+
+
+def test_lambda_and_closure_losses_need_a_loss_id(tmp_path):
+    def closure_loss(out, y):
+        return F.cross_entropy(out, y, reduction="none") * scale
+
+    scale = 2.0
+    for loss_fn, kind in [(lambda out, y: F.cross_entropy(out, y, reduction="none"), "a lambda"),
+                          (closure_loss, "a closure")]:
+        with pytest.raises(ValueError, match=rf"`loss_fn` \({kind}\).*loss_id=\"my_loss_v1\".*named module-level "
+                                             r"function or a functools.partial"):
+            CurvatureCallback(loss_fn=loss_fn)
+    cb = CurvatureCallback(Blobs(), n_vectors=1, loss_fn=closure_loss, loss_id="ce_times_2", directory=tmp_path / "s")
+    assert cb.settings()["loss"] == "ce_times_2"
+    fit(tmp_path, cb, max_epochs=1)
+    assert CurvatureStore.open(tmp_path / "s").meta["loss"] == "ce_times_2"
+    with pytest.raises(StoreMismatchError, match=r"loss='ce_times_2', this run asks loss='ce_times_3'"):
+        fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=1, loss_fn=closure_loss, loss_id="ce_times_3",
+                                        directory=tmp_path / "s"), max_epochs=2)
+    unrenderable = functools.partial(per_sample_nll, weight={1: 2.0})  # a dict with int keys: no stable rendering
+    for loss_fn, kind in [(unrenderable, r"an object of type partial whose state cannot be written down"),
+                          (Frozen().training_step, r"a bound method")]:
+        with pytest.raises(ValueError, match=rf"`loss_fn` \({kind}.*loss_id="):
+            CurvatureCallback(loss_fn=loss_fn)
+    with pytest.raises(ValueError, match=r"`loss_id` to be a non-empty string.*got ''"):
+        CurvatureCallback(loss_fn=closure_loss, loss_id="")
+    assert CurvatureCallback().settings()["loss"] == "cross_entropy"  # the default keeps its name
+
+
+def test_fast_is_part_of_the_meaning(tmp_path):
+    from curvature_callback.store import MEANING_KEYS
+
+    assert "fast" in MEANING_KEYS
+    fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=1, directory=tmp_path / "s"), max_epochs=1)
+    with pytest.raises(StoreMismatchError, match=r"made with fast=False, this run asks fast=True.*set fast=False"):
+        fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=1, fast=True, directory=tmp_path / "s"), max_epochs=2)
+    fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=1, fast=True, directory=tmp_path / "f"), max_epochs=1)
+    with pytest.raises(StoreMismatchError, match=r"made with fast=True, this run asks fast=False"):
+        fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=1, directory=tmp_path / "f"), max_epochs=2)
+    # a checkpoint is held to the store's keys: fast too, and the loss by its arguments
+    saved = CurvatureCallback(fast=True).state_dict()
+    with pytest.raises(ValueError, match=r"checkpoint's CurvatureCallback used fast=True, this one has fast=False"):
+        CurvatureCallback().load_state_dict(saved)
+    saved = CurvatureCallback(loss_fn=ce_smooth_00()).state_dict()
+    with pytest.raises(ValueError, match=r"used loss=.*label_smoothing=0.0.*this one has loss=.*label_smoothing=0.3"):
+        CurvatureCallback(loss_fn=functools.partial(F.cross_entropy, reduction="none", label_smoothing=0.3)
+                          ).load_state_dict(saved)
+
+
+def test_numpy_scalars_are_settings_like_python_numbers(tmp_path):
+    import json
+
+    plain = dict(h=1e-3, n_vectors=2, seed=0, batch_size=32, every_n_epochs=1, start_epoch=0, num_workers=0,
+                 chunk_size=64, fraction=0.5, fast=False, keep_history=True)
+    numpy = dict(h=np.float32(1e-3), n_vectors=np.int64(2), seed=np.int64(0), batch_size=np.int64(32),
+                 every_n_epochs=np.int32(1), start_epoch=np.int64(0), num_workers=np.int64(0),
+                 chunk_size=np.int64(64), fraction=np.float32(0.5), fast=np.bool_(False), keep_history=np.bool_(True))
+    a, b = CurvatureCallback(**plain), CurvatureCallback(**numpy)
+    assert b.settings() == a.settings() and b.state_key == a.state_key
+    assert all(type(getattr(b, k)) is type(v) for k, v in plain.items())  # Python numbers: JSON writes them
+    json.dumps(b.state_dict())
+    fit(tmp_path, CurvatureCallback(Blobs(), directory=tmp_path / "s", **plain), model=Frozen, max_epochs=1)
+    fit(tmp_path, CurvatureCallback(Blobs(), directory=tmp_path / "s", **numpy), model=Frozen, max_epochs=2)
+    assert CurvatureStore.open(tmp_path / "s").epochs == [0, 1]  # h=np.float32(1e-3) resumed h=1e-3
+    for kwargs, match in [({"fast": 1}, r"`fast` to be True or False, got 1"),
+                          ({"keep_history": "no"}, r"`keep_history` to be True or False"),
+                          ({"chunk_size": 0}, r"`chunk_size` to be an integer >= 1, got 0"),
+                          ({"n_vectors": np.float64(2.0)}, r"`n_vectors` to be an integer >= 1 .*got np.float64"),
+                          ({"seed": True}, r"`seed` to be an integer in \[0, 2\*\*64\), got True")]:
+        with pytest.raises(ValueError, match=match):
+            CurvatureCallback(**kwargs)
+
+
+class EmptyCurvatureDM(BlobsDM):
+    def curvature_dataset(self):
+        return Blobs(0)
+
+
+def test_empty_dataset_named_with_where_it_came_from(tmp_path):
+    with pytest.raises(ValueError, match=r"at least one sample.*got an empty Blobs \(from `CurvatureCallback\("
+                                         r"dataset=\.\.\.\)`\)"):
+        fit(tmp_path, CurvatureCallback(Blobs(0), n_vectors=1, directory=tmp_path / "a"), max_epochs=1)
+    with pytest.raises(ValueError, match=r"empty Blobs \(from `EmptyCurvatureDM.curvature_dataset\(\)`\)"):
+        fit(tmp_path, CurvatureCallback(n_vectors=1, directory=tmp_path / "b"), dm=EmptyCurvatureDM(), max_epochs=1)
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()  # refused before a store is made
+
+
+def test_float64_dataset_with_a_float32_model_says_how_to_fix(tmp_path):
+    from torch.utils.data import TensorDataset
+
+    ds = Blobs()
+    cb = CurvatureCallback(TensorDataset(ds.x.double(), ds.targets), n_vectors=1, directory=tmp_path / "s")
+    with pytest.raises(TypeError, match=r"parameter dtype torch.float32, got torch.float64.*Cast the dataset's "
+                                        r"inputs to torch.float32.*model.double\(\)"):
+        fit(tmp_path, cb, max_epochs=1)
+
+
+class Detaching(Frozen):
+    def forward(self, x):
+        return self.net(x.detach())
+
+
+def test_model_without_a_gradient_path_to_its_input(tmp_path):
+    cb = CurvatureCallback(Blobs(), n_vectors=1, batch_size=10, directory=tmp_path / "s")
+    with pytest.raises(ValueError, match=r"samples with dataset indices \[0, 1, 2, 3, 4, 5, 6, 7, 8, 9\] has no "
+                                         r"gradient path to the inputs.*x.detach\(\)"):
+        fit(tmp_path, cb, model=Detaching, max_epochs=1)
+
+
+def test_mismatch_message_is_not_prefixed_twice(tmp_path):
+    fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=1, directory=tmp_path / "s"), max_epochs=1)
+    with pytest.raises(StoreMismatchError) as info:
+        fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=2, directory=tmp_path / "s"), max_epochs=1)
+    assert "n_vectors=1" in str(info.value) and "StoreMismatchError" not in str(info.value)
+
+
+class OtherRank:
+    """A rank other than 0, to whom rank 0 broadcasts what it caught."""
+
+    def __init__(self, sent):
+        self.strategy = self
+        self.sent = sent
+
+    def broadcast(self, obj, src=0):
+        assert obj is None  # only rank 0 sends
+        return self.sent
+
+
+def test_other_ranks_raise_rank_zeros_error_by_type_and_plain_message():
+    from curvature_callback.callback import _raise_together
+
+    with pytest.raises(StoreMismatchError, match=r"^The store at /x was made with h=0.001\.$"):
+        _raise_together(OtherRank(("StoreMismatchError", "The store at /x was made with h=0.001.")), None)
+    with pytest.raises(FileExistsError, match=r"^exists$"):
+        _raise_together(OtherRank(("FileExistsError", "exists")), None)
+    _raise_together(OtherRank(None), None)  # nothing caught: nothing raised
+    zero = OtherRank(None)
+    zero.broadcast = lambda obj, src=0: obj
+    with pytest.raises(KeyError):  # rank 0 re-raises its own exception; the others get a RuntimeError
+        _raise_together(zero, KeyError("k"))
+
+
+# ------------------------------------------------------------------------------------------ labels
+def test_label_keys_of_class_labels_and_other_targets():
+    from curvature_callback.callback import _label_keys
+
+    labels = torch.tensor([0, 7, 2**40, -1])
+    assert _label_keys(labels).tolist() == labels.tolist()
+    soft = torch.rand(5, 3, dtype=torch.float64)
+    keys = _label_keys(soft)
+    assert keys.dtype == torch.int64 and (keys >= 0).all() and len(set(keys.tolist())) == 5
+    changed = soft.clone()
+    changed[3, 1] += 1e-12
+    assert (_label_keys(changed) != keys).tolist() == [False, False, False, True, False]
+    assert not torch.equal(_label_keys(soft.float()), _label_keys(soft.float().double()))  # dtype counts
+    assert torch.equal(_label_keys(soft[1:3]), keys[1:3])  # a sample's key does not depend on its batch
+
+
+class GatherRank:
+    """One of two ranks: all_gather returns what both ranks sent in the same call (recorded by a first run)."""
+
+    def __init__(self, rank, calls):
+        self.strategy, self.world_size, self.global_rank, self.calls, self.n = self, 2, rank, calls, 0
+
+    def all_gather(self, tensor):
+        self.calls.setdefault(self.n, {})[self.global_rank] = tensor.clone()
+        both = self.calls[self.n]
+        self.n += 1
+        return torch.stack([both.get(r, torch.zeros_like(tensor)) for r in (0, 1)])
+
+
+def test_gather_keeps_int64_label_keys_exact():
+    cb = CurvatureCallback(Blobs(50), batch_size=8)
+    cb.GATHER_COLUMNS = 9
+    cb._scored_dataset = Blobs(50)
+    keys = torch.arange(50, dtype=torch.int64) + (2**62 + 1)  # not representable in float64
+    scores = torch.rand(50, dtype=torch.float64)
+    calls = {}
+    shards = [(0, slice(0, 32)), (1, slice(32, 50))]
+    for _ in range(2):  # the first round records each rank's pieces, the second gathers them
+        out = [cb._gather(GatherRank(r, calls), {"curvature": scores[s], "label_keys": keys[s]}) for r, s in shards]
+    for o in out:
+        assert o["label_keys"].dtype == torch.int64 and torch.equal(o["label_keys"], keys)
+        assert torch.equal(o["curvature"], scores) and list(o) == ["curvature", "label_keys"]
+
+
+def test_label_keys_reach_the_store_commit(tmp_path, monkeypatch):
+    """Each scored sample's label key goes to ``commit_epoch(..., labels=)`` aligned with ``indices``."""
+    real, seen = CurvatureStore.commit_epoch, []
+
+    def spy(self, epoch, values, indices=None, labels=None):
+        seen.append((np.asarray(indices).copy(), np.asarray(labels).copy()))
+        takes = "labels" in inspect.signature(real).parameters  # the store's own check, once it has one
+        return real(self, epoch, values, indices, labels=labels) if takes else real(self, epoch, values, indices)
+
+    monkeypatch.setattr(CurvatureStore, "commit_epoch", spy)
+    ds = NoTargets(Blobs().targets.tolist())
+    fit(tmp_path, CurvatureCallback(ds, n_vectors=1, fraction=0.5, batch_size=5, directory=tmp_path / "s"),
+        model=Frozen, max_epochs=2)
+    assert len(seen) == 2
+    for indices, labels in seen:
+        assert labels.dtype == np.int64 and labels.tolist() == [ds.labels[i] for i in indices]
+
+
+class NoTargets(torch.utils.data.Dataset):
+    """Blobs' inputs with labels of one's own, under a name that is not ``targets``."""
+
+    def __init__(self, labels):
+        self.x, self.labels = Blobs().x, list(labels)
+
+    def __len__(self):
+        return len(self.labels)
+
+    def __getitem__(self, i):
+        return self.x[i], self.labels[i]
+
+
+def test_other_labels_refused_without_targets(tmp_path):
+    labels = Blobs().targets.tolist()
+    fit(tmp_path, CurvatureCallback(NoTargets(labels), n_vectors=1, directory=tmp_path / "s"), model=Frozen,
+        max_epochs=1)
+    before = np.array(CurvatureStore.open(tmp_path / "s").sum)
+    labels[5] = (labels[5] + 1) % 3
+    with pytest.raises(StoreMismatchError, match=r"\b5\b"):
+        fit(tmp_path, CurvatureCallback(NoTargets(labels), n_vectors=1, directory=tmp_path / "s"), model=Frozen,
+            max_epochs=2)
+    s = CurvatureStore.open(tmp_path / "s")
+    assert s.epochs == [0] and np.array_equal(np.asarray(s.sum), before)

@@ -17,6 +17,7 @@ import pytest
 
 from curvature_callback import store as store_module
 from curvature_callback.store import (
+    LABEL_UNKNOWN,
     CurvatureStore,
     StoreChangedError,
     StoreCorruptError,
@@ -33,14 +34,14 @@ def make(path, n=5, **kw):
 def test_files_are_plain_npy_and_json(tmp_path):
     with make(tmp_path, keep_history=True, channels=("loss",)) as s:
         s.commit_epoch(0, {"curvature": np.arange(5.0), "loss": np.ones(5)})
-    names = {"meta.json", "sum.npy", "count.npy", "mean.npy", "last.npy", "history.npy", "loss_sum.npy",
+    names = {"meta.json", "sum.npy", "count.npy", "labels.npy", "mean.npy", "last.npy", "history.npy", "loss_sum.npy",
              "loss_mean.npy", "loss_last.npy", "loss_history.npy", "lock"}
     assert names == set(os.listdir(tmp_path))
     for f in names - {"meta.json", "lock"}:
         np.load(tmp_path / f, mmap_mode="r", allow_pickle=False)
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert {k: meta[k] for k in ("n", "h", "n_vectors", "seed", "loss", "epochs", "version")} == {
-        "n": 5, "h": 1e-3, "n_vectors": 10, "seed": 0, "loss": "cross_entropy", "epochs": [0], "version": 1}
+        "n": 5, "h": 1e-3, "n_vectors": 10, "seed": 0, "loss": "cross_entropy", "epochs": [0], "version": 2}
 
 
 def test_running_mean_counts_and_history(tmp_path):
@@ -272,6 +273,7 @@ DAMAGES = {  # what is done to a store of N=5, epochs [0, 1] -> what the refusal
               r"count\.npy is damaged: expected shape \(5,\) \(n=5 in meta\.json\), got shape \(6,\)"),
     "few rows": (lambda d: np.save(d / "loss_history.npy", np.zeros((1, 5), np.float32)),
                  r"loss_history\.npy is damaged: expected shape \(capacity >= 2 epochs, 5\).*got shape \(1, 5\)"),
+    "labels": (lambda d: _cut(d / "labels.npy", -8), r"labels\.npy is damaged: .*\(trunc"),
     "missing": (lambda d: (d / "loss_last.npy").unlink(),
                 r"loss_last\.npy is damaged: expected the file .*no such file"),
     "header": (lambda d: (d / "sum.npy").write_bytes(b"\x93NUMPY\x01\x00\x10\x00{'descr': oops}\n"),
@@ -469,8 +471,8 @@ def test_a_full_disk_fails_before_anything_changes_and_the_run_goes_on(tmp_path,
             s.commit_epoch(1, np.full(5, 3.0))  # needs a second history row: the file grows
         assert caught.value.errno == errno.ENOSPC
         assert s.epochs == [0] and s.sum.tolist() == [1.0] * 5 and s.history.shape == (1, 5)
-        assert sorted(os.listdir(tmp_path / "s")) == ["count.npy", "history.npy", "journal", "last.npy", "lock",
-                                                      "mean.npy", "meta.json", "sum.npy"]  # no .grow left
+        assert sorted(os.listdir(tmp_path / "s")) == ["count.npy", "history.npy", "journal", "labels.npy", "last.npy",
+                                                      "lock", "mean.npy", "meta.json", "sum.npy"]  # no .grow left
         assert not (tmp_path / "s" / "journal" / "journal.json").exists()  # before the commit point
         with pytest.raises(OSError, match="No space left on device"):
             make(tmp_path / "new", keep_history=True)
@@ -555,3 +557,33 @@ def test_a_second_writer_is_refused_even_without_the_lock_file(tmp_path):
     s.close()
     with CurvatureStore.open(tmp_path, "r+") as s:
         assert (tmp_path / "lock").read_text() == str(os.getpid())
+
+
+def test_labels_are_recorded_once_and_checked_at_every_commit(tmp_path):
+    with make(tmp_path) as s:
+        assert (s.labels == LABEL_UNKNOWN).all()
+        s.commit_epoch(0, np.ones(2), indices=np.array([1, 3]), labels=np.array([7, 8]))
+        s.commit_epoch(1, np.ones(3), indices=np.array([0, 1, 3]), labels=np.array([6, 7, 8]))  # 0 recorded now
+        before = {f: (tmp_path / f).read_bytes() for f in ("sum.npy", "count.npy", "labels.npy", "meta.json")}
+        with pytest.raises(StoreMismatchError, match=r"scored samples \[3\] under other labels .*sample 3: label "
+                           r"key 8 then, 9 now"):
+            s.commit_epoch(2, np.ones(3), indices=np.array([0, 1, 3]), labels=np.array([6, 7, 9]))
+        assert {f: (tmp_path / f).read_bytes() for f in before} == before  # nothing added
+        with pytest.raises(ValueError, match="Expected `labels` as 2 integer label keys"):
+            s.commit_epoch(2, np.ones(2), indices=np.array([0, 1]), labels=np.array([6.0, 7.0]))
+        with pytest.raises(ValueError, match="Expected label keys other than"):
+            s.commit_epoch(2, np.ones(1), indices=np.array([2]), labels=np.array([LABEL_UNKNOWN]))
+    r = CurvatureStore.open(tmp_path)
+    assert r.labels.tolist() == [6, 7, LABEL_UNKNOWN, 8, LABEL_UNKNOWN] and r.epochs == [0, 1]
+
+
+def test_a_format_1_store_is_read_but_not_added_to(tmp_path):
+    with make(tmp_path) as s:
+        s.commit_epoch(0, np.arange(5.0))
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    (tmp_path / "meta.json").write_text(json.dumps({**meta, "version": 1}))
+    (tmp_path / "labels.npy").unlink()  # format 1 had none
+    r = CurvatureStore.open(tmp_path)
+    assert r.labels is None and r.mean.tolist() == [0, 1, 2, 3, 4]
+    with pytest.raises(StoreMismatchError, match="format version 1, which records no labels"):
+        CurvatureStore.open(tmp_path, "r+")
