@@ -36,7 +36,7 @@ import os
 import platform
 import statistics
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -44,8 +44,8 @@ import torch.nn.functional as F
 from _models import CifarResNet18, SmallCNN
 from torch import Tensor, nn
 
-from curvature_callback import estimator
-from curvature_callback.estimator import default_chunk_size, input_curvature
+from curvature_callback.core import estimator
+from curvature_callback.core.estimator import default_chunk_size, input_curvature
 
 CPU_TARGET = 1.8  # ours / published, small CNN on CPU, B=64, n=10
 GPU_TARGET = 0.95  # ours / limit, ResNet18 on GPU, B=128, n=10, float32
@@ -184,17 +184,6 @@ def _paired(seconds: dict[str, list[float]], slower: str, faster: str) -> float:
     return statistics.median(a / b for a, b in zip(seconds[slower], seconds[faster], strict=True))
 
 
-@contextlib.contextmanager
-def layout(channels_last: bool) -> Iterator[None]:
-    """Whether ``fast=True`` feeds image batches in channels_last (on any device: the CPU is timed too)."""
-    saved = estimator._channels_last_pays
-    estimator._channels_last_pays = lambda device: channels_last
-    try:
-        yield
-    finally:
-        estimator._channels_last_pays = saved
-
-
 def measure(name: str, model: nn.Module, device: torch.device, *, batch: int, n: int, chunk: int | None,
             fast: bool, warmup: int, repeats: int, clock: Callable[[], float] = time.perf_counter,
             quiet: Quiet | None = None, channels_last: bool = False) -> Row:
@@ -211,11 +200,12 @@ def measure(name: str, model: nn.Module, device: torch.device, *, batch: int, n:
 
     fns = {
         "published": lambda: published_style(model, x, y, H, n),
-        "ours": lambda: input_curvature(model, x, y, h=H, n_vectors=n, chunk_size=chunk, fast=fast),
+        "ours": lambda: input_curvature(model, x, y, h=H, n_vectors=n, chunk_size=chunk, fast=fast,
+                                        channels_last=fast and channels_last),
         "limit": limit,
     }
-    fast_default = estimator._channels_last_pays(device) == channels_last  # what fast=True does on this device
-    with precision(fast), layout(fast and channels_last):
+    fast_default = estimator.default_channels_last(device) == channels_last  # what fast=True does on this device
+    with precision(fast):
         timing = time_interleaved(fns, device, warmup, repeats, clock=clock, quiet=quiet)
     sec = timing.seconds
     speed = {k: batch / statistics.median(t) for k, t in sec.items()}

@@ -31,9 +31,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from curvature_callback.analysis import mislabel_metrics
-from curvature_callback.data import cifar10_offline_arrays, inject_label_noise
-from curvature_callback.estimator import curvature_details
-from curvature_callback.models import SmallCNN
+from curvature_callback.core.estimator import curvature_details
+from curvature_callback.experiments.data import cifar10_offline_arrays, inject_label_noise
+from curvature_callback.experiments.models import SmallCNN
 
 MEAN = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
 STD = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)

@@ -1,6 +1,6 @@
 """Does channels_last pay for the curvature pass? NCHW against channels_last inputs, per model, side by side.
 
-``fast=True`` feeds 4-D image batches in channels_last on CUDA (``curvature_callback.estimator``); on the CPU the
+``fast=True`` feeds 4-D image batches in channels_last on CUDA (``curvature_callback.core.estimator``); on the CPU the
 inputs keep their layout. This times :func:`curvature_callback.input_curvature` at n = 10 with the layout forced
 each way (the methods alternate within each round; medians over rounds) and checks that the scores agree.
 
@@ -17,9 +17,8 @@ import time
 import torch
 from _models import CifarResNet18, SmallCNN
 
-from curvature_callback import estimator
-from curvature_callback.estimator import input_curvature
-from curvature_callback.models import SmallCNN as DigitsCNN
+from curvature_callback.core.estimator import input_curvature
+from curvature_callback.experiments.models import SmallCNN as DigitsCNN
 
 
 def main() -> None:
@@ -36,36 +35,31 @@ def main() -> None:
         ("digits SmallCNN (1x8x8)", DigitsCNN(in_channels=1, num_classes=10, width=32), (256, 1, 8, 8)),
         ("CIFAR ResNet18", CifarResNet18(), (128 if gpu else 16, 3, 32, 32)),
     ]
-    saved = estimator._channels_last_pays
     print(f"input_curvature, n={args.n_vectors}, fast=True, on {device}; median of {args.repeats} rounds\n")
     print("| model | batch | NCHW ms | channels_last ms | speed-up | median relative difference of the scores |")
     print("|---|--:|--:|--:|--:|--:|")
-    try:
-        for name, model, shape in cases:
-            model = model.to(device).eval()
-            x = torch.randn(shape, device=device)
-            y = torch.randint(0, 10, (shape[0],), device=device)
+    for name, model, shape in cases:
+        model = model.to(device).eval()
+        x = torch.randn(shape, device=device)
+        y = torch.randint(0, 10, (shape[0],), device=device)
 
-            def run(channels_last: bool, model=model, x=x, y=y) -> torch.Tensor:
-                estimator._channels_last_pays = lambda d: channels_last
-                out = input_curvature(model, x, y, n_vectors=args.n_vectors, fast=True)
-                if gpu:
-                    torch.cuda.synchronize()
-                return out
+        def run(channels_last: bool, model=model, x=x, y=y) -> torch.Tensor:
+            out = input_curvature(model, x, y, n_vectors=args.n_vectors, fast=True, channels_last=channels_last)
+            if gpu:
+                torch.cuda.synchronize()
+            return out
 
-            a, b = run(False), run(True)  # also the warm-up
-            rel = float(((a - b).abs() / a.abs()).median())
-            seconds: dict[bool, list[float]] = {False: [], True: []}
-            for _ in range(args.repeats):
-                for cl in (False, True):
-                    start = time.perf_counter()
-                    run(cl)
-                    seconds[cl].append(time.perf_counter() - start)
-            speed = statistics.median(s / t for s, t in zip(seconds[False], seconds[True], strict=True))
-            print(f"| {name} | {shape[0]} | {1000 * statistics.median(seconds[False]):.0f} | "
-                  f"{1000 * statistics.median(seconds[True]):.0f} | {speed:.2f}x | {rel:.1e} |", flush=True)
-    finally:
-        estimator._channels_last_pays = saved
+        a, b = run(False), run(True)  # also the warm-up
+        rel = float(((a - b).abs() / a.abs()).median())
+        seconds: dict[bool, list[float]] = {False: [], True: []}
+        for _ in range(args.repeats):
+            for cl in (False, True):
+                start = time.perf_counter()
+                run(cl)
+                seconds[cl].append(time.perf_counter() - start)
+        speed = statistics.median(s / t for s, t in zip(seconds[False], seconds[True], strict=True))
+        print(f"| {name} | {shape[0]} | {1000 * statistics.median(seconds[False]):.0f} | "
+              f"{1000 * statistics.median(seconds[True]):.0f} | {speed:.2f}x | {rel:.1e} |", flush=True)
 
 
 if __name__ == "__main__":

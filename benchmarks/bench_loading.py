@@ -1,9 +1,9 @@
 """Where the scoring pass's time goes: waiting for batches (load) against scoring them (compute).
 
-The callback feeds its pass through :class:`curvature_callback.feeding.BatchFeeder`: one DataLoader whose
+The callback feeds its pass through :class:`curvature_callback.core.feeding.BatchFeeder`: one DataLoader whose
 ``num_workers`` workers start at the first pass and persist (pinned memory on CUDA), or, when the scored inputs
 fit (``cache="auto"``: CIFAR), tensors kept on the device after the first pass. This script runs the same feeder and
-:func:`curvature_callback.estimator.curvature_details` on two sources of CIFAR-10 images (offline copy, standard
+:func:`curvature_callback.core.estimator.curvature_details` on two sources of CIFAR-10 images (offline copy, standard
 order) and times, per pass, the seconds spent in ``next(batches)`` (decode, normalize, collate, worker start-up,
 host-to-device copy) and in the estimator:
 
@@ -29,23 +29,30 @@ import time
 import numpy as np
 import torch
 
-from curvature_callback.callback import default_batch_to_inputs
-from curvature_callback.data import _cache_dir, _unpack, cifar10_offline_arrays, cifar10_offline_root
-from curvature_callback.estimator import curvature_details
-from curvature_callback.feeding import BatchFeeder
-from curvature_callback.image_data import ImageArrayDataset, _channel_stats
-from curvature_callback.models import SmallCNN, resnet_cifar
+from curvature_callback.core.estimator import curvature_details
+from curvature_callback.core.feeding import BatchFeeder
+from curvature_callback.experiments.data import (
+    CIFAR10_TARBALL,
+    ImageArrayDataset,
+    channel_stats,
+    cifar10_offline_arrays,
+    cifar10_offline_root,
+    data_cache_dir,
+    unpack,
+)
+from curvature_callback.experiments.models import SmallCNN, resnet_cifar
+from curvature_callback.integration.callback import default_batch_to_inputs
 
 
 def datasets(n: int) -> dict[str, torch.utils.data.Dataset]:
     images, labels = cifar10_offline_arrays(limit=n)
-    mean, std = _channel_stats(images)
+    mean, std = channel_stats(images)
     array = ImageArrayDataset(images, labels, mean, std)
     from torchvision import transforms as T
     from torchvision.datasets import ImageFolder
 
     root = cifar10_offline_root()
-    folder = _unpack(root / "cifar10-jpeg.tar.gz", _cache_dir(None)) / "train"
+    folder = unpack(root / CIFAR10_TARBALL, data_cache_dir(None)) / "train"
     jpeg = ImageFolder(os.fspath(folder), transform=T.Compose([T.ToTensor(), T.Normalize(mean.tolist(),
                                                                                          std.tolist())]))
     jpeg.samples = jpeg.samples[:: max(1, len(jpeg.samples) // n)][:n]  # n files across the classes

@@ -38,10 +38,10 @@ from torch.utils.data import DataLoader
 
 from curvature_callback import CurvatureCallback
 from curvature_callback.analysis import mislabel_metrics
-from curvature_callback.data import DigitsDataModule
-from curvature_callback.image_data import CIFARDataModule
-from curvature_callback.models import SmallCNN, resnet_cifar
-from curvature_callback.module import ClassifierModule
+from curvature_callback.experiments.data import DigitsDataModule
+from curvature_callback.experiments.data.images import CIFARDataModule
+from curvature_callback.experiments.models import SmallCNN, resnet_cifar
+from curvature_callback.experiments.module import ClassifierModule
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_estimator import precision, published_style  # noqa: E402

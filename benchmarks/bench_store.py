@@ -18,7 +18,7 @@ import time
 
 import numpy as np
 
-from curvature_callback.store import CurvatureStore
+from curvature_callback.core.store import CurvatureStore
 
 
 def rss_mb() -> float:

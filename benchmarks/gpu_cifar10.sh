@@ -25,7 +25,7 @@ command -v nvidia-smi >/dev/null && nvidia-smi --query-gpu=name,memory.total,dri
 "$PY" -c "import torch; assert torch.cuda.is_available(), 'no CUDA device: this benchmark needs a GPU'"
 rm -rf "$OUT"
 start=$(date +%s)
-timeout "$LIMIT_S" "$PY" -m curvature_callback.train \
+timeout "$LIMIT_S" "$PY" -m curvature_callback.experiments.train \
   experiment=cifar10_noise10 data=cifar10_offline data.num_workers=6 \
   trainer.max_epochs="$EPOCHS" "model.milestones=[$M1,$M2]" trainer.enable_progress_bar=false \
   callbacks=[curvature] callbacks.curvature.n_vectors="$N_VECTORS" \

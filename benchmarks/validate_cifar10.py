@@ -36,9 +36,9 @@ from torch.utils.data import DataLoader, Dataset, TensorDataset
 
 from curvature_callback import CurvatureCallback, CurvatureStore
 from curvature_callback.analysis import epoch_average, mislabel_metrics, suspicion_scores
-from curvature_callback.data import cifar10_offline_arrays, inject_label_noise
-from curvature_callback.duplicates import find_conflicting_duplicates, pair_precision_recall, pixel_features
-from curvature_callback.module import ClassifierModule
+from curvature_callback.analysis.duplicates import find_conflicting_duplicates, pair_precision_recall, pixel_features
+from curvature_callback.experiments.data import cifar10_offline_arrays, inject_label_noise
+from curvature_callback.experiments.module import ClassifierModule
 
 #: table names of the scores of analysis.suspicion_scores (each oriented: higher = more suspicious)
 DISPLAY = {"curvature": "curvature (mean of all scored epochs)", "loss": "loss (mean)",

@@ -20,7 +20,7 @@ from curvature_callback.analysis import (
     suspicion_scores,
     write_scores_csv,
 )
-from curvature_callback.store import CurvatureStore
+from curvature_callback.core.store import CurvatureStore
 
 SETTINGS = {"h": 1e-3, "n_vectors": 2, "seed": 0, "loss": "cross_entropy"}
 CHANNELS = ("loss", "margin", "confidence", "correct", "forgetting")
@@ -146,8 +146,10 @@ def test_correlations_match_scipy():
     s = np.exp(3 * r + rng.normal(size=300))
     s[:20] = s[20]  # ties
     m = memorization_comparison(s, r)
+    # torchmetrics: Pearson in float64; Spearman's average ranks in the default float32 (exact to 2**24 samples,
+    # then rounded) and an eps of 1e-6 in its denominator: both move it by < 1e-6
     assert m["pearson"] == pytest.approx(stats.pearsonr(s, r)[0], abs=1e-12)
-    assert m["spearman"] == pytest.approx(stats.spearmanr(s, r)[0], abs=1e-12)
+    assert m["spearman"] == pytest.approx(stats.spearmanr(s, r)[0], abs=1e-6)
 
 
 def test_top_k_cosine_and_its_chance_level_by_hand():

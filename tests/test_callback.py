@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import CSVLogger, Logger, TensorBoardLogger, Wand
 from torch.utils.data import DataLoader
 
 from curvature_callback import CurvatureCallback, CurvatureStore, input_curvature
-from curvature_callback.store import StoreMismatchError
+from curvature_callback.core.store import StoreMismatchError
 
 
 def no_dropout():
@@ -363,10 +363,10 @@ def test_cached_dataset_is_read_once_and_scores_the_same(tmp_path, cache):
 
 
 def test_error_messages_of_the_pass(tmp_path):
-    from curvature_callback.callback import _classification_channels
+    from curvature_callback.core.channels import classification_values
 
     with pytest.raises(ValueError, match=r"logits \[B, classes\].*record_outputs=False"):
-        _classification_channels(torch.zeros(4, 3, 2), torch.zeros(4, dtype=torch.long), torch.zeros(4))
+        classification_values(torch.zeros(4, 3, 2), torch.zeros(4, dtype=torch.long), torch.zeros(4))
     cb = CurvatureCallback(n_vectors=2)
     with pytest.raises(ValueError, match=r"checkpoint's CurvatureCallback used n_vectors=3, this one has n_vectors=2"):
         cb.load_state_dict({"h": 1e-3, "n_vectors": 3, "seed": 0, "loss": "cross_entropy"})
@@ -384,7 +384,7 @@ def test_progress_bar_only_on_a_terminal(tmp_path, capsys, monkeypatch):
     per batch, so there it stays off (tqdm's disable=None)."""
     import sys
 
-    import curvature_callback.callback as callback_module
+    import curvature_callback.integration.callback as callback_module
 
     real, seen = callback_module.tqdm, []
 
@@ -450,7 +450,7 @@ def test_lambda_and_closure_losses_need_a_loss_id(tmp_path):
 
 
 def test_fast_is_part_of_the_meaning(tmp_path):
-    from curvature_callback.store import MEANING_KEYS
+    from curvature_callback.core.settings import MEANING_KEYS
 
     assert "fast" in MEANING_KEYS
     fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=1, directory=tmp_path / "s"), max_epochs=1)
@@ -549,7 +549,7 @@ class OtherRank:
 
 
 def test_other_ranks_raise_rank_zeros_error_by_type_and_plain_message():
-    from curvature_callback.callback import _raise_together
+    from curvature_callback.integration.callback import _raise_together
 
     with pytest.raises(StoreMismatchError, match=r"^The store at /x was made with h=0.001\.$"):
         _raise_together(OtherRank(("StoreMismatchError", "The store at /x was made with h=0.001.")), None)
@@ -564,7 +564,7 @@ def test_other_ranks_raise_rank_zeros_error_by_type_and_plain_message():
 
 # ------------------------------------------------------------------------------------------ labels
 def test_label_keys_of_class_labels_and_other_targets():
-    from curvature_callback.callback import _label_keys
+    from curvature_callback.integration.callback import _label_keys
 
     labels = torch.tensor([0, 7, 2**40, -1])
     assert _label_keys(labels).tolist() == labels.tolist()

@@ -8,7 +8,7 @@ from offline import ROOT as OFFLINE
 from offline import cache_dir, needs_offline
 from PIL import Image
 
-from curvature_callback.data import (
+from curvature_callback.experiments.data import (
     CIFAR10_CLASSES,
     cifar10_offline_arrays,
     cifar10_offline_files,

@@ -11,15 +11,15 @@ import torch
 from offline import cache_dir, needs_offline
 from PIL import Image
 
-from curvature_callback.image_data import (
+from curvature_callback.experiments.data.images import (
     CIFARDataModule,
     FashionMNISTDataModule,
     ImageArrayDataset,
     ImageFolderDataModule,
     random_crop_flip,
 )
-from curvature_callback.models import resnet_cifar
-from curvature_callback.module import ClassifierModule
+from curvature_callback.experiments.models import resnet_cifar
+from curvature_callback.experiments.module import ClassifierModule
 
 
 def write_cifar_batches(root, name, n_train=60, n_test=20, seed=0):

@@ -23,11 +23,11 @@ from omegaconf import OmegaConf
 
 from curvature_callback import CurvatureCallback
 from curvature_callback.analysis import mislabel_metrics, ranks, write_scores_csv
-from curvature_callback.data import DigitsDataModule, inject_label_noise
-from curvature_callback.models import SmallCNN
-from curvature_callback.module import ClassifierModule
-from curvature_callback.plots import plot_histogram, plot_top_k
-from curvature_callback.train import CONF_DIR, run
+from curvature_callback.analysis.plots import plot_histogram, plot_top_k
+from curvature_callback.experiments.data import DigitsDataModule, inject_label_noise
+from curvature_callback.experiments.models import SmallCNN
+from curvature_callback.experiments.module import ClassifierModule
+from curvature_callback.experiments.train import CONF_DIR, run
 
 PNG = b"\x89PNG\r\n\x1a\n"
 
@@ -287,7 +287,7 @@ def test_entry_point_writes_every_output(tmp_path):
     (conf / "train.yaml").write_text((conf / "train.yaml").read_text().replace("top_k: 25", "top_k: 9"))
     out = tmp_path / "run"
     command = [
-        sys.executable, "-m", "curvature_callback.train", f"hydra.run.dir={out}", "trainer.max_epochs=2",
+        sys.executable, "-m", "curvature_callback.experiments.train", f"hydra.run.dir={out}", "trainer.max_epochs=2",
         "callbacks.curvature.every_n_epochs=1", "callbacks.curvature.n_vectors=2",
         "trainer.enable_progress_bar=false",
     ]
@@ -321,7 +321,7 @@ def test_entry_point_writes_every_output(tmp_path):
 def test_the_default_run_finds_what_the_readme_says(tmp_path):
     """`make run` as the README describes it: 40 epochs on digits; README: AUROC curvature 0.985, loss 0.9995."""
     out = tmp_path / "run"
-    command = [sys.executable, "-m", "curvature_callback.train", f"hydra.run.dir={out}", "report=false",
+    command = [sys.executable, "-m", "curvature_callback.experiments.train", f"hydra.run.dir={out}", "report=false",
                "trainer.enable_progress_bar=false"]
     done = subprocess.run(command, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]

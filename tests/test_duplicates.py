@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from curvature_callback.duplicates import find_conflicting_duplicates, pair_precision_recall, pixel_features
+from curvature_callback.analysis.duplicates import find_conflicting_duplicates, pair_precision_recall, pixel_features
 
 
 def test_pixel_features_ignore_brightness_contrast_and_layout():
@@ -83,7 +83,7 @@ def test_find_errors(kwargs, match):
 
 def test_planted_duplicates_in_real_cifar10():
     """Real images are correlated (skies, backgrounds): the threshold must still keep different images apart."""
-    from curvature_callback.data import cifar10_offline_arrays
+    from curvature_callback.experiments.data import cifar10_offline_arrays
 
     try:
         images, labels = cifar10_offline_arrays(limit=1000)

@@ -12,14 +12,13 @@ from cases import ERROR_CASES, X, Y, mlp
 from torch import nn
 
 from curvature_callback import input_curvature
-from curvature_callback.estimator import (
-    check_float,
-    check_int,
+from curvature_callback.core.estimator import (
     cross_entropy_per_sample,
     curvature_details,
     loss_identity,
     rademacher,
 )
+from curvature_callback.core.settings import check_float, check_int
 
 
 def quadratic(a):
@@ -311,7 +310,6 @@ def test_per_vector_scores_are_the_single_vector_scores():
 
 def test_fast_feeds_images_in_channels_last_where_it_pays_and_scores_the_same(monkeypatch):
     """On CUDA ``fast=True`` feeds [B, C, H, W] batches in channels_last; here the CPU stands in for it."""
-    import curvature_callback.estimator as estimator
 
     layouts = []
 
@@ -326,8 +324,7 @@ def test_fast_feeds_images_in_channels_last_where_it_pays_and_scores_the_same(mo
     want = input_curvature(net, x, y, n_vectors=3, h=1e-2, fast=True)  # CPU: fast changes nothing
     assert layouts and not any(layouts)
     layouts.clear()
-    monkeypatch.setattr(estimator, "_channels_last_pays", lambda device: True)
-    got = input_curvature(net, x, y, n_vectors=3, h=1e-2, fast=True, chunk_size=4)
+    got = input_curvature(net, x, y, n_vectors=3, h=1e-2, fast=True, chunk_size=4, channels_last=True)
     assert layouts and all(layouts)  # the input and every chunk of perturbed copies
     # other conv kernels (oneDNN NHWC) and chunks round differently: 32*u*R = 4e-4-6e-4 (rounding_rtol; R = |g|/|d|
     # = 230-320 at h=1e-2), seen <= 1e-5 with oneDNN's AVX-512 and AVX2 kernels

@@ -24,11 +24,11 @@ from test_datamodules import make_folder
 
 from curvature_callback import CurvatureCallback, CurvatureStore
 from curvature_callback.analysis import mislabel_metrics, read_scores_csv
-from curvature_callback.collect import collect, markdown
-from curvature_callback.data import inject_label_noise
-from curvature_callback.image_data import CIFARDataModule, ImageFolderDataModule
-from curvature_callback.module import ClassifierModule
-from curvature_callback.train import CONF_DIR, mixed_precision, run
+from curvature_callback.experiments.collect import collect, markdown
+from curvature_callback.experiments.data import inject_label_noise
+from curvature_callback.experiments.data.images import CIFARDataModule, ImageFolderDataModule
+from curvature_callback.experiments.module import ClassifierModule
+from curvature_callback.experiments.train import CONF_DIR, mixed_precision, run
 
 GROUPS = {g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml"))
           for g in ("data", "model", "trainer", "callbacks", "logger", "experiment", "sweep")}
@@ -253,7 +253,7 @@ def test_imagenet_folder_run_records_file_names(tmp_path):
 
 # ------------------------------------------------------------------------------------------ processes
 def _entry(args, cwd, env=None, timeout=400):
-    command = [sys.executable, "-m", "curvature_callback.train", *args]
+    command = [sys.executable, "-m", "curvature_callback.experiments.train", *args]
     done = subprocess.run(command, capture_output=True, text=True, timeout=timeout, cwd=cwd,
                           env={**os.environ, "WANDB_MODE": "disabled", **(env or {})})
     assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-4000:]
@@ -312,7 +312,7 @@ def test_multirun_sweep_and_its_collection(tmp_path):
     assert sorted((r["data.noise"], r["seed"]) for r in rows) == [("0.05", "0"), ("0.05", "1"), ("0.2", "0"),
                                                                   ("0.2", "1")]
     assert [r["n_flipped"] for r in rows if r["data.noise"] == "0.2"] == [359, 359]
-    done = subprocess.run([sys.executable, "-m", "curvature_callback.collect", str(tmp_path / "sweep")],
+    done = subprocess.run([sys.executable, "-m", "curvature_callback.experiments.collect", str(tmp_path / "sweep")],
                           capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     with open(tmp_path / "sweep" / "summary.csv") as f:

@@ -45,5 +45,7 @@ def test_the_callback_runs_without_the_experiment_extras(tmp_path):
     assert "loaded: []" in done.stdout
     # only the core layers and the glue: no analysis, plots, W&B helpers or experiment app
     ours = done.stdout.split("ours: ")[1].strip()
-    assert ours == str(sorted(["curvature_callback", "curvature_callback.estimator", "curvature_callback.store",
-                               "curvature_callback.feeding", "curvature_callback.callback"])), ours
+    core = ("channels", "estimator", "feeding", "numeric", "settings", "store")
+    expected = ["curvature_callback", "curvature_callback.core", *(f"curvature_callback.core.{m}" for m in core),
+                "curvature_callback.integration", "curvature_callback.integration.callback"]
+    assert ours == str(sorted(expected)), ours

@@ -8,7 +8,7 @@ import torch
 from boring import Blobs
 from torch.utils.data import Dataset, get_worker_info
 
-from curvature_callback.feeding import BatchFeeder, pass_indices, rank_block, rank_universe
+from curvature_callback.core.feeding import BatchFeeder, pass_indices, rank_block, rank_universe
 
 
 class WhoReads(Dataset):
@@ -65,7 +65,7 @@ def test_cache_holds_only_the_universe_and_reads_it_once():
 
 
 def test_auto_cache_sizes_the_universe_not_the_dataset(monkeypatch):
-    import curvature_callback.feeding as feeding
+    import curvature_callback.core.feeding as feeding
 
     ds = Blobs(n=40)  # 6 float32 per sample: 24 bytes
     monkeypatch.setattr(feeding, "AUTO_CACHE_BYTES", 24 * 10)

@@ -14,8 +14,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from curvature_callback.analysis import write_scores_csv
-from curvature_callback.report import main, write_report
-from curvature_callback.store import CurvatureStore
+from curvature_callback.analysis.report import write_report
+from curvature_callback.core.store import CurvatureStore
+from curvature_callback.experiments.report_cli import main, report_run
 
 SETTINGS = {"h": 1e-3, "n_vectors": 2, "seed": 0, "loss": "cross_entropy"}
 CHANNELS = ("loss", "margin", "confidence", "correct", "forgetting")
@@ -116,7 +117,7 @@ def test_report_without_images_or_noise_still_reports_the_numbers(tmp_path):
     page = write_report(run).read_text()
     assert "No known label noise" in page and "images unavailable:" in page
     assert "pass --images FILE.npy" in page and "--rebuild-data" in page  # how to get them
-    page = write_report(run, rebuild_data=True).read_text()
+    page = report_run(run, rebuild_data=True).read_text()
     assert "images unavailable:" in page and ".hydra/config.yaml is missing" in page
     with pytest.raises(FileNotFoundError, match="No scores.csv"):
         write_report(tmp_path)
@@ -129,7 +130,7 @@ def test_report_of_a_real_run_rebuilds_the_images_from_its_config(tmp_path):
     """A short curvature-train run on digits; the report rebuilds the datamodule from .hydra/config.yaml."""
     from hydra import compose, initialize_config_dir
 
-    from curvature_callback.train import CONF_DIR, run
+    from curvature_callback.experiments.train import CONF_DIR, run
 
     overrides = [f"output_dir={tmp_path}", "trainer.max_epochs=1", "+trainer.limit_train_batches=2",
                  "trainer.enable_progress_bar=false", "~logger", "threads=null", "callbacks.curvature.n_vectors=1"]
@@ -141,8 +142,8 @@ def test_report_of_a_real_run_rebuilds_the_images_from_its_config(tmp_path):
     page = write_report(tmp_path, top_k=9, out_dir=tmp_path / "plain").read_text()  # not asked: no images
     assert "images unavailable" in page and "--rebuild-data" in page and not (tmp_path / "plain" / "top_k.png").exists()
     (tmp_path / "report" / "top_k.png").unlink()  # the run's own report drew it, from the dataset in hand
-    page = write_report(tmp_path, top_k=9, rebuild_data=True).read_text()
-    assert "curvature_callback.data.DigitsDataModule rebuilt from" in page and "images unavailable" not in page
+    page = report_run(tmp_path, top_k=9, rebuild_data=True).read_text()
+    assert "experiments.data.digits.DigitsDataModule rebuilt from" in page and "images unavailable" not in page
     assert (tmp_path / "report" / "top_k.png").is_file()
     # what curvature-train itself would pass: its scored dataset
     from hydra.utils import instantiate
@@ -253,12 +254,13 @@ def test_report_never_builds_what_a_run_folders_config_names(tmp_path, capsys):
         "Path.write_text": {"_target_": "pathlib.Path.write_text",
                             "_args_": [{"_target_": "pathlib.Path", "_args_": [str(written)]}, "pwned"]},
         "numpy.savetxt": {"_target_": "numpy.savetxt", "fname": str(written), "X": [1.0, 2.0]},
-        "a nested _target_": {"_target_": "curvature_callback.data.DigitsDataModule",
+        "a nested _target_": {"_target_": "curvature_callback.experiments.data.digits.DigitsDataModule",
                               "noise": {"_target_": "numpy.savetxt", "fname": str(written), "X": [1.0]}},
-        "_args_": {"_target_": "curvature_callback.data.DigitsDataModule",
+        "_args_": {"_target_": "curvature_callback.experiments.data.digits.DigitsDataModule",
                    "_args_": [{"_target_": "numpy.savetxt", "fname": str(written), "X": [1.0]}]},
-        "a resolver": {"_target_": "curvature_callback.data.DigitsDataModule", "batch_size": "${mixed_precision:}"},
-        "another environment variable": {"_target_": "curvature_callback.data.DigitsDataModule",
+        "a resolver": {"_target_": "curvature_callback.experiments.data.digits.DigitsDataModule",
+                       "batch_size": "${mixed_precision:}"},
+        "another environment variable": {"_target_": "curvature_callback.experiments.data.digits.DigitsDataModule",
                                          "batch_size": "${oc.env:HOME}"},
     }
     why = {"Path.write_text": "data._target_ in .* is 'pathlib.Path.write_text', expected one of this package's",
@@ -270,7 +272,7 @@ def test_report_never_builds_what_a_run_folders_config_names(tmp_path, capsys):
     for name, data in hostile.items():
         run = _with_data_config(_tiny_run(tmp_path / name.replace(" ", "_")), data)
         page = write_report(run).read_text()  # the default: the config is not even read
-        assert "images unavailable: the report does not rebuild data from a run folder unless asked" in page
+        assert "images unavailable: the report builds nothing from a run folder" in page
         assert main([str(run), "--rebuild-data", "--out", str(run / "rebuilt")]) == 0, capsys.readouterr().err
         page = html.unescape((run / "rebuilt" / "index.html").read_text())
         assert re.search("images unavailable: " + why[name], page), (name, page.split("images")[1][:400])
@@ -280,13 +282,13 @@ def test_report_never_builds_what_a_run_folders_config_names(tmp_path, capsys):
     (run / ".hydra").mkdir()
     (run / ".hydra" / "config.yaml").write_text(
         f"data: !!python/object/apply:pathlib.Path.write_text [!!python/object/apply:pathlib.Path ['{written}'], x]\n")
-    page = write_report(run, rebuild_data=True).read_text()
+    page = report_run(run, rebuild_data=True).read_text()
     assert "images unavailable: " in page and "is not valid YAML" in page and not written.exists()
 
 
 def test_report_rebuilds_a_package_datamodule_only_when_asked(tmp_path):
     """Digits, as conf/data/digits.yaml has it: no images by default, the scored images with --rebuild-data."""
-    from curvature_callback.data import DigitsDataModule
+    from curvature_callback.experiments.data import DigitsDataModule
 
     data = OmegaConf.to_container(OmegaConf.load(Path(__file__).parent.parent / "conf" / "data" / "digits.yaml"))
     datamodule = DigitsDataModule(noise=0.1, seed=0)
@@ -298,7 +300,7 @@ def test_report_rebuilds_a_package_datamodule_only_when_asked(tmp_path):
     assert not (run / "report" / "top_k.png").exists()
     assert main([str(run), "--top-k", "9", "--rebuild-data"]) == 0
     page = (run / "report" / "index.html").read_text()
-    assert "curvature_callback.data.DigitsDataModule rebuilt from" in page and "images unavailable" not in page
+    assert "experiments.data.digits.DigitsDataModule rebuilt from" in page and "images unavailable" not in page
     assert (run / "report" / "top_k.png").read_bytes().startswith(b"\x89PNG")
 
 
@@ -308,11 +310,11 @@ def test_report_rebuild_reads_only_curvature_variables_and_never_downloads(tmp_p
     run = _tiny_run(tmp_path / "run")
     monkeypatch.delenv("CURVATURE_DATA_ROOT", raising=False)
     empty = tmp_path / "no-data-here"
-    _with_data_config(run, {"_target_": "curvature_callback.image_data.CIFARDataModule",
+    _with_data_config(run, {"_target_": "curvature_callback.experiments.data.images.CIFARDataModule",
                             "root": f"${{oc.env:CURVATURE_DATA_ROOT,{empty}}}", "download": True,
                             "cache_dir": str(tmp_path / "cache"), "limit": 30, "num_classes": 10})
-    page = write_report(run, rebuild_data=True).read_text()
-    assert "images unavailable: rebuilding curvature_callback.image_data.CIFARDataModule" in page
+    page = report_run(run, rebuild_data=True).read_text()
+    assert "images unavailable: rebuilding curvature_callback.experiments.data.images.CIFARDataModule" in page
     assert "download=false (the report never downloads)" in page and "ignored (the default cache is used)" in page
     assert str(empty) in page  # the variable's default, resolved
     assert not empty.exists() and not (tmp_path / "cache").exists()
@@ -322,7 +324,7 @@ def test_rebuildable_datamodules_are_the_ones_the_configs_name():
     """Every _target_ of conf/data/*.yaml is allowed, and each allowed one is a LightningDataModule of ours."""
     import lightning.pytorch as pl
 
-    from curvature_callback.report import REBUILDABLE, _datamodule_class
+    from curvature_callback.experiments.report_cli import REBUILDABLE, _datamodule_class
 
     configs = (Path(__file__).parent.parent / "conf" / "data").glob("*.yaml")
     targets = {OmegaConf.load(f).get("_target_") for f in configs}
@@ -416,9 +418,10 @@ def test_report_reads_no_file_that_links_out_of_the_run_folder(tmp_path, capsys)
     # the config, read only with --rebuild-data: its refusal is a note, the report is still written
     run = _tiny_run(tmp_path / "config")
     (run / ".hydra").mkdir()
-    (outside / "config.yaml").write_text("data: {_target_: curvature_callback.data.DigitsDataModule}\n")
+    digits = "curvature_callback.experiments.data.digits.DigitsDataModule"
+    (outside / "config.yaml").write_text(f"data: {{_target_: {digits}}}\n")
     (run / ".hydra" / "config.yaml").symlink_to(outside / "config.yaml")
-    page = write_report(run, rebuild_data=True).read_text()
+    page = report_run(run, rebuild_data=True).read_text()
     assert "images unavailable: Refusing to read" in page and "config.yaml" in page
 
 
@@ -447,7 +450,7 @@ def test_report_draws_dollar_signs_in_class_names_as_text(report, tmp_path):
         assert (out / png).read_bytes().startswith(b"\x89PNG")
     assert "cost $5" in (out / "index.html").read_text()
     # the same strings as score names and a reference's name
-    from curvature_callback.plots import plot_detection_curves, plot_memorization
+    from curvature_callback.analysis.plots import plot_detection_curves, plot_memorization
 
     rng = np.random.default_rng(0)
     plot_detection_curves({r"$\nope$": rng.random(40), "a$b": rng.random(40)}, np.arange(40) % 4 == 0,

@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from curvature_callback import store as store_module
-from curvature_callback.store import (
+from curvature_callback.core import store as store_module
+from curvature_callback.core.store import (
     LABEL_UNKNOWN,
     CurvatureStore,
     StoreChangedError,
@@ -212,14 +212,13 @@ def test_channel_names_and_newer_format_refused(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- a store is untrusted data
-STORE_PY = Path(__file__).resolve().parents[1] / "curvature_callback" / "store.py"
-# subprocesses load store.py alone: importing the package would pull in torch (seconds on a busy machine)
+ROOT = Path(__file__).resolve().parents[1]
+# subprocesses import the store alone: the package imports torch only on demand, and the store never (checked)
 PRELUDE = textwrap.dedent(f"""
-    import importlib.util, sys
-    spec = importlib.util.spec_from_file_location("store", {str(STORE_PY)!r})
-    st = importlib.util.module_from_spec(spec)
-    sys.modules["store"] = st
-    spec.loader.exec_module(st)
+    import sys
+    sys.path.insert(0, {str(ROOT)!r})
+    import curvature_callback.core.store as st
+    assert "torch" not in sys.modules, "the store imported torch"
 """)
 
 

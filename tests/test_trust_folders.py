@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from curvature_callback import safe_paths
-from curvature_callback.collect import collect, main, markdown
+from curvature_callback.experiments.collect import collect, main, markdown
 
 
 def _sweep(root: Path, runs: int = 2) -> Path:

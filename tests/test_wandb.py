@@ -12,13 +12,14 @@ import torch
 from wandb_reader import history
 
 from curvature_callback import CurvatureCallback
-from curvature_callback.image_data import _ArrayDataModule
-from curvature_callback.models import SmallCNN
-from curvature_callback.module import ClassifierModule
-from curvature_callback.wandb_utils import top_k, wandb_logger, wandb_offline
+from curvature_callback.core.numeric import top_k
+from curvature_callback.experiments.data import ArrayDataModule
+from curvature_callback.experiments.models import SmallCNN
+from curvature_callback.experiments.module import ClassifierModule
+from curvature_callback.integration.sinks import wandb_logger, wandb_offline
 
 
-class RandomImages(_ArrayDataModule):
+class RandomImages(ArrayDataModule):
     """48 random 3x8x8 uint8 images in 4 classes, 25 % flipped labels; the crop-and-flip path of CIFAR."""
 
     augment = "crop_flip"

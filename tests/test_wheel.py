@@ -33,15 +33,16 @@ def test_curvature_train_runs_from_the_unpacked_wheel(tmp_path):
     away = tmp_path / "elsewhere"
     away.mkdir()
     where = subprocess.run(
-        [sys.executable, "-c", "import curvature_callback.train as t; print(t.__file__); print(t.CONF_DIR)"],
+        [sys.executable, "-c", "import curvature_callback.experiments.train as t; print(t.__file__, t.CONF_DIR)"],
         cwd=away, env=env, capture_output=True, text=True, check=True, timeout=120,
     ).stdout.split()
-    assert where == [str(site / "curvature_callback" / "train.py"), str(site / "curvature_callback" / "conf")]
+    package = site / "curvature_callback"
+    assert where == [str(package / "experiments" / "train.py"), str(package / "conf")]
 
     out = tmp_path / "run"
     # the console script's own entry point, as `curvature-train` calls it
     proc = subprocess.run(
-        [sys.executable, "-c", "from curvature_callback.train import main; main()", f"hydra.run.dir={out}",
+        [sys.executable, "-c", "from curvature_callback.experiments.train import main; main()", f"hydra.run.dir={out}",
          "trainer.max_epochs=1", "report=false", "trainer.enable_progress_bar=false"],
         cwd=away, env=env, capture_output=True, text=True, timeout=400,
     )

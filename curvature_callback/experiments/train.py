@@ -41,9 +41,9 @@ from omegaconf import DictConfig, OmegaConf, read_write
 from torch.utils.data import DataLoader, Dataset
 
 from curvature_callback.analysis import detection_table, mislabel_metrics, suspicion_scores, write_scores_csv
-from curvature_callback.callback import CurvatureCallback, default_batch_to_inputs
-from curvature_callback.plots import plot_histogram, plot_top_k
-from curvature_callback.report import write_report
+from curvature_callback.analysis.plots import plot_histogram, plot_top_k
+from curvature_callback.analysis.report import write_report
+from curvature_callback.integration.callback import CurvatureCallback, default_batch_to_inputs
 
 __all__ = ["CONF_DIR", "main", "run"]
 
@@ -53,9 +53,9 @@ def _conf_dir() -> str:
     """$CURVATURE_CONF, else the configs shipped inside the package (a wheel), else the checkout's conf/."""
     if os.environ.get("CURVATURE_CONF"):
         return os.environ["CURVATURE_CONF"]
-    here = Path(__file__).resolve().parent
-    packaged = here / "conf"  # pyproject.toml maps the top-level conf/ to curvature_callback/conf in the wheel
-    return str(packaged if (packaged / "train.yaml").is_file() else here.parent / "conf")
+    package = Path(__file__).resolve().parents[1]  # curvature_callback/
+    packaged = package / "conf"  # pyproject.toml maps the top-level conf/ to curvature_callback/conf in the wheel
+    return str(packaged if (packaged / "train.yaml").is_file() else package.parent / "conf")
 
 
 #: the config folder (see :func:`_conf_dir`)

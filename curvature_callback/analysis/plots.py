@@ -6,7 +6,7 @@ pyplot backend (a notebook's, say) is left alone.
 
 Class names, score names and file names come from the data (a folder's class folders, a store's channels): every
 figure is drawn with math text off, so a ``$`` in them is a dollar sign, not the start of a formula that
-matplotlib fails to parse. PNGs are written with :func:`curvature_callback.safe_paths.write_bytes`: never through
+matplotlib fails to parse. PNGs are written with :func:`curvature_callback.core.safe_paths.write_bytes`: never through
 a link left in the output folder.
 """
 
@@ -25,7 +25,8 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from curvature_callback.safe_paths import write_bytes
+from curvature_callback.core.numeric import log10_floor, to_unit_range
+from curvature_callback.core.safe_paths import write_bytes
 
 __all__ = [
     "plot_class_histograms",
@@ -66,11 +67,6 @@ def _save(fig: Figure, path: str | os.PathLike | Any, dpi: int) -> None:
     write_bytes(path, buffer.getvalue())
 
 
-def _log10(values: np.ndarray) -> np.ndarray:
-    """log10, with zeros (an exactly flat loss) put at the smallest positive float32."""
-    return np.log10(np.maximum(values, np.finfo(np.float32).tiny))
-
-
 @_plain_text
 def plot_histogram(
     curvature: np.ndarray, flipped: np.ndarray, path: str | os.PathLike, bins: int = 50
@@ -88,7 +84,7 @@ def plot_histogram(
         raise ValueError(
             f"Expected `curvature` and `flipped` of one shape [N], got {curvature.shape} and {flipped.shape}."
         )
-    logc = _log10(curvature)
+    logc = log10_floor(curvature)
     edges = np.histogram_bin_edges(logc, bins=bins)
     fig = Figure(figsize=(6, 4))
     FigureCanvasAgg(fig)
@@ -111,8 +107,7 @@ def _as_image(x: Any) -> tuple[np.ndarray, str | None]:
         a = a[..., 0]
     if a.ndim not in (2, 3):
         raise ValueError(f"Expected an image [C, H, W], [H, W, C] or [H, W], got shape {a.shape}.")
-    span = a.max() - a.min()
-    a = (a - a.min()) / span if span > 0 else np.zeros_like(a)  # inputs are normalized: undo it for display
+    a = to_unit_range(a)
     return a, ("gray_r" if a.ndim == 2 else None)
 
 
@@ -224,7 +219,7 @@ def plot_class_histograms(
             f"Expected `curvature`, `labels` and `flipped` of one shape [N], got {curvature.shape}, "
             f"{labels.shape} and {flipped.shape}."
         )
-    logc = _log10(curvature)
+    logc = log10_floor(curvature)
     classes = np.unique(labels)
     names = _class_names(labels, class_names)
     if len(classes) <= max_panels:
@@ -326,7 +321,7 @@ def plot_memorization(
         path: where to write the PNG.
         name: the reference's name on the axis.
     """
-    s, r = _log10(np.asarray(scores, dtype=np.float64)), np.asarray(reference, dtype=np.float64)
+    s, r = log10_floor(np.asarray(scores, dtype=np.float64)), np.asarray(reference, dtype=np.float64)
     if s.shape != r.shape or s.ndim != 1:
         raise ValueError(f"Expected `scores` and `reference` of one shape [N], got {s.shape} and {r.shape}.")
     fig = Figure(figsize=(6, 4.2))

@@ -1,7 +1,7 @@
 """Image datamodules of the paper's experiments, each with seeded label noise in the training labels.
 
 - :class:`CIFARDataModule`: CIFAR-10/100 from torchvision's files (downloaded when online) or the offline
-  CIFAR-10 JPEG copy (:func:`~curvature_callback.data.cifar10_offline_arrays`);
+  CIFAR-10 JPEG copy (:func:`~curvature_callback.experiments.data.cifar10_offline_arrays`);
 - :class:`FashionMNISTDataModule`: Fashion-MNIST from its standard idx files;
 - :class:`ImageFolderDataModule`: ImageNet, or any ``root/train/<class>/<file>`` folder, with each sample's
   relative file name kept (published ImageNet memorization scores are keyed by file name).
@@ -20,17 +20,19 @@ import urllib.error
 from pathlib import Path
 from typing import Any, Literal
 
-import lightning.pytorch as pl
 import numpy as np
 import torch
 from torch import Tensor
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import Dataset
 from typing_extensions import override
 
-from curvature_callback.data import CIFAR10_CLASSES, NoiseKind, cifar10_offline_arrays, inject_label_noise
+from curvature_callback.experiments.data.base import NoisyDataModule
+from curvature_callback.experiments.data.cifar10_offline import CIFAR10_CLASSES, cifar10_offline_arrays
+from curvature_callback.experiments.data.noise import NoiseKind
 
 __all__ = [
-    "CIFARDataModule", "FashionMNISTDataModule", "ImageArrayDataset", "ImageFolderDataModule", "random_crop_flip",
+    "ArrayDataModule", "CIFARDataModule", "FashionMNISTDataModule", "ImageArrayDataset", "ImageFolderDataModule",
+    "channel_stats", "random_crop_flip",
 ]
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
@@ -98,7 +100,7 @@ class ImageArrayDataset(Dataset):
         return (self.images[i].float().div_(255.0) - self.mean) / self.std, self.targets[i]
 
 
-def _channel_stats(images: np.ndarray) -> tuple[Tensor, Tensor]:
+def channel_stats(images: np.ndarray) -> tuple[Tensor, Tensor]:
     """Per-channel mean and standard deviation of ``images / 255`` (``[N, H, W, C]`` or ``[N, H, W]``)."""
     x = torch.as_tensor(np.asarray(images)).double() / 255.0
     dims = (0, 1, 2) if x.dim() == 4 else (0, 1, 2, 3)
@@ -106,89 +108,7 @@ def _channel_stats(images: np.ndarray) -> tuple[Tensor, Tensor]:
     return x.mean(dims).float(), x.std(dims).float()
 
 
-class _NoisyDataModule(pl.LightningDataModule):
-    """Label noise, the scored samples' bookkeeping and the loaders; subclasses read the data in ``_build``."""
-
-    def __init__(
-        self,
-        *,
-        noise: float,
-        noise_kind: NoiseKind,
-        seed: int,
-        batch_size: int,
-        num_workers: int,
-        limit: int | None,
-        validate: bool,
-        num_classes: int | None,
-        in_channels: int | None,
-        eval_batch_size: int = 512,
-    ) -> None:
-        super().__init__()
-        if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
-            raise ValueError(f"Expected argument `limit` to be an integer >= 1 or None (all samples), got {limit!r}.")
-        self.noise, self.noise_kind, self.seed = noise, noise_kind, seed
-        self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
-        self.limit, self.validate = limit, validate
-        self.expected = {"num_classes": num_classes, "in_channels": in_channels}
-        self.given_labels: np.ndarray | None = None
-        self.original_labels: np.ndarray | None = None
-        self.flipped: np.ndarray | None = None
-        self.source_indices: np.ndarray | None = None
-        self.filenames: list[str] | None = None
-        self.classes: list[str] | None = None
-        self._scored: Dataset | None = None
-        self._train: Dataset | None = None
-        self._val: Dataset | None = None
-
-    # what the subclass provides
-    def _build(self) -> None:
-        """Read the data and set ``_scored``, ``_train``, ``_val`` (via :meth:`_noisy`)."""
-        raise NotImplementedError
-
-    def _check(self, name: str, found: int) -> None:
-        want = self.expected[name]
-        if want is not None and want != found:
-            raise ValueError(
-                f"{type(self).__name__}: the data has {name}={found}, the config says {name}={want}. Set "
-                f"data.{name}={found} (the model reads it), or point the data at the intended dataset."
-            )
-
-    def _noisy(self, labels: np.ndarray, num_classes: int) -> np.ndarray:
-        """Record original labels, flip a seeded fraction, return the given labels."""
-        self._check("num_classes", num_classes)
-        labels = np.asarray(labels, dtype=np.int64)
-        noisy, flipped = inject_label_noise(labels, num_classes, self.noise, kind=self.noise_kind, seed=self.seed)
-        self.original_labels, self.given_labels, self.flipped = labels, noisy, flipped
-        self.source_indices = np.arange(len(labels))  # the standard order (or its first `limit` samples)
-        return noisy
-
-    @override
-    def setup(self, stage: str | None = None) -> None:
-        if self._scored is None:
-            self._build()
-
-    def curvature_dataset(self) -> Dataset:
-        """The training set in standard order, unaugmented, with the given (noisy) labels: what is scored."""
-        self.setup()
-        return self._scored
-
-    def _loader(self, dataset: Dataset, batch_size: int, shuffle: bool) -> DataLoader:
-        workers = self.num_workers
-        return DataLoader(dataset, batch_size=batch_size, shuffle=shuffle, num_workers=workers,
-                          pin_memory=torch.cuda.is_available(), persistent_workers=workers > 0, drop_last=False)
-
-    @override
-    def train_dataloader(self) -> DataLoader:
-        self.setup()
-        return self._loader(self._train, self.batch_size, shuffle=True)
-
-    @override
-    def val_dataloader(self) -> DataLoader | list:
-        self.setup()
-        return [] if self._val is None else self._loader(self._val, self.eval_batch_size, shuffle=False)
-
-
-class _ArrayDataModule(_NoisyDataModule):
+class ArrayDataModule(NoisyDataModule):
     """uint8 arrays in memory; batches augmented on the device after transfer (training batches only)."""
 
     augment: Literal["crop_flip"] | None = None
@@ -202,7 +122,7 @@ class _ArrayDataModule(_NoisyDataModule):
         images, labels, num_classes = self._arrays(train=True)
         self._check("in_channels", 1 if images.ndim == 3 else images.shape[-1])
         noisy = self._noisy(labels, num_classes)
-        mean, std = _channel_stats(images)
+        mean, std = channel_stats(images)
         self._fill = -mean / std  # a black pixel, normalized: the padding of the random crop
         self._scored = self._train = ImageArrayDataset(images, noisy, mean, std)
         if self.validate:
@@ -218,13 +138,14 @@ class _ArrayDataModule(_NoisyDataModule):
         return batch
 
 
-class CIFARDataModule(_ArrayDataModule):
+class CIFARDataModule(ArrayDataModule):
     """CIFAR-10 or CIFAR-100 with label noise; standard random crop (pad 4) and flip for training.
 
     Args:
         dataset: ``"cifar10"`` or ``"cifar100"``.
         source: ``"torchvision"`` (the pickled batches under ``root``, downloaded there when ``download``) or
-            ``"offline"`` (CIFAR-10 only: the JPEG copy, see :func:`~curvature_callback.data.cifar10_offline_arrays`;
+            ``"offline"`` (CIFAR-10 only: the JPEG copy, see
+            :func:`~curvature_callback.experiments.data.cifar10_offline_arrays`;
             ``root`` is then the copy's folder, None for the default).
         root: where the files are (None: ``data`` for torchvision's, the default copy for ``"offline"``).
         download: fetch the files when they are missing (needs internet).
@@ -311,7 +232,7 @@ class CIFARDataModule(_ArrayDataModule):
         return ds.data[:n], np.asarray(ds.targets[:n], dtype=np.int64), len(ds.classes)
 
 
-class FashionMNISTDataModule(_ArrayDataModule):
+class FashionMNISTDataModule(ArrayDataModule):
     """Fashion-MNIST (28x28 grayscale, 10 classes) from its idx files under ``root/FashionMNIST/raw``.
 
     Arguments as :class:`CIFARDataModule`; no augmentation by default.
@@ -362,7 +283,7 @@ class FashionMNISTDataModule(_ArrayDataModule):
         return ds.data[:n].numpy(), ds.targets[:n].numpy().astype(np.int64), len(ds.classes)
 
 
-class ImageFolderDataModule(_NoisyDataModule):
+class ImageFolderDataModule(NoisyDataModule):
     """ImageNet-style folders: ``root/<train_dir>/<class>/<image>`` (and ``root/<val_dir>/...``), ImageFolder order.
 
     Training: random resized crop and flip. Scored and validation: resize to ``resize``, center crop

@@ -57,13 +57,13 @@ from typing import Any, Literal
 
 import numpy as np
 
+from curvature_callback.core.settings import MEANING_KEYS, same_setting
+
 __all__ = ["CurvatureStore", "StoreChangedError", "StoreCorruptError", "StoreMismatchError"]
 
 #: 2: labels.npy, each scored sample's label key, checked at every commit (format 1 stores are read, not added to)
 FORMAT_VERSION = 2
 PRIMARY = "curvature"
-#: settings that change what a score means: a store refuses to continue with other values
-MEANING_KEYS = ("n", "h", "n_vectors", "seed", "loss", "fast")  # fast: TF32 moves values by ~5 %
 #: the names of the files a store writes, for any channel: ``create`` refuses a folder that holds one without meta.json
 _STORE_FILE = re.compile(r"(?:[A-Za-z_]\w*_)?(?:sum|mean|last|count|history|labels)\.npy")
 #: dtype of each kind of array
@@ -262,15 +262,6 @@ def _read_meta(directory: Path) -> tuple[dict[str, Any], tuple[int, int, int, in
                 f"up to {FORMAT_VERSION}: upgrade curvature_callback."
             )
     return meta, identity
-
-
-def _same(a: Any, b: Any) -> bool:
-    if isinstance(a, float) or isinstance(b, float):
-        try:
-            return math.isclose(float(a), float(b), rel_tol=1e-12, abs_tol=0.0)
-        except (TypeError, ValueError):
-            return False
-    return a == b
 
 
 class CurvatureStore:
@@ -488,8 +479,8 @@ class CurvatureStore:
     ) -> None:
         """Raise :class:`StoreMismatchError` naming the first setting that differs from this store's."""
         asked = {"n": n, **settings}
-        for key in MEANING_KEYS:
-            if key in asked and key in self._meta and not _same(asked[key], self._meta[key]):
+        for key in ("n", *MEANING_KEYS):  # N, and what the settings say changes a score's meaning
+            if key in asked and key in self._meta and not same_setting(asked[key], self._meta[key]):
                 # the loss is recorded by its identity (name and arguments), not a value one can set back
                 fix = "pass the loss it names (or its `loss_id`)" if key == "loss" else f"set {key}={self._meta[key]!r}"
                 raise StoreMismatchError(

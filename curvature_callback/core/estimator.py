@@ -30,6 +30,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from curvature_callback.core.settings import check_int, check_settings
+
 __all__ = ["CurvatureResult", "curvature_details", "default_chunk_size", "input_curvature", "loss_identity",
            "rademacher"]
 
@@ -156,22 +158,22 @@ def _float32_arithmetic(device: torch.device, fast: bool) -> Iterator[None]:
         yield
 
 
-def _channels_last_pays(device: torch.device) -> bool:
-    """Whether ``fast=True`` feeds image batches ``[B, C, H, W]`` in channels_last on ``device``.
+def default_channels_last(device: torch.device) -> bool:
+    """Whether ``fast=True`` feeds image batches ``[B, C, H, W]`` in channels_last on ``device`` (unless the call's
+    ``channels_last=`` says otherwise).
 
     On CUDA, cuDNN's TF32 tensor-core convolutions run in NHWC, and a channels_last input makes the whole network
     run so (weights are converted per call; the model itself is not touched). On the CPU it depends on the model
     (measured: a small CNN 1.41x faster, the CIFAR ResNet18 and a one-channel input within +-6 %;
-    docs/PERFORMANCE.md): not applied there. The benchmarks replace this function to time both layouts.
+    docs/PERFORMANCE.md): not applied there. The benchmarks pass ``channels_last=`` to time both layouts.
     """
     return device.type == "cuda"
 
 
-def _fast_layout(x: Tensor, fast: bool) -> torch.memory_format | None:
+def _fast_layout(x: Tensor, fast: bool, channels_last: bool | None) -> torch.memory_format | None:
     """The memory format the pass's inputs are fed in; ``None``: as they come."""
-    if fast and x.dim() == 4 and _channels_last_pays(x.device):
-        return torch.channels_last
-    return None
+    wanted = fast and default_channels_last(x.device) if channels_last is None else channels_last
+    return torch.channels_last if wanted and x.dim() == 4 else None
 
 
 def _laid_out(x: Tensor, layout: torch.memory_format | None) -> Tensor:
@@ -233,66 +235,6 @@ def _check_arguments(
             f"Expected one target per input: inputs have B={len(inputs)} rows, targets {len(targets)}."
         )
     return check_settings(h, n_vectors, seed)
-
-
-def check_int(name: str, value: object, low: int = 0, high: int | None = None, *, hint: str = "") -> int:
-    """``value`` as a Python ``int`` if it is an integer (Python or numpy, not a bool) in ``[low, high)``.
-
-    The one integer check of the package: the estimator, the callback and the feeding use it, so a numpy integer
-    (from a config or an array) is accepted everywhere and every refusal reads the same.
-
-    Raises:
-        ValueError: naming the argument, the range expected and the value given.
-
-    Example:
-        >>> check_int("n_vectors", np.int64(2), 1)
-        2
-        >>> check_int("n_vectors", 2.5, 1)
-        Traceback (most recent call last):
-        ...
-        ValueError: Expected argument `n_vectors` to be an integer >= 1, got 2.5.
-    """
-    ok = isinstance(value, (int, np.integer)) and not isinstance(value, (bool, np.bool_))
-    if not ok or value < low or (high is not None and value >= high):
-        span = f">= {low}" if high is None else f"in [{low}, {'2**64' if high == 2**64 else high})"
-        raise ValueError(f"Expected argument `{name}` to be an integer {span}{hint}, got {value!r}.")
-    return int(value)
-
-
-def check_float(name: str, value: object, *, at_most: float | None = None, hint: str = "") -> float:
-    """``value`` as a Python ``float`` if it is a finite real number ``> 0`` (and ``<= at_most``).
-
-    Python and numpy numbers are accepted. A lower-precision numpy float is read as the shortest decimal that
-    it rounds to (``np.float32(1e-3)`` is 0.001, not 0.0010000000474974513): the number its user wrote, which
-    then matches a store made with ``h=1e-3``; float32 arithmetic rounds both to the same value.
-
-    Raises:
-        ValueError: naming the argument, the range expected and the value given.
-
-    Example:
-        >>> check_float("h", np.float32(1e-3))
-        0.001
-    """
-    ok = isinstance(value, (int, float, np.integer, np.floating)) and not isinstance(value, (bool, np.bool_))
-    number = (float(str(value)) if isinstance(value, np.floating) else float(value)) if ok else math.nan
-    if not math.isfinite(number) or number <= 0 or (at_most is not None and number > at_most):
-        span = "a positive finite float" if at_most is None else f"a float in (0, {at_most:g}]"
-        raise ValueError(f"Expected argument `{name}` to be {span}{hint}, got {value!r}.")
-    return number
-
-
-def check_bool(name: str, value: object) -> bool:
-    """``value`` as a Python ``bool`` if it is one (or a numpy bool): settings are written to JSON metadata."""
-    if not isinstance(value, (bool, np.bool_)):
-        raise ValueError(f"Expected argument `{name}` to be True or False, got {value!r}.")
-    return bool(value)
-
-
-def check_settings(h: object, n_vectors: object, seed: object) -> tuple[float, int, int]:
-    """``(h, n_vectors, seed)`` as Python numbers, or ``ValueError`` for values that cannot define a score."""
-    return (check_float("h", h, hint=" (the paper uses 1e-3)"),
-            check_int("n_vectors", n_vectors, 1, hint=" (the paper uses 10)"),
-            check_int("seed", seed, 0, 2**64))
 
 
 def _check_indices(indices: Tensor | None, batch: int, device: torch.device) -> Tensor:
@@ -515,6 +457,7 @@ def curvature_details(
     indices: Tensor | None = None,
     chunk_size: int | None = None,
     fast: bool = False,
+    channels_last: bool | None = None,
 ) -> CurvatureResult:
     """:func:`input_curvature`, together with the per-sample loss and the outputs at the unperturbed input.
 
@@ -539,7 +482,7 @@ def curvature_details(
         stack.enter_context(_float32_arithmetic(device, fast))
         x = inputs.detach().to(dtype).clone()  # clone: a normal tensor, even from an inference tensor
         y = targets.detach().clone()
-        layout = _fast_layout(x, fast)
+        layout = _fast_layout(x, fast, channels_last)
         x = _laid_out(x, layout)
 
         x.requires_grad_(True)
@@ -577,6 +520,7 @@ def input_curvature(
     indices: Tensor | None = None,
     chunk_size: int | None = None,
     fast: bool = False,
+    channels_last: bool | None = None,
 ) -> Tensor:
     """Per-sample curvature of the loss around each input (Garg et al., ICML 2024, DESIGN §1).
 
@@ -603,6 +547,8 @@ def input_curvature(
             issue's measurement, rankings kept; not yet measured by this project), and on CUDA feed
             4-D image batches in channels_last (the layout of cuDNN's tensor-core convolutions). No effect on
             the CPU.
+        channels_last: feed 4-D image batches in channels_last (True) or as they come (False); default: what
+            ``fast`` does on the inputs' device (:func:`default_channels_last`). Scores agree to rounding.
 
     Returns:
         ``[B]`` scores on the inputs' device, in the inputs' floating dtype (float32 at least).
@@ -626,5 +572,5 @@ def input_curvature(
     """
     return curvature_details(
         model, inputs, targets, loss_fn=loss_fn, h=h, n_vectors=n_vectors, seed=seed, indices=indices,
-        chunk_size=chunk_size, fast=fast,
+        chunk_size=chunk_size, fast=fast, channels_last=channels_last,
     ).curvature

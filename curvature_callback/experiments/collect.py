@@ -10,7 +10,7 @@ metrics; with several seeds, also their mean and standard deviation per setting)
 
 A sweep folder is data from a stranger: ``overrides.yaml`` is read as plain YAML (nothing resolved or built), a
 ``metrics.json`` or ``overrides.yaml`` that is a link leading out of ``SWEEP_DIR`` is refused, and
-``summary.csv`` / ``summary.md`` are never written through a link (:mod:`curvature_callback.safe_paths`).
+``summary.csv`` / ``summary.md`` are never written through a link (:mod:`curvature_callback.core.safe_paths`).
 """
 
 from __future__ import annotations

@@ -9,33 +9,26 @@ is embedded as a PNG data URI, no script, no network), with the same PNGs beside
 - duplicates with conflicting labels among the most-curved samples, with thumbnails;
 - the comparison with a reference memorization score, when one is given (``--reference``).
 
-**Where the images come from.** The store holds scores, not pixels. The report takes the images from, in this
-order: the ``images`` (or ``dataset``) argument (``curvature-train`` passes its dataset), ``--images FILE.npy``
-(an ``[N, ...]`` array in the store's order, loaded without pickle), or, only when asked with
-``--rebuild-data``, one of this package's own datamodules (:data:`REBUILDABLE`) named by the run's
-``.hydra/config.yaml``, rebuilt and checked against the labels in ``scores.csv``. Without images the report
-still has every number; the sections that need pixels say why they are empty and how to get them.
+**Where the images come from.** The store holds scores, not pixels. The report takes the images from the
+``images`` (or ``dataset``) argument (``curvature-train`` passes its dataset) or ``images_file`` (an ``[N, ...]``
+``.npy`` in the store's order, loaded without pickle). It builds nothing itself: the console script
+(:mod:`curvature_callback.experiments.report_cli`) can rebuild one of this package's own datamodules when asked
+with ``--rebuild-data``. Without images the report still has every number; the sections that need pixels say
+why they are empty and how to get them.
 
-**A run folder is data from a stranger.** Nothing read from it chooses what code runs: the config is read as
-plain YAML, never instantiated; ``--rebuild-data`` builds a datamodule only when ``data._target_`` is exactly
-one of :data:`REBUILDABLE`, with plain keyword arguments (a nested ``_target_``, a list, a mapping or an
-interpolation other than ``${oc.env:CURVATURE_...}`` is refused, with the reason in the report), and never
-downloads. Every file read from the run folder must stay inside it once links are followed, and nothing is
-written through a link: the default output folder ``RUN_DIR/report`` must not be a link nor lead out of the run
-folder (``--out`` chooses another place), and a link in it where a file goes is refused
-(:mod:`curvature_callback.safe_paths`).
+**A run folder is data from a stranger.** Nothing read from it chooses what code runs. Every file read from the run
+folder must stay inside it once links are followed, and nothing is written through a link: the default output folder
+``RUN_DIR/report`` must not be a link nor lead out of the run folder (``--out`` chooses another place), and a link
+in it where a file goes is refused (:mod:`curvature_callback.core.safe_paths`).
 """
 
 from __future__ import annotations
 
-import argparse
 import base64
 import html
 import json
 import math
 import os
-import re
-import sys
 import time
 import zipfile
 from collections.abc import Mapping, Sequence
@@ -54,8 +47,8 @@ from curvature_callback.analysis import (
     read_scores_csv,
     suspicion_scores,
 )
-from curvature_callback.duplicates import DuplicatePair, find_conflicting_duplicates, pixel_features
-from curvature_callback.plots import (
+from curvature_callback.analysis.duplicates import DuplicatePair, find_conflicting_duplicates, pixel_features
+from curvature_callback.analysis.plots import (
     plot_class_histograms,
     plot_detection_curves,
     plot_histogram,
@@ -64,23 +57,12 @@ from curvature_callback.plots import (
     save_thumbnail,
 )
 
-__all__ = ["REBUILDABLE", "main", "write_report"]
+__all__ = ["write_report"]
 
 #: percentages of the samples inspected in the detection table
 AT_PERCENT = (1, 5, 10)
 #: most duplicate pairs listed with thumbnails
 MAX_PAIRS = 40
-#: the datamodules ``--rebuild-data`` may build, by the ``_target_`` that ``conf/data/*.yaml`` gives them: this
-#: package's own, and nothing else (a run folder's config is data, and must not choose the code that runs)
-REBUILDABLE = (
-    "curvature_callback.data.DigitsDataModule",
-    "curvature_callback.image_data.CIFARDataModule",
-    "curvature_callback.image_data.FashionMNISTDataModule",
-    "curvature_callback.image_data.ImageFolderDataModule",
-)
-#: the only interpolation resolved in a rebuilt datamodule's arguments: this package's own environment variables
-#: (``root: ${oc.env:CURVATURE_DATA_ROOT,data}``); any other would let the folder read the environment
-_ENV = re.compile(r"^\$\{oc\.env:(CURVATURE_[A-Za-z0-9_]*)(?:,([^${}\\]*))?\}$")
 #: how to get the images when the report has none
 _HOW = ("pass --images FILE.npy (an [N, ...] array in the store's order), or --rebuild-data to rebuild this "
         "package's datamodule named in the run's .hydra/config.yaml")
@@ -135,121 +117,11 @@ def _dataset_labels(dataset: Any) -> np.ndarray | None:
     return None if targets is None else np.asarray(targets)
 
 
-def _datamodule_class(target: str) -> type:
-    """The class of one of :data:`REBUILDABLE`, imported by this package's own name for it."""
-    from curvature_callback import data, image_data
-
-    module = data if target.startswith("curvature_callback.data.") else image_data
-    return getattr(module, target.rsplit(".", 1)[1])
-
-
-def _plain_argument(key: str, value: Any, config: Path) -> Any:
-    """``value`` when it is a plain scalar (``${oc.env:CURVATURE_...}`` resolved); raises ValueError otherwise."""
-    if value is not None and not isinstance(value, (str, int, float, bool)):
-        raise ValueError(
-            f"data.{key} in {config} is a {type(value).__name__}, expected a plain value (a string, number, boolean "
-            f"or null): nested objects and lists are never built. Pass --images FILE.npy instead"
-        )
-    if isinstance(value, str) and "${" in value:
-        match = _ENV.match(value)
-        if match is None:
-            raise ValueError(
-                f"data.{key} in {config} is {value!r}, expected a plain value or ${{oc.env:CURVATURE_...}}: no other "
-                "interpolation or resolver is run. Pass --images FILE.npy instead"
-            )
-        default = match.group(2)
-        found = os.environ.get(match.group(1), None if default is None else default.strip())
-        if found is None:
-            raise ValueError(f"data.{key} in {config} needs ${match.group(1)}, which is not set: set it, or pass "
-                             "--images FILE.npy")
-        return None if found == "null" else found
-    return value
-
-
-def _datamodule_from_config(run_dir: Path) -> tuple[str, type, dict[str, Any], list[str]]:
-    """``(target, class, keyword arguments, notes)`` of the run's datamodule, checked against :data:`REBUILDABLE`.
-
-    Raises:
-        ValueError: the config is missing, unreadable, leaves the run folder, or names anything else.
-    """
-    import yaml
-
-    config = run_dir / ".hydra" / "config.yaml"
-    if not config.is_file():
-        raise ValueError(f"{config} is missing, so there is no datamodule to rebuild: pass --images FILE.npy")
-    text = safe_paths.inside(config, run_dir).read_text(encoding="utf-8")
-    try:
-        cfg = yaml.safe_load(text)  # plain YAML: no tags, no objects; interpolations stay strings
-    except yaml.YAMLError as e:
-        raise ValueError(f"{config} is not valid YAML ({e}): pass --images FILE.npy") from e
-    data = cfg.get("data") if isinstance(cfg, dict) else None
-    if not isinstance(data, dict):
-        raise ValueError(f"{config} has no `data` mapping to rebuild the datamodule from: pass --images FILE.npy")
-    target = data.get("_target_")
-    if target not in REBUILDABLE:
-        raise ValueError(
-            f"data._target_ in {config} is {target!r}, expected one of this package's datamodules "
-            f"({', '.join(REBUILDABLE)}); it was not run. Pass --images FILE.npy instead"
-        )
-    kwargs: dict[str, Any] = {}
-    for key, value in data.items():
-        if key == "_target_":
-            continue
-        if not isinstance(key, str) or key.startswith("_"):
-            raise ValueError(
-                f"data.{key} in {config}: expected the datamodule's own arguments only, got a special key (Hydra's "
-                "_args_, _partial_, ... are not honoured here). Pass --images FILE.npy instead"
-            )
-        kwargs[key] = _plain_argument(key, value, config)
-    cls = _datamodule_class(target)
-    notes = []
-    # the report only reads what is there: no download (to a folder the config chose), no decode cache written
-    # where the config says
-    if kwargs.get("download"):
-        kwargs["download"] = False
-        notes.append("download=false (the report never downloads)")
-    if kwargs.get("cache_dir") is not None:
-        notes.append(f"cache_dir={kwargs['cache_dir']!r} ignored (the default cache is used)")
-        kwargs["cache_dir"] = None
-    return target, cls, kwargs, notes
-
-
-def _images_from_config(run_dir: Path, n: int, given: np.ndarray, rebuild: bool) -> _Images:
-    """With ``rebuild``, rebuild the run's datamodule (one of :data:`REBUILDABLE`) and take its scored images."""
-    if not rebuild:
-        return _Images(notes=[f"images unavailable: the report does not rebuild data from a run folder unless asked; "
-                              f"{_HOW}"])
-    config = run_dir / ".hydra" / "config.yaml"
-    try:
-        target, cls, kwargs, adjusted = _datamodule_from_config(run_dir)
-    except ValueError as e:  # safe_paths.UnsafePathError included: a refusal only costs the pictures
-        return _Images(notes=[f"images unavailable: {e}"])
-    try:
-        datamodule = cls(**kwargs)
-        dataset = datamodule.curvature_dataset()
-    except Exception as e:  # any failure to rebuild the data only costs the pictures, so say why and go on
-        how = f", with {'; '.join(adjusted)}" if adjusted else ""
-        return _Images(notes=[f"images unavailable: rebuilding {target} from {config}{how} failed "
-                              f"({type(e).__name__}: {e}); pass --images FILE.npy"])
-    if len(dataset) != n:
-        return _Images(notes=[f"images unavailable: the rebuilt dataset has {len(dataset)} samples, the store {n}; "
-                              "pass --images FILE.npy"])
-    labels = _dataset_labels(dataset)
-    if labels is not None and not np.array_equal(labels.astype(np.int64), given):
-        return _Images(notes=["images unavailable: the rebuilt dataset's labels differ from scores.csv's given "
-                              "labels; pass --images FILE.npy"])
-    names = getattr(datamodule, "classes", None) or getattr(dataset, "classes", None)
-    how = f" ({'; '.join(adjusted)})" if adjusted else ""
-    return _Images(_dataset_images(dataset), f"{target} rebuilt from {config} (--rebuild-data){how}", names)
-
-
-def _resolve_images(
-    run_dir: Path, images: Any, images_file: str | None, n: int, given: np.ndarray, rebuild: bool
-) -> _Images:
+def _resolve_images(images: Any, images_file: str | None, n: int, source: str, note: str | None) -> _Images:
     if images is not None:
         if hasattr(images, "__len__") and len(images) != n:
             raise ValueError(f"Expected `images` of {n} samples (the store's N), got {len(images)}.")
-        return _Images(images, "the caller")
+        return _Images(images, source)
     if images_file is not None:
         try:
             array = np.load(images_file, mmap_mode="r", allow_pickle=False)  # never unpickle: it runs code
@@ -263,7 +135,7 @@ def _resolve_images(
         if len(array) != n:
             raise ValueError(f"Expected {images_file} to hold {n} images (the store's N), got shape {array.shape}.")
         return _Images(array, images_file)
-    return _images_from_config(run_dir, n, given, rebuild)
+    return _Images(notes=[note or f"images unavailable: the report builds nothing from a run folder; {_HOW}"])
 
 
 # ------------------------------------------------------------------------------------------ html pieces
@@ -323,7 +195,8 @@ def write_report(
     top_k: int = 25,
     dup_top_k: int | None = None,
     dup_threshold: float = 0.95,
-    rebuild_data: bool = False,
+    images_source: str = "the caller",
+    images_note: str | None = None,
 ) -> Path:
     """Write the HTML report of a ``curvature-train`` run; returns the path of ``index.html``.
 
@@ -344,9 +217,9 @@ def write_report(
         top_k: samples in the grid of the most-curved.
         dup_top_k: most-curved samples searched for conflicting duplicates (default 2 % of N, at least 50).
         dup_threshold: least cosine similarity of downsampled pixels for a duplicate pair.
-        rebuild_data: without ``images``, ``dataset`` or ``images_file``, rebuild the run's datamodule from
-            ``.hydra/config.yaml`` when it is one of :data:`REBUILDABLE` with plain arguments (never anything
-            else; a refusal is explained in the report). False: no images, and the report says how to get them.
+        images_source: where ``images`` or ``dataset`` came from, for the report.
+        images_note: without images, why (default: how to get them). ``curvature-report --rebuild-data``
+            (:mod:`curvature_callback.experiments.report_cli`) rebuilds this package's own datamodules.
 
     Raises:
         FileNotFoundError: no store or no ``scores.csv`` in ``run_dir``.
@@ -354,7 +227,7 @@ def write_report(
         safe_paths.UnsafePathError: (a ValueError) a file of ``run_dir`` is a link that leaves it, or the output
             would be written through a link.
     """
-    from curvature_callback.store import CurvatureStore
+    from curvature_callback.core.store import CurvatureStore
 
     start = time.perf_counter()
     run_dir = Path(run_dir)
@@ -396,7 +269,7 @@ def write_report(
     ranking = np.where(scored, curvature, -np.inf)
     if dataset is not None and images is None:
         images = _dataset_images(dataset)
-    found = _resolve_images(run_dir, images, images_file, n, given, rebuild_data)
+    found = _resolve_images(images, images_file, n, images_source, images_note)
     names = class_names or found.class_names
     order = np.argsort(-ranking, kind="stable")[: int(scored.sum())]  # scored samples, most curved first
     parts: list[str] = []
@@ -619,48 +492,3 @@ def _memorization_html(ref: np.ndarray, name: str, note: str, curvature: np.ndar
         "already score high. Read it against the chance column.</p>"
         + f'<div class="figure">{_img(out / "memorization.png", "curvature against memorization")}</div>'
     )
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """Console script ``curvature-report RUN_DIR [options]``."""
-    parser = argparse.ArgumentParser(
-        prog="curvature-report", description="Write RUN_DIR/report/index.html for a curvature-train run.",
-        epilog="A run folder is treated as data from a stranger: its config is never instantiated (see "
-        "--rebuild-data), files that link out of it are not read, and no output is written through a link.",
-    )
-    parser.add_argument("run_dir", help="the run directory (scores.csv, metrics.json, curvature/)")
-    parser.add_argument("--out", help="output folder (default RUN_DIR/report, which must not be a link out of "
-                        "RUN_DIR; a folder given here may be anywhere)")
-    parser.add_argument("--store", help="the store folder, if not RUN_DIR/curvature")
-    parser.add_argument("--images", help=".npy of [N, ...] images in the store's order, loaded without pickle "
-                        "(default: none, unless --rebuild-data)")
-    parser.add_argument("--rebuild-data", action="store_true",
-                        help="without --images, rebuild the images from the datamodule named in "
-                        "RUN_DIR/.hydra/config.yaml, only if it is one of this package's own ("
-                        + ", ".join(t.rsplit(".", 1)[1] for t in REBUILDABLE)
-                        + ") with plain arguments; nothing else in the config is built or run, and nothing is "
-                        "downloaded. Off by default: only for a run folder you trust")
-    parser.add_argument("--reference", help="reference memorization: Feldman & Zhang .npz, or an .npy vector")
-    parser.add_argument("--reference-order", help=".npy of int rows: for each sample, its row in the reference")
-    parser.add_argument("--class-names", help="comma-separated names indexed by label (default: the datamodule's)")
-    parser.add_argument("--top-k", type=int, default=25, help="samples in the grid of the most-curved (25)")
-    parser.add_argument("--dup-top-k", type=int, help="most-curved samples searched for duplicates (2 %% of N)")
-    parser.add_argument("--dup-threshold", type=float, default=0.95, help="least cosine similarity (0.95)")
-    args = parser.parse_args(argv)
-    try:
-        order = np.load(args.reference_order, allow_pickle=False) if args.reference_order else None
-        index = write_report(
-            args.run_dir, out_dir=args.out, store_dir=args.store, images_file=args.images, reference=args.reference,
-            class_names=args.class_names.split(",") if args.class_names else None,
-            reference_order=order, top_k=args.top_k, dup_top_k=args.dup_top_k, dup_threshold=args.dup_threshold,
-            rebuild_data=args.rebuild_data,
-        )
-    except (FileNotFoundError, ValueError) as e:
-        print(f"curvature-report: {e}", file=sys.stderr)
-        return 2
-    print(f"curvature-report: wrote {index}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

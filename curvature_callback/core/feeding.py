@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from curvature_callback.estimator import check_float
+from curvature_callback.core.settings import check_float
 
 __all__ = ["BatchFeeder", "check_cache", "pass_indices", "period_of", "rank_block", "rank_universe"]
 

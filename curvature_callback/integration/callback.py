@@ -1,6 +1,6 @@
 """CurvatureCallback: when to score, the scoring pass, the DDP gather, the store commit, logging, state.
 
-The maths lives in :mod:`curvature_callback.estimator`, the files in :mod:`curvature_callback.store`; this
+The maths lives in :mod:`curvature_callback.core.estimator`, the files in :mod:`curvature_callback.core.store`; this
 module is the glue that runs them inside a Lightning ``Trainer``.
 """
 
@@ -23,16 +23,9 @@ from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 from typing_extensions import override
 
-from curvature_callback.estimator import (
-    LossFn,
-    check_bool,
-    check_float,
-    check_int,
-    check_settings,
-    curvature_details,
-    loss_identity,
-)
-from curvature_callback.feeding import (
+from curvature_callback.core.channels import CHANNELS, CLASSIFICATION, classification_values, forgetting_events
+from curvature_callback.core.estimator import LossFn, curvature_details, loss_identity
+from curvature_callback.core.feeding import (
     BatchFeeder,
     CachePolicy,
     check_cache,
@@ -41,7 +34,9 @@ from curvature_callback.feeding import (
     rank_block,
     rank_universe,
 )
-from curvature_callback.store import MEANING_KEYS, CurvatureStore, StoreMismatchError
+from curvature_callback.core.numeric import log10_floor
+from curvature_callback.core.settings import ScoreSettings, check_bool, check_int
+from curvature_callback.core.store import CurvatureStore, StoreMismatchError
 
 __all__ = ["CurvatureCallback"]
 
@@ -50,9 +45,6 @@ BatchToInputs = Callable[[Any], tuple[Tensor, Tensor]]
 #: transform class names that make a dataset random, so a poor choice to score
 _AUGMENTATIONS = ("Random", "ColorJitter", "AutoAugment", "RandAugment", "TrivialAugment", "AugMix", "CutMix",
                   "MixUp", "GaussianBlur", "ElasticTransform")
-#: channels scored beside curvature when the default (cross-entropy) loss is used; "forgetting" is 1 where a
-#: sample correct at its previous scored epoch is wrong now (its sum counts forgetting events, Toneva et al.)
-CLASSIFICATION_CHANNELS = ("loss", "margin", "confidence", "correct", "forgetting")
 #: the pass's int64 column of label keys (not a store channel: the store checks and records labels)
 LABEL_KEYS = "label_keys"
 #: exception types an error on rank 0 is raised as on every rank (the nearest one in the error's MRO)
@@ -131,25 +123,6 @@ def _raise_together(trainer: pl.Trainer, caught: BaseException | None) -> None:
         raise _SHARED_ERRORS[kind](message)
 
 
-def _classification_channels(outputs: Tensor, targets: Tensor, loss: Tensor) -> dict[str, Tensor]:
-    """Loss, margin (given-label logit minus the largest other), confidence and correctness at ``x``."""
-    if outputs.dim() != 2 or targets.dim() != 1 or targets.is_floating_point():
-        raise ValueError(
-            f"Expected logits [B, classes] and integer labels [B] to record margin and confidence, got outputs of "
-            f"shape {list(outputs.shape)} and targets {targets.dtype}{list(targets.shape)}. Pass "
-            "record_outputs=False, or a per-sample `loss_fn`."
-        )
-    logits = outputs.to(loss.dtype)
-    given = logits.gather(1, targets[:, None]).squeeze(1)
-    others = logits.scatter(1, targets[:, None], float("-inf")).amax(1)
-    return {
-        "loss": loss,
-        "margin": given - others,
-        "confidence": logits.softmax(1).gather(1, targets[:, None]).squeeze(1),
-        "correct": (logits.argmax(1) == targets).to(loss.dtype),
-    }
-
-
 def _labels_digest(dataset: Any) -> str | None:
     """sha1 of the dataset's labels when it exposes them (``targets``, a TensorDataset's second tensor)."""
     labels = getattr(dataset, "targets", None)
@@ -207,7 +180,7 @@ class CurvatureCallback(Callback):
         loss_fn: ``loss_fn(outputs, targets) -> [B]`` per-sample losses (default: cross-entropy). Must pickle
             for ``ddp_spawn``: a named function or a ``functools.partial`` of one, not a lambda. A store
             resumes only with the same loss, compared by name and arguments
-            (:func:`~curvature_callback.estimator.loss_identity`).
+            (:func:`~curvature_callback.core.estimator.loss_identity`).
         batch_to_inputs: ``fn(batch) -> (x, y)`` for batches that are not ``(x, y, ...)``.
         fast: allow TF32 in the finite differences (faster on Ampere and newer; ~5 % per-value error).
         log_histogram: log a histogram of ``log10`` curvature to the loggers that take one.
@@ -258,24 +231,22 @@ class CurvatureCallback(Callback):
         cache: CachePolicy = "auto",
         loss_id: str | None = None,
     ) -> None:
-        # Python numbers from here on (numpy ones accepted): the settings go to JSON metadata and state_dicts
-        self.h, self.n_vectors, self.seed = check_settings(h, n_vectors, seed)
+        # what defines the score, validated once (numpy numbers become Python ones: they go to JSON and checkpoints)
+        self._settings = ScoreSettings(h=h, n_vectors=n_vectors, seed=seed, loss=_resolve_loss(loss_fn, loss_id),
+                                       fast=fast, fraction=fraction)
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, 1)
         self.start_epoch = check_int("start_epoch", start_epoch, 0)
         self.num_workers = check_int("num_workers", num_workers, 0)
         self.chunk_size = None if chunk_size is None else check_int("chunk_size", chunk_size, 1)
         self.keep_history = check_bool("keep_history", keep_history)
-        self.fast = check_bool("fast", fast)
         self.log_histogram = check_bool("log_histogram", log_histogram)
         self.record_outputs = check_bool("record_outputs", record_outputs)
         self.dataset = dataset
         self.directory = os.fspath(directory)
         self.loss_fn = loss_fn
         self.loss_id = loss_id
-        self._loss = _resolve_loss(loss_fn, loss_id)  # once: a loss module's tensors are hashed
         self.batch_to_inputs = batch_to_inputs
-        self.fraction = check_float("fraction", fraction, at_most=1.0)
         self._period = period_of(self.fraction)
         self.cache = check_cache(cache)
         self._feeder: BatchFeeder | None = None
@@ -299,12 +270,19 @@ class CurvatureCallback(Callback):
         """Channels stored beside curvature."""
         if not self.record_outputs:
             return ()
-        return CLASSIFICATION_CHANNELS if self.loss_fn is None else ("loss",)
+        return CLASSIFICATION if self.loss_fn is None else ("loss",)
+
+    # the score's settings, read-only: one frozen ScoreSettings holds and checks them
+    h = property(lambda self: self._settings.h, doc="Finite-difference step.")
+    n_vectors = property(lambda self: self._settings.n_vectors, doc="Rademacher vectors per sample and epoch.")
+    seed = property(lambda self: self._settings.seed, doc="Seed of the vectors.")
+    fast = property(lambda self: self._settings.fast, doc="TF32 allowed in the finite differences.")
+    fraction = property(lambda self: self._settings.fraction, doc="Share of the samples scored per pass.")
 
     def settings(self) -> dict[str, Any]:
-        """What goes into the store's metadata; the ones in the store's ``MEANING_KEYS`` must match to resume."""
-        return {"h": self.h, "n_vectors": self.n_vectors, "seed": self.seed, "loss": self._loss,
-                "fast": self.fast, "fraction": self.fraction}
+        """What goes into the store's metadata (:class:`~curvature_callback.core.settings.ScoreSettings`); the
+        meaning settings must match to resume."""
+        return self._settings.to_dict()
 
     def should_score(self, epoch: int) -> bool:
         """Whether to score at the end of ``epoch`` (0-based). Override for other schedules.
@@ -345,13 +323,11 @@ class CurvatureCallback(Callback):
 
     @override
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        settings = self.settings()
-        for key in MEANING_KEYS:  # the store's list: a checkpoint is held to what the store is held to
-            if key in state_dict and key in settings and state_dict[key] != settings[key]:
-                raise ValueError(
-                    f"The checkpoint's CurvatureCallback used {key}={state_dict[key]!r}, this one has "
-                    f"{key}={settings[key]!r}: resume with the same setting, or use another `directory`."
-                )
+        for key, theirs, mine in self._settings.differences(state_dict):  # what the store is held to, too
+            raise ValueError(
+                f"The checkpoint's CurvatureCallback used {key}={theirs!r}, this one has {key}={mine!r}: resume with "
+                "the same setting, or use another `directory`."
+            )
         self._restored = dict(state_dict)
 
     # ----------------------------------------------------------------------------- hooks
@@ -412,8 +388,8 @@ class CurvatureCallback(Callback):
         labels = arrays.pop(LABEL_KEYS)
         indices = self._pass_indices()
         if "forgetting" in self.channels:
-            before = np.asarray(self._store.channel_last("correct"))[indices]
-            arrays["forgetting"] = ((before == 1) & (arrays["correct"] == 0)).astype(np.float64)
+            arrays["forgetting"] = forgetting_events(np.asarray(self._store.channel_last("correct"))[indices],
+                                                     arrays["correct"])
         # the store refuses labels that differ from the ones it recorded (by sample), and records new ones
         self._store.commit_epoch(epoch, arrays, indices=indices, labels=labels)
         return arrays
@@ -505,13 +481,13 @@ class CurvatureCallback(Callback):
                 indices=idx, chunk_size=self.chunk_size, fast=self.fast,
             )
             out = {"curvature": res.curvature.double(), LABEL_KEYS: _label_keys(y)}
-            if self.channels == CLASSIFICATION_CHANNELS:
-                out.update(_classification_channels(res.outputs, y, res.loss.double()))
+            if self.channels == CLASSIFICATION:
+                out.update(classification_values(res.outputs, y, res.loss.double()))
             elif self.channels:
                 out["loss"] = res.loss.double()
             for k, v in out.items():
                 parts.setdefault(k, []).append(v)
-        names = ("curvature", *(c for c in self.channels if c != "forgetting"))  # forgetting: at the commit
+        names = ("curvature", *(c for c in self.channels if CHANNELS[c].source == "pass"))  # others: at the commit
         empty = torch.empty(0, dtype=torch.float64, device=device)
         shard = {k: torch.cat(parts[k]) if k in parts else empty for k in names}
         shard[LABEL_KEYS] = torch.cat(parts[LABEL_KEYS]) if parts else empty.to(torch.int64)
@@ -555,7 +531,7 @@ class CurvatureCallback(Callback):
         stats = {"curvature/mean": float(scores.mean()), "curvature/median": float(p50),
                  "curvature/p90": float(p90), "curvature/p99": float(p99)}
         step = trainer.global_step
-        log10 = np.log10(np.maximum(scores, np.finfo(np.float32).tiny))
+        log10 = log10_floor(scores)
         for logger in trainer.loggers:
             logger.log_metrics(stats, step=step)
             if not self.log_histogram:
@@ -567,7 +543,7 @@ class CurvatureCallback(Callback):
                 import wandb
 
                 logger.log_metrics({"curvature/log10_histogram": wandb.Histogram(log10, num_bins=64)}, step=step)
-                from curvature_callback.wandb_utils import log_top_k_grid
+                from curvature_callback.integration.sinks import log_top_k_grid
 
                 log_top_k_grid(logger, self._scored_dataset, np.asarray(self._store.mean), step,  # the running mean
                                self.batch_to_inputs or default_batch_to_inputs)
@@ -578,7 +554,7 @@ class CurvatureCallback(Callback):
         if not (trainer.is_global_zero and wandb_loggers and self.log_histogram and self._store is not None
                 and self._store.epochs):
             return
-        from curvature_callback.wandb_utils import log_top_k_table
+        from curvature_callback.integration.sinks import log_top_k_table
 
         dm = trainer.datamodule  # labels before noise and file names, when the datamodule keeps them
         original, filenames = getattr(dm, "original_labels", None), getattr(dm, "filenames", None)

@@ -17,7 +17,9 @@ import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["TOP_K", "log_top_k_grid", "log_top_k_table", "top_k", "wandb_logger", "wandb_offline"]
+from curvature_callback.core.numeric import to_unit_range, top_k
+
+__all__ = ["TOP_K", "log_top_k_grid", "log_top_k_table", "wandb_logger", "wandb_offline"]
 
 #: samples in the grid and the table
 TOP_K = 25
@@ -43,26 +45,10 @@ def wandb_logger(offline: bool | None = None, **kwargs: Any) -> Any:
     return WandbLogger(offline=wandb_offline() if offline is None else bool(offline), **kwargs)
 
 
-def top_k(scores: np.ndarray, k: int = TOP_K) -> np.ndarray:
-    """Indices of the ``k`` highest finite scores, highest first (ties by index).
-
-    Example:
-        >>> top_k(np.array([0.5, np.nan, 3.0, 0.5, 2.0]), k=3).tolist()
-        [2, 4, 0]
-    """
-    scores = np.asarray(scores, dtype=np.float64)
-    finite = np.flatnonzero(np.isfinite(scores))
-    order = finite[np.lexsort((finite, -scores[finite]))]
-    return order[: max(0, int(k))]
-
-
 def _as_image(x: Tensor) -> Tensor:
     """``[C, H, W]`` input scaled to ``[0, 1]`` per image (inputs are normalized, so not in pixel units)."""
     x = x.detach().float().cpu()
-    if x.dim() == 2:
-        x = x[None]
-    low, high = x.min(), x.max()
-    return (x - low) / (high - low) if high > low else torch.zeros_like(x)
+    return torch.as_tensor(to_unit_range(x[None] if x.dim() == 2 else x), dtype=torch.float32)
 
 
 def _inputs(dataset: Any, indices: Sequence[int], to_inputs: Callable[[Any], tuple[Tensor, Tensor]]) -> list[Any]:

@@ -1,0 +1,161 @@
+"""A run's per-sample scores: every channel of a store as a suspicion score, epoch averages of a history, and
+the run's table (``scores.csv``).
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any, Literal
+
+import numpy as np
+
+from curvature_callback.analysis.metrics import ranks
+from curvature_callback.core.channels import CHANNELS
+from curvature_callback.core.numeric import log10_floor
+
+__all__ = ["SCORE_NOTES", "epoch_average", "read_scores_csv", "suspicion_scores", "write_scores_csv"]
+
+#: one line on each score of :func:`suspicion_scores`
+SCORE_NOTES = {name: channel.meaning for name, channel in CHANNELS.items()}
+
+
+def suspicion_scores(store: Any, *, which: Literal["mean", "last"] = "mean") -> dict[str, np.ndarray]:
+    """Curvature and every baseline channel of a store as ``[N]`` scores where higher is more suspicious.
+
+    Each channel's own definition (:data:`~curvature_callback.core.channels.CHANNELS`) orients it: ``curvature``
+    and ``loss`` as stored; ``margin`` and ``confidence`` negated; ``correct`` becomes the fraction of scored
+    epochs misclassified; ``forgetting`` the forgetting-event count, with samples that were never correct at a
+    scored epoch ranked highest. A sample never scored is NaN in every score (``fraction < 1`` runs: mask with
+    ``np.isfinite``). Channels the store lacks (``record_outputs=False``, a custom loss) are left out. See
+    ``SCORE_NOTES`` for one line on each.
+
+    Args:
+        store: a :class:`~curvature_callback.CurvatureStore` (or anything with ``mean``, ``channels``,
+            ``channel_mean``, ``channel_last`` and ``sum_of``).
+        which: ``"mean"`` over the scored epochs (the paper's score), or ``"last"``: the latest scored epoch only
+            (forgetting has no last value and is left out).
+    """
+    if which not in ("mean", "last"):
+        raise ValueError(f"Expected argument `which` to be 'mean' or 'last', got {which!r}.")
+    out = {}
+    for name in store.channels:
+        channel = CHANNELS.get(name)
+        score = None if channel is None else channel.suspicion(store, which)
+        if score is not None:
+            out[name] = score
+    return out
+
+
+def epoch_average(
+    history: np.ndarray,
+    rows: slice | Sequence[int] | np.ndarray | None = None,
+    transform: Literal["identity", "sqrt", "log", "rank"] = "identity",
+) -> np.ndarray:
+    """Average per-epoch scores over chosen epochs, after a per-epoch transform.
+
+    The store's running mean is ``epoch_average(history)``. Transforms change how epochs are weighed against
+    each other, not the order within one epoch:
+
+    - ``"identity"``: the plain mean; epochs with large scores (early training, for curvature) dominate.
+    - ``"sqrt"``: mean of square roots. The estimator returns the mean over vectors of the *squared* norm
+      ``||grad(x + h v) - grad(x)||^2``; its square root is the RMS norm, the closest an unsquared variant gets
+      without another run.
+    - ``"log"``: mean of ``log10`` (a geometric mean); zeros are put at the smallest positive float32.
+    - ``"rank"``: mean of the within-epoch rank in ``(0, 1]``: every epoch weighs the same.
+
+    Args:
+        history: ``[epochs, N]`` per-epoch scores (``store.channel_history(name)``); NaN where not scored.
+        rows: which epochs (rows of ``history``) to average; default all.
+        transform: see above.
+
+    Returns:
+        ``float64 [N]``, NaN where no chosen epoch scored the sample.
+
+    Example:
+        >>> h = np.array([[100.0, 1.0], [1.0, 4.0]])  # epoch 0 says sample 0, epoch 1 says sample 1
+        >>> epoch_average(h).tolist(), epoch_average(h, transform="rank").tolist()
+        ([50.5, 2.5], [0.75, 0.75])
+        >>> epoch_average(h, rows=[1]).tolist()
+        [1.0, 4.0]
+    """
+    h = np.asarray(history, dtype=np.float64)
+    if h.ndim != 2:
+        raise ValueError(f"Expected `history` as [epochs, N], got shape {h.shape}: pass store.channel_history(name).")
+    if rows is not None:
+        h = h[rows] if isinstance(rows, slice) else h[np.asarray(rows, dtype=np.int64)]
+    if len(h) == 0:
+        raise ValueError("Expected at least one epoch to average, got none: check `rows`.")
+    if transform == "sqrt":
+        h = np.sqrt(np.maximum(h, 0.0))
+    elif transform == "log":
+        h = log10_floor(h)
+    elif transform == "rank":
+        out = np.full_like(h, np.nan)
+        for r, line in enumerate(h):
+            ok = np.isfinite(line)
+            if ok.any():
+                out[r, ok] = ranks(line[ok])
+        h = out
+    elif transform != "identity":
+        raise ValueError(f"Expected `transform` 'identity', 'sqrt', 'log' or 'rank', got {transform!r}.")
+    count = np.isfinite(h).sum(0)
+    total = np.where(np.isfinite(h), h, 0.0).sum(0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, total / np.maximum(count, 1), np.nan)
+
+
+def write_scores_csv(path: str | os.PathLike, columns: Mapping[str, np.ndarray]) -> None:
+    """One row per sample: ``index`` first (0..N-1, the store's order), then ``columns`` in their order.
+
+    Floats are written with 9 significant digits (float32 round-trips; the store keeps float64), booleans as
+    0/1.
+
+    Args:
+        path: the CSV file to write.
+        columns: name to ``[N]`` array; every array of the same length.
+    """
+    arrays = {name: np.asarray(values) for name, values in columns.items()}
+    lengths = {name: a.shape for name, a in arrays.items()}
+    n = len(next(iter(arrays.values()))) if arrays else 0
+    if any(shape != (n,) for shape in lengths.values()):
+        raise ValueError(f"Expected every column of shape [N], got {lengths}.")
+    if "index" in arrays:
+        raise ValueError("`index` is written first by write_scores_csv: do not pass it as a column.")
+    formats = []
+    for a in arrays.values():
+        if a.dtype == bool:
+            formats.append(lambda v: str(int(v)))
+        elif np.issubdtype(a.dtype, np.floating):
+            formats.append(lambda v: f"{v:.9g}")
+        else:
+            formats.append(str)
+    with open(path, "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["index", *arrays])
+        for i in range(n):
+            writer.writerow([i, *(fmt(a[i]) for fmt, a in zip(formats, arrays.values(), strict=True))])
+
+
+def read_scores_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
+    """The columns of a ``scores.csv`` (:func:`write_scores_csv`) as arrays: ``int64`` where every value is an
+    integer, ``float64`` where every value is a number, else strings (a ``file`` column); ``index`` included."""
+    with open(path, newline="") as f:
+        reader = csv.reader(f)
+        header = next(reader, None)
+        if header is None:
+            raise ValueError(f"{os.fspath(path)} is empty: expected a header row (index, label, ...).")
+        rows = list(reader)
+    out: dict[str, np.ndarray] = {}
+    for j, name in enumerate(header):
+        values = [r[j] for r in rows]
+        for kind in (np.int64, np.float64):
+            try:
+                out[name] = np.array([kind(v) for v in values], dtype=kind)
+                break
+            except ValueError:
+                continue
+        else:
+            out[name] = np.array(values, dtype=str)
+    return out

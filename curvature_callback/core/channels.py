@@ -1,0 +1,124 @@
+"""The per-sample signals a store keeps ("channels"), one definition each.
+
+A channel says what it means, how it is computed (from the scoring pass's forward at ``x``, or at the commit
+from the store's previous state), how its epochs are reduced (the store's running mean, or the sum for event
+counts) and its orientation: :meth:`Channel.suspicion` turns it into a score where **higher is more
+suspicious**, the one convention of the analysis. Torch and numpy only.
+
+Example:
+    >>> [(c.name, c.orientation) for c in CHANNELS.values()][:3]
+    [('curvature', 'high'), ('loss', 'high'), ('margin', 'low')]
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import numpy as np
+from torch import Tensor
+
+__all__ = ["CHANNELS", "CLASSIFICATION", "PRIMARY", "Channel", "classification_values", "forgetting_events"]
+
+#: the store's main channel
+PRIMARY = "curvature"
+
+
+def _mean(store: Any, name: str, which: str) -> np.ndarray:
+    """The channel's running mean (or its value at the latest scored epoch) as float64."""
+    get = store.channel_mean if which == "mean" else store.channel_last
+    return np.array(get(name), dtype=np.float64)
+
+
+def _forgetting(store: Any, name: str, which: str) -> np.ndarray | None:
+    """Forgetting-event counts, with samples never classified correctly ranked above all (Toneva et al. count them
+    as forgotten infinitely often); NaN where never scored. Counts have no latest value: None for ``"last"``."""
+    if which != "mean" or "correct" not in store.channels:
+        return None
+    events = np.array(store.sum_of(name), dtype=np.float64)
+    never_correct = np.asarray(store.sum_of("correct")) == 0
+    events[never_correct] = (events.max() if len(events) else 0.0) + 1.0
+    return np.where(np.asarray(store.count) > 0, events, np.nan)
+
+
+@dataclass(frozen=True)
+class Channel:
+    """One per-sample signal of the store.
+
+    Attributes:
+        name: its file names in the store (``<name>_mean.npy``, ...; ``mean.npy`` for curvature).
+        meaning: one line: what its suspicion score is.
+        orientation: ``"high"`` if high values are suspicious, ``"low"`` if low ones are.
+        source: ``"pass"``: computed from the scoring pass's forward at ``x``; ``"commit"``: from the pass's values
+            and the store's previous state, when the epoch is committed.
+        reduce: ``"mean"``: the epoch mean is the score; ``"sum"``: the count over epochs is.
+        offset: added after the orientation's sign, so a fraction stays a fraction (``correct``: 1 - mean).
+    """
+
+    name: str
+    meaning: str
+    orientation: Literal["high", "low"]
+    source: Literal["pass", "commit"] = "pass"
+    reduce: Literal["mean", "sum"] = "mean"
+    offset: float = 0.0
+    _score: Callable[[Any, str, str], np.ndarray | None] | None = None
+
+    def suspicion(self, store: Any, which: Literal["mean", "last"] = "mean") -> np.ndarray | None:
+        """``float64 [N]``, higher = more suspicious, NaN where never scored; None where it has no such value."""
+        if self._score is not None:
+            return self._score(store, self.name, which)
+        sign = 1.0 if self.orientation == "high" else -1.0
+        return self.offset + sign * _mean(store, self.name, which)
+
+
+#: every channel a store may hold, in the order reports list them
+CHANNELS: Mapping[str, Channel] = {c.name: c for c in (
+    Channel(PRIMARY, "epoch-mean input-loss curvature", "high"),
+    Channel("loss", "epoch-mean loss with the given label", "high"),
+    Channel("margin", "negated epoch-mean margin (given-label logit minus the largest other; AUM-style)", "low"),
+    Channel("confidence", "negated epoch-mean softmax probability of the given label", "low"),
+    Channel("correct", "fraction of scored epochs misclassified", "low", offset=1.0),
+    Channel("forgetting", "forgetting events (correct, then wrong at the next scored epoch); never learned ranks "
+            "highest", "high", source="commit", reduce="sum", _score=_forgetting),
+)}
+#: the channels scored beside curvature with the default (cross-entropy) loss
+CLASSIFICATION = ("loss", "margin", "confidence", "correct", "forgetting")
+
+
+def classification_values(outputs: Tensor, targets: Tensor, loss: Tensor) -> dict[str, Tensor]:
+    """The pass's channels at ``x``: loss, margin (given-label logit minus the largest other), confidence (softmax
+    probability of the given label) and correctness, in ``loss``'s dtype.
+
+    Example:
+        >>> import torch
+        >>> v = classification_values(torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0]),
+        ...                           torch.tensor([0.1, 1.3]))
+        >>> v["margin"].tolist(), v["correct"].tolist()
+        ([2.0, -1.0], [1.0, 0.0])
+    """
+    if outputs.dim() != 2 or targets.dim() != 1 or targets.is_floating_point():
+        raise ValueError(
+            f"Expected logits [B, classes] and integer labels [B] to record margin and confidence, got outputs of "
+            f"shape {list(outputs.shape)} and targets {targets.dtype}{list(targets.shape)}. Pass "
+            "record_outputs=False, or a per-sample `loss_fn`."
+        )
+    logits = outputs.to(loss.dtype)
+    given = logits.gather(1, targets[:, None]).squeeze(1)
+    others = logits.scatter(1, targets[:, None], float("-inf")).amax(1)
+    return {
+        "loss": loss,
+        "margin": given - others,
+        "confidence": logits.softmax(1).gather(1, targets[:, None]).squeeze(1),
+        "correct": (logits.argmax(1) == targets).to(loss.dtype),
+    }
+
+
+def forgetting_events(correct_before: np.ndarray, correct_now: np.ndarray) -> np.ndarray:
+    """1.0 where a sample correct at its previous scored epoch is wrong now (a forgetting event), else 0.0.
+
+    Example:
+        >>> forgetting_events(np.array([1.0, 1.0, 0.0, np.nan]), np.array([0.0, 1.0, 0.0, 0.0])).tolist()
+        [1.0, 0.0, 0.0, 0.0]
+    """
+    return ((np.asarray(correct_before) == 1) & (np.asarray(correct_now) == 0)).astype(np.float64)
