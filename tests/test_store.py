@@ -74,14 +74,14 @@ def test_crash_before_the_commit_point_leaves_the_store_as_before(tmp_path, monk
     with make(tmp_path) as s:
         s.commit_epoch(0, np.ones(5))
     s = CurvatureStore.open(tmp_path, "r+")
-    real = store_module._save_npy
+    real = store_module.save_npy
 
     def dies_on_sums(path, array):
         if "curvature_sum" in path.name:
             raise KeyboardInterrupt("killed while writing the journal")
         return real(path, array)
 
-    monkeypatch.setattr(store_module, "_save_npy", dies_on_sums)
+    monkeypatch.setattr(store_module, "save_npy", dies_on_sums)
     with pytest.raises(KeyboardInterrupt):
         s.commit_epoch(1, np.full(5, 3.0))
     monkeypatch.undo()
@@ -99,7 +99,7 @@ def test_crash_in_the_middle_of_applying_is_finished_once(tmp_path):
         s.commit_epoch(0, np.ones(5))
     script = textwrap.dedent(f"""
         import os, numpy as np
-        from curvature_callback import store as st
+        from curvature_callback.core import store as st
         real = st.CurvatureStore._array
         def dying(self, channel, kind):
             if kind == "mean":  # count and sum are written, mean and meta not yet

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from curvature_callback import safe_paths
+from curvature_callback.core import safe_paths
 from curvature_callback.experiments.collect import collect, main, markdown
 
 

@@ -19,10 +19,10 @@ from typing import Any, Literal
 import numpy as np
 from torch import Tensor
 
+from curvature_callback.core.store_format import PRIMARY
+
 __all__ = ["CHANNELS", "CLASSIFICATION", "PRIMARY", "Channel", "classification_values", "forgetting_events"]
 
-#: the store's main channel
-PRIMARY = "curvature"
 
 
 def _mean(store: Any, name: str, which: str) -> np.ndarray:

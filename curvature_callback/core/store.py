@@ -42,12 +42,9 @@ atomically; the old inode keeps them).
 
 from __future__ import annotations
 
-import errno
 import fcntl
 import json
-import math
 import os
-import re
 import shutil
 import time
 import warnings
@@ -58,210 +55,30 @@ from typing import Any, Literal
 import numpy as np
 
 from curvature_callback.core.settings import MEANING_KEYS, same_setting
+from curvature_callback.core.store_format import (
+    DTYPES,
+    FORMAT_VERSION,
+    LABEL_UNKNOWN,
+    PRIMARY,
+    STORE_FILE,
+    StoreChangedError,
+    StoreCorruptError,
+    StoreMismatchError,
+    atomic_write_json,
+    check_npy,
+    create_npy,
+    fsync_dir,
+    meta_identity,
+    read_meta,
+    save_npy,
+)
 
-__all__ = ["CurvatureStore", "StoreChangedError", "StoreCorruptError", "StoreMismatchError"]
+__all__ = [
+    "LABEL_UNKNOWN", "PRIMARY", "CurvatureStore", "StoreChangedError", "StoreCorruptError", "StoreMismatchError",
+]
 
-#: 2: labels.npy, each scored sample's label key, checked at every commit (format 1 stores are read, not added to)
-FORMAT_VERSION = 2
-PRIMARY = "curvature"
-#: the names of the files a store writes, for any channel: ``create`` refuses a folder that holds one without meta.json
-_STORE_FILE = re.compile(r"(?:[A-Za-z_]\w*_)?(?:sum|mean|last|count|history|labels)\.npy")
-#: dtype of each kind of array
-_DTYPES = {"sum": np.dtype(np.float64), "mean": np.dtype(np.float64), "last": np.dtype(np.float32),
-           "count": np.dtype(np.int64), "history": np.dtype(np.float32), "labels": np.dtype(np.int64)}
-#: the label key of a sample never scored (no label recorded yet); no sample may have it
-LABEL_UNKNOWN = int(np.iinfo(np.int64).min)
 #: how long a reader waits for a commit in progress before it gives up (seconds)
 _READ_WAIT = 10.0
-
-
-class StoreMismatchError(ValueError):
-    """An existing store was made with other settings than the ones asked for."""
-
-
-class StoreCorruptError(ValueError):
-    """A store folder is damaged or is not a store: a file missing, truncated, of another type or shape, a
-    ``meta.json`` that does not parse, counts that disagree with the epochs. It is refused, never repaired."""
-
-
-class StoreChangedError(RuntimeError):
-    """A read-only store was committed to since it was opened (or a commit is in progress for too long, or was
-    interrupted): its arrays no longer match its ``epochs``. Open it again with ``CurvatureStore.open(path)``."""
-
-
-def _atomic_write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(obj, f, indent=1, sort_keys=True)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-    _fsync_dir(path.parent)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    array = np.ascontiguousarray(array)
-    with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
-        f.write(memoryview(array).cast("B"))  # a file write keeps the errno (ENOSPC); numpy's tofile loses it
-        f.flush()
-        os.fsync(f.fileno())
-
-
-def _npy_layout(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:
-    """Shape, Fortran order, dtype of a ``.npy`` file and the byte offset where its data starts.
-
-    Raises:
-        StoreCorruptError: the file does not open as ``.npy`` (bad magic, unknown version, unparsable header).
-        FileNotFoundError: there is no such file.
-    """
-    with open(path, "rb") as f:
-        try:
-            version = np.lib.format.read_magic(f)
-            if version not in ((1, 0), (2, 0), (3, 0)):
-                raise ValueError(f"unknown .npy format version {version}")
-            # 3.0 differs from 2.0 only in allowing utf-8 field names, which none of our dtypes has
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran_order, dtype = read(f)
-        except (ValueError, TypeError, SyntaxError, RecursionError) as e:
-            raise StoreCorruptError(
-                f"{path} is damaged: expected a .npy file, got an unreadable header ({e}). Restore the file from a "
-                "backup or use another `directory`; a damaged store is refused, not repaired."
-            ) from None
-        return shape, fortran_order, dtype, f.tell()
-
-
-def _check_npy(path: Path, dtype: np.dtype, n: int, min_rows: int | None = None) -> tuple[tuple[int, ...], int]:
-    """Check one array file of a store: it exists, parses, has ``dtype``, C order, shape ``[n]`` (or
-    ``[rows >= min_rows, n]`` for a history) and exactly the bytes its header announces. Returns shape and offset.
-
-    Raises:
-        StoreCorruptError: naming the file and what differs.
-    """
-
-    def refuse(expected: str, got: str) -> StoreCorruptError:
-        return StoreCorruptError(
-            f"{path} is damaged: expected {expected}, got {got}. Restore the file from a backup or use another "
-            "`directory`; a damaged store is refused, not repaired."
-        )
-
-    try:
-        shape, fortran_order, got_dtype, offset = _npy_layout(path)
-        size = os.stat(path).st_size
-    except FileNotFoundError:
-        raise refuse("the file (meta.json's n, channels and keep_history call for it)", "no such file") from None
-    if got_dtype != dtype:  # native byte order only: what np.save writes and what the writer maps
-        raise refuse(f"dtype {dtype}", f"dtype {got_dtype}")
-    if fortran_order and len(shape) > 1:
-        raise refuse("C order", "Fortran order")
-    if min_rows is None and shape != (n,):
-        raise refuse(f"shape ({n},) (n={n} in meta.json)", f"shape {shape}")
-    if min_rows is not None and (len(shape) != 2 or shape[1] != n or shape[0] < min_rows):
-        raise refuse(f"shape (capacity >= {min_rows} epochs, {n}) (n={n} and {min_rows} epochs in meta.json)",
-                     f"shape {shape}")
-    want = offset + math.prod(shape) * dtype.itemsize
-    if size != want:
-        raise refuse(f"{want} bytes (header {offset} + data {want - offset})",
-                     f"{size} bytes ({'truncated' if size < want else 'extra bytes at the end'})")
-    return shape, offset
-
-
-def _reserve(fd: int, offset: int, length: int) -> None:
-    """Allocate the disk blocks of ``[offset, offset + length)`` so that writes through a memory map never need
-    new blocks: on a full disk this raises OSError (ENOSPC) now, instead of SIGBUS in the middle of a commit."""
-    if length <= 0:
-        return
-    try:
-        os.posix_fallocate(fd, offset, length)
-        return
-    except OSError as e:
-        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
-            raise
-    # fallocate unsupported by this file system: write the zeros ourselves (a full disk fails here just the same)
-    chunk = bytes(min(length, 16 << 20))
-    done = 0
-    while done < length:
-        done += os.pwrite(fd, chunk[: min(len(chunk), length - done)], offset + done)
-
-
-def _create_npy(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> int:
-    """Create a zero-filled ``.npy`` file with its space reserved (see :func:`_reserve`); returns the data offset."""
-    with open(path, "wb") as f:
-        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
-        np.lib.format.write_array_header_1_0(f, header)
-        f.flush()
-        offset = f.tell()
-        _reserve(f.fileno(), offset, math.prod(shape) * dtype.itemsize)
-        os.fsync(f.fileno())
-    return offset
-
-
-def _meta_identity(st: os.stat_result) -> tuple[int, int, int, int]:
-    # meta.json is replaced (new inode) at each commit and grows by one epoch: the size tells even if the
-    # file system hands a freed inode out again within its mtime granularity
-    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
-
-
-def _read_meta(directory: Path) -> tuple[dict[str, Any], tuple[int, int, int, int]]:
-    """Read and check ``meta.json``; returns it and the identity of the file read (for :class:`StoreChangedError`).
-
-    Raises:
-        StoreCorruptError: not JSON, not an object, a key missing or of another type.
-        RuntimeError: a newer format version.
-    """
-    path = directory / "meta.json"
-    with open(path, "rb") as f:
-        identity = _meta_identity(os.fstat(f.fileno()))
-        raw = f.read()
-
-    def refuse(expected: str, got: str) -> StoreCorruptError:
-        return StoreCorruptError(
-            f"{path} is damaged: expected {expected}, got {got}. Restore meta.json from a backup or use another "
-            "`directory`; a damaged store is refused, not repaired."
-        )
-
-    try:
-        meta = json.loads(raw)
-    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
-        raise refuse("a JSON object", f"text that does not parse as JSON ({e})") from None
-    if not isinstance(meta, dict):
-        raise refuse("a JSON object", f"a JSON {type(meta).__name__}")
-
-    def is_int(v: Any) -> bool:
-        return isinstance(v, int) and not isinstance(v, bool)
-
-    checks = {  # key: (what it must be, test); version first: a newer format may have other keys
-        "version": ("a positive integer", lambda v: is_int(v) and v >= 1),
-        "n": ("a positive integer", lambda v: is_int(v) and v >= 1),
-        "epochs": ("a list of distinct integers",
-                   lambda v: isinstance(v, list) and all(map(is_int, v)) and len(set(v)) == len(v)),
-        "channels": (f"a list of distinct identifier strings other than {PRIMARY!r}",
-                     lambda v: isinstance(v, list) and all(isinstance(c, str) and c.isidentifier() and c != PRIMARY
-                                                           for c in v) and len(set(v)) == len(v)),
-        "keep_history": ("true or false", lambda v: isinstance(v, bool)),
-        "fingerprint": ("an object", lambda v: isinstance(v, dict)),
-    }
-    for key, (expected, ok) in checks.items():
-        if key not in meta:
-            if key == "fingerprint":  # optional
-                continue
-            raise refuse(f"key {key!r} ({expected})", "no such key")
-        if not ok(meta[key]):
-            raise refuse(f"{key!r} as {expected}", f"{meta[key]!r}")
-        if key == "version" and meta[key] > FORMAT_VERSION:
-            raise RuntimeError(
-                f"Store {directory} has format version {meta['version']}, this curvature_callback reads "
-                f"up to {FORMAT_VERSION}: upgrade curvature_callback."
-            )
-    return meta, identity
 
 
 class CurvatureStore:
@@ -288,7 +105,7 @@ class CurvatureStore:
         self.directory = Path(directory)
         self.mode = mode
         self._lock_fd = _lock_fd
-        self._meta, self._identity = _read_meta(self.directory)
+        self._meta, self._identity = read_meta(self.directory)
         self._arrays: dict[str, np.memmap] = {}  # a reader's memory maps (the writer maps afresh each time)
         self._copies: dict[str, np.ndarray] = {}  # a reader's snapshot: arrays copied while no commit ran
         self._check_files()
@@ -393,7 +210,7 @@ class CurvatureStore:
             # checked under the lock, so that two processes creating the same store cannot both pass
             if (directory / "meta.json").exists():
                 raise FileExistsError(f"A store exists at {directory} already: open it, or use open_or_create.")
-            found = sorted(f for f in os.listdir(directory) if f == "journal" or _STORE_FILE.fullmatch(f))
+            found = sorted(f for f in os.listdir(directory) if f == "journal" or STORE_FILE.fullmatch(f))
             if found:
                 raise StoreCorruptError(
                     f"Expected no store files in {directory} without a meta.json, got {', '.join(found)} but "
@@ -407,14 +224,14 @@ class CurvatureStore:
                 for name in names:
                     for kind, fill in (("sum", 0.0), ("mean", np.nan), ("last", np.nan)):
                         made.append(directory / cls._file(name, kind))
-                        _save_npy(made[-1], np.full(n, fill, dtype=_DTYPES[kind]))
+                        save_npy(made[-1], np.full(n, fill, dtype=DTYPES[kind]))
                     if keep_history:
                         made.append(directory / cls._file(name, "history"))
-                        _create_npy(made[-1], _DTYPES["history"], (max(1, history_capacity), n))
+                        create_npy(made[-1], DTYPES["history"], (max(1, history_capacity), n))
                 made.append(directory / "count.npy")
-                _save_npy(made[-1], np.zeros(n, dtype=np.int64))
+                save_npy(made[-1], np.zeros(n, dtype=np.int64))
                 made.append(directory / "labels.npy")
-                _save_npy(made[-1], np.full(n, LABEL_UNKNOWN, dtype=np.int64))
+                save_npy(made[-1], np.full(n, LABEL_UNKNOWN, dtype=np.int64))
                 meta = {
                     "version": FORMAT_VERSION,
                     "n": n,
@@ -424,7 +241,7 @@ class CurvatureStore:
                     "epochs": [],
                     "fingerprint": dict(fingerprint or {}),
                 }
-                _atomic_write_json(directory / "meta.json", meta)  # written last: its presence means complete
+                atomic_write_json(directory / "meta.json", meta)  # written last: its presence means complete
             except BaseException:
                 # a failed create (a full disk, ^C) leaves none of its files behind, or the next create would
                 # refuse the folder; these files did not exist before (checked above), we made them
@@ -575,7 +392,7 @@ class CurvatureStore:
         if channel not in self.channels:
             raise KeyError(f"Store {self.directory} has no {kind} for {channel!r} (its channels: {self.channels}).")
         path = self.directory / name
-        _check_npy(path, _DTYPES[kind], self.n, len(self._meta["epochs"]) if kind == "history" else None)
+        check_npy(path, DTYPES[kind], self.n, len(self._meta["epochs"]) if kind == "history" else None)
         array = np.load(path, mmap_mode=self.mode, allow_pickle=False)
         if self.mode == "r":
             self._arrays[name] = array
@@ -592,15 +409,15 @@ class CurvatureStore:
         return self._copies[name]
 
     def _check_files(self) -> None:
-        """Check every array file meta.json calls for (see :func:`_check_npy`)."""
-        _check_npy(self.directory / "count.npy", _DTYPES["count"], self.n)
+        """Check every array file meta.json calls for (see :func:`check_npy`)."""
+        check_npy(self.directory / "count.npy", DTYPES["count"], self.n)
         if self._meta["version"] >= 2:
-            _check_npy(self.directory / "labels.npy", _DTYPES["labels"], self.n)
+            check_npy(self.directory / "labels.npy", DTYPES["labels"], self.n)
         for name in self.channels:
             for kind in ("sum", "mean", "last"):
-                _check_npy(self.directory / self._file(name, kind), _DTYPES[kind], self.n)
+                check_npy(self.directory / self._file(name, kind), DTYPES[kind], self.n)
             if self._meta["keep_history"]:
-                _check_npy(self.directory / self._file(name, "history"), _DTYPES["history"], self.n,
+                check_npy(self.directory / self._file(name, "history"), DTYPES["history"], self.n,
                            len(self._meta["epochs"]))
 
     def _check_counts(self, count: np.ndarray, pending: bool = False) -> None:
@@ -644,7 +461,7 @@ class CurvatureStore:
         record = self._journal_record()
         busy = record is not None and record["epoch"] not in self._meta["epochs"]
         try:
-            identity = _meta_identity(os.stat(self.directory / "meta.json"))
+            identity = meta_identity(os.stat(self.directory / "meta.json"))
         except FileNotFoundError:
             return "changed"
         if identity != self._identity:
@@ -839,17 +656,17 @@ class CurvatureStore:
         try:
             journal.mkdir()  # _recover left none
             new_count = self.count[idx] + 1
-            _save_npy(journal / "indices.npy", idx.astype(np.int64))
-            _save_npy(journal / "count.npy", new_count)
+            save_npy(journal / "indices.npy", idx.astype(np.int64))
+            save_npy(journal / "count.npy", new_count)
             if keys is not None:
-                _save_npy(journal / "labels.npy", keys)
+                save_npy(journal / "labels.npy", keys)
             for name, v in vals.items():
-                _save_npy(journal / f"{name}_values.npy", v)
-                _save_npy(journal / f"{name}_sum.npy", self._array(name, "sum")[idx] + v)
+                save_npy(journal / f"{name}_values.npy", v)
+                save_npy(journal / f"{name}_sum.npy", self._array(name, "sum")[idx] + v)
             del new_count, vals
             if self._meta["keep_history"]:
                 self._ensure_history_rows(row + 1)  # before the commit point, so a full disk fails here
-            _fsync_dir(journal)
+            fsync_dir(journal)
         except OSError as e:
             raise OSError(
                 e.errno,
@@ -857,7 +674,7 @@ class CurvatureStore:
                 "for its journal and history. The store is as it was before this commit: free some space (or lift "
                 "the limit), then commit again.",
             ) from e
-        _atomic_write_json(journal / "journal.json", {"epoch": epoch, "row": row})  # the commit point
+        atomic_write_json(journal / "journal.json", {"epoch": epoch, "row": row})  # the commit point
         self._apply_journal()
         return True
 
@@ -972,7 +789,7 @@ class CurvatureStore:
                 self._write(self._array(name, "history"), row, line)
         meta = dict(self._meta)
         meta["epochs"] = [*self._meta["epochs"], record["epoch"]]
-        _atomic_write_json(self.directory / "meta.json", meta)
+        atomic_write_json(self.directory / "meta.json", meta)
         self._meta = meta
         shutil.rmtree(journal)
 
@@ -987,13 +804,13 @@ class CurvatureStore:
         flat), swapped in atomically. A reader's map keeps the old inode, whose rows do not change."""
         for name in self.channels:
             path = self.directory / self._file(name, "history")
-            old_shape, old_start = _check_npy(path, _DTYPES["history"], self.n, len(self._meta["epochs"]))
+            old_shape, old_start = check_npy(path, DTYPES["history"], self.n, len(self._meta["epochs"]))
             if old_shape[0] >= rows:
                 continue
             capacity = max(rows, 2 * old_shape[0])
             tmp = path.with_name(path.name + ".grow")
             try:
-                new_start = _create_npy(tmp, _DTYPES["history"], (capacity, self.n))
+                new_start = create_npy(tmp, DTYPES["history"], (capacity, self.n))
                 with open(path, "rb") as src, open(tmp, "r+b") as dst:
                     src.seek(old_start)
                     dst.seek(new_start)
@@ -1005,4 +822,4 @@ class CurvatureStore:
                 raise
             self._arrays.pop(self._file(name, "history"), None)
             os.replace(tmp, path)
-            _fsync_dir(self.directory)
+            fsync_dir(self.directory)

@@ -27,7 +27,7 @@ from typing import Any
 
 import yaml
 
-from curvature_callback import safe_paths
+from curvature_callback.core import safe_paths
 
 __all__ = ["collect", "main", "markdown", "parse_overrides", "write_summary"]
 

@@ -1,0 +1,224 @@
+"""The on-disk format of a store, and its checks: file names and dtypes, ``meta.json`` read and validated,
+``.npy`` headers checked against it, durable writes (fsync, atomic replace, reserved space). Numpy only.
+
+A store folder is data from a stranger: every function that reads refuses what does not fit with
+:class:`StoreCorruptError` naming the file; nothing here repairs.
+"""
+
+from __future__ import annotations
+
+import errno
+import json
+import math
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+__all__ = [
+    "DTYPES", "FORMAT_VERSION", "LABEL_UNKNOWN", "PRIMARY", "STORE_FILE", "StoreChangedError", "StoreCorruptError",
+    "StoreMismatchError", "atomic_write_json", "check_npy", "create_npy", "fsync_dir", "meta_identity", "npy_layout",
+    "read_meta", "reserve", "save_npy",
+]
+
+#: 2: labels.npy, each scored sample's label key, checked at every commit (format 1 stores are read, not added to)
+FORMAT_VERSION = 2
+PRIMARY = "curvature"
+#: the names of the files a store writes, for any channel: ``create`` refuses a folder that holds one without meta.json
+STORE_FILE = re.compile(r"(?:[A-Za-z_]\w*_)?(?:sum|mean|last|count|history|labels)\.npy")
+#: dtype of each kind of array
+DTYPES = {"sum": np.dtype(np.float64), "mean": np.dtype(np.float64), "last": np.dtype(np.float32),
+           "count": np.dtype(np.int64), "history": np.dtype(np.float32), "labels": np.dtype(np.int64)}
+#: the label key of a sample never scored (no label recorded yet); no sample may have it
+LABEL_UNKNOWN = int(np.iinfo(np.int64).min)
+
+
+class StoreMismatchError(ValueError):
+    """An existing store was made with other settings than the ones asked for."""
+
+
+class StoreCorruptError(ValueError):
+    """A store folder is damaged or is not a store: a file missing, truncated, of another type or shape, a
+    ``meta.json`` that does not parse, counts that disagree with the epochs. It is refused, never repaired."""
+
+
+class StoreChangedError(RuntimeError):
+    """A read-only store was committed to since it was opened (or a commit is in progress for too long, or was
+    interrupted): its arrays no longer match its ``epochs``. Open it again with ``CurvatureStore.open(path)``."""
+
+
+def atomic_write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w") as f:
+        json.dump(obj, f, indent=1, sort_keys=True)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def save_npy(path: Path, array: np.ndarray) -> None:
+    array = np.ascontiguousarray(array)
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, np.lib.format.header_data_from_array_1_0(array))
+        f.write(memoryview(array).cast("B"))  # a file write keeps the errno (ENOSPC); numpy's tofile loses it
+        f.flush()
+        os.fsync(f.fileno())
+
+
+def npy_layout(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """Shape, Fortran order, dtype of a ``.npy`` file and the byte offset where its data starts.
+
+    Raises:
+        StoreCorruptError: the file does not open as ``.npy`` (bad magic, unknown version, unparsable header).
+        FileNotFoundError: there is no such file.
+    """
+    with open(path, "rb") as f:
+        try:
+            version = np.lib.format.read_magic(f)
+            if version not in ((1, 0), (2, 0), (3, 0)):
+                raise ValueError(f"unknown .npy format version {version}")
+            # 3.0 differs from 2.0 only in allowing utf-8 field names, which none of our dtypes has
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran_order, dtype = read(f)
+        except (ValueError, TypeError, SyntaxError, RecursionError) as e:
+            raise StoreCorruptError(
+                f"{path} is damaged: expected a .npy file, got an unreadable header ({e}). Restore the file from a "
+                "backup or use another `directory`; a damaged store is refused, not repaired."
+            ) from None
+        return shape, fortran_order, dtype, f.tell()
+
+
+def check_npy(path: Path, dtype: np.dtype, n: int, min_rows: int | None = None) -> tuple[tuple[int, ...], int]:
+    """Check one array file of a store: it exists, parses, has ``dtype``, C order, shape ``[n]`` (or
+    ``[rows >= min_rows, n]`` for a history) and exactly the bytes its header announces. Returns shape and offset.
+
+    Raises:
+        StoreCorruptError: naming the file and what differs.
+    """
+
+    def refuse(expected: str, got: str) -> StoreCorruptError:
+        return StoreCorruptError(
+            f"{path} is damaged: expected {expected}, got {got}. Restore the file from a backup or use another "
+            "`directory`; a damaged store is refused, not repaired."
+        )
+
+    try:
+        shape, fortran_order, got_dtype, offset = npy_layout(path)
+        size = os.stat(path).st_size
+    except FileNotFoundError:
+        raise refuse("the file (meta.json's n, channels and keep_history call for it)", "no such file") from None
+    if got_dtype != dtype:  # native byte order only: what np.save writes and what the writer maps
+        raise refuse(f"dtype {dtype}", f"dtype {got_dtype}")
+    if fortran_order and len(shape) > 1:
+        raise refuse("C order", "Fortran order")
+    if min_rows is None and shape != (n,):
+        raise refuse(f"shape ({n},) (n={n} in meta.json)", f"shape {shape}")
+    if min_rows is not None and (len(shape) != 2 or shape[1] != n or shape[0] < min_rows):
+        raise refuse(f"shape (capacity >= {min_rows} epochs, {n}) (n={n} and {min_rows} epochs in meta.json)",
+                     f"shape {shape}")
+    want = offset + math.prod(shape) * dtype.itemsize
+    if size != want:
+        raise refuse(f"{want} bytes (header {offset} + data {want - offset})",
+                     f"{size} bytes ({'truncated' if size < want else 'extra bytes at the end'})")
+    return shape, offset
+
+
+def reserve(fd: int, offset: int, length: int) -> None:
+    """Allocate the disk blocks of ``[offset, offset + length)`` so that writes through a memory map never need
+    new blocks: on a full disk this raises OSError (ENOSPC) now, instead of SIGBUS in the middle of a commit."""
+    if length <= 0:
+        return
+    try:
+        os.posix_fallocate(fd, offset, length)
+        return
+    except OSError as e:
+        if e.errno not in (errno.EOPNOTSUPP, errno.EINVAL):
+            raise
+    # fallocate unsupported by this file system: write the zeros ourselves (a full disk fails here just the same)
+    chunk = bytes(min(length, 16 << 20))
+    done = 0
+    while done < length:
+        done += os.pwrite(fd, chunk[: min(len(chunk), length - done)], offset + done)
+
+
+def create_npy(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> int:
+    """Create a zero-filled ``.npy`` file with its space reserved (see :func:`reserve`); returns the data offset."""
+    with open(path, "wb") as f:
+        header = {"descr": np.lib.format.dtype_to_descr(dtype), "fortran_order": False, "shape": shape}
+        np.lib.format.write_array_header_1_0(f, header)
+        f.flush()
+        offset = f.tell()
+        reserve(f.fileno(), offset, math.prod(shape) * dtype.itemsize)
+        os.fsync(f.fileno())
+    return offset
+
+
+def meta_identity(st: os.stat_result) -> tuple[int, int, int, int]:
+    # meta.json is replaced (new inode) at each commit and grows by one epoch: the size tells even if the
+    # file system hands a freed inode out again within its mtime granularity
+    return st.st_dev, st.st_ino, st.st_mtime_ns, st.st_size
+
+
+def read_meta(directory: Path) -> tuple[dict[str, Any], tuple[int, int, int, int]]:
+    """Read and check ``meta.json``; returns it and the identity of the file read (for :class:`StoreChangedError`).
+
+    Raises:
+        StoreCorruptError: not JSON, not an object, a key missing or of another type.
+        RuntimeError: a newer format version.
+    """
+    path = directory / "meta.json"
+    with open(path, "rb") as f:
+        identity = meta_identity(os.fstat(f.fileno()))
+        raw = f.read()
+
+    def refuse(expected: str, got: str) -> StoreCorruptError:
+        return StoreCorruptError(
+            f"{path} is damaged: expected {expected}, got {got}. Restore meta.json from a backup or use another "
+            "`directory`; a damaged store is refused, not repaired."
+        )
+
+    try:
+        meta = json.loads(raw)
+    except (ValueError, RecursionError) as e:  # JSONDecodeError and UnicodeDecodeError are ValueErrors
+        raise refuse("a JSON object", f"text that does not parse as JSON ({e})") from None
+    if not isinstance(meta, dict):
+        raise refuse("a JSON object", f"a JSON {type(meta).__name__}")
+
+    def is_int(v: Any) -> bool:
+        return isinstance(v, int) and not isinstance(v, bool)
+
+    checks = {  # key: (what it must be, test); version first: a newer format may have other keys
+        "version": ("a positive integer", lambda v: is_int(v) and v >= 1),
+        "n": ("a positive integer", lambda v: is_int(v) and v >= 1),
+        "epochs": ("a list of distinct integers",
+                   lambda v: isinstance(v, list) and all(map(is_int, v)) and len(set(v)) == len(v)),
+        "channels": (f"a list of distinct identifier strings other than {PRIMARY!r}",
+                     lambda v: isinstance(v, list) and all(isinstance(c, str) and c.isidentifier() and c != PRIMARY
+                                                           for c in v) and len(set(v)) == len(v)),
+        "keep_history": ("true or false", lambda v: isinstance(v, bool)),
+        "fingerprint": ("an object", lambda v: isinstance(v, dict)),
+    }
+    for key, (expected, ok) in checks.items():
+        if key not in meta:
+            if key == "fingerprint":  # optional
+                continue
+            raise refuse(f"key {key!r} ({expected})", "no such key")
+        if not ok(meta[key]):
+            raise refuse(f"{key!r} as {expected}", f"{meta[key]!r}")
+        if key == "version" and meta[key] > FORMAT_VERSION:
+            raise RuntimeError(
+                f"Store {directory} has format version {meta['version']}, this curvature_callback reads "
+                f"up to {FORMAT_VERSION}: upgrade curvature_callback."
+            )
+    return meta, identity
