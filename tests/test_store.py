@@ -586,3 +586,33 @@ def test_a_format_1_store_is_read_but_not_added_to(tmp_path):
     assert r.labels is None and r.mean.tolist() == [0, 1, 2, 3, 4]
     with pytest.raises(StoreMismatchError, match="format version 1, which records no labels"):
         CurvatureStore.open(tmp_path, "r+")
+
+
+def test_a_real_full_disk_refuses_the_commit_and_the_run_goes_on_once_space_is_freed(tmp_path):
+    """On a 6 MB tmpfs (root only; skipped where mounting is not allowed): history growth needs space that is not
+    there, so the commit fails with ENOSPC before anything changes; deleting a file lets the same commit through."""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if os.geteuid() != 0 or subprocess.run(["mount", "-t", "tmpfs", "-o", "size=6m", "tmpfs", str(disk)],
+                                           capture_output=True).returncode != 0:
+        pytest.skip("mounting a small tmpfs needs root and mount permission")
+    try:
+        n = 50_000
+        with CurvatureStore.create(disk / "s", n, settings=SETTINGS, keep_history=True, history_capacity=2) as s:
+            s.commit_epoch(0, np.full(n, 1.0))
+            s.commit_epoch(1, np.full(n, 2.0))
+            with open(disk / "filler", "wb") as f, pytest.raises(OSError):
+                while True:
+                    f.write(bytes(1 << 16))
+            with pytest.raises(OSError, match="No space left on device.*The store is as it was before this commit"):
+                s.commit_epoch(2, np.full(n, 3.0))  # the history must grow to 4 rows: no room
+            assert s.epochs == [0, 1] and (np.asarray(s.sum) == 3.0).all()
+            (disk / "filler").unlink()
+            assert s.commit_epoch(2, np.full(n, 3.0)) is True
+        r = CurvatureStore.open(disk / "s")
+        assert r.epochs == [0, 1, 2] and (r.mean == 2.0).all() and r.history.shape == (3, n)
+        r.close()
+        del r  # its history map keeps the file system busy
+    finally:
+        if subprocess.run(["umount", str(disk)], capture_output=True).returncode != 0:
+            subprocess.run(["umount", "-l", str(disk)], capture_output=True)  # detached once the last map goes
