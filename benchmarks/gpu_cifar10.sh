@@ -16,7 +16,7 @@ PY=${PY:-.venv/bin/python}
 OUT=${OUT:-outputs/gpu_cifar10}
 EPOCHS=${EPOCHS:-30}        # about 5 s per epoch expected on an H200 (training + validation), not measured
 N_VECTORS=${N_VECTORS:-4}   # 5 forward+backward per sample and pass instead of the paper's 11; with the epoch
-EVERY=${EVERY:-3}           # mean few vectors rank almost as well (DESIGN §1)
+EVERY=${EVERY:-3}           # mean few vectors rank almost as well (docs/DESIGN.md §1)
 LIMIT_S=${LIMIT_S:-480}     # hard stop: the run is killed after 8 minutes
 M1=$((EPOCHS * 6 / 10)); M2=$((EPOCHS * 8 / 10))
 START=$(((EPOCHS - 1) % EVERY))  # so that the last epoch is scored

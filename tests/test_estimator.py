@@ -1,4 +1,4 @@
-"""input_curvature against exact references (DESIGN §1-2)."""
+"""input_curvature against exact references (docs/DESIGN.md §1-2)."""
 
 import copy
 import functools

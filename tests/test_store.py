@@ -1,4 +1,4 @@
-"""CurvatureStore: format, commits (idempotent, atomic across crashes), the lock, settings (DESIGN §2, §5)."""
+"""CurvatureStore: format, commits (idempotent, atomic across crashes), the lock, settings (docs/DESIGN.md §2, §5)."""
 
 import errno
 import json

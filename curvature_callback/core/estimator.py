@@ -11,7 +11,10 @@ with Rademacher vectors ``v_k`` (entries +1/-1, the shape of ``x``). For a smoot
 The gradient at ``x`` is computed once per sample and reused for all ``n`` vectors; the ``n`` perturbed copies
 of every sample are stacked along the batch dimension and go through the model in chunks, so a batch costs
 ``(n + 1)`` forward+backward passes per sample. ``v_k`` is a counter-based function of
-``(seed, sample index, k)``: a sample's score does not depend on batch size, composition, order or device.
+``(seed, sample index, k)``: a sample's score does not depend on batch size, composition, order or device, up to
+rounding. In float64 that is exact to ~1e-12; in float32 another batch shape rounds the gradients differently
+(another BLAS blocking), and the squared difference of two nearly equal gradients amplifies it: relative changes
+up to about ``32 u |g| / |g(x + h v) - g(x)|`` (u = 2**-24; ~1e-2 at h = 1e-3 on small models, tests/test_estimator.py).
 """
 
 from __future__ import annotations
@@ -69,7 +72,7 @@ def default_chunk_size(device: torch.device, sample_bytes: int = 3 * 32 * 32 * 4
 class CurvatureResult(NamedTuple):
     """What one scoring pass over a batch yields."""
 
-    curvature: Tensor  #: ``[B]`` the score of DESIGN §1
+    curvature: Tensor  #: ``[B]`` the score of docs/DESIGN.md §1
     loss: Tensor  #: ``[B]`` per-sample loss at ``x`` (no perturbation)
     outputs: Tensor  #: ``[B, ...]`` model outputs at ``x`` (logits), detached
     per_vector: Tensor  #: ``[B, n]`` each vector's ``||grad(x + h v_k) - grad(x)||^2`` (curvature is the row mean)
@@ -522,7 +525,7 @@ def input_curvature(
     fast: bool = False,
     channels_last: bool | None = None,
 ) -> Tensor:
-    """Per-sample curvature of the loss around each input (Garg et al., ICML 2024, DESIGN §1).
+    """Per-sample curvature of the loss around each input (Garg et al., ICML 2024, docs/DESIGN.md §1).
 
     .. math:: \\mathrm{curv}(x) = \\frac{1}{n}\\sum_{k=1}^{n}
         \\lVert \\nabla_x l(x + h v_k) - \\nabla_x l(x) \\rVert^2,\\quad v_k \\in \\{-1, +1\\}^{\\dim x}

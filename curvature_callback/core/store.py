@@ -1,10 +1,11 @@
 """CurvatureStore: per-sample running means in memory-mapped ``.npy`` files (numpy only, no torch).
 
-Layout of a store folder (DESIGN §2)::
+Layout of a store folder (docs/DESIGN.md §2)::
 
     meta.json         N, settings (h, n_vectors, seed, loss, ...), epochs added, dataset fingerprint, version
     sum.npy           float64 [N]  sum of the curvature scores added for each sample
     count.npy         int64   [N]  how many epochs scored each sample
+    labels.npy        int64   [N]  the label key each sample was scored with (checked at every commit)
     mean.npy          float64 [N]  sum / count (NaN where count == 0), kept up to date at each commit
     last.npy          float32 [N]  the score of the latest epoch that scored each sample (NaN before)
     history.npy       float32 [capacity, N]  optional: row r holds the scores of epoch ``epochs[r]``
