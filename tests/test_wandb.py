@@ -9,7 +9,8 @@ import lightning.pytorch as pl
 import numpy as np
 import pytest
 import torch
-from wandb_reader import history
+from PIL import Image
+from wandb_reader import artifact_files, history
 
 from curvature_callback import CurvatureCallback
 from curvature_callback.core.numeric import top_k
@@ -65,9 +66,11 @@ def test_offline_run_holds_histograms_grids_and_the_table(tmp_path, monkeypatch)
     for key in ("WANDB_API_KEY", "WANDB_MODE"):
         monkeypatch.delenv(key, raising=False)
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "data"))  # where the table's artifact is staged
     logger = wandb_logger(project="curvature-test", save_dir=str(tmp_path))
     assert logger._offline
-    cb = CurvatureCallback(n_vectors=1, batch_size=16, directory=tmp_path / "store")
+    # the history gives the running mean each grid was drawn from
+    cb = CurvatureCallback(n_vectors=1, batch_size=16, directory=tmp_path / "store", keep_history=True)
     dm = RandomImages()
     torch.manual_seed(0)
     trainer = pl.Trainer(max_epochs=2, accelerator="cpu", logger=logger, callbacks=[cb], enable_checkpointing=False,
@@ -76,6 +79,7 @@ def test_offline_run_holds_histograms_grids_and_the_table(tmp_path, monkeypatch)
     logger.experiment.finish()
 
     rows = history(str(tmp_path))  # waits for the run's exit record
+    (files,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "files"))
     histograms = media(rows, "curvature/log10_histogram")
     assert len(histograms) == 2  # one per scoring epoch
     for h, step in zip(histograms, (3, 6)):  # 48 samples / 16 per batch: 3 steps per epoch
@@ -84,18 +88,48 @@ def test_offline_run_holds_histograms_grids_and_the_table(tmp_path, monkeypatch)
         assert h["trainer/global_step"] == step
     stats = [r for r in rows if "curvature/median" in r]
     assert [r["trainer/global_step"] for r in stats] == [3, 6] and all(r["curvature/p99"] > 0 for r in stats)
+    # W&B's own step counts up: no row is dropped for going back
+    steps = [r.get("_step") for r in rows]
+    assert steps == sorted(steps)
+
+    # one grid per scoring epoch (log_image logs a list: here of one image), captioned index:given label:score
     grids = media(rows, "curvature/top_k")
-    assert [g["trainer/global_step"] for g in grids] == [3, 6] and grids[0]["_type"] == "image-file"
-    assert grids[0]["height"] == grids[0]["width"] == 5 * 8 + 6 * 2  # 25 8x8 images, 5 a row, 2 px apart
+    assert [g["trainer/global_step"] for g in grids] == [3, 6]
+    scores = np.asarray(cb.store.history, dtype=np.float64)
+    for epoch, grid in enumerate(grids):
+        assert grid["_type"] == "images/separated" and grid["count"] == 1
+        assert grid["height"] == grid["width"] == 5 * 8 + 6 * 2  # 25 8x8 images, 5 a row, 2 px apart
+        (caption,) = grid["captions"]
+        head, _, shown = caption.partition(": ")
+        assert head == "highest curvature first (index:given label:curvature)"
+        shown = [item.split(":") for item in shown.split(" ")]
+        running = scores[: epoch + 1].mean(axis=0)
+        indices = [int(i) for i, _, _ in shown]
+        assert indices == np.argsort(-running, kind="stable")[:25].tolist()
+        assert [int(y) for _, y, _ in shown] == dm.given_labels[indices].tolist()
+        np.testing.assert_allclose([float(c) for _, _, c in shown], running[indices], rtol=5e-3)  # 3 digits
+        (png,) = grid["filenames"]
+        pixels = np.asarray(Image.open(f"{files}/{png}"))
+        assert pixels.shape == (52, 52, 3) and pixels.max() > 1  # 0..255, not [0, 1] cast to black
+
     (table,) = media(rows, "curvature/top_k_table")
     assert table["_type"] == "table-file" and table["nrows"] == 25 and table["ncols"] == 7
-    # the table file itself: rank, index, given label, original label, curvature, loss, image
-    (path,) = glob.glob(str(tmp_path / "wandb" / "offline-run-*" / "files" / "media" / "table" / "**" / "*.json"),
-                        recursive=True)
-    data = json.loads(open(path).read())
+    assert table["trainer/global_step"] == 6
+    # the table as W&B shows it, images in its cells: in the run's run_table artifact
+    (staged,) = [files for name, files in artifact_files(str(tmp_path)).items() if "top_k_table" in name]
+    assert all(local.startswith(str(tmp_path)) for local in staged.values())
+    data = json.loads(open(staged["curvature/top_k_table.table.json"]).read())
     assert data["columns"] == ["rank", "index", "given_label", "label", "curvature", "loss", "image"]
     mean = np.asarray(cb.store.mean)
-    assert [row[1] for row in data["data"]] == np.argsort(-mean, kind="stable")[:25].tolist()
-    assert [row[2] for row in data["data"]] == dm.given_labels[[row[1] for row in data["data"]]].tolist()
-    assert [row[3] for row in data["data"]] == dm.original_labels[[row[1] for row in data["data"]]].tolist()
-    np.testing.assert_allclose([row[4] for row in data["data"]], np.sort(mean)[::-1][:25], rtol=1e-6)
+    shown = [row[1] for row in data["data"]]
+    assert [row[0] for row in data["data"]] == list(range(25))
+    assert shown == np.argsort(-mean, kind="stable")[:25].tolist()
+    assert [row[2] for row in data["data"]] == dm.given_labels[shown].tolist()
+    assert [row[3] for row in data["data"]] == dm.original_labels[shown].tolist()
+    np.testing.assert_allclose([row[4] for row in data["data"]], mean[shown], rtol=1e-6)
+    np.testing.assert_allclose([row[5] for row in data["data"]], np.asarray(cb.store.channel_mean("loss"))[shown],
+                               rtol=1e-6)
+    for row in data["data"]:
+        assert row[6]["_type"] == "image-file" and row[6]["height"] == row[6]["width"] == 8
+        pixels = np.asarray(Image.open(staged[row[6]["path"]]))
+        assert pixels.shape == (8, 8, 3) and pixels.max() > 1

@@ -62,3 +62,18 @@ def history(save_dir, timeout=60.0):
         if r.WhichOneof("record_type") == "history":
             rows.append({(i.key or "/".join(i.nested_key)): json.loads(i.value_json) for i in r.history.item})
     return rows
+
+
+def artifact_files(save_dir):
+    """``{artifact name: {path in the artifact: local file}}`` for the artifacts the offline run under ``save_dir``
+    logged; call after :func:`history` has seen the run end.
+
+    A table logged to a run goes (with the images in its cells) into a ``run_table`` artifact, staged under
+    ``$WANDB_DATA_DIR`` until a sync; the run's ``media/table`` file holds only the cells' type names.
+    """
+    (path,) = glob.glob(os.path.join(save_dir, "wandb", "offline-run-*", "run-*.wandb"))
+    found = {}
+    for r in records(path):
+        if r.WhichOneof("record_type") == "artifact":
+            found[r.artifact.name] = {c.path: c.local_path for c in r.artifact.manifest.contents}
+    return found

@@ -4,6 +4,10 @@ The callback logs, to a :class:`~lightning.pytorch.loggers.WandbLogger`, a histo
 summary statistics at each scoring epoch (``callback._log``), a grid of the ``k`` most-curved samples
 (:func:`log_top_k_grid`) on the same step, and once at the end of ``fit`` a table of them
 (:func:`log_top_k_table`): index, given label, original label, curvature, loss, file name, image.
+
+The grid and the table go through the logger's ``log_image`` and ``log_table``. Like ``log_metrics`` they log the
+trainer's step as the ``trainer/global_step`` value, not as W&B's own step, which W&B counts up itself: a row is
+never dropped for a step smaller than an earlier one's.
 """
 
 from __future__ import annotations
@@ -38,8 +42,15 @@ def wandb_offline() -> bool:
 
 
 def wandb_logger(offline: bool | None = None, **kwargs: Any) -> Any:
-    """A :class:`~lightning.pytorch.loggers.WandbLogger`, offline when ``offline`` is None and
-    :func:`wandb_offline` says so; ``kwargs`` go to the logger (``project``, ``save_dir``, ``name``, ...)."""
+    """A :class:`~lightning.pytorch.loggers.WandbLogger`.
+
+    Args:
+        offline: log offline; None: as :func:`wandb_offline` says.
+        **kwargs: passed to the logger (``project``, ``save_dir``, ``name``, ...).
+
+    Returns:
+        The logger.
+    """
     from lightning.pytorch.loggers import WandbLogger
 
     return WandbLogger(offline=wandb_offline() if offline is None else bool(offline), **kwargs)
@@ -49,6 +60,15 @@ def _as_image(x: Tensor) -> Tensor:
     """``[C, H, W]`` input scaled to ``[0, 1]`` per image (inputs are normalized, so not in pixel units)."""
     x = x.detach().float().cpu()
     return torch.as_tensor(to_unit_range(x[None] if x.dim() == 2 else x), dtype=torch.float32)
+
+
+def _pixels(image: Tensor) -> np.ndarray:
+    """``[C, H, W]`` values in ``[0, 1]`` as ``[H, W, C]`` uint8 pixels.
+
+    wandb.Image casts an array to uint8 as it is (it expects values in ``[0, 255]``): floats in ``[0, 1]`` would all
+    become 0 or 1, a black image.
+    """
+    return (image.clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
 
 
 def _inputs(dataset: Any, indices: Sequence[int], to_inputs: Callable[[Any], tuple[Tensor, Tensor]]) -> list[Any]:
@@ -68,11 +88,22 @@ def log_top_k_grid(
     k: int = TOP_K,
     key: str = "curvature/top_k",
 ) -> np.ndarray:
-    """Log one image: the ``k`` most-curved inputs in a grid (rows of ``ceil(sqrt(k))``), highest first.
+    """Log one image through ``logger.log_image``: the ``k`` most-curved inputs in a grid, highest first.
 
-    Returns the indices shown. Image inputs only (``[C, H, W]`` or ``[H, W]``); other inputs log nothing.
+    The grid has rows of ``ceil(sqrt(k))`` images; its caption names each one's index, given label and score.
+
+    Args:
+        logger: a :class:`~lightning.pytorch.loggers.WandbLogger`.
+        dataset: the scored dataset; ``dataset[i]`` is sample ``i`` of ``scores``.
+        scores: one score per sample; NaN (unscored) samples are never shown.
+        step: the trainer's global step, logged as ``trainer/global_step`` next to the image.
+        to_inputs: turns a sample into ``(input, label)``.
+        k: how many samples to show.
+        key: the history key of the image.
+
+    Returns:
+        The indices shown. Image inputs only (``[C, H, W]`` or ``[H, W]``): for other inputs nothing is logged.
     """
-    import wandb
     from torchvision.utils import make_grid
 
     shown = top_k(scores, k)
@@ -80,9 +111,11 @@ def log_top_k_grid(
     if not samples or samples[0][0].dim() not in (2, 3):
         return shown
     grid = make_grid([_as_image(x) for x, _ in samples], nrow=math.ceil(math.sqrt(len(samples))), padding=2)
-    caption = "highest curvature first (index:given label): " + " ".join(
-        f"{i}:{y}" for i, (_, y) in zip(shown.tolist(), samples))
-    logger.log_metrics({key: wandb.Image(grid.permute(1, 2, 0).numpy(), caption=caption)}, step=step)
+    caption = "highest curvature first (index:given label:curvature): " + " ".join(
+        f"{i}:{y}:{float(scores[i]):.3g}" for i, (_, y) in zip(shown.tolist(), samples))
+    # One image, not k: a grid reads at a glance and keeps one media file per scoring epoch. log_image makes the
+    # wandb.Image and takes a list of captions, one per image.
+    logger.log_image(key, [_pixels(grid)], step=step, caption=[caption])
     return shown
 
 
@@ -99,8 +132,26 @@ def log_top_k_table(
     k: int = TOP_K,
     key: str = "curvature/top_k_table",
 ) -> list[list[Any]]:
-    """Log a table of the ``k`` most-curved samples: rank, index, given label, original label, curvature, loss,
-    file and image (the columns whose data is known). Returns the rows without the images."""
+    """Log a table of the ``k`` most-curved samples through ``logger.log_table``.
+
+    Columns: rank, index, given label, original label, curvature, loss, file and image; those whose data is not
+    known (or not one value per sample) are left out, the image when an input is not an image.
+
+    Args:
+        logger: a :class:`~lightning.pytorch.loggers.WandbLogger`.
+        dataset: the scored dataset; ``dataset[i]`` is sample ``i`` of ``scores``.
+        scores: one score per sample; NaN (unscored) samples are never shown.
+        to_inputs: turns a sample into ``(input, label)``.
+        original_labels: the labels before noise was added, one per sample.
+        loss: the mean loss of each sample.
+        filenames: the file of each sample.
+        step: the trainer's global step, logged as ``trainer/global_step`` next to the table.
+        k: how many samples to show.
+        key: the history key of the table.
+
+    Returns:
+        The rows without the images.
+    """
     import wandb
 
     n = len(scores)
@@ -119,9 +170,10 @@ def log_top_k_table(
         row += [float(scores[i])] + ([float(loss[i])] if loss is not None else [])
         row += [filenames[i]] if filenames is not None else []
         rows.append(row)
-        images.append(wandb.Image(_as_image(x).permute(1, 2, 0).numpy()) if x.dim() in (2, 3) else None)
-    with_images = images and all(im is not None for im in images)
-    table = wandb.Table(columns=columns + (["image"] if with_images else []),
-                        data=[r + ([im] if with_images else []) for r, im in zip(rows, images)])
-    logger.log_metrics({key: table}, step=step)
+        # log_table builds the wandb.Table but has no image column of its own: a cell holds whatever is given, so
+        # the images are wandb.Image objects made here (log_image only logs images on their own, not in a table).
+        images.append(wandb.Image(_pixels(_as_image(x))) if x.dim() in (2, 3) else None)
+    with_images = bool(images) and all(im is not None for im in images)
+    logger.log_table(key, columns=columns + (["image"] if with_images else []),
+                     data=[r + ([im] if with_images else []) for r, im in zip(rows, images)], step=step)
     return rows
