@@ -457,3 +457,22 @@ def test_report_draws_dollar_signs_in_class_names_as_text(report, tmp_path):
                           tmp_path / "d.png")
     plot_memorization(rng.random(40), rng.random(40), tmp_path / "m.png", name=r"$\nope$.npz")
     assert (tmp_path / "d.png").is_file() and (tmp_path / "m.png").is_file()
+
+
+def test_report_escapes_what_the_run_folder_names(tmp_path):
+    """Class names, file names and the run folder's name are text on the page, never markup: the template escapes
+    them (once: no double escaping), and the page stays free of script."""
+    hostile = ["<script>alert(1)</script>", 'a&b"', "c'<i>d"]
+    run = _tiny_run(tmp_path / 'run <b>&"x"')
+    np.save(tmp_path / 'img<&>".npy', np.random.default_rng(0).random((30, 8, 8)))
+    np.save(tmp_path / 'ref<&>".npy', np.linspace(0, 1, 30))
+    page = write_report(run, class_names=hostile, images_file=str(tmp_path / 'img<&>".npy'),
+                        reference=tmp_path / 'ref<&>".npy', top_k=30).read_text()
+    assert "<script" not in page and "<b>&" not in page and "<i>d" not in page
+    assert "&lt;script&gt;alert(1)&lt;/script&gt;" in page and "a&amp;b&#34;" in page and "c&#39;&lt;i&gt;d" in page
+    assert "Curvature report: run &lt;b&gt;&amp;&#34;x&#34;</title>" in page  # the run folder's name
+    assert "img&lt;&amp;&gt;&#34;.npy" in page and "ref&lt;&amp;&gt;&#34;.npy: a plain vector" in page
+    assert "&amp;lt;" not in page and "&amp;amp;" not in page  # escaped once
+    text = html.unescape(page)
+    for name in hostile:
+        assert f"0 ({hostile[0]})" in text and f"({name})" in text

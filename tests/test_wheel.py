@@ -25,6 +25,7 @@ def test_curvature_train_runs_from_the_unpacked_wheel(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "curvature_callback/conf/train.yaml" in names
     assert "curvature_callback/conf/data/digits.yaml" in names
+    assert "curvature_callback/analysis/templates/report.html.j2" in names  # the report's page
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
 
@@ -50,3 +51,12 @@ def test_curvature_train_runs_from_the_unpacked_wheel(tmp_path):
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["n_samples"] == 1797
     assert (out / "curvature" / "meta.json").is_file()
+    # the report, from the template inside the unpacked wheel
+    proc = subprocess.run(
+        [sys.executable, "-c", "import sys; from curvature_callback.experiments.report_cli import main; "
+         "import curvature_callback.analysis.report as r; print(r.__file__); sys.exit(main())", str(out)],
+        cwd=away, env=env, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert proc.stdout.split()[0] == str(package / "analysis" / "report.py")
+    assert "Curvature per class" in (out / "report" / "index.html").read_text()

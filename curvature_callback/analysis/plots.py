@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 import matplotlib
+import matplotlib.ticker
 import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
@@ -299,6 +300,10 @@ def plot_detection_curves(
         color, style, width = _STYLES.get(name, (next(baseline_colors, "black"), "-", 1.2))
         ax.plot(inspected, np.cumsum(flipped[order]) / m, color=color, ls=style, lw=width, label=name)
     ax.set_xscale("log")
+    # math text is off for every figure (a $ in a class name is text), and log axes label their ticks with it:
+    # plain numbers instead
+    ax.xaxis.set_major_formatter(matplotlib.ticker.FuncFormatter(lambda v, _: f"{v:g}"))
+    ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     ax.set_xlim(max(1.0 / n, 1e-3), 1.0)
     ax.axvline(m / n, color="0.8", lw=0.8)
     ax.set_xlabel(f"fraction of samples inspected (vertical line: the flipped fraction, {m / n:.1%})")

@@ -2,7 +2,9 @@
 
 It reads a run directory as ``curvature-train`` writes it (the store in ``curvature/``, ``scores.csv``,
 ``metrics.json``, ``.hydra/config.yaml``) and writes ``RUN_DIR/report/index.html``: self-contained (every figure
-is embedded as a PNG data URI, no script, no network), with the same PNGs beside it for reuse. Sections:
+is embedded as a PNG data URI, no script, no network), with the same PNGs beside it for reuse. The page is the
+Jinja2 template ``templates/report.html.j2`` (structure and CSS); this module reads the run and computes each
+section's context as plain strings and numbers, which the template escapes. Sections:
 
 - mislabel detection by curvature beside every baseline of the same scoring pass (when labels were flipped);
 - the curvature histogram per class and the grid of the most-curved samples, given and original labels;
@@ -25,7 +27,6 @@ in it where a file goes is refused (:mod:`curvature_callback.core.safe_paths`).
 from __future__ import annotations
 
 import base64
-import html
 import json
 import math
 import os
@@ -33,12 +34,12 @@ import time
 import zipfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from curvature_callback import safe_paths
 from curvature_callback.analysis import (
     SCORE_NOTES,
     detection_table,
@@ -56,6 +57,7 @@ from curvature_callback.analysis.plots import (
     plot_top_k,
     save_thumbnail,
 )
+from curvature_callback.core import safe_paths
 
 __all__ = ["write_report"]
 
@@ -138,48 +140,6 @@ def _resolve_images(images: Any, images_file: str | None, n: int, source: str, n
     return _Images(notes=[note or f"images unavailable: the report builds nothing from a run folder; {_HOW}"])
 
 
-# ------------------------------------------------------------------------------------------ html pieces
-def _png(fig_path: Path) -> str:
-    return "data:image/png;base64," + base64.b64encode(fig_path.read_bytes()).decode()
-
-
-def _img(fig_path: Path, alt: str, width: int | None = None, cls: str = "") -> str:
-    size = f' width="{width}"' if width else ""
-    klass = f' class="{cls}"' if cls else ""
-    return f'<img src="{_png(fig_path)}" alt="{html.escape(alt)}"{size}{klass}>'
-
-
-def _fmt(v: Any) -> str:
-    if v is None:
-        return "n/a"
-    if isinstance(v, float):
-        return "nan" if math.isnan(v) else f"{v:.3f}"
-    return html.escape(str(v))
-
-
-def _table(header: Sequence[str], rows: Sequence[Sequence[Any]], cls: str = "", row_cls: Sequence[str] = ()) -> str:
-    """An HTML table; cells are HTML already; ``row_cls[r]`` is row ``r``'s class."""
-    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
-    classes = list(row_cls) + [""] * (len(rows) - len(row_cls))
-    body = "".join(
-        (f'<tr class="{c}">' if c else "<tr>") + "".join(f"<td>{v}</td>" for v in row) + "</tr>"
-        for c, row in zip(classes, rows)
-    )
-    return f'<table class="{cls}"><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>'
-
-
-_CSS = """
-body { font-family: system-ui, sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; color: #222; }
-h1 { font-size: 1.5em; } h2 { font-size: 1.2em; margin-top: 2em; border-bottom: 1px solid #ddd; }
-table { border-collapse: collapse; margin: 0.8em 0; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 3px 8px; text-align: right; }
-th { background: #f4f4f4; } td:first-child, th:first-child { text-align: left; }
-tr.curvature td { background: #fff3f0; }
-img.thumb { image-rendering: pixelated; border: 1px solid #999; }
-.note { color: #555; font-size: 0.9em; } .figure img { max-width: 100%; }
-"""
-
-
 # ------------------------------------------------------------------------------------------ the report
 def write_report(
     run_dir: str | os.PathLike,
@@ -227,130 +187,143 @@ def write_report(
         safe_paths.UnsafePathError: (a ValueError) a file of ``run_dir`` is a link that leaves it, or the output
             would be written through a link.
     """
-    from curvature_callback.core.store import CurvatureStore
-
     start = time.perf_counter()
     run_dir = Path(run_dir)
+    csv_path = _scores_csv(run_dir)
+    # the output folder before the store: a refusal costs nothing yet, and nothing below writes outside it
+    out = safe_paths.output_dir(Path(out_dir) if out_dir is not None else run_dir / "report",
+                                root=run_dir if out_dir is None else None)
+    run = _read_run(run_dir, csv_path, store_dir)
+    try:
+        ref = None
+        if reference is not None:
+            ref = _load_reference(reference, reference_order, run.columns, run.original, run.filenames)
+            if ref[0].shape != run.curvature.shape:
+                raise ValueError(f"Expected a reference of {run.n} samples (the store's N), got shape "
+                                 f"{ref[0].shape}: pass the reference of the dataset this run scored.")
+        if dataset is not None and images is None:
+            images = _dataset_images(dataset)
+        found = _resolve_images(images, images_file, run.n, images_source, images_note)
+        names = class_names or found.class_names
+        scored = run.scored
+        context = {
+            "title": run.directory.name,
+            "summary": _summary(run, found),
+            "detection": _detection({k: v[scored] for k, v in run.scores.items()}, run.flipped[scored], out),
+            "classes": _classes(run, names, out),
+            "top_k": _most_curved(run, found, names, top_k, out),
+            "duplicates": _duplicates(run, found, names, dup_top_k, dup_threshold, out),
+            "memorization": None if ref is None else _memorization(ref[0][scored], ref[1], ref[2],
+                                                                   run.curvature[scored], out),
+        }
+        context["elapsed"] = f"{time.perf_counter() - start:.1f}"
+        return safe_paths.write_text(out / "index.html", _render(context))
+    finally:
+        run.store.close()
+
+
+def _render(context: Mapping[str, Any]) -> str:
+    """The page: ``templates/report.html.j2`` filled with ``context``, every value escaped as HTML.
+
+    The context holds plain strings, numbers, lists and mappings (figures as ``{"src": data URI, "alt": text}``);
+    the template holds the page's structure and CSS. Loaded through the package (not a path beside this file) so
+    that it is found inside an installed wheel too.
+    """
+    import jinja2  # only the report needs it: the experiments extra brings it
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("curvature_callback.analysis", "templates"),
+        autoescape=True,  # every template here is HTML, and every value in it comes from a run folder
+        undefined=jinja2.StrictUndefined,  # a key missing from the context is a bug here, not an empty cell
+        trim_blocks=True,
+        lstrip_blocks=True,
+        keep_trailing_newline=True,
+    )
+    return env.get_template("report.html.j2").render(context)
+
+
+# ------------------------------------------------------------------------------------------ reading the run
+@dataclass
+class _Run:
+    """What the report reads from a run folder: the store's scores beside ``scores.csv``'s labels.
+
+    ``order`` lists the scored samples, most curved first; a run with ``fraction < 1`` may end before every
+    sample had its turn, and its unscored samples (NaN) are left out of every section.
+    """
+
+    directory: Path  # resolved
+    store: Any
+    columns: Mapping[str, np.ndarray]
+    metrics: Mapping[str, Any]
+    given: np.ndarray
+    original: np.ndarray
+    flipped: np.ndarray
+    scores: dict[str, np.ndarray]
+    filenames: list[str] | None
+
+    @property
+    def n(self) -> int:
+        return self.store.n
+
+    @property
+    def curvature(self) -> np.ndarray:
+        return self.scores["curvature"]
+
+    @cached_property
+    def scored(self) -> np.ndarray:
+        return np.isfinite(self.curvature)
+
+    @cached_property
+    def order(self) -> np.ndarray:
+        ranking = np.where(self.scored, self.curvature, -np.inf)
+        return np.argsort(-ranking, kind="stable")[: int(self.scored.sum())]
+
+
+def _scores_csv(run_dir: Path) -> Path:
+    """``RUN_DIR/scores.csv``, resolved: it must exist and stay inside the run folder once links are followed."""
     csv_path = run_dir / "scores.csv"
     if not csv_path.is_file():
         raise FileNotFoundError(
             f"No scores.csv in {run_dir}: pass the directory a curvature-train run wrote (it holds scores.csv, "
             "metrics.json and curvature/)."
         )
-    csv_path = safe_paths.inside(csv_path, run_dir)
-    # the output folder first: a refusal costs nothing yet, and nothing below writes outside it
-    out = Path(out_dir) if out_dir is not None else run_dir / "report"
-    out = safe_paths.output_dir(out, root=run_dir if out_dir is None else None)
+    return safe_paths.inside(csv_path, run_dir)
+
+
+def _read_run(run_dir: Path, csv_path: Path, store_dir: str | os.PathLike | None) -> _Run:
+    """Open the store and read ``scores.csv`` and ``metrics.json``, checking that they describe the same samples.
+
+    The default store ``RUN_DIR/curvature`` is checked link by link first (its files and ``filenames.txt`` must
+    stay in the run folder); a ``store_dir`` the caller names may be anywhere. The caller closes ``store``.
+    """
+    from curvature_callback.core.store import CurvatureStore
+
     if store_dir is None:
         store_dir = run_dir / "curvature"
         if store_dir.exists() or store_dir.is_symlink():
-            safe_paths.check_tree(store_dir, run_dir)  # the store's files (and filenames.txt) stay in the run
+            safe_paths.check_tree(store_dir, run_dir)
     store = CurvatureStore.open(store_dir)
-    columns = read_scores_csv(csv_path)
-    n = store.n
-    if len(columns["index"]) != n:
-        raise ValueError(f"scores.csv has {len(columns['index'])} rows, the store {n} samples: not the same run.")
-    metrics_path = run_dir / "metrics.json"
-    metrics = _read_metrics(safe_paths.inside(metrics_path, run_dir)) if metrics_path.is_file() else {}
-    given = columns.get("given_label", columns.get("label"))
-    original = columns.get("label", given)
-    if given is None:
-        raise ValueError(f"scores.csv lacks a label column (has {sorted(columns)}): expected label, given_label.")
-    flipped = columns["flipped"].astype(bool) if "flipped" in columns else given != original
-    scores = suspicion_scores(store)
-    curvature = scores["curvature"]
-    scored = np.isfinite(curvature)  # a run with fraction < 1 may end before every sample had its turn
-    if not scored.any():
-        raise ValueError(f"No sample of the store at {store.directory} was scored: nothing to report.")
-    filenames = _run_filenames(columns, store.directory)
-    ref = None if reference is None else _load_reference(reference, reference_order, columns, original, filenames)
-    if ref is not None and ref[0].shape != curvature.shape:
-        raise ValueError(f"Expected a reference of {n} samples (the store's N), got shape {ref[0].shape}.")
-    ranking = np.where(scored, curvature, -np.inf)
-    if dataset is not None and images is None:
-        images = _dataset_images(dataset)
-    found = _resolve_images(images, images_file, n, images_source, images_note)
-    names = class_names or found.class_names
-    order = np.argsort(-ranking, kind="stable")[: int(scored.sum())]  # scored samples, most curved first
-    parts: list[str] = []
-
-    # summary
-    meta = store.meta
-    summary = [
-        ("run directory", html.escape(str(run_dir.resolve()))),
-        ("samples", n if scored.all() else f"{n}, of which {int(scored.sum())} scored (the rest: NaN, left out)"),
-        ("classes", len(np.unique(given))),
-        ("flipped labels", f"{int(flipped.sum())} ({flipped.mean():.1%})"),
-        ("scored epochs", html.escape(str(store.epochs))),
-        ("h, vectors, seed", f"{meta.get('h')}, {meta.get('n_vectors')}, {meta.get('seed')}"),
-    ]
-    for key, label in (("train_acc", "train accuracy on the given labels"),
-                       ("train_acc_original", "train accuracy on the original labels"),
-                       ("flipped_memorized", "flipped samples fit (memorized)")):
-        if metrics.get(key) is not None:
-            summary.append((label, f"{metrics[key]:.3f}"))
-    summary.append(("images", html.escape(found.source or "; ".join(found.notes))))
-    parts.append(_table(["", ""], [(html.escape(k), v) for k, v in summary], "summary"))
-
-    parts.append("<h2>Mislabel detection: curvature beside the baselines</h2>")
-    parts.append(_detection_html({k: v[scored] for k, v in scores.items()}, flipped[scored], out))
-
-    # curvature per class
-    parts.append("<h2>Curvature per class</h2>")
-    plot_class_histograms(curvature[scored], given[scored], flipped[scored], out / "class_histograms.png",
-                          class_names=names)
-    plot_histogram(curvature[scored], flipped[scored], out / "histogram.png")
-    parts.append(f'<div class="figure">{_img(out / "class_histograms.png", "curvature per class")}</div>')
-    parts.append(f'<div class="figure">{_img(out / "histogram.png", "curvature histogram")}</div>')
-
-    # most-curved samples
-    parts.append(f"<h2>The {min(top_k, len(order))} most-curved samples</h2>")
-    if found.view is not None:
-        plot_top_k(found.view, given, original, ranking, out / "top_k.png", k=min(top_k, len(order)),
-                   class_names=names)
-        parts.append(f'<div class="figure">{_img(out / "top_k.png", "most-curved samples")}</div>')
-        parts.append('<p class="note">Title: index: given / original label; red where they differ.</p>')
-    else:
-        parts.append(f'<p class="note">{html.escape("; ".join(found.notes))}</p>')
-    rows = [(int(i), _label(given[i], names), _label(original[i], names), f"{curvature[i]:.4g}")
-            for i in order[:top_k]]
-    parts.append(_table(["index", "given", "original", "curvature"], rows, "topk"))
-
-    # duplicates
-    k_dup = min(len(order), dup_top_k if dup_top_k is not None else max(50, math.ceil(0.02 * n)))
-    parts.append(f"<h2>Duplicates with conflicting labels among the {k_dup} most-curved samples</h2>")
-    if found.view is not None:
-        candidates = np.sort(order[:k_dup])  # pairs within the candidates: only their pixels are read
-        feats = pixel_features(_Subset(found.view, candidates))
-        local = find_conflicting_duplicates(feats, given[candidates], np.arange(k_dup), threshold=dup_threshold)
-        pairs = [DuplicatePair(int(candidates[p.i]), int(candidates[p.j]), p.similarity, p.label_i, p.label_j)
-                 for p in local]
-        parts.append(_duplicates_html(pairs, found.view, given, original, curvature, names, out))
-        parts.append(
-            f'<p class="note">Pairs whose 8x8 average-pooled pixels, centred and scaled per image, have cosine '
-            f"similarity of at least {dup_threshold}, and whose given labels differ. Both members are among the "
-            f"{k_dup} most-curved samples. {len(pairs)} pair(s) found.</p>"
-        )
-    else:
-        parts.append(f'<p class="note">{html.escape("; ".join(found.notes))}</p>')
-
-    # memorization
-    if ref is not None:
-        parts.append("<h2>Curvature against a reference memorization score</h2>")
-        parts.append(_memorization_html(ref[0][scored], ref[1], ref[2], curvature[scored], out))
-
-    elapsed = time.perf_counter() - start
-    page = (
-        f"<!DOCTYPE html><html lang=\"en\"><head><meta charset=\"utf-8\"><title>Curvature report: "
-        f"{html.escape(run_dir.resolve().name)}</title><style>{_CSS}</style></head><body>"
-        f"<h1>Curvature report: {html.escape(run_dir.resolve().name)}</h1>"
-        + "".join(parts)
-        + f'<p class="note">Written by curvature-report in {elapsed:.1f} s. Scores: Garg, Ravikumar &amp; Roy, '
-        "ICML 2024 (input-loss curvature, mean over the scored epochs).</p></body></html>\n"
-    )
-    index = safe_paths.write_text(out / "index.html", page)
-    store.close()
-    return index
+    try:
+        columns = read_scores_csv(csv_path)
+        if len(columns["index"]) != store.n:
+            raise ValueError(f"scores.csv has {len(columns['index'])} rows, the store {store.n} samples: not the same "
+                             "run. Pass the run directory whose curvature/ wrote this scores.csv.")
+        metrics_path = run_dir / "metrics.json"
+        metrics = _read_metrics(safe_paths.inside(metrics_path, run_dir)) if metrics_path.is_file() else {}
+        given = columns.get("given_label", columns.get("label"))
+        if given is None:
+            raise ValueError(f"scores.csv lacks a label column (has {sorted(columns)}): expected label, given_label.")
+        original = columns.get("label", given)
+        flipped = columns["flipped"].astype(bool) if "flipped" in columns else given != original
+        scores = suspicion_scores(store)
+        if not np.isfinite(scores["curvature"]).any():
+            raise ValueError(f"No sample of the store at {store.directory} was scored: nothing to report. Run "
+                             "curvature-train until at least one scored epoch is committed.")
+        filenames = _run_filenames(columns, store.directory)
+    except BaseException:
+        store.close()
+        raise
+    return _Run(run_dir.resolve(), store, columns, metrics, given, original, flipped, scores, filenames)
 
 
 def _read_metrics(path: Path) -> dict[str, Any]:
@@ -375,73 +348,11 @@ def _run_filenames(columns: Mapping[str, np.ndarray], store_dir: Path) -> list[s
     return None
 
 
-def _detection_html(scores: Mapping[str, np.ndarray], flipped: np.ndarray, out: Path) -> str:
-    """The table of every score's detection metrics (best per column in bold) and the detection curves."""
-    if not 0 < flipped.sum() < len(flipped):
-        return (
-            '<p class="note">No known label noise in this run (scores.csv flags no flipped sample): detection '
-            "metrics need injected noise (e.g. <code>data.noise=0.05</code>).</p>"
-        )
-    rate = 100 * flipped.mean()
-    table = detection_table(scores, flipped, at_percent=(*AT_PERCENT, rate))
-    keys = ["auroc", "ap"] + [f"{w}@{p:g}%" for p in AT_PERCENT for w in ("precision", "recall")]
-    keys.append(f"precision@{rate:g}%")
-    best = {k: max(row[k] for row in table.values()) for k in keys}
-    rows = [
-        [html.escape(name)] + [f"<b>{_fmt(row[k])}</b>" if row[k] == best[k] else _fmt(row[k]) for k in keys]
-        for name, row in table.items()
-    ]
-    header = ["score", "AUROC", "AP"] + [f"{w} @{p}%" for p in AT_PERCENT for w in ("precision", "recall")]
-    header.append("precision @ noise rate")
-    notes = "".join(f"<li><b>{html.escape(k)}</b>: {html.escape(SCORE_NOTES[k])}</li>" for k in scores)
-    plot_detection_curves(scores, flipped, out / "detection.png")
-    return (
-        _table(header, rows, "detection", list(table))
-        + '<p class="note">Every score is oriented so that higher is more suspicious; bold: the best per column. '
-        "Precision and recall at p % inspect the p % highest-scoring samples. Chance: AUROC 0.5, "
-        f'AP {flipped.mean():.3f}.</p><ul class="note">{notes}</ul>'
-        + f'<div class="figure">{_img(out / "detection.png", "detection curves")}</div>'
-    )
-
-
-def _label(c: Any, names: Sequence[str] | None) -> str:
-    return html.escape(f"{c} ({names[int(c)]})" if names is not None else str(c))
-
-
-def _duplicates_html(
-    pairs: list[DuplicatePair], view: Any, given: np.ndarray, original: np.ndarray, curvature: np.ndarray,
-    names: Sequence[str] | None, out: Path,
-) -> str:
-    if not pairs:
-        return '<p class="note">None found.</p>'
-    rank = np.empty(len(curvature), dtype=np.int64)
-    rank[np.argsort(-np.nan_to_num(curvature, nan=-np.inf), kind="stable")] = np.arange(1, len(curvature) + 1)
-    thumbs = safe_paths.subdir(out, "thumbnails")
-    rows = []
-    written: set[int] = set()  # a sample in two pairs is drawn once; a file already there (maybe a link) never read
-    for p in pairs[:MAX_PAIRS]:
-        cells = []
-        for i in (p.i, p.j):
-            path = thumbs / f"{i}.png"
-            if i not in written:
-                save_thumbnail(view[i], path)
-                written.add(i)
-            cells.append(_img(path, f"sample {i}", width=72, cls="thumb"))
-        rows.append([
-            cells[0], cells[1], f"#{p.i}, #{p.j}", f"{_label(given[p.i], names)} / {_label(given[p.j], names)}",
-            f"{_label(original[p.i], names)} / {_label(original[p.j], names)}", f"{p.similarity:.4f}",
-            f"{rank[p.i]} / {rank[p.j]}",
-        ])
-    more = f'<p class="note">{len(pairs) - MAX_PAIRS} more not shown.</p>' if len(pairs) > MAX_PAIRS else ""
-    header = ["first", "second", "indices", "given labels", "original labels", "similarity", "curvature ranks"]
-    return _table(header, rows, "duplicates") + more
-
-
 def _load_reference(
     reference: Any, order: np.ndarray | None, columns: Mapping[str, np.ndarray], original: np.ndarray,
     filenames: Sequence[str] | None,
 ) -> tuple[np.ndarray, str, str]:
-    """The reference in the store's order, its name, and how its alignment was checked."""
+    """The reference in the store's order, its name, and how its alignment was checked (plain text)."""
     if isinstance(reference, (str, os.PathLike)):
         path = Path(reference)
         if path.suffix == ".npz":
@@ -459,7 +370,7 @@ def _load_reference(
                 order = columns["source_index"]  # a subset run: its samples' rows in the full dataset
             ref = load_feldman_zhang(path, original, order=order, filenames=filenames if by_name else None)
             how = "file names matched, then labels" if by_name else "labels"
-            return ref, path.name, f"{html.escape(path.name)}: {how} checked against scores.csv, sample by sample."
+            return ref, path.name, f"{path.name}: {how} checked against scores.csv, sample by sample."
         loaded = np.load(path, allow_pickle=False)
         if not isinstance(loaded, np.ndarray):  # an .npz under another name
             loaded.close()
@@ -468,27 +379,172 @@ def _load_reference(
         ref = loaded.astype(np.float64)
         if order is not None:
             ref = ref[order]
-        note = f"{html.escape(path.name)}: a plain vector; its alignment with the store cannot be checked."
-        return ref, path.name, note
+        return ref, path.name, f"{path.name}: a plain vector; its alignment with the store cannot be checked."
     return np.asarray(reference, dtype=np.float64), "reference", "an array; its alignment cannot be checked."
 
 
-def _memorization_html(ref: np.ndarray, name: str, note: str, curvature: np.ndarray, out: Path) -> str:
+# ------------------------------------------------------------------------------------------ each section's context
+def _figure(path: Path, alt: str) -> dict[str, str]:
+    """A PNG the report just wrote, as an ``<img>``'s source (a data URI: the page needs no file beside it)."""
+    return {"src": "data:image/png;base64," + base64.b64encode(path.read_bytes()).decode(), "alt": alt}
+
+
+def _fmt(v: Any) -> str:
+    """A metric for a table cell: three decimals, ``nan``, or ``n/a`` when there is none."""
+    if v is None:
+        return "n/a"
+    if isinstance(v, float):
+        return "nan" if math.isnan(v) else f"{v:.3f}"
+    return str(v)
+
+
+def _label(c: Any, names: Sequence[str] | None) -> str:
+    """A label, with its class name when there are names."""
+    return f"{c} ({names[int(c)]})" if names is not None else str(c)
+
+
+def _summary(run: _Run, found: _Images) -> list[tuple[str, str]]:
+    """The first table: the run, its settings, the train accuracies of ``metrics.json``, where the images are."""
+    n, n_scored, flipped = run.n, int(run.scored.sum()), run.flipped
+    meta = run.store.meta
+    rows = [
+        ("run directory", str(run.directory)),
+        ("samples", str(n) if n_scored == n else f"{n}, of which {n_scored} scored (the rest: NaN, left out)"),
+        ("classes", str(len(np.unique(run.given)))),
+        ("flipped labels", f"{int(flipped.sum())} ({flipped.mean():.1%})"),
+        ("scored epochs", str(run.store.epochs)),
+        ("h, vectors, seed", f"{meta.get('h')}, {meta.get('n_vectors')}, {meta.get('seed')}"),
+    ]
+    for key, label in (("train_acc", "train accuracy on the given labels"),
+                       ("train_acc_original", "train accuracy on the original labels"),
+                       ("flipped_memorized", "flipped samples fit (memorized)")):
+        value = run.metrics.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):  # a stranger's file: numbers only
+            rows.append((label, f"{value:.3f}"))
+    rows.append(("images", found.source or "; ".join(found.notes)))
+    return rows
+
+
+def _detection(scores: Mapping[str, np.ndarray], flipped: np.ndarray, out: Path) -> dict[str, Any] | None:
+    """Every score's detection metrics (the best per column marked) and the detection curves; None without noise.
+
+    Writes ``detection.png``.
+    """
+    if not 0 < flipped.sum() < len(flipped):
+        return None
+    rate = 100 * flipped.mean()
+    table = detection_table(scores, flipped, at_percent=(*AT_PERCENT, rate))
+    keys = ["auroc", "ap"] + [f"{w}@{p:g}%" for p in AT_PERCENT for w in ("precision", "recall")]
+    keys.append(f"precision@{rate:g}%")
+    best = {k: max(row[k] for row in table.values()) for k in keys}
+    header = ["score", "AUROC", "AP"] + [f"{w} @{p}%" for p in AT_PERCENT for w in ("precision", "recall")]
+    header.append("precision @ noise rate")
+    plot_detection_curves(scores, flipped, out / "detection.png")
+    return {
+        "header": header,
+        "rows": [{"name": name, "cells": [{"text": _fmt(row[k]), "best": row[k] == best[k]} for k in keys]}
+                 for name, row in table.items()],
+        "chance_ap": f"{flipped.mean():.3f}",
+        "notes": [{"name": k, "text": SCORE_NOTES[k]} for k in scores],
+        "figure": _figure(out / "detection.png", "detection curves"),
+    }
+
+
+def _classes(run: _Run, names: Sequence[str] | None, out: Path) -> dict[str, Any]:
+    """The curvature histogram per class and over all samples. Writes ``class_histograms.png``, ``histogram.png``."""
+    scored = run.scored
+    curvature, flipped = run.curvature[scored], run.flipped[scored]
+    plot_class_histograms(curvature, run.given[scored], flipped, out / "class_histograms.png", class_names=names)
+    plot_histogram(curvature, flipped, out / "histogram.png")
+    return {"per_class": _figure(out / "class_histograms.png", "curvature per class"),
+            "overall": _figure(out / "histogram.png", "curvature histogram")}
+
+
+def _most_curved(run: _Run, found: _Images, names: Sequence[str] | None, top_k: int, out: Path) -> dict[str, Any]:
+    """The table of the ``top_k`` most-curved samples, and their grid when there are images (``top_k.png``)."""
+    order = run.order
+    k = min(top_k, len(order))
+    figure = None
+    if found.view is not None:
+        ranking = np.where(run.scored, run.curvature, -np.inf)
+        plot_top_k(found.view, run.given, run.original, ranking, out / "top_k.png", k=k, class_names=names)
+        figure = _figure(out / "top_k.png", "most-curved samples")
+    rows = [(str(int(i)), _label(run.given[i], names), _label(run.original[i], names), f"{run.curvature[i]:.4g}")
+            for i in order[:k]]
+    return {"k": k, "figure": figure, "unavailable": "; ".join(found.notes), "rows": rows}
+
+
+def _duplicates(
+    run: _Run, found: _Images, names: Sequence[str] | None, dup_top_k: int | None, threshold: float, out: Path,
+) -> dict[str, Any]:
+    """Conflicting duplicates among the most-curved samples, with thumbnails (``thumbnails/I.png``).
+
+    Without images, only why they are unavailable.
+    """
+    order = run.order
+    k = min(len(order), dup_top_k if dup_top_k is not None else max(50, math.ceil(0.02 * run.n)))
+    section: dict[str, Any] = {"k": k, "threshold": threshold, "unavailable": "; ".join(found.notes)}
+    if found.view is None:
+        return section
+    pairs = _conflicting_pairs(found.view, order[:k], run.given, threshold)
+    section.update(unavailable="", found=len(pairs), more=max(0, len(pairs) - MAX_PAIRS),
+                   pairs=_pair_rows(pairs[:MAX_PAIRS], found.view, run, names, out))
+    return section
+
+
+def _conflicting_pairs(view: Any, candidates: np.ndarray, given: np.ndarray, threshold: float) -> list[DuplicatePair]:
+    """Pairs among ``candidates`` (sample indices) with near-identical pixels and different given labels."""
+    candidates = np.sort(candidates)  # only the candidates' pixels are read, in the store's order
+    feats = pixel_features(_Subset(view, candidates))
+    local = find_conflicting_duplicates(feats, given[candidates], np.arange(len(candidates)), threshold=threshold)
+    return [DuplicatePair(int(candidates[p.i]), int(candidates[p.j]), p.similarity, p.label_i, p.label_j)
+            for p in local]
+
+
+def _pair_rows(
+    pairs: Sequence[DuplicatePair], view: Any, run: _Run, names: Sequence[str] | None, out: Path,
+) -> list[dict[str, Any]]:
+    """One row per pair: both thumbnails, labels, similarity and curvature ranks (1: the most curved)."""
+    rank = np.empty(run.n, dtype=np.int64)
+    rank[np.argsort(-np.nan_to_num(run.curvature, nan=-np.inf), kind="stable")] = np.arange(1, run.n + 1)
+    thumbs = safe_paths.subdir(out, "thumbnails")
+    written: set[int] = set()  # a sample in two pairs is drawn once; a file already there (maybe a link) never read
+    rows = []
+    for p in pairs:
+        for i in (p.i, p.j):
+            if i not in written:
+                save_thumbnail(view[i], thumbs / f"{i}.png")
+                written.add(i)
+        rows.append({
+            "first": _figure(thumbs / f"{p.i}.png", f"sample {p.i}"),
+            "second": _figure(thumbs / f"{p.j}.png", f"sample {p.j}"),
+            "i": p.i, "j": p.j,
+            "given": f"{_label(run.given[p.i], names)} / {_label(run.given[p.j], names)}",
+            "original": f"{_label(run.original[p.i], names)} / {_label(run.original[p.j], names)}",
+            "similarity": f"{p.similarity:.4f}",
+            "ranks": f"{rank[p.i]} / {rank[p.j]}",
+        })
+    return rows
+
+
+def _memorization(ref: np.ndarray, name: str, note: str, curvature: np.ndarray, out: Path) -> dict[str, Any]:
+    """Correlations and top-k cosine similarities with a reference score (scored samples only); ``memorization.png``.
+
+    ``ref`` is the reference at the scored samples; ``note`` says how its alignment was checked.
+    """
     if ref.shape != curvature.shape:
         raise ValueError(f"Expected a reference of shape {curvature.shape}, got {ref.shape}.")
     n = len(curvature)
     ks = sorted({k for k in (100, 500, 1000, 5000, n // 10, n) if 0 < k <= n})
-    rows = []
+    cosine = []
     for by in ("reference", "scores"):
         m = memorization_comparison(curvature, ref, top_k=ks, by=by)
         for k in ks:
-            rows.append([f"top {k} by {by}", _fmt(m[f"cosine@{k}"]), _fmt(m[f"cosine_chance@{k}"])])
+            cosine.append((f"top {k} by {by}", _fmt(m[f"cosine@{k}"]), _fmt(m[f"cosine_chance@{k}"])))
     plot_memorization(curvature, ref, out / "memorization.png", name=name)
-    return (
-        f'<p class="note">Reference: {note}</p>'
-        + _table(["", "value"], [("Pearson", _fmt(m["pearson"])), ("Spearman", _fmt(m["spearman"]))], "mem")
-        + _table(["cosine similarity over", "cosine", "chance (scores shuffled)"], rows, "cosine")
-        + '<p class="note">Cosine similarity of non-negative scores is inflated: unrelated non-negative vectors '
-        "already score high. Read it against the chance column.</p>"
-        + f'<div class="figure">{_img(out / "memorization.png", "curvature against memorization")}</div>'
-    )
+    return {
+        "note": note,
+        "correlations": [("Pearson", _fmt(m["pearson"])), ("Spearman", _fmt(m["spearman"]))],
+        "cosine": cosine,
+        "figure": _figure(out / "memorization.png", "curvature against memorization"),
+    }
