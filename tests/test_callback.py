@@ -91,13 +91,54 @@ def test_dataset_from_datamodule_then_training_set(tmp_path):
     assert cb.store.n == 40 and cb.store.count.tolist() == [2] * 40
 
 
-def test_augmented_training_set_warns(tmp_path):
-    class RandomCrop:  # stands in for torchvision's
+class NoisyBlobs(Blobs):
+    """Blobs whose items get fresh torch noise at every read, as a random transform gives them."""
+
+    def __getitem__(self, i):
+        x, y = super().__getitem__(i)
+        return x + 0.1 * torch.randn_like(x), y
+
+
+def looks_random_warnings(run):
+    import warnings
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        run()
+    return [str(w.message) for w in caught if "look random" in str(w.message)]
+
+
+def test_augmented_training_set_warns_by_behaviour(tmp_path):
+    """Told by reading item 0 twice, not by the transform's name."""
+    dm = BlobsDM()
+    dm.train = NoisyBlobs()
+    with pytest.warns(UserWarning, match=r"items look random \(reading item 0 twice.*`dataset=`.*curvature_dataset"):
+        fit(tmp_path, CurvatureCallback(n_vectors=1, directory=tmp_path / "a"), dm=dm, max_epochs=1)
+
+    class RandomCrop:  # a random-sounding name on a dataset that ignores it: its items are the same at each read
         pass
 
-    cb = CurvatureCallback(n_vectors=1, directory=tmp_path / "a")
-    with pytest.warns(UserWarning, match=r"looks random \(Random.*curvature_dataset"):
-        fit(tmp_path, cb, dm=BlobsDM(transform=RandomCrop()), max_epochs=1)
+    assert looks_random_warnings(lambda: fit(tmp_path, CurvatureCallback(n_vectors=1, directory=tmp_path / "b"),
+                                             dm=BlobsDM(transform=RandomCrop()), max_epochs=1)) == []
+    # a dataset given explicitly is the user's choice: not probed
+    assert looks_random_warnings(lambda: fit(tmp_path, CurvatureCallback(NoisyBlobs(), n_vectors=1,
+                                                                         directory=tmp_path / "c"), max_epochs=1)) == []
+
+
+def test_fast_dev_run_and_sanity_check_score_nothing(tmp_path):
+    """A debug run leaves no store (not even an empty one); the sanity check never scores."""
+    from types import SimpleNamespace
+
+    for i, fast_dev_run in enumerate((True, 3)):
+        cb = CurvatureCallback(Blobs(), n_vectors=1, directory=tmp_path / f"s{i}")
+        fit(tmp_path, cb, fast_dev_run=fast_dev_run)
+        assert not (tmp_path / f"s{i}").exists() and cb._store is None and cb._epochs_done == []
+    skip = CurvatureCallback._should_skip_scoring
+    assert skip(SimpleNamespace(fast_dev_run=0, sanity_checking=True))
+    assert not skip(SimpleNamespace(fast_dev_run=0, sanity_checking=False))
+    cb = CurvatureCallback(Blobs(), n_vectors=1, directory=tmp_path / "t")
+    fit(tmp_path, cb, max_epochs=1)  # the same callback class scores a real run
+    assert cb.store.epochs == [0]
 
 
 def test_dict_batches_and_batch_to_inputs(tmp_path):
@@ -262,7 +303,7 @@ class TellsCache(CurvatureCallback):
     """Writes how many samples this rank's device cache holds (spawned ranks are copies: a file tells)."""
 
     def on_fit_end(self, trainer, pl_module):
-        (self.store_directory() / f"cached_{trainer.global_rank}").write_text(str(self._feeder.cached_count))
+        (self.store_directory() / f"cached_{trainer.global_rank}").write_text(str(self._scoring.cached_count))
         super().on_fit_end(trainer, pl_module)
 
     def store_directory(self):
@@ -379,26 +420,33 @@ def test_error_messages_of_the_pass(tmp_path):
         fit(tmp_path, CurvatureCallback(n_vectors=1, directory=tmp_path / "s"), dm=NoDataset(), max_epochs=1)
 
 
-def test_progress_bar_only_on_a_terminal(tmp_path, capsys, monkeypatch):
-    """The pass's bar shows with the Trainer's bar on a terminal; written to a file or pipe it would be one line
-    per batch, so there it stays off (tqdm's disable=None)."""
+def test_progress_bar_off_by_default_and_only_on_a_terminal(tmp_path, capsys, monkeypatch):
+    """Lightning's bar already shows the run: the pass's own bar is off unless asked for. Asked for, it shows with
+    the Trainer's bar on a terminal; written to a file or pipe it would be one line per batch, so there it stays
+    off (tqdm's disable=None)."""
     import sys
 
-    import curvature_callback.integration.callback as callback_module
+    import curvature_callback.integration.scoring_pass as scoring_module
 
-    real, seen = callback_module.tqdm, []
+    real, seen = scoring_module.tqdm, []
 
     def spy(*args, **kwargs):
         seen.append(kwargs.get("disable"))
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(callback_module, "tqdm", spy)
-    fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=1, directory=tmp_path / "s"), model=Frozen, max_epochs=1,
+    monkeypatch.setattr(scoring_module, "tqdm", spy)
+    fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=1, directory=tmp_path / "d"), model=Frozen, max_epochs=1,
         enable_progress_bar=True)
-    assert seen == [None]  # with the Trainer's bar: tqdm decides by the stream
+    assert seen == []  # the default: no bar of ours, even beside the Trainer's
+    fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=1, progress_bar=True, directory=tmp_path / "s"), model=Frozen,
+        max_epochs=1, enable_progress_bar=True)
+    assert seen == [None]  # asked for, with the Trainer's bar: tqdm decides by the stream
     assert not sys.stderr.isatty() and "curvature (epoch 0)" not in capsys.readouterr().err
-    fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=1, directory=tmp_path / "t"), model=Frozen, max_epochs=1)
-    assert seen == [None, True]  # no Trainer bar: none of ours either
+    fit(tmp_path, CurvatureCallback(Blobs(), n_vectors=1, progress_bar=True, directory=tmp_path / "t"), model=Frozen,
+        max_epochs=1)
+    assert seen == [None]  # no Trainer bar: none of ours either
+    with pytest.raises(ValueError, match=r"`progress_bar` to be True or False, got 'yes'"):
+        CurvatureCallback(progress_bar="yes")
 
 
 # ------------------------------------------------------------------------------------------ what a score means
@@ -549,7 +597,7 @@ class OtherRank:
 
 
 def test_other_ranks_raise_rank_zeros_error_by_type_and_plain_message():
-    from curvature_callback.integration.callback import _raise_together
+    from curvature_callback.integration.scoring_pass import raise_together as _raise_together
 
     with pytest.raises(StoreMismatchError, match=r"^The store at /x was made with h=0.001\.$"):
         _raise_together(OtherRank(("StoreMismatchError", "The store at /x was made with h=0.001.")), None)
@@ -564,7 +612,7 @@ def test_other_ranks_raise_rank_zeros_error_by_type_and_plain_message():
 
 # ------------------------------------------------------------------------------------------ labels
 def test_label_keys_of_class_labels_and_other_targets():
-    from curvature_callback.integration.callback import _label_keys
+    from curvature_callback.integration.scoring_pass import label_keys as _label_keys
 
     labels = torch.tensor([0, 7, 2**40, -1])
     assert _label_keys(labels).tolist() == labels.tolist()
@@ -592,15 +640,15 @@ class GatherRank:
 
 
 def test_gather_keeps_int64_label_keys_exact():
-    cb = CurvatureCallback(Blobs(50), batch_size=8)
-    cb.GATHER_COLUMNS = 9
-    cb._scored_dataset = Blobs(50)
+    from curvature_callback.integration.scoring_pass import gather
+
     keys = torch.arange(50, dtype=torch.int64) + (2**62 + 1)  # not representable in float64
     scores = torch.rand(50, dtype=torch.float64)
     calls = {}
     shards = [(0, slice(0, 32)), (1, slice(32, 50))]
     for _ in range(2):  # the first round records each rank's pieces, the second gathers them
-        out = [cb._gather(GatherRank(r, calls), {"curvature": scores[s], "label_keys": keys[s]}) for r, s in shards]
+        out = [gather(GatherRank(r, calls), {"curvature": scores[s], "label_keys": keys[s]}, count=50, batch_size=8,
+                      columns=9) for r, s in shards]
     for o in out:
         assert o["label_keys"].dtype == torch.int64 and torch.equal(o["label_keys"], keys)
         assert torch.equal(o["curvature"], scores) and list(o) == ["curvature", "label_keys"]
@@ -648,3 +696,30 @@ def test_other_labels_refused_without_targets(tmp_path):
             max_epochs=2)
     s = CurvatureStore.open(tmp_path / "s")
     assert s.epochs == [0] and np.array_equal(np.asarray(s.sum), before)
+
+
+def test_one_label_reader_and_one_digest():
+    """The callback's fingerprint and report_cli read labels with one precedence (a TensorDataset's second tensor,
+    else ``targets``) and hash them one way (train.py's rank check too)."""
+    import hashlib
+
+    from torch.utils.data import TensorDataset
+
+    from curvature_callback.core.numeric import dataset_labels, labels_digest
+    from curvature_callback.integration.callback import _labels_digest
+
+    ds = Blobs()
+    both = TensorDataset(ds.x, ds.targets.flip(0))
+    both.targets = ds.targets  # both present: the tensor wins, as in report_cli
+    assert dataset_labels(both).tolist() == ds.targets.flip(0).tolist()
+    assert dataset_labels(ds).tolist() == ds.targets.tolist() and dataset_labels(NoTargets([0])) is None
+    want = hashlib.sha1(ds.targets.numpy().astype(np.int64).tobytes()).hexdigest()  # what stores have recorded
+    assert labels_digest(ds.targets.numpy()) == labels_digest(ds.targets.tolist()) == _labels_digest(ds) == want
+    assert _labels_digest(TensorDataset(ds.x, ds.targets.int())) == want
+    grad = TensorDataset(ds.x, ds.targets.double().requires_grad_())  # a tensor that requires grad still reads
+    assert _labels_digest(grad) == want
+
+    class Named:
+        targets = ["cat", "dog"]
+
+    assert _labels_digest(Named()) is None  # not int64-like: no digest (the per-sample label keys still check)

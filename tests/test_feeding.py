@@ -1,6 +1,7 @@
 """How the scoring pass is fed: persistent loader workers, per-rank device caches (issue 5, item 4)."""
 
 import os
+import random
 
 import numpy as np
 import pytest
@@ -8,7 +9,7 @@ import torch
 from boring import Blobs
 from torch.utils.data import Dataset, get_worker_info
 
-from curvature_callback.core.feeding import BatchFeeder, pass_indices, rank_block, rank_universe
+from curvature_callback.core.feeding import BatchFeeder, pass_indices, rank_block, rank_universe, reads_differ
 
 
 class WhoReads(Dataset):
@@ -87,3 +88,60 @@ def test_rank_universes_cover_every_pass_block_exactly(n, period, batch, world):
             assert np.isin(indices[start:stop], universes[r]).all()
     together = np.concatenate(universes)
     assert sorted(together.tolist()) == list(range(n))  # disjoint, and every sample in one rank's cache
+
+
+class Drawing(Dataset):
+    """Item i is drawn from one global generator at every read (torch, numpy or Python's), or fixed."""
+
+    def __init__(self, source=None):
+        self.source = source
+
+    def __len__(self):
+        return 4
+
+    def __getitem__(self, i):
+        noise = {"torch": lambda: torch.rand(3), "numpy": lambda: torch.from_numpy(np.random.rand(3)),
+                 "python": lambda: torch.tensor([random.random()]), None: lambda: torch.zeros(3)}[self.source]()
+        return {"image": torch.full((3,), float(i)) + noise, "label": i % 2, "name": f"item{i}"}
+
+
+def random_states():
+    return random.getstate(), np.random.get_state(), torch.get_rng_state()
+
+
+def same_states(a, b):
+    return a[0] == b[0] and all(np.array_equal(x, y) for x, y in zip(a[1], b[1])) and torch.equal(a[2], b[2])
+
+
+@pytest.mark.parametrize("source", ["torch", "numpy", "python"])
+def test_random_items_detected_and_the_random_states_kept(source):
+    before = random_states()
+    assert reads_differ(Drawing(source))
+    assert same_states(random_states(), before)  # training draws what it would have drawn without the probe
+    torch.rand(1), np.random.rand(), random.random()
+    assert not same_states(random_states(), before)  # (the comparison itself can fail)
+
+
+def test_deterministic_items_are_not_flagged():
+    before = random_states()
+    assert not reads_differ(Drawing(None))
+    assert not reads_differ(Blobs())
+    assert not reads_differ([(np.array([1.0, np.nan]), 3)])  # NaN equals NaN: a fixed item with a hole
+    assert not reads_differ([(object(), 1)])  # values it cannot compare count as equal: no false alarm
+    assert same_states(random_states(), before)
+
+
+class Failing(Dataset):
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        torch.rand(1)
+        raise OSError("cannot read item 0")
+
+
+def test_random_states_kept_when_a_read_fails():
+    before = random_states()
+    with pytest.raises(OSError, match="cannot read item 0"):
+        reads_differ(Failing())
+    assert same_states(random_states(), before)

@@ -4,6 +4,8 @@
   consecutive passes every sample is scored once, and the store's per-sample counts keep each mean exact.
 - Each rank takes a contiguous block of whole batches of that list (so its batches are exactly the ones a single
   process would make: float32 results depend on batch shape, aligned blocks make DDP and one process agree).
+- Whether the items themselves are random (an augmenting transform) is told by behaviour: :func:`reads_differ`
+  reads one item twice, with the global random states kept as they were.
 - Batches come from the dataset through one DataLoader whose workers persist across passes, or, when the
   samples a rank scores fit (``cache``), from tensors kept on the model's device after the first pass: no
   decoding, no host-to-device copies, no loader stalls. Each rank caches only its own samples.
@@ -11,7 +13,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import random
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from typing import Any, Literal
 
 import numpy as np
@@ -21,7 +25,7 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from curvature_callback.core.settings import check_float
 
-__all__ = ["BatchFeeder", "check_cache", "pass_indices", "period_of", "rank_block", "rank_universe"]
+__all__ = ["BatchFeeder", "check_cache", "pass_indices", "period_of", "rank_block", "rank_universe", "reads_differ"]
 
 CachePolicy = bool | Literal["auto"]
 #: "auto" keeps a dataset on the device when it takes at most this many bytes (CIFAR-10 float32: 600 MB)
@@ -88,6 +92,74 @@ def rank_universe(n: int, period: int, batch_size: int, world: int, rank: int) -
         start, stop, _ = rank_block(len(indices), batch_size, world, rank)
         parts.append(indices[start:stop])
     return np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+
+
+@contextmanager
+def _random_states_kept() -> Iterator[None]:
+    """Python's, numpy's and torch's global random states (CUDA's too, once initialized) as they were on entry:
+    a probe that draws from them must not change what training draws next."""
+    python, legacy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
+    cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
+    try:
+        yield
+    finally:
+        random.setstate(python)
+        np.random.set_state(legacy)
+        torch.set_rng_state(cpu)
+        if cuda is not None:
+            torch.cuda.set_rng_state_all(cuda)
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Whether two reads of an item hold equal values (NaN equal to NaN); a type whose values cannot be compared
+    (no ``__eq__`` of its own) counts as equal: the probe warns only on a difference it has seen."""
+    if isinstance(a, Tensor) and isinstance(b, Tensor):
+        if a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        if torch.equal(a, b):
+            return True
+        return (a.is_floating_point() or a.is_complex()) and bool(((a == b) | (a.isnan() & b.isnan())).all())
+    if isinstance(a, Mapping) and isinstance(b, Mapping):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (tuple, list)) and isinstance(b, (tuple, list)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if hasattr(a, "__array_interface__") or isinstance(a, np.ndarray):  # numpy arrays, PIL images
+        x, y = np.asarray(a), np.asarray(b)
+        if x.shape != y.shape or x.dtype != y.dtype:
+            return False
+        try:
+            return bool(np.array_equal(x, y, equal_nan=True))
+        except TypeError:  # equal_nan on a non-numeric dtype
+            return bool(np.array_equal(x, y))
+    if type(a) is not type(b):
+        return False
+    if type(a).__eq__ is object.__eq__:  # identity only: two reads are two objects, which says nothing
+        return True
+    try:
+        return bool(a == b)
+    except (TypeError, ValueError):  # an elementwise or refused comparison: cannot tell
+        return True
+
+
+def reads_differ(dataset: Dataset, index: int = 0) -> bool:
+    """Whether reading ``dataset[index]`` twice gives different values: a random transform (augmentation), whose
+    noise a curvature score would then include.
+
+    Behaviour, not names: any transform library counts, and a deterministic transform named "Random..." does not.
+    The global random states (Python, numpy, torch, CUDA) are restored after the two reads, so training draws
+    what it would have drawn without the probe; a generator the dataset owns is its own and advances.
+
+    Example:
+        >>> class Noisy(torch.utils.data.Dataset):
+        ...     def __getitem__(self, i):
+        ...         return torch.rand(2), 0
+        >>> reads_differ(Noisy()), reads_differ([(torch.zeros(2), 0)])
+        (True, False)
+    """
+    with _random_states_kept():
+        first = dataset[index]
+        second = dataset[index]
+    return not _same(first, second)
 
 
 class _Positions(Sampler[int]):

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import hashlib
 from typing import Any
 
 import numpy as np
 
-__all__ = ["log10_floor", "to_unit_range", "top_k"]
+__all__ = ["dataset_labels", "labels_digest", "log10_floor", "to_unit_range", "top_k"]
 
 
 def log10_floor(values: Any) -> np.ndarray:
@@ -43,3 +44,46 @@ def to_unit_range(image: Any) -> np.ndarray:
     a = np.asarray(image, dtype=np.float64)
     span = a.max() - a.min() if a.size else 0.0
     return (a - a.min()) / span if span > 0 else np.zeros_like(a)
+
+
+def labels_digest(labels: Any) -> str:
+    """sha1 of labels as contiguous int64: what a store's ``labels_sha1`` and a run's rank check compare.
+
+    Tensors are converted by the caller (this module stays numpy-only); the bytes are those of
+    ``np.asarray(labels).astype(np.int64)`` in C order, so a list, an array and a tensor's ``.numpy()`` of the
+    same labels share one digest.
+
+    Raises:
+        TypeError, ValueError: the labels are not convertible to int64 (strings, ragged lists).
+
+    Example:
+        >>> labels_digest([0, 1, 2]) == labels_digest(np.array([0, 1, 2], dtype=np.int32))
+        True
+    """
+    array = np.asarray(labels).astype(np.int64, copy=False)
+    return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
+
+
+def dataset_labels(dataset: Any) -> np.ndarray | None:
+    """A dataset's labels as numpy, when it exposes them: a TensorDataset-like second tensor (``.tensors[1]``),
+    else ``.targets`` (torchvision's name); ``None`` when it has neither.
+
+    One precedence for every reader (the callback's fingerprint, the report's rebuilt data), so two readers of one
+    dataset never take different labels. Tensors are read duck-typed (``.detach().cpu()``): no torch import here.
+
+    Example:
+        >>> class WithTargets:
+        ...     targets = [2, 0, 1]
+        >>> dataset_labels(WithTargets()).tolist(), dataset_labels(object())
+        ([2, 0, 1], None)
+    """
+    tensors = getattr(dataset, "tensors", None)
+    if isinstance(tensors, (tuple, list)) and len(tensors) > 1:
+        labels = tensors[1]
+    else:
+        labels = getattr(dataset, "targets", None)
+    if labels is None:
+        return None
+    if hasattr(labels, "detach"):  # a tensor: one that requires grad refuses np.asarray
+        labels = labels.detach()
+    return np.asarray(labels.cpu() if hasattr(labels, "cpu") else labels)

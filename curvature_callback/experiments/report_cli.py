@@ -24,6 +24,7 @@ import numpy as np
 from curvature_callback.analysis.report import write_report
 from curvature_callback.analysis.scores import read_scores_csv
 from curvature_callback.core import safe_paths
+from curvature_callback.core.numeric import dataset_labels
 
 __all__ = ["REBUILDABLE", "main", "rebuild_images", "report_run"]
 
@@ -141,19 +142,11 @@ def rebuild_images(run_dir: str | os.PathLike) -> tuple[Any, str, Sequence[str] 
     if len(dataset) != len(columns["index"]):
         raise ValueError(f"the rebuilt dataset has {len(dataset)} samples, scores.csv {len(columns['index'])}; "
                          "pass --images FILE.npy")
-    labels = _labels(dataset)
+    labels = dataset_labels(dataset)  # the precedence the callback's label fingerprint uses
     if labels is not None and given is not None and not np.array_equal(labels.astype(np.int64), given):
         raise ValueError("the rebuilt dataset's labels differ from scores.csv's given labels; pass --images FILE.npy")
     names = getattr(datamodule, "classes", None) or getattr(dataset, "classes", None)
     return dataset, f"{target} rebuilt from {config} (--rebuild-data){how}", names
-
-
-def _labels(dataset: Any) -> np.ndarray | None:
-    tensors = getattr(dataset, "tensors", None)
-    if tensors and len(tensors) > 1:
-        return np.asarray(tensors[1])
-    targets = getattr(dataset, "targets", None)
-    return None if targets is None else np.asarray(targets)
 
 
 def report_run(run_dir: str | os.PathLike, *, rebuild_data: bool = False, **kwargs: Any) -> Path:

@@ -20,7 +20,6 @@ the package, else from the checkout's top-level ``conf/`` (an editable install).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import sys
@@ -43,6 +42,7 @@ from torch.utils.data import DataLoader, Dataset
 from curvature_callback.analysis import detection_table, mislabel_metrics, suspicion_scores, write_scores_csv
 from curvature_callback.analysis.plots import plot_histogram, plot_top_k
 from curvature_callback.analysis.report import write_report
+from curvature_callback.core.numeric import labels_digest
 from curvature_callback.integration.callback import CurvatureCallback, default_batch_to_inputs
 
 __all__ = ["CONF_DIR", "main", "run"]
@@ -147,7 +147,9 @@ class _RecordLabels(Callback):
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         given = getattr(self.datamodule, "given_labels", None)
-        digest = "" if given is None else hashlib.sha1(np.asarray(given, dtype=np.int64).tobytes()).hexdigest()
+        if hasattr(given, "cpu"):  # a tensor: labels_digest is numpy-only
+            given = given.detach().cpu().numpy()
+        digest = "" if given is None else labels_digest(given)
         if trainer.world_size > 1 and trainer.strategy.broadcast(digest, src=0) != digest:  # same call on all ranks
             raise RuntimeError(
                 f"Rank {trainer.global_rank} trains on other labels than rank 0: it composed another config. A "

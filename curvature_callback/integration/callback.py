@@ -1,12 +1,12 @@
-"""CurvatureCallback: when to score, the scoring pass, the DDP gather, the store commit, logging, state.
+"""CurvatureCallback: when to score, what to score, the store commit, logging, checkpoint state.
 
-The maths lives in :mod:`curvature_callback.core.estimator`, the files in :mod:`curvature_callback.core.store`; this
-module is the glue that runs them inside a Lightning ``Trainer``.
+The maths lives in :mod:`curvature_callback.core.estimator`, the files in :mod:`curvature_callback.core.store`, the
+pass itself (this rank's block, the DDP gather, errors raised on every rank) in
+:mod:`curvature_callback.integration.scoring_pass`; this module decides when they run inside a Lightning ``Trainer``.
 """
 
 from __future__ import annotations
 
-import hashlib
 import inspect
 import os
 from collections.abc import Callable, Mapping
@@ -15,42 +15,30 @@ from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 from typing_extensions import override
 
-from curvature_callback.core.channels import CHANNELS, CLASSIFICATION, classification_values, forgetting_events
-from curvature_callback.core.estimator import LossFn, curvature_details, loss_identity
+from curvature_callback.core.channels import CLASSIFICATION, forgetting_events
+from curvature_callback.core.estimator import LossFn, loss_identity
 from curvature_callback.core.feeding import (
-    BatchFeeder,
     CachePolicy,
     check_cache,
     pass_indices,
     period_of,
-    rank_block,
     rank_universe,
+    reads_differ,
 )
-from curvature_callback.core.numeric import log10_floor
+from curvature_callback.core.numeric import dataset_labels, labels_digest, log10_floor
 from curvature_callback.core.settings import ScoreSettings, check_bool, check_int
-from curvature_callback.core.store import CurvatureStore, StoreMismatchError
+from curvature_callback.core.store import CurvatureStore
+from curvature_callback.integration.scoring_pass import LABEL_KEYS, ScoringPass, raise_together
 
 __all__ = ["CurvatureCallback"]
 
 BatchToInputs = Callable[[Any], tuple[Tensor, Tensor]]
-
-#: transform class names that make a dataset random, so a poor choice to score
-_AUGMENTATIONS = ("Random", "ColorJitter", "AutoAugment", "RandAugment", "TrivialAugment", "AugMix", "CutMix",
-                  "MixUp", "GaussianBlur", "ElasticTransform")
-#: the pass's int64 column of label keys (not a store channel: the store checks and records labels)
-LABEL_KEYS = "label_keys"
-#: exception types an error on rank 0 is raised as on every rank (the nearest one in the error's MRO)
-_SHARED_ERRORS = {e.__name__: e for e in (StoreMismatchError, FileNotFoundError, FileExistsError, OSError,
-                                          TypeError, ValueError, RuntimeError)}
-
 
 def default_batch_to_inputs(batch: Any) -> tuple[Tensor, Tensor]:
     """``(x, y, ...)`` tuples and lists, or dicts with ``x``/``y``, ``input``/``target`` or ``image``/``label``."""
@@ -90,65 +78,14 @@ def _resolve_loss(loss_fn: LossFn | None, loss_id: str | None) -> str:
     return identity
 
 
-def _label_keys(targets: Tensor) -> Tensor:
-    """``[B]`` int64 keys of the given labels, compared with the ones a store recorded.
-
-    Integer class labels (``[B]``) are their own key; any other target (soft labels, masks, regression values)
-    gets a 63-bit key from blake2b of its bytes, dtype and shape, so a changed target changes the key.
-    """
-    if targets.dim() == 1 and not (targets.is_floating_point() or targets.is_complex()):
-        return targets.to(torch.int64)
-    rows = targets.detach().cpu().contiguous()
-    shape = f"|{rows.dtype}|{tuple(rows.shape[1:])}".encode()
-    keys = [int.from_bytes(hashlib.blake2b(row.reshape(-1).view(torch.uint8).numpy().tobytes() + shape,
-                                           digest_size=8).digest(), "little") >> 1 for row in rows]
-    return torch.tensor(keys, dtype=torch.int64, device=targets.device)
-
-
-def _raise_together(trainer: pl.Trainer, caught: BaseException | None) -> None:
-    """Every rank raises what rank 0 caught (or nothing): one collective, on every rank.
-
-    The type's name and the message travel separately, so the other ranks raise the same type with the plain
-    message; rank 0 re-raises its own exception, traceback included.
-    """
-    sent = None
-    if caught is not None:
-        kind = next(c.__name__ for c in (*type(caught).__mro__, RuntimeError) if c.__name__ in _SHARED_ERRORS)
-        sent = (kind, str(caught))
-    received = trainer.strategy.broadcast(sent, src=0)
-    if caught is not None:
-        raise caught
-    if received is not None:
-        kind, message = received
-        raise _SHARED_ERRORS[kind](message)
-
-
 def _labels_digest(dataset: Any) -> str | None:
-    """sha1 of the dataset's labels when it exposes them (``targets``, a TensorDataset's second tensor)."""
-    labels = getattr(dataset, "targets", None)
-    if labels is None and type(dataset).__name__ == "TensorDataset" and len(dataset.tensors) > 1:
-        labels = dataset.tensors[1]
-    if labels is None:
-        return None
+    """sha1 of the dataset's labels when it exposes them (:func:`~curvature_callback.core.numeric.dataset_labels`:
+    a TensorDataset's second tensor, else ``targets``) and they are integers; else None."""
     try:
-        array = np.asarray(labels.cpu() if isinstance(labels, Tensor) else labels).astype(np.int64, copy=False)
-    except (TypeError, ValueError):
+        labels = dataset_labels(dataset)
+        return None if labels is None else labels_digest(labels)
+    except (TypeError, ValueError):  # labels that are not int64-like (strings, ragged): no digest, the keys check
         return None
-    return hashlib.sha1(np.ascontiguousarray(array).tobytes()).hexdigest()
-
-
-def _looks_augmented(dataset: Any) -> str | None:
-    """Name of a random transform found on the dataset (through Subset-like wrappers), else None."""
-    for _ in range(8):
-        for attr in ("transform", "transforms"):
-            text = repr(getattr(dataset, attr, None))
-            for name in _AUGMENTATIONS:
-                if name in text:
-                    return name
-        if not hasattr(dataset, "dataset"):
-            return None
-        dataset = dataset.dataset
-    return None
 
 
 class CurvatureCallback(Callback):
@@ -164,10 +101,13 @@ class CurvatureCallback(Callback):
     Under DDP every rank scores a contiguous block of the indices; rank 0 gathers and writes. A resumed run
     continues the same store; an epoch is never added twice.
 
+    Nothing is scored during the sanity check or under ``Trainer(fast_dev_run=...)`` (as ``ModelCheckpoint``
+    saves nothing there): a debug run neither creates nor writes the store, so it leaves no half store behind.
+
     Args:
         dataset: what to score, indexed ``0..N-1``, without augmentation. Default: the datamodule's
-            ``curvature_dataset()`` if it has one, else the training dataset (with a warning if it looks
-            augmented).
+            ``curvature_dataset()`` if it has one, else the training dataset (with a warning if reading its first
+            item twice gives different values: a random transform).
         h: finite-difference step (paper: 1e-3).
         n_vectors: Rademacher vectors per sample and epoch (paper: 10).
         batch_size: samples per scoring batch (each becomes ``batch_size * n_vectors`` rows, in chunks).
@@ -199,6 +139,9 @@ class CurvatureCallback(Callback):
         loss_id: a name that changes whenever the loss's values would change; required for lambdas and
             closures (whose values cannot be known from their name), and recorded instead of the loss's
             identity when given.
+        progress_bar: show a bar of the pass's batches under Lightning's own (off by default: Lightning's bar
+            already shows the run). When on, it shows on rank 0, only with the Trainer's progress bar enabled and
+            only on a terminal (in a log file it would be a line per batch).
 
     Example::
 
@@ -230,6 +173,7 @@ class CurvatureCallback(Callback):
         fraction: float = 1.0,
         cache: CachePolicy = "auto",
         loss_id: str | None = None,
+        progress_bar: bool = False,
     ) -> None:
         # what defines the score, validated once (numpy numbers become Python ones: they go to JSON and checkpoints)
         self._settings = ScoreSettings(h=h, n_vectors=n_vectors, seed=seed, loss=_resolve_loss(loss_fn, loss_id),
@@ -242,6 +186,7 @@ class CurvatureCallback(Callback):
         self.keep_history = check_bool("keep_history", keep_history)
         self.log_histogram = check_bool("log_histogram", log_histogram)
         self.record_outputs = check_bool("record_outputs", record_outputs)
+        self.progress_bar = check_bool("progress_bar", progress_bar)
         self.dataset = dataset
         self.directory = os.fspath(directory)
         self.loss_fn = loss_fn
@@ -249,7 +194,7 @@ class CurvatureCallback(Callback):
         self.batch_to_inputs = batch_to_inputs
         self._period = period_of(self.fraction)
         self.cache = check_cache(cache)
-        self._feeder: BatchFeeder | None = None
+        self._scoring: ScoringPass | None = None  # made at the first pass; its loader workers and cache persist
         self._universe: np.ndarray | None = None  # the indices this rank scores over a rotation (set per fit)
         self._store: CurvatureStore | None = None  # the writer, on global rank 0 during fit
         self._path: Path | None = None  # the resolved store folder
@@ -294,6 +239,13 @@ class CurvatureCallback(Callback):
         """
         return epoch >= self.start_epoch and (epoch - self.start_epoch) % self.every_n_epochs == 0
 
+    @staticmethod
+    def _should_skip_scoring(trainer: pl.Trainer) -> bool:
+        """Whether this run scores nothing at all, as ``ModelCheckpoint._should_skip_saving_checkpoint`` decides
+        for checkpoints: a ``fast_dev_run`` (a debug run: no store is created, none is written) or the sanity
+        check. The same on every rank, so no collective is left waiting."""
+        return bool(trainer.fast_dev_run) or trainer.sanity_checking
+
     @property
     def store(self) -> CurvatureStore:
         """The store: the open writer during ``fit`` on rank 0, else the folder opened read-only."""
@@ -333,6 +285,8 @@ class CurvatureCallback(Callback):
     # ----------------------------------------------------------------------------- hooks
     @override
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._should_skip_scoring(trainer):
+            return
         dataset, self._dataset_source = self._resolve_dataset(trainer)
         self._path = self._resolve_path(trainer)
         n = len(dataset)
@@ -352,7 +306,7 @@ class CurvatureCallback(Callback):
                 )
             except Exception as e:  # raised on every rank below: one rank alone raising would hang the others
                 caught = e
-        _raise_together(trainer, caught)
+        raise_together(trainer, caught)
         epochs = trainer.strategy.broadcast(self._store.epochs if self._store is not None else [], src=0)
         self._epochs_done = list(epochs)
         missing = sorted(set((self._restored or {}).get("epochs_done", [])) - set(epochs))
@@ -366,17 +320,25 @@ class CurvatureCallback(Callback):
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
-        if not self.should_score(epoch) or epoch in self._epochs_done:
+        if self._should_skip_scoring(trainer) or not self.should_score(epoch) or epoch in self._epochs_done:
             return
-        values = self._score_shard(trainer, pl_module, epoch)
-        values = self._gather(trainer, values)
+        assert self._scored_dataset is not None  # set by on_train_start
+        if self._scoring is None:
+            self._scoring = ScoringPass(
+                self._scored_dataset, self.batch_to_inputs or default_batch_to_inputs, settings=self._settings,
+                loss_fn=self.loss_fn, channels=self.channels, batch_size=self.batch_size,
+                num_workers=self.num_workers, cache=self.cache, chunk_size=self.chunk_size,
+                progress_bar=self.progress_bar,
+            )
+        values = self._scoring.run(trainer, pl_module, self._pass_indices(), epoch, universe=self._universe,
+                                   gather_columns=self.GATHER_COLUMNS)
         caught: BaseException | None = None
         if trainer.is_global_zero:
             try:
                 arrays = self._commit(epoch, {k: v.cpu().numpy() for k, v in values.items()})
             except Exception as e:  # a refused commit (other labels) stops every rank, not only this one
                 caught = e
-        _raise_together(trainer, caught)
+        raise_together(trainer, caught)
         if trainer.is_global_zero:
             self._log(trainer, arrays["curvature"])
         self._epochs_done.append(epoch)
@@ -408,13 +370,13 @@ class CurvatureCallback(Callback):
         self._close()
 
     def _close(self) -> None:
-        if self._feeder is not None:
-            self._feeder.close()  # the scoring loader's persistent workers; its device cache stays
+        if self._scoring is not None:
+            self._scoring.close()  # the scoring loader's persistent workers; its device cache stays
         if self._store is not None:
             self._store.close()
             self._store = None
 
-    # ----------------------------------------------------------------------------- the pass
+    # ----------------------------------------------------------------------------- what is scored, and where
     def _resolve_dataset(self, trainer: pl.Trainer) -> tuple[Dataset, str]:
         """The dataset to score and where it came from (for messages)."""
         if self.dataset is not None:
@@ -429,12 +391,12 @@ class CurvatureCallback(Callback):
                 f"Cannot find the training dataset to score (train_dataloader is {type(loader).__name__}). Pass "
                 "`CurvatureCallback(dataset=...)`, or define `curvature_dataset()` on the datamodule."
             )
-        augmentation = _looks_augmented(dataset)
-        if augmentation:
+        # read on rank 0 only, the one that warns; an empty dataset is refused with its own message after
+        if trainer.is_global_zero and len(dataset) and reads_differ(dataset, 0):
             rank_zero_warn(
-                f"CurvatureCallback scores the training dataset, whose transform looks random ({augmentation}...): "
-                "scores then include augmentation noise. Pass `dataset=` with the evaluation transform, or define "
-                "`curvature_dataset()` on the datamodule."
+                "CurvatureCallback scores the training dataset, whose items look random (reading item 0 twice gave "
+                "different values, e.g. a random crop or flip): scores then include augmentation noise. Pass "
+                "`dataset=` with the evaluation transform, or define `curvature_dataset()` on the datamodule."
             )
         return dataset, "the training loader's dataset (`trainer.train_dataloader.dataset`)"
 
@@ -461,66 +423,8 @@ class CurvatureCallback(Callback):
         assert self._scored_dataset is not None
         return pass_indices(len(self._scored_dataset), len(self._epochs_done), self._period)
 
-    def _score_shard(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, Tensor]:
-        """Scores of this rank's contiguous block of the pass's indices."""
-        assert self._scored_dataset is not None
-        indices = self._pass_indices()
-        start, stop, _ = rank_block(len(indices), self.batch_size, trainer.world_size, trainer.global_rank)
-        device = pl_module.device
-        if self._feeder is None:
-            self._feeder = BatchFeeder(self._scored_dataset, self.batch_to_inputs or default_batch_to_inputs,
-                                       self.batch_size, self.num_workers, self.cache)
-        parts: dict[str, list[Tensor]] = {}
-        show = trainer.is_global_zero and trainer.progress_bar_callback is not None
-        batches = self._feeder.batches(indices[start:stop], device, universe=self._universe)
-        # disable=None: tqdm shows the bar on a terminal only (in a log file it would be a line per batch)
-        for idx, x, y in tqdm(batches, desc=f"curvature (epoch {epoch})", total=self._feeder.num_batches(stop - start),
-                              disable=True if not show else None, leave=False, dynamic_ncols=True):
-            res = curvature_details(
-                pl_module, x, y, loss_fn=self.loss_fn, h=self.h, n_vectors=self.n_vectors, seed=self.seed,
-                indices=idx, chunk_size=self.chunk_size, fast=self.fast,
-            )
-            out = {"curvature": res.curvature.double(), LABEL_KEYS: _label_keys(y)}
-            if self.channels == CLASSIFICATION:
-                out.update(classification_values(res.outputs, y, res.loss.double()))
-            elif self.channels:
-                out["loss"] = res.loss.double()
-            for k, v in out.items():
-                parts.setdefault(k, []).append(v)
-        names = ("curvature", *(c for c in self.channels if CHANNELS[c].source == "pass"))  # others: at the commit
-        empty = torch.empty(0, dtype=torch.float64, device=device)
-        shard = {k: torch.cat(parts[k]) if k in parts else empty for k in names}
-        shard[LABEL_KEYS] = torch.cat(parts[LABEL_KEYS]) if parts else empty.to(torch.int64)
-        return shard
-
-    #: columns per collective: bounds the gather's memory at ImageNet scale (8 MB of float64 per rank and call)
+    #: values per collective in the DDP gather: bounds its memory at ImageNet scale (8 MB of float64 per rank)
     GATHER_COLUMNS = 1 << 20
-
-    def _gather(self, trainer: pl.Trainer, values: dict[str, Tensor]) -> dict[str, Tensor]:
-        """All ranks' blocks in index order: padded to one length for the collective, gathered in bounded
-        pieces, unpadded after. Every rank makes the same calls.
-
-        One matrix per dtype: the int64 label keys travel as int64 (a float64 keeps integers exact only up to
-        2**53; hashed keys use 63 bits)."""
-        if trainer.world_size == 1:
-            return values
-        count = len(self._pass_indices())
-        _, _, block = rank_block(count, self.batch_size, trainer.world_size, trainer.global_rank)
-        out: dict[str, Tensor] = {}
-        for dtype in sorted({v.dtype for v in values.values()}, key=str):  # the same order on every rank
-            names = [k for k, v in values.items() if v.dtype == dtype]
-            device = values[names[0]].device
-            local = torch.zeros(len(names), block, dtype=dtype, device=device)
-            for i, k in enumerate(names):
-                local[i, : len(values[k])] = values[k]
-            pieces = []
-            step = max(1, self.GATHER_COLUMNS // len(names))
-            for lo in range(0, block, step):
-                pieces.append(trainer.strategy.all_gather(local[:, lo : lo + step].contiguous()))  # [world, C, piece]
-            gathered = torch.cat(pieces, dim=2)
-            full = gathered.permute(1, 0, 2).reshape(len(names), -1)[:, :count]
-            out.update({k: full[i] for i, k in enumerate(names)})
-        return {k: out[k] for k in values}
 
     # ----------------------------------------------------------------------------- logging
     def _log(self, trainer: pl.Trainer, scores: np.ndarray) -> None:
