@@ -268,6 +268,7 @@ def test_wandb_offline_run_holds_the_histogram(tmp_path, monkeypatch):
 
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))  # staged tables stay in tmp_path
     logger = WandbLogger(project="curvature-test", save_dir=str(tmp_path), offline=True)
     cb = CurvatureCallback(Blobs(), n_vectors=1, directory=tmp_path / "s", keep_history=True)
     fit(tmp_path, cb, max_epochs=2, logger=logger)

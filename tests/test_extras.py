@@ -3,6 +3,7 @@ are extras (`pip install curvature-callback[experiments]`)."""
 
 from __future__ import annotations
 
+import ast
 import os
 import subprocess
 import sys
@@ -45,7 +46,10 @@ def test_the_callback_runs_without_the_experiment_extras(tmp_path):
     assert "loaded: []" in done.stdout
     # only the core layers and the glue: no analysis, plots, W&B helpers or experiment app
     ours = done.stdout.split("ours: ")[1].strip()
-    core = ("channels", "estimator", "feeding", "numeric", "settings", "store")
-    expected = ["curvature_callback", "curvature_callback.core", *(f"curvature_callback.core.{m}" for m in core),
-                "curvature_callback.integration", "curvature_callback.integration.callback"]
-    assert ours == str(sorted(expected)), ours
+    loaded = set(ast.literal_eval(ours))
+    allowed = {"curvature_callback", "curvature_callback.core", "curvature_callback.integration"}
+    assert all(m in allowed or m.startswith(("curvature_callback.core.", "curvature_callback.integration."))
+               for m in loaded), loaded
+    assert "curvature_callback.integration.sinks" not in loaded  # W&B helpers load only with a W&B logger
+    assert {"curvature_callback.core.estimator", "curvature_callback.core.store",
+            "curvature_callback.integration.callback"} <= loaded

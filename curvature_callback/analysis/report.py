@@ -111,14 +111,6 @@ def _dataset_images(dataset: Any) -> Any:
     return tensors[0] if tensors else _Inputs(dataset)
 
 
-def _dataset_labels(dataset: Any) -> np.ndarray | None:
-    tensors = getattr(dataset, "tensors", None)
-    if tensors and len(tensors) > 1:
-        return np.asarray(tensors[1])
-    targets = getattr(dataset, "targets", None)
-    return None if targets is None else np.asarray(targets)
-
-
 def _resolve_images(images: Any, images_file: str | None, n: int, source: str, note: str | None) -> _Images:
     if images is not None:
         if hasattr(images, "__len__") and len(images) != n:
