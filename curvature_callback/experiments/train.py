@@ -185,17 +185,8 @@ def _labels(datamodule: pl.LightningDataModule) -> tuple[np.ndarray, np.ndarray,
     return tuple(np.asarray(v) for v in values)
 
 
-def run(cfg: DictConfig) -> dict[str, Any]:
-    """Train, score and write the outputs of one run into ``cfg.output_dir``; returns the metrics (rank 0).
-
-    Every rank trains and scores; only global rank 0 writes the CSV, JSON and figures (other ranks return {}).
-    """
-    start = time.perf_counter()
-    out = Path(cfg.output_dir)
-    if cfg.get("threads"):
-        torch.set_num_threads(int(cfg.threads))
-    pl.seed_everything(cfg.seed, workers=True, verbose=False)
-
+def _build(cfg: DictConfig, out: Path, times: dict[str, float]) -> tuple[Any, Any, pl.Trainer, CurvatureCallback, list]:
+    """The run's datamodule, model, trainer (with the callbacks, clocks around the curvature pass) and loggers."""
     datamodule = instantiate(cfg.data)
     model = instantiate(cfg.model)
     callbacks = _instantiate_group(cfg.get("callbacks"))
@@ -206,7 +197,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             f"Expected exactly one CurvatureCallback in `callbacks`, got {len(curvature)}: keep "
             "callbacks/curvature in the defaults list (e.g. callbacks=curvature)."
         )
-    times: dict[str, float] = {}
     at = callbacks.index(curvature[0])
     callbacks[at : at + 1] = [_Clock(times, "before"), curvature[0], _Clock(times, "after"),
                               _RecordLabels(out, datamodule, curvature[0])]
@@ -216,41 +206,34 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     trainer: pl.Trainer = instantiate(cfg.trainer, **extra)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # the whole composed config
-    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-    fit_end = time.perf_counter()
-    if not trainer.is_global_zero:
-        return {}
+    return datamodule, model, trainer, curvature[0], loggers
 
-    store = curvature[0].store  # the folder the callback wrote, opened read-only
-    if not store.epochs:
-        raise RuntimeError(
-            f"No epoch was scored: the run trained {trainer.current_epoch} epoch(s) and the callback starts "
-            f"at epoch {curvature[0].start_epoch}. Lower callbacks.curvature.start_epoch, or raise "
-            "trainer.max_epochs."
-        )
-    dataset = datamodule.curvature_dataset()
+
+def _columns(store: Any, datamodule: Any, pred: np.ndarray) -> dict[str, np.ndarray]:
+    """The columns of scores.csv: labels, every channel's mean over the scored epochs, counts, predictions."""
     original, given, flipped = _labels(datamodule)
-    curv = np.array(store.mean)
-    pred = _predict(model, dataset, curvature[0], trainer.strategy.root_device)
     columns: dict[str, np.ndarray] = {
-        "label": original, "given_label": given, "flipped": flipped, "curvature": curv,
+        "label": original, "given_label": given, "flipped": flipped, "curvature": np.array(store.mean),
     }
     for channel in store.channels[1:]:  # loss, margin, confidence, correct: means over the same epochs
         columns[channel] = np.array(store.channel_mean(channel))
     columns.update(count=np.array(store.count), pred=pred)
-    scored_epochs = store.epochs
-    suspicion = suspicion_scores(store)  # every baseline oriented as "higher = more suspicious"
-    store.close()
     source = getattr(datamodule, "source_indices", None)
     if source is not None:
         columns["source_index"] = np.asarray(source)
     filenames = getattr(datamodule, "filenames", None)
     if filenames is not None:
         columns["file"] = np.asarray(filenames, dtype=object)
+    return columns
 
-    metrics: dict[str, Any] = {}
-    scored = np.isfinite(curv)  # with callbacks.curvature.fraction < 1 a short run may leave samples unscored
+
+def _detection_metrics(columns: Mapping[str, np.ndarray], suspicion: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """AUROC and AP of curvature and every baseline for the flipped labels, over the scored samples (null without
+    noise), and the training accuracies."""
+    flipped, given, original, pred = columns["flipped"], columns["given_label"], columns["label"], columns["pred"]
+    scored = np.isfinite(columns["curvature"])  # with fraction < 1 a short run may leave samples unscored
     noisy = 0 < flipped[scored].sum() < scored.sum()  # detection needs both kinds; without noise these are null
+    metrics: dict[str, Any] = {}
     for score in ("curvature", "loss"):  # higher = more suspicious for both
         if score in columns:
             found = (mislabel_metrics(columns[score][scored], flipped[scored]) if noisy
@@ -264,17 +247,48 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         train_acc=float((pred == given).mean()),  # on the labels it trained on: memorization reaches 1.0
         train_acc_original=float((pred == original).mean()),
         flipped_memorized=float((pred == given)[flipped].mean()) if noisy else None,
-        n_samples=len(curv),
+        n_samples=len(flipped),
         n_scored=int(scored.sum()),
         n_flipped=int(flipped.sum()),
-        epochs=int(trainer.current_epoch),
-        scored_epochs=scored_epochs,
     )
+    return metrics
 
+
+def run(cfg: DictConfig) -> dict[str, Any]:
+    """Train, score and write the outputs of one run into ``cfg.output_dir``; returns the metrics (rank 0).
+
+    Every rank trains and scores; only global rank 0 writes the CSV, JSON and figures (other ranks return {}).
+    """
+    start = time.perf_counter()
+    out = Path(cfg.output_dir)
+    if cfg.get("threads"):
+        torch.set_num_threads(int(cfg.threads))
+    pl.seed_everything(cfg.seed, workers=True, verbose=False)
+    times: dict[str, float] = {}
+    datamodule, model, trainer, curvature, loggers = _build(cfg, out, times)
+    trainer.fit(model, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    fit_end = time.perf_counter()
+    if not trainer.is_global_zero:
+        return {}
+
+    store = curvature.store  # the folder the callback wrote, opened read-only
+    if not store.epochs:
+        raise RuntimeError(
+            f"No epoch was scored: the run trained {trainer.current_epoch} epoch(s) and the callback starts "
+            f"at epoch {curvature.start_epoch}. Lower callbacks.curvature.start_epoch, or raise "
+            "trainer.max_epochs."
+        )
+    dataset = datamodule.curvature_dataset()
+    columns = _columns(store, datamodule, _predict(model, dataset, curvature, trainer.strategy.root_device))
+    metrics = _detection_metrics(columns, suspicion_scores(store))  # every baseline: higher = more suspicious
+    metrics.update(epochs=int(trainer.current_epoch), scored_epochs=store.epochs)
+    store.close()
+
+    curv, flipped, scored = columns["curvature"], columns["flipped"], np.isfinite(columns["curvature"])
     write_scores_csv(out / "scores.csv", columns)
     plot_histogram(curv[scored], flipped[scored], out / "histogram.png")
-    plot_top_k(_Inputs(dataset), given, original, np.where(scored, curv, -np.inf), out / "top_k.png",
-               k=int(cfg.get("top_k", 25)), class_names=getattr(datamodule, "classes", None))
+    plot_top_k(_Inputs(dataset), columns["given_label"], columns["label"], np.where(scored, curv, -np.inf),
+               out / "top_k.png", k=int(cfg.get("top_k", 25)), class_names=getattr(datamodule, "classes", None))
     end = time.perf_counter()
     train_start = times.get("train_start", start)
     scoring = times.get("scoring", 0.0)
@@ -292,6 +306,11 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":
             logger.experiment.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+    _print_summary(metrics, out)
+    return metrics
+
+
+def _print_summary(metrics: Mapping[str, Any], out: Path) -> None:
     aurocs = ", ".join(f"{s} {metrics[f'auroc_{s}']:.3f}" for s in ("curvature", "loss")
                        if metrics.get(f"auroc_{s}") is not None)
     split = ", ".join(f"{k} {v:.0f} s" for k, v in metrics["time_s"].items())
@@ -299,7 +318,6 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         f"curvature-train: mislabel AUROC {aurocs or 'n/a (no flipped labels)'} | train acc "
         f"{metrics['train_acc']:.3f} on given labels | {metrics['wall_time_s']:.0f} s ({split})\n  outputs: {out}"
     )
-    return metrics
 
 
 def _ddp_children_repeat_this_job(output_dir: str) -> None:
