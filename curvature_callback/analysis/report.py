@@ -27,7 +27,6 @@ in it where a file goes is refused (:mod:`curvature_callback.core.safe_paths`).
 from __future__ import annotations
 
 import base64
-import json
 import math
 import os
 import time
@@ -45,6 +44,7 @@ from curvature_callback.analysis import (
     detection_table,
     load_feldman_zhang,
     memorization_comparison,
+    read_metrics,
     read_scores_csv,
     suspicion_scores,
 )
@@ -301,7 +301,7 @@ def _read_run(run_dir: Path, csv_path: Path, store_dir: str | os.PathLike | None
             raise ValueError(f"scores.csv has {len(columns['index'])} rows, the store {store.n} samples: not the same "
                              "run. Pass the run directory whose curvature/ wrote this scores.csv.")
         metrics_path = run_dir / "metrics.json"
-        metrics = _read_metrics(safe_paths.inside(metrics_path, run_dir)) if metrics_path.is_file() else {}
+        metrics = read_metrics(safe_paths.inside(metrics_path, run_dir)) if metrics_path.is_file() else {}
         given = columns.get("given_label", columns.get("label"))
         if given is None:
             raise ValueError(f"scores.csv lacks a label column (has {sorted(columns)}): expected label, given_label.")
@@ -316,18 +316,6 @@ def _read_run(run_dir: Path, csv_path: Path, store_dir: str | os.PathLike | None
         store.close()
         raise
     return _Run(run_dir.resolve(), store, columns, metrics, given, original, flipped, scores, filenames)
-
-
-def _read_metrics(path: Path) -> dict[str, Any]:
-    """``metrics.json`` as a mapping; only its numbers are shown."""
-    try:
-        metrics = json.loads(path.read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"Expected {path} to hold JSON (curvature-train's metrics), got unreadable text ({e}): "
-                         "remove or fix the file.") from e
-    if not isinstance(metrics, dict):
-        raise ValueError(f"Expected {path} to hold a JSON object, got a {type(metrics).__name__}: remove or fix it.")
-    return metrics
 
 
 def _run_filenames(columns: Mapping[str, np.ndarray], store_dir: Path) -> list[str] | None:

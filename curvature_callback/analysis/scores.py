@@ -5,8 +5,10 @@ the run's table (``scores.csv``).
 from __future__ import annotations
 
 import csv
+import json
 import os
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
@@ -15,7 +17,9 @@ from curvature_callback.analysis.metrics import ranks
 from curvature_callback.core.channels import CHANNELS
 from curvature_callback.core.numeric import log10_floor
 
-__all__ = ["SCORE_NOTES", "epoch_average", "read_scores_csv", "suspicion_scores", "write_scores_csv"]
+__all__ = [
+    "SCORE_NOTES", "epoch_average", "read_metrics", "read_scores_csv", "suspicion_scores", "write_scores_csv",
+]
 
 #: one line on each score of :func:`suspicion_scores`
 SCORE_NOTES = {name: channel.meaning for name, channel in CHANNELS.items()}
@@ -159,3 +163,19 @@ def read_scores_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
         else:
             out[name] = np.array(values, dtype=str)
     return out
+
+
+def read_metrics(path: str | os.PathLike) -> dict[str, Any]:
+    """A run's ``metrics.json`` as a mapping.
+
+    Raises:
+        ValueError: the file is not JSON, or not a JSON object (a run folder is data from a stranger).
+    """
+    try:
+        metrics = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        raise ValueError(f"Expected {path} to hold curvature-train's JSON metrics, got unreadable text ({e}): "
+                         "remove or fix the file.") from e
+    if not isinstance(metrics, dict):
+        raise ValueError(f"Expected {path} to hold a JSON object, got a {type(metrics).__name__}: remove or fix it.")
+    return metrics

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import sys
 from collections.abc import Sequence
@@ -27,6 +26,7 @@ from typing import Any
 
 import yaml
 
+from curvature_callback.analysis.scores import read_metrics
 from curvature_callback.core import safe_paths
 
 __all__ = ["collect", "main", "markdown", "parse_overrides", "write_summary"]
@@ -91,17 +91,6 @@ def _read_overrides(path: Path, sweep_dir: Path) -> dict[str, str]:
     return parse_overrides([str(line) for line in lines])
 
 
-def _read_metrics(path: Path, sweep_dir: Path) -> dict[str, Any]:
-    try:
-        metrics = json.loads(safe_paths.inside(path, sweep_dir).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
-        raise ValueError(f"Expected {path} to hold curvature-train's JSON metrics, got unreadable text ({e}): "
-                         "remove or fix the file.") from e
-    if not isinstance(metrics, dict):
-        raise ValueError(f"Expected {path} to hold a JSON object, got a {type(metrics).__name__}: remove or fix it.")
-    return metrics
-
-
 def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     """One row per run under ``sweep_dir`` (any depth), ordered by run folder: ``run``, overrides, metrics.
 
@@ -119,7 +108,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         overrides_file = run / ".hydra" / "overrides.yaml"
         overrides = _read_overrides(overrides_file, sweep_dir) if overrides_file.is_file() else {}
         rows.append({"run": run.relative_to(sweep_dir).as_posix(), **overrides,
-                     **_flatten(_read_metrics(path, sweep_dir))})
+                     **_flatten(read_metrics(safe_paths.inside(path, sweep_dir)))})
     if not rows:
         raise FileNotFoundError(
             f"No metrics.json under {sweep_dir}: pass the folder of a finished `curvature-train -m` sweep "
