@@ -29,12 +29,14 @@ mkdir -p "$OUT"
 
 if [ "$SMOKE" = 1 ]; then
   DEV=cpu
+  SCALE=6  # the limits are sized for the GPU's budget; a CPU smoke run checks code paths, on a machine maybe busy
   EST=(--device cpu --channels-last --repeats 1 --warmup 0)
   FID=(--device cpu --model small_cnn --samples 64 --epochs 2 --n-vectors 2)
   OVH=(--setup cifar10 --device cpu --samples 64 --epochs 1 --rows paper,n1_fast,published)
   LAY=(--device cpu --repeats 1 --n-vectors 2)
 else
   DEV=cuda
+  SCALE=1
   EST=(--device cuda --repeats 10 --warmup 3)
   # ResNet18 on 5,000 images without augmentation memorizes its 10 % flipped labels within these epochs
   FID=(--device cuda --model resnet18 --samples "${SAMPLES_FID:-5000}" --epochs "${EPOCHS_FID:-15}" --lr 0.05
@@ -44,7 +46,7 @@ else
 fi
 
 step() {  # step NAME SECONDS COMMAND...: run under a time limit, keep its output, go on whatever happens
-  local name=$1 limit=$2
+  local name=$1 limit=$(($2 * SCALE))
   shift 2
   echo "## $name (limit ${limit} s): $*" >"$OUT/$name.txt"
   local start=$SECONDS
