@@ -76,8 +76,11 @@ def save_npy(path: Path, array: np.ndarray) -> None:
         os.fsync(f.fileno())
 
 
-def npy_layout(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:
-    """Shape, Fortran order, dtype of a ``.npy`` file and the byte offset where its data starts.
+def npy_layout(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int, int]:
+    """Shape, Fortran order, dtype of a ``.npy`` file, the byte offset where its data starts, and its size.
+
+    Header and size come from one open file: a history that grows is replaced by a new file, and a size taken
+    by path after the header was read could be the new file's.
 
     Raises:
         StoreCorruptError: the file does not open as ``.npy`` (bad magic, unknown version, unparsable header).
@@ -96,7 +99,7 @@ def npy_layout(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int]:
                 f"{path} is damaged: expected a .npy file, got an unreadable header ({e}). Restore the file from a "
                 "backup or use another `directory`; a damaged store is refused, not repaired."
             ) from None
-        return shape, fortran_order, dtype, f.tell()
+        return shape, fortran_order, dtype, f.tell(), os.fstat(f.fileno()).st_size
 
 
 def check_npy(path: Path, dtype: np.dtype, n: int, min_rows: int | None = None) -> tuple[tuple[int, ...], int]:
@@ -114,8 +117,7 @@ def check_npy(path: Path, dtype: np.dtype, n: int, min_rows: int | None = None) 
         )
 
     try:
-        shape, fortran_order, got_dtype, offset = npy_layout(path)
-        size = os.stat(path).st_size
+        shape, fortran_order, got_dtype, offset, size = npy_layout(path)
     except FileNotFoundError:
         raise refuse("the file (meta.json's n, channels and keep_history call for it)", "no such file") from None
     if got_dtype != dtype:  # native byte order only: what np.save writes and what the writer maps
