@@ -76,7 +76,6 @@ class _Images:
 
     view: Any = None
     source: str = ""
-    class_names: Sequence[str] | None = None
     notes: list[str] = field(default_factory=list)
 
 
@@ -196,7 +195,7 @@ def write_report(
         if dataset is not None and images is None:
             images = _dataset_images(dataset)
         found = _resolve_images(images, images_file, run.n, images_source, images_note)
-        names = class_names or found.class_names
+        names = class_names
         scored = run.scored
         context = {
             "title": run.directory.name,
