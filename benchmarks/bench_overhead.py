@@ -12,6 +12,14 @@ Rows, each a full ``Trainer.fit`` of the same model from the same seed:
 For each: wall time, overhead over training alone, and the fidelity of its final scores to the paper
 setting's (Spearman) with the mislabel AUROC. One markdown table.
 
+``--capture``: the cost of the training-time signals (each sample's training loss and correctness at every step:
+CSL, learning time, forgetting) and of the recommended configuration (those signals, no curvature pass), side by
+side in one run: training alone, + the callback recording only training-time signals, interleaved over
+``--repeats`` fits (A B A B ..., so a machine that gets busier weighs on both); median seconds per training step,
+the ratio, and the mislabel AUROC of the recommended score beside the paper setting's curvature.
+
+    python benchmarks/bench_overhead.py --capture --epochs 10 --repeats 5
+
     python benchmarks/bench_overhead.py                     # digits, 40 epochs, CPU (~10 min on 2 cores)
     python benchmarks/bench_overhead.py --epochs 10         # quicker
     python benchmarks/bench_overhead.py --setup cifar10 --device cuda --samples 10000 --epochs 6   # one GPU
@@ -104,6 +112,61 @@ def make_run(setup: str, samples: int | None):
     return dm, module
 
 
+class StepClock(Callback):
+    """Seconds spent in training batches (batch start to batch end, the callbacks' batch hooks included)."""
+
+    def __init__(self):
+        self.seconds, self.steps, self._t = 0.0, 0, 0.0
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        self._t = time.perf_counter()
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+        # the last hook of a batch: the clocks's own, after the curvature callback's (callbacks run in order)
+        self.seconds += time.perf_counter() - self._t
+        self.steps += 1
+
+
+def capture(args) -> None:
+    """Training alone vs + training-time capture, interleaved; per-step medians and the whole fit's ratio."""
+    from curvature_callback.analysis import suspicion_scores
+    from curvature_callback.analysis.recommend import recommended_scores
+
+    root = tempfile.mkdtemp(prefix="bench_capture_")
+    fit(args, 1, [], root)  # warm-up
+    step = {"alone": [], "capture": []}
+    whole = {"alone": [], "capture": []}
+    auroc = None
+    for r in range(args.repeats):
+        for name in ("alone", "capture"):
+            clock = StepClock()
+            callbacks = [clock]
+            if name == "capture":  # no curvature pass (start_epoch past the end): training-time signals only
+                cb = CurvatureCallback(directory=f"{root}/c{r}", log_histogram=False, start_epoch=10**9)
+                callbacks = [cb, clock]
+            seconds, dm, _ = fit(args, args.epochs, callbacks, root)
+            step[name].append(clock.seconds / clock.steps)
+            whole[name].append(seconds)
+            if name == "capture" and auroc is None:
+                store = cb.store
+                rec = recommended_scores(suspicion_scores(store))["mislabeled"]
+                auroc = mislabel_metrics(rec, np.asarray(dm.flipped))["auroc"]
+            print(f"repeat {r} {name}: {seconds:.1f} s, {1e3 * step[name][-1]:.2f} ms/step", flush=True)
+    med = {k: float(np.median(v)) for k, v in step.items()}
+    wmed = {k: float(np.median(v)) for k, v in whole.items()}
+    pairs = [c / a for a, c in zip(step["alone"], step["capture"], strict=True)]
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    print(f"\n{args.setup}, {args.epochs} epochs x {args.repeats} interleaved repeats, {where}.\n")
+    print("| run | median ms per training step | median fit s | vs training alone (per step; whole fit) |")
+    print("|---|---|---|---|")
+    print(f"| training alone | {1e3 * med['alone']:.3f} | {wmed['alone']:.1f} | 1 |")
+    print(f"| + training-time signals (the recommended configuration: no curvature pass) | "
+          f"{1e3 * med['capture']:.3f} | {wmed['capture']:.1f} | {med['capture'] / med['alone']:.4f}; "
+          f"{wmed['capture'] / wmed['alone']:.4f} |")
+    print(f"\nPer-repeat step ratios: {', '.join(f'{p:.4f}' for p in pairs)} (median {np.median(pairs):.4f}). "
+          f"Mislabel AUROC of the recommended score (first capture run): {auroc:.4f}.")
+
+
 def fit(args, epochs: int, callbacks: list, root: str):
     L.seed_everything(0, verbose=False)
     dm, module = make_run(args.setup, args.samples)
@@ -147,11 +210,17 @@ def main() -> None:
                    help=f"comma-separated settings, the first is the reference; choose from "
                         f"{', '.join([*CPU_SETTINGS, *FAST_SETTINGS, 'published'])} (default: {DEFAULT_ROWS})")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
+    p.add_argument("--capture", action="store_true",
+                   help="measure the training-time signals' cost per step instead (interleaved with training alone)")
+    p.add_argument("--repeats", type=int, default=5, help="--capture: interleaved fits of each kind")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda, but torch.cuda.is_available() is False")
+    if args.capture:
+        capture(args)
+        return
     names = (args.rows or DEFAULT_ROWS[args.device]).split(",")
     known = {**CPU_SETTINGS, **FAST_SETTINGS}
     unknown = [n for n in names if n not in known and n != "published"]

@@ -3,7 +3,7 @@
 Per-sample input-loss curvature (Garg, Ravikumar & Roy, ICML 2024) as a PyTorch Lightning callback.
 """
 
-__all__ = ["input_curvature", "CurvatureCallback", "CurvatureStore"]
+__all__ = ["input_curvature", "CurvatureCallback", "CurvatureStore", "WithIndex", "sample_outputs"]
 __version__ = "0.1.0"
 
 
@@ -20,4 +20,12 @@ def __getattr__(name: str):  # each on first use: the store needs no torch, the 
         from curvature_callback.core.store import CurvatureStore
 
         return CurvatureStore
+    if name == "WithIndex":
+        from curvature_callback.core.feeding import WithIndex
+
+        return WithIndex
+    if name == "sample_outputs":
+        from curvature_callback.integration.training_steps import sample_outputs
+
+        return sample_outputs
     raise AttributeError(f"module 'curvature_callback' has no attribute {name!r}")

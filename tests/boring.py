@@ -78,3 +78,27 @@ def trainer(tmp_path, callbacks, max_epochs=2, **kw):
     kw.setdefault("enable_progress_bar", False)
     return L.Trainer(max_epochs=max_epochs, accelerator="cpu", devices=kw.pop("devices", 1),
                      enable_model_summary=False, default_root_dir=tmp_path, callbacks=callbacks, **kw)
+
+
+class StepClassifier(Classifier):
+    """Returns what the callback records training-time signals from (``sample_outputs``); no dropout, so a resumed
+    run trains as an uninterrupted one."""
+
+    def __init__(self, lr=0.1):
+        super().__init__(lr=lr, dropout=0.0)
+
+    def training_step(self, batch, _):
+        from curvature_callback import sample_outputs
+
+        x, y, index = batch
+        logits = self(x)
+        return sample_outputs(F.cross_entropy(logits, y, reduction="none"), index, logits=logits, targets=y)
+
+
+class IndexedBlobsDM(BlobsDM):
+    """BlobsDM whose training batches are ``(x, y, index)``."""
+
+    def train_dataloader(self):
+        from curvature_callback import WithIndex
+
+        return DataLoader(WithIndex(self.train), batch_size=16, shuffle=self.shuffle)

@@ -170,7 +170,9 @@ def test_image_folder_keeps_file_names_and_noise(tmp_path):
     batches = list(dm.train_dataloader())
     assert batches[0][0].shape == (4, 3, 16, 16)
     # training sees every sample once per epoch, under its given (noisy) label
-    assert sorted(y for _, yb in batches for y in yb.tolist()) == sorted(dm.given_labels.tolist())
+    assert sorted(y for _, yb, _ in batches for y in yb.tolist()) == sorted(dm.given_labels.tolist())
+    for _, yb, index in batches:  # each item carries its index in the scored dataset
+        assert yb.tolist() == dm.given_labels[index.numpy()].tolist()
     assert "RandomResizedCrop" in repr(dm._train.transform) and "RandomResizedCrop" not in repr(ds.transform)
     assert len(next(iter(dm.val_dataloader()))[1]) == 3
     with pytest.raises(ValueError, match="num_classes=3, the config says num_classes=1000"):

@@ -108,8 +108,9 @@ def test_digits_datamodule_standardized_inputs_and_noisy_labels():
     again = DigitsDataModule(noise=0.1, seed=0)
     again.setup("fit")
     assert np.array_equal(again.flipped, dm.flipped)
-    xb, yb = next(iter(dm.train_dataloader()))
+    xb, yb, index = next(iter(dm.train_dataloader()))  # the index: the training-time signals' sample
     assert xb.shape == (64, 1, 8, 8) and yb.dtype == torch.int64
+    assert torch.equal(dm.curvature_dataset()[int(index[0])][1], yb[0])
     assert dm.val_dataloader() == []  # val_fraction 0: no validation loop
 
 
@@ -295,7 +296,7 @@ def test_entry_point_writes_every_output(tmp_path):
     done = subprocess.run(command, capture_output=True, text=True, timeout=300, env=env)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "top_k: 9" in (out / ".hydra" / "config.yaml").read_text()
-    assert "mislabel AUROC curvature" in done.stdout
+    assert "mislabel AUROC recommended" in done.stdout and "curvature" in done.stdout
     for name in ("scores.csv", "metrics.json", "histogram.png", "top_k.png", "curvature/meta.json"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())

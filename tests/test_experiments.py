@@ -183,9 +183,9 @@ def _assert_metrics_are_those_of_the_scores(run_dir, metrics):
     """metrics.json's AUROCs equal the ones recomputed from scores.csv over the scored samples."""
     columns = read_scores_csv(run_dir / "scores.csv")
     scored = np.isfinite(columns["curvature"])
-    flipped = columns["flipped"][scored].astype(bool)
-    for name, sign in (("curvature", 1), ("loss", 1), ("margin", -1)):
-        expected = mislabel_metrics(sign * columns[name][scored], flipped)["auroc"]
+    for name, sign in (("curvature", 1), ("loss", 1), ("margin", -1), ("recommended", 1), ("learning_time", 1)):
+        has = scored & np.isfinite(columns[name])
+        expected = mislabel_metrics(sign * columns[name][has], columns["flipped"][has].astype(bool))["auroc"]
         assert metrics[f"auroc_{name}"] == pytest.approx(expected, abs=1e-6), name
 
 

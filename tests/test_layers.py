@@ -56,9 +56,11 @@ def test_each_layer_imports_only_from_below(path):
 
 def test_the_public_api_and_the_console_scripts_resolve():
     import curvature_callback
-    from curvature_callback import CurvatureCallback, CurvatureStore, input_curvature
+    from curvature_callback import CurvatureCallback, CurvatureStore, WithIndex, input_curvature, sample_outputs
 
-    assert curvature_callback.__all__ == ["input_curvature", "CurvatureCallback", "CurvatureStore"]
+    assert curvature_callback.__all__ == ["input_curvature", "CurvatureCallback", "CurvatureStore", "WithIndex",
+                                          "sample_outputs"]
+    assert WithIndex.__module__.endswith("core.feeding") and sample_outputs.__module__.endswith("training_steps")
     assert callable(input_curvature) and CurvatureCallback.__module__.endswith("integration.callback")
     assert CurvatureStore.__module__.endswith("core.store")
     tomllib = pytest.importorskip("tomllib")  # Python 3.11+

@@ -73,12 +73,18 @@ def report(tmp_path_factory):
 
 def test_report_has_every_section_and_the_planted_duplicates(report):
     page = report["index"].read_text()
-    for heading in ("Mislabel detection: curvature beside the baselines", "Curvature per class",
+    for heading in ("Which signal answers which question",
+                    "Mislabel detection: the recommended score, curvature and every other signal", "Curvature per class",
                     "The 16 most-curved samples", "Duplicates with conflicting labels among the 50 most-curved",
                     "Curvature against a reference memorization score"):
         assert heading in page, heading
-    for score in ("curvature", "loss", "margin", "confidence", "correct", "forgetting"):
+    for score in ("recommended", "curvature", "loss", "margin", "confidence", "correct", "forgetting"):
         assert f"<td>{score}</td>" in page
+    questions = page.split('<table class="questions">')[1].split("</table>")[0]
+    assert "Which labels are wrong?" in questions and "<td>loss</td>" in questions  # no training steps: the loss
+    # the detection table leads with the recommended score
+    assert page.split('<table class="detection">')[1].index("<td>recommended</td>") < page.split(
+        '<table class="detection">')[1].index("<td>curvature</td>")
     # the three planted pairs, and only they, are in the duplicates table
     table = page.split('<table class="duplicates">')[1].split("</table>")[0]
     assert sorted(re.findall(r"<td>#(\d+), #(\d+)</td>", table)) == sorted((str(a), str(b)) for a, b in report["pairs"])
@@ -180,7 +186,7 @@ def test_report_renders_in_headless_chromium_with_every_image_loaded(report):
         broken = [s for s in state if not (s[1] and s[2] > 0 and s[3] > 0)]
         assert not broken, broken
         headings = browser.execute_script("return Array.from(document.querySelectorAll('h2')).map(h => h.innerText);")
-        assert len(headings) == 5, headings
+        assert len(headings) == 6, headings
         rows = browser.execute_script("return document.querySelectorAll('table.duplicates tbody tr').length;")
         assert rows == 3
     finally:

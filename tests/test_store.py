@@ -202,7 +202,7 @@ def test_channel_names_and_newer_format_refused(tmp_path):
         make(tmp_path / "a", channels=("curvature",))
     with pytest.raises(ValueError, match="identifiers"):
         make(tmp_path / "b", channels=("my loss",))
-    with pytest.raises(ValueError, match=r"Expected distinct extra channel names, got \['loss', 'loss'\]"):
+    with pytest.raises(ValueError, match=r"Expected distinct channel names, got \['loss', 'loss'\]"):
         make(tmp_path / "b", channels=("loss", "loss"))
     make(tmp_path / "c").close()
     meta = json.loads((tmp_path / "c" / "meta.json").read_text())
@@ -616,3 +616,71 @@ def test_a_real_full_disk_refuses_the_commit_and_the_run_goes_on_once_space_is_f
     finally:
         if subprocess.run(["umount", str(disk)], capture_output=True).returncode != 0:
             subprocess.run(["umount", "-l", str(disk)], capture_output=True)  # detached once the last map goes
+
+
+STEPS = ("train_seen", "train_loss")
+
+
+def test_training_time_channels_commit_with_their_own_samples_and_epochs(tmp_path):
+    with make(tmp_path, channels=("loss",), step_channels=STEPS, keep_history=True) as s:
+        # an epoch without a pass: the training steps alone, for the samples they saw
+        assert s.commit_epoch(0, None, steps={"train_seen": [1, 1], "train_loss": [0.5, 2.0]}, step_indices=[1, 3])
+        assert s.commit_epoch(1, {"curvature": np.ones(5), "loss": np.ones(5)},
+                              steps={"train_seen": np.ones(5), "train_loss": np.full(5, 0.25)})
+        # each part once: epoch 1's steps are in, epoch 1's scores too
+        assert s.commit_epoch(1, None, steps={"train_seen": np.ones(5), "train_loss": np.ones(5)}) is False
+        assert s.commit_epoch(0, {"curvature": np.full(5, 3.0), "loss": np.ones(5)})  # epoch 0's scores: new
+    r = CurvatureStore.open(tmp_path)
+    assert r.epochs == [1, 0] and r.step_epochs == [0, 1] and r.step_channels == list(STEPS)
+    assert r.sum_of("train_seen").tolist() == [1, 2, 1, 2, 1]
+    assert r.sum_of("train_loss").tolist() == [0.25, 0.75, 0.25, 2.25, 0.25]
+    assert r.channel_last("train_loss").tolist() == [0.25] * 5 and r.count.tolist() == [2] * 5
+    assert r.history.shape == (2, 5)  # rows are the scored epochs only
+    with pytest.raises(KeyError, match="no mean for 'train_loss'"):
+        r.channel_mean("train_loss")
+    with make(tmp_path / "plain") as s, pytest.raises(ValueError, match="no training-time channels"):
+        s.commit_epoch(0, None, steps={"train_seen": np.ones(5)})
+    with make(tmp_path / "bad", step_channels=STEPS) as s:
+        with pytest.raises(ValueError, match=r"training-time channels \['train_seen', 'train_loss'\]"):
+            s.commit_epoch(0, None, steps={"train_seen": np.ones(5)})
+        with pytest.raises(ValueError, match="Non-finite values for channel 'train_loss'"):
+            s.commit_epoch(0, None, steps={"train_seen": np.ones(5), "train_loss": np.full(5, np.nan)})
+        assert s.step_epochs == []
+    with pytest.raises(ValueError, match="not 'curvature' nor a channel's"):
+        make(tmp_path / "clash", channels=("loss",), step_channels=("loss",))
+
+
+def test_training_time_channels_must_match_to_resume(tmp_path):
+    make(tmp_path, step_channels=STEPS).close()
+    with pytest.raises(StoreMismatchError, match=r"holds training-time channels \['train_seen', 'train_loss'\], "
+                       r"this run records \[\]"):
+        CurvatureStore.open_or_create(tmp_path, 5, settings=SETTINGS)
+    meta = json.loads((tmp_path / "meta.json").read_text())
+    (tmp_path / "meta.json").write_text(json.dumps({**meta, "step_channels": ["curvature"]}))
+    with pytest.raises(StoreCorruptError, match="'step_channels' as a list of distinct identifier strings"):
+        CurvatureStore.open(tmp_path)
+    (tmp_path / "meta.json").write_text(json.dumps({**meta, "step_epochs": [1, 1]}))
+    with pytest.raises(StoreCorruptError, match="'step_epochs' as a list of distinct integers"):
+        CurvatureStore.open(tmp_path)
+    (tmp_path / "meta.json").write_text(json.dumps(meta))
+    (tmp_path / "train_loss_last.npy").write_bytes(b"")
+    with pytest.raises(StoreCorruptError, match="train_loss_last.npy"):
+        CurvatureStore.open(tmp_path)
+
+
+def test_a_commit_of_scores_and_steps_interrupted_after_its_commit_point_is_finished_once(tmp_path, monkeypatch):
+    with make(tmp_path, step_channels=STEPS) as s:
+        monkeypatch.setattr(CurvatureStore, "_apply_journal", lambda self: None)  # stops at the commit point
+        s.commit_epoch(0, np.ones(5), steps={"train_seen": np.ones(2), "train_loss": [1.0, 2.0]}, step_indices=[0, 4])
+    monkeypatch.undo()
+    assert json.loads((tmp_path / "journal" / "journal.json").read_text()) == {
+        "epoch": 0, "row": 0, "scores": True, "steps": True}
+    np.save(tmp_path / "journal" / "step_indices.npy", np.array([0, 0]))
+    with pytest.raises(StoreCorruptError, match=r"step_indices\.npy is damaged: expected distinct indices"):
+        CurvatureStore.open(tmp_path, "r+")
+    np.save(tmp_path / "journal" / "step_indices.npy", np.array([0, 4]))
+    with CurvatureStore.open(tmp_path, "r+") as s:  # replayed, once
+        assert s.epochs == [0] and s.step_epochs == [0]
+        assert s.sum_of("train_loss").tolist() == [1.0, 0, 0, 0, 2.0] and s.count.tolist() == [1] * 5
+        assert not s.commit_epoch(0, np.ones(5), steps={"train_seen": np.ones(5), "train_loss": np.ones(5)})
+        assert s.sum_of("train_seen").tolist() == [1.0, 0, 0, 0, 1.0]

@@ -6,7 +6,9 @@ is embedded as a PNG data URI, no script, no network), with the same PNGs beside
 Jinja2 template ``templates/report.html.j2`` (structure and CSS); this module reads the run and computes each
 section's context as plain strings and numbers, which the template escapes. Sections:
 
-- mislabel detection by curvature beside every baseline of the same scoring pass (when labels were flipped);
+- which signal answers which question (the recommended score of :mod:`~curvature_callback.analysis.recommend`, and
+  why);
+- mislabel detection by the recommended score, curvature and every other signal (when labels were flipped);
 - the curvature histogram per class and the grid of the most-curved samples, given and original labels;
 - duplicates with conflicting labels among the most-curved samples, with thumbnails;
 - the comparison with a reference memorization score, when one is given (``--reference``).
@@ -57,6 +59,7 @@ from curvature_callback.analysis.plots import (
     plot_top_k,
     save_thumbnail,
 )
+from curvature_callback.analysis.recommend import RULES, recommended_scores, used_signals
 from curvature_callback.core import safe_paths
 
 __all__ = ["write_report"]
@@ -196,11 +199,17 @@ def write_report(
             images = _dataset_images(dataset)
         found = _resolve_images(images, images_file, run.n, images_source, images_note)
         names = class_names
+        recommended = recommended_scores(run.scores)
+        signals = {**({"recommended": recommended["mislabeled"]} if "mislabeled" in recommended else {}), **run.scores}
         scored = run.scored
+        # one table over one set of samples: a signal without a value for some scored sample (a training-time signal
+        # of a run stopped within its first epoch) is left out of it
+        signals = {k: v for k, v in signals.items() if np.isfinite(v[scored]).all()}
         context = {
             "title": run.directory.name,
             "summary": _summary(run, found),
-            "detection": _detection({k: v[scored] for k, v in run.scores.items()}, run.flipped[scored], out),
+            "questions": _questions(run.scores),
+            "detection": _detection({k: v[scored] for k, v in signals.items()}, run.flipped[scored], out),
             "classes": _classes(run, names, out),
             "top_k": _most_curved(run, found, names, top_k, out),
             "duplicates": _duplicates(run, found, names, dup_top_k, dup_threshold, out),
@@ -404,6 +413,13 @@ def _summary(run: _Run, found: _Images) -> list[tuple[str, str]]:
     return rows
 
 
+def _questions(scores: Mapping[str, np.ndarray]) -> list[dict[str, str]]:
+    """For each question: the signals its recommended score averages in this run, and the evidence for the rule."""
+    used = used_signals(scores)
+    return [{"asks": rule.asks, "signals": " + ".join(used[q]) or "none recorded", "evidence": rule.evidence,
+             "rule": " + ".join(rule.signals)} for q, rule in RULES.items()]
+
+
 def _detection(scores: Mapping[str, np.ndarray], flipped: np.ndarray, out: Path) -> dict[str, Any] | None:
     """Every score's detection metrics (the best per column marked) and the detection curves; None without noise.
 
@@ -424,7 +440,8 @@ def _detection(scores: Mapping[str, np.ndarray], flipped: np.ndarray, out: Path)
         "rows": [{"name": name, "cells": [{"text": _fmt(row[k]), "best": row[k] == best[k]} for k in keys]}
                  for name, row in table.items()],
         "chance_ap": f"{flipped.mean():.3f}",
-        "notes": [{"name": k, "text": SCORE_NOTES[k]} for k in scores],
+        "notes": [{"name": k, "text": SCORE_NOTES.get(k, "the mean of the ranks of the signals above it recommends "
+                                                         "for this question")} for k in scores],
         "figure": _figure(out / "detection.png", "detection curves"),
     }
 

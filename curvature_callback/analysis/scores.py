@@ -49,6 +49,11 @@ def suspicion_scores(store: Any, *, which: Literal["mean", "last"] = "mean") -> 
         score = None if channel is None else channel.suspicion(store, which)
         if score is not None:
             out[name] = score
+    for name, channel in CHANNELS.items():  # the training-time scores, where the store recorded training steps
+        if channel.source == "steps" and getattr(store, "step_channels", None):
+            score = channel.suspicion(store, which)
+            if score is not None:
+                out[name] = score
     return out
 
 

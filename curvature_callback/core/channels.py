@@ -21,7 +21,9 @@ from torch import Tensor
 
 from curvature_callback.core.store_format import PRIMARY
 
-__all__ = ["CHANNELS", "CLASSIFICATION", "PRIMARY", "Channel", "classification_values", "forgetting_events"]
+__all__ = [
+    "CHANNELS", "CLASSIFICATION", "PRIMARY", "STEP_CHANNELS", "Channel", "classification_values", "forgetting_events",
+]
 
 
 
@@ -42,6 +44,42 @@ def _forgetting(store: Any, name: str, which: str) -> np.ndarray | None:
     return np.where(np.asarray(store.count) > 0, events, np.nan)
 
 
+def _stepped(store: Any) -> np.ndarray | None:
+    """Presentations per sample over the training steps recorded, or None where the store has none recorded."""
+    if not getattr(store, "step_epochs", None):
+        return None
+    return np.array(store.sum_of("train_seen"), dtype=np.float64)
+
+
+def _train_loss(store: Any, name: str, which: str) -> np.ndarray | None:
+    """The cumulative sample loss per presentation (CSL / presentations: CSL's order when every sample is seen
+    equally often, and fair when not); NaN where never seen."""
+    seen = _stepped(store)
+    if seen is None or which != "mean":
+        return None
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(seen > 0, np.asarray(store.sum_of("train_loss")) / seen, np.nan)
+
+
+def _learning_time(store: Any, name: str, which: str) -> np.ndarray | None:
+    """One past the latest epoch with a misclassified presentation (0: right at every presentation); a sample
+    wrong at the last epoch gets the highest value. NaN where never seen."""
+    seen = _stepped(store)
+    if seen is None or which != "mean":
+        return None
+    return np.where(seen > 0, np.asarray(store.channel_last("train_wrong_epoch"), dtype=np.float64) + 1.0, np.nan)
+
+
+def _train_forgetting(store: Any, name: str, which: str) -> np.ndarray | None:
+    """Forgetting events at every minibatch (Toneva et al.), with samples never right ranked above all."""
+    seen = _stepped(store)
+    if seen is None or which != "mean":
+        return None
+    events = np.array(store.sum_of("train_forgetting"), dtype=np.float64)
+    events[np.asarray(store.sum_of("train_correct")) == 0] = (events.max() if len(events) else 0.0) + 1.0
+    return np.where(seen > 0, events, np.nan)
+
+
 @dataclass(frozen=True)
 class Channel:
     """One per-sample signal of the store.
@@ -51,7 +89,8 @@ class Channel:
         meaning: one line: what its suspicion score is.
         orientation: ``"high"`` if high values are suspicious, ``"low"`` if low ones are.
         source: ``"pass"``: computed from the scoring pass's forward at ``x``; ``"commit"``: from the pass's values
-            and the store's previous state, when the epoch is committed.
+            and the store's previous state, when the epoch is committed; ``"steps"``: from the training steps'
+            own outputs (:mod:`curvature_callback.core.steps`), every epoch, with augmentation.
         reduce: ``"mean"``: the epoch mean is the score; ``"sum"``: the count over epochs is.
         offset: added after the orientation's sign, so a fraction stays a fraction (``correct``: 1 - mean).
     """
@@ -59,7 +98,7 @@ class Channel:
     name: str
     meaning: str
     orientation: Literal["high", "low"]
-    source: Literal["pass", "commit"] = "pass"
+    source: Literal["pass", "commit", "steps"] = "pass"
     reduce: Literal["mean", "sum"] = "mean"
     offset: float = 0.0
     _score: Callable[[Any, str, str], np.ndarray | None] | None = None
@@ -81,7 +120,19 @@ CHANNELS: Mapping[str, Channel] = {c.name: c for c in (
     Channel("correct", "fraction of scored epochs misclassified", "low", offset=1.0),
     Channel("forgetting", "forgetting events (correct, then wrong at the next scored epoch); never learned ranks "
             "highest", "high", source="commit", reduce="sum", _score=_forgetting),
+    Channel("train_loss", "cumulative training loss (CSL) per presentation: every training step's loss of the sample "
+            "(with augmentation), summed, over its presentations", "high", source="steps", reduce="sum",
+            _score=_train_loss),
+    Channel("learning_time", "learning time: one past the last epoch in which a training step misclassified the "
+            "sample", "high", source="steps", _score=_learning_time),
+    Channel("train_forgetting", "forgetting events at every minibatch (Toneva et al.; right, then wrong at the "
+            "next presentation); never right ranks highest", "high", source="steps", reduce="sum",
+            _score=_train_forgetting),
 )}
+#: what a store keeps of the training steps (:func:`~curvature_callback.core.steps.epoch_step_values`); the scores
+#: above with ``source="steps"`` read them
+STEP_CHANNELS = ("train_seen", "train_loss", "train_correct", "train_forgetting", "train_last_correct",
+                 "train_wrong_epoch")
 #: the channels scored beside curvature with the default (cross-entropy) loss
 CLASSIFICATION = ("loss", "margin", "confidence", "correct", "forgetting")
 

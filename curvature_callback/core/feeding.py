@@ -25,11 +25,44 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 
 from curvature_callback.core.settings import check_float
 
-__all__ = ["BatchFeeder", "check_cache", "pass_indices", "period_of", "rank_block", "rank_universe", "reads_differ"]
+__all__ = [
+    "BatchFeeder", "WithIndex", "check_cache", "pass_indices", "period_of", "rank_block", "rank_universe",
+    "reads_differ",
+]
 
 CachePolicy = bool | Literal["auto"]
 #: "auto" keeps a dataset on the device when it takes at most this many bytes (CIFAR-10 float32: 600 MB)
 AUTO_CACHE_BYTES = 2 << 30
+
+
+class WithIndex(Dataset):
+    """A dataset whose items carry their index: ``(x, y, index)`` for ``(x, y)`` items (``(*item, index)`` for
+    other tuples, ``{**item, "index": index}`` for dicts), so a training step can tell the callback which samples
+    it saw (:func:`~curvature_callback.integration.training_steps.sample_outputs`).
+
+    Example:
+        >>> WithIndex([("a", 0), ("b", 1)])[1]
+        ('b', 1, 1)
+    """
+
+    def __init__(self, dataset: Any) -> None:
+        self.dataset = dataset
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, i: int) -> Any:
+        item = self.dataset[i]
+        if isinstance(item, Mapping):
+            return {**item, "index": i}
+        if isinstance(item, (tuple, list)):
+            return (*item, i)
+        return item, i
+
+    def __getattr__(self, name: str) -> Any:  # targets, classes, transform ... of the wrapped dataset
+        if name == "dataset":
+            raise AttributeError(name)
+        return getattr(self.dataset, name)
 
 
 def check_cache(cache: object) -> CachePolicy:

@@ -13,6 +13,12 @@ Layout of a store folder (docs/DESIGN.md §2)::
     <name>_mean.npy   float64 [N]
     <name>_last.npy   float32 [N]
     <name>_history.npy float32 [capacity, N] (with history)
+    <step>_sum.npy    float64 [N]  training-time channels (from the training steps, every epoch): their sum over
+    <step>_last.npy   float32 [N]  the epochs committed, and the value of the latest one that saw each sample
+
+The training-time ("step") channels are committed by the same journal as the pass, for their own samples (those the
+epoch's training steps saw) and epochs (``meta.json``'s ``step_epochs``); ``epochs`` stays the list of scored
+(curvature) epochs, the rows of the history.
 
 Every file opens with ``np.load(path, mmap_mode="r")``; nothing is pickled.
 
@@ -175,7 +181,7 @@ class CurvatureStore:
                 )
             record = store._journal_record()
             # checked before the recovery writes anything, with room for the pending epoch
-            store._check_counts(np.array(store.count), pending=record is not None)
+            store._check_counts(np.array(store.count), pending=record is not None and record["scores"])
             store._recover()
             store._check_counts(np.array(store.count))
         except BaseException:
@@ -194,6 +200,7 @@ class CurvatureStore:
         channels: Sequence[str] = (),
         fingerprint: Mapping[str, Any] | None = None,
         history_capacity: int = 16,
+        step_channels: Sequence[str] = (),
     ) -> CurvatureStore:
         """Create a new, empty store for ``n`` samples and open it for writing.
 
@@ -209,8 +216,12 @@ class CurvatureStore:
         for c in channels:
             if c == PRIMARY or not isinstance(c, str) or not c.isidentifier():
                 raise ValueError(f"Expected extra channel names that are identifiers, not {PRIMARY!r}; got {c!r}.")
-        if len(set(channels)) != len(channels):
-            raise ValueError(f"Expected distinct extra channel names, got {list(channels)}.")
+        for c in step_channels:
+            if c == PRIMARY or c in channels or not isinstance(c, str) or not c.isidentifier():
+                raise ValueError(f"Expected step channel names that are identifiers, not {PRIMARY!r} nor a channel's; "
+                                 f"got {c!r}.")
+        if len(set(channels)) != len(channels) or len(set(step_channels)) != len(step_channels):
+            raise ValueError(f"Expected distinct channel names, got {list(channels)} and {list(step_channels)}.")
         directory.mkdir(parents=True, exist_ok=True)
         fd = cls._lock(directory)
         try:
@@ -235,6 +246,10 @@ class CurvatureStore:
                     if keep_history:
                         made.append(directory / cls._file(name, "history"))
                         create_npy(made[-1], DTYPES["history"], (max(1, history_capacity), n))
+                for name in step_channels:
+                    for kind, fill in (("sum", 0.0), ("last", np.nan)):
+                        made.append(directory / cls._file(name, kind))
+                        save_npy(made[-1], np.full(n, fill, dtype=DTYPES[kind]))
                 made.append(directory / "count.npy")
                 save_npy(made[-1], np.zeros(n, dtype=np.int64))
                 made.append(directory / "labels.npy")
@@ -247,6 +262,8 @@ class CurvatureStore:
                     "keep_history": bool(keep_history),
                     "epochs": [],
                     "fingerprint": dict(fingerprint or {}),
+                    "step_channels": list(step_channels),
+                    "step_epochs": [],
                 }
                 atomic_write_json(directory / "meta.json", meta)  # written last: its presence means complete
             except BaseException:
@@ -271,6 +288,7 @@ class CurvatureStore:
         channels: Sequence[str] = (),
         fingerprint: Mapping[str, Any] | None = None,
         history_capacity: int = 16,
+        step_channels: Sequence[str] = (),
     ) -> CurvatureStore:
         """Open the store at ``directory`` for writing if its settings match, else create it.
 
@@ -282,11 +300,12 @@ class CurvatureStore:
         if not (directory / "meta.json").exists():
             return cls.create(
                 directory, n, settings=settings, keep_history=keep_history, channels=channels,
-                fingerprint=fingerprint, history_capacity=history_capacity,
+                fingerprint=fingerprint, history_capacity=history_capacity, step_channels=step_channels,
             )
         store = cls.open(directory, "r+")
         try:
-            store.check_settings(n, settings, channels=channels, fingerprint=fingerprint, keep_history=keep_history)
+            store.check_settings(n, settings, channels=channels, fingerprint=fingerprint, keep_history=keep_history,
+                                 step_channels=step_channels)
         except BaseException:
             store.close()
             raise
@@ -300,6 +319,7 @@ class CurvatureStore:
         channels: Sequence[str] | None = None,
         fingerprint: Mapping[str, Any] | None = None,
         keep_history: bool | None = None,
+        step_channels: Sequence[str] | None = None,
     ) -> None:
         """Raise :class:`StoreMismatchError` naming the first setting that differs from this store's."""
         asked = {"n": n, **settings}
@@ -316,6 +336,12 @@ class CurvatureStore:
             raise StoreMismatchError(
                 f"The store at {self.directory} holds channels {self._meta.get('channels')}, this run records "
                 f"{list(channels)}: use another `directory`."
+            )
+        if step_channels is not None and list(step_channels) != self.step_channels:
+            raise StoreMismatchError(
+                f"The store at {self.directory} holds training-time channels {self.step_channels}, this run records "
+                f"{list(step_channels)}: use another `directory` (or the callback's record_training setting the "
+                "store was made with)."
             )
         if keep_history and not self._meta.get("keep_history"):
             raise StoreMismatchError(
@@ -396,8 +422,9 @@ class CurvatureStore:
         name = self._file(channel, kind)
         if name in self._arrays:
             return self._arrays[name]
-        if channel not in self.channels:
-            raise KeyError(f"Store {self.directory} has no {kind} for {channel!r} (its channels: {self.channels}).")
+        if channel not in self.channels and not (channel in self.step_channels and kind in ("sum", "last")):
+            raise KeyError(f"Store {self.directory} has no {kind} for {channel!r} (its channels: {self.channels}, "
+                           f"training-time channels: {self.step_channels}).")
         path = self.directory / name
         check_npy(path, DTYPES[kind], self.n, len(self._meta["epochs"]) if kind == "history" else None)
         array = np.load(path, mmap_mode=self.mode, allow_pickle=False)
@@ -426,6 +453,9 @@ class CurvatureStore:
             if self._meta["keep_history"]:
                 check_npy(self.directory / self._file(name, "history"), DTYPES["history"], self.n,
                            len(self._meta["epochs"]))
+        for name in self.step_channels:
+            for kind in ("sum", "last"):
+                check_npy(self.directory / self._file(name, kind), DTYPES[kind], self.n)
 
     def _check_counts(self, count: np.ndarray, pending: bool = False) -> None:
         """Refuse counts outside ``[0, len(epochs)]`` (one more while a commit is pending)."""
@@ -440,7 +470,13 @@ class CurvatureStore:
                 "backup or use another `directory`; a damaged store is refused, not repaired."
             )
 
-    def _journal_record(self) -> dict[str, int] | None:
+    def _pending(self, record: dict[str, Any] | None) -> bool:
+        """Whether a commit record holds a part that meta.json does not list yet (a commit not fully applied)."""
+        return record is not None and (
+            (record["scores"] and record["epoch"] not in self._meta["epochs"])
+            or (record["steps"] and record["epoch"] not in self._meta["step_epochs"]))
+
+    def _journal_record(self) -> dict[str, Any] | None:
         """The commit record ``journal/journal.json``, or None where there is none (no commit past its commit
         point, or one that finished between our look and our read)."""
         path = self.directory / "journal" / "journal.json"
@@ -452,10 +488,15 @@ class CurvatureStore:
             record = json.loads(raw)
         except (ValueError, RecursionError):
             record = None
+        if isinstance(record, dict):  # records before the training-time channels: the scores alone
+            record.setdefault("scores", True)
+            record.setdefault("steps", False)
         if not (isinstance(record, dict) and all(isinstance(record.get(k), int) and not isinstance(record[k], bool)
-                                                 for k in ("epoch", "row"))):
+                                                 for k in ("epoch", "row"))
+                and all(isinstance(record[k], bool) for k in ("scores", "steps"))):
             raise StoreCorruptError(
-                f"{path} is damaged: expected a commit record {{\"epoch\": <int>, \"row\": <int>}}, got "
+                f"{path} is damaged: expected a commit record {{\"epoch\": <int>, \"row\": <int>, \"scores\": "
+                f"<bool>, \"steps\": <bool>}}, got "
                 f"{raw[:200]!r}. It marks a commit that may be half-applied: restore the store from a backup or use "
                 "another `directory`; a damaged store is refused, not repaired."
             )
@@ -466,7 +507,7 @@ class CurvatureStore:
         past its commit point is not applied yet, else ``"ok"``. The journal is looked at first: a commit that
         finishes between the two looks has replaced meta.json by the second."""
         record = self._journal_record()
-        busy = record is not None and record["epoch"] not in self._meta["epochs"]
+        busy = self._pending(record)
         try:
             identity = meta_identity(os.stat(self.directory / "meta.json"))
         except FileNotFoundError:
@@ -547,6 +588,17 @@ class CurvatureStore:
         return [PRIMARY, *self._meta.get("channels", [])]
 
     @property
+    def step_channels(self) -> list[str]:
+        """The training-time channels (recorded from the training steps; :meth:`sum_of` and :meth:`channel_last`
+        read them)."""
+        return list(self._meta["step_channels"])
+
+    @property
+    def step_epochs(self) -> list[int]:
+        """The epochs whose training-time channels were added, in order."""
+        return list(self._meta["step_epochs"])
+
+    @property
     def sum(self) -> np.ndarray:
         """``float64 [N]``: the sum of the curvature scores added for each sample.
 
@@ -603,23 +655,30 @@ class CurvatureStore:
     def commit_epoch(
         self,
         epoch: int,
-        values: np.ndarray | Mapping[str, np.ndarray],
+        values: np.ndarray | Mapping[str, np.ndarray] | None,
         indices: np.ndarray | None = None,
         labels: np.ndarray | None = None,
+        *,
+        steps: Mapping[str, np.ndarray] | None = None,
+        step_indices: np.ndarray | None = None,
     ) -> bool:
-        """Add one epoch's scores, once.
+        """Add one epoch's scores (and its training-time values), once, in one journaled commit.
 
         Args:
-            epoch: the training epoch the scores belong to; an epoch already added is ignored.
+            epoch: the training epoch the scores belong to; an epoch already added is ignored (each part apart:
+                scores for an epoch in :attr:`epochs`, training-time values for one in :attr:`step_epochs`).
             values: ``[M]`` curvature scores, or a mapping from channel name to ``[M]`` scores (the
-                ``"curvature"`` channel and every extra channel of the store).
+                ``"curvature"`` channel and every extra channel of the store); None for an epoch without a pass.
             indices: ``[M]`` distinct sample indices the values belong to (default: all ``N`` samples in order).
             labels: ``[M]`` integer label keys the samples were scored with: each must equal the key recorded at
                 the sample's earlier commits (the first one records it), so that scores under other labels never
                 average. None skips the check (and records nothing).
+            steps: the epoch's training-time values, ``[K]`` for each of :attr:`step_channels`: each is added to
+                the channel's sum and becomes its latest value (:meth:`channel_last`).
+            step_indices: ``[K]`` distinct sample indices of ``steps`` (default: all ``N``).
 
         Returns:
-            True if the epoch was added, False if it was there already.
+            True if anything was added, False if every part given was there already.
 
         Raises:
             StoreMismatchError: a sample's label differs from the one it was scored with before; nothing is added.
@@ -637,12 +696,60 @@ class CurvatureStore:
         # a commit that failed after its commit point (an OSError while applying) holds a committed epoch:
         # finish it first, never drop its journal
         self._recover()
-        if epoch in self._meta["epochs"]:
+        scored = values is not None and epoch not in self._meta["epochs"]
+        stepped = steps is not None and epoch not in self._meta["step_epochs"]
+        if steps is not None and not self.step_channels:
+            raise ValueError(f"Store {self.directory} has no training-time channels: it was made without them.")
+        if not (scored or stepped):
             return False
-        if not isinstance(values, Mapping):
-            values = {PRIMARY: values}
-        if set(values) != set(self.channels):
-            raise ValueError(f"Expected values for channels {self.channels}, got {sorted(values)}.")
+        if scored:
+            idx, vals = self._checked(values if isinstance(values, Mapping) else {PRIMARY: values}, indices,
+                                      self.channels, "channels")
+            keys = None if labels is None else self._check_labels(idx, labels)
+        if stepped:
+            step_idx, step_vals = self._checked(steps, step_indices, self.step_channels, "training-time channels")
+
+        journal = self.directory / "journal"
+        row = len(self._meta["epochs"])
+        try:
+            journal.mkdir()  # _recover left none
+            if scored:
+                new_count = self.count[idx] + 1
+                save_npy(journal / "indices.npy", idx.astype(np.int64))
+                save_npy(journal / "count.npy", new_count)
+                if keys is not None:
+                    save_npy(journal / "labels.npy", keys)
+                for name, v in vals.items():
+                    save_npy(journal / f"{name}_values.npy", v)
+                    save_npy(journal / f"{name}_sum.npy", self._array(name, "sum")[idx] + v)
+                del new_count, vals
+            if stepped:
+                save_npy(journal / "step_indices.npy", step_idx.astype(np.int64))
+                for name, v in step_vals.items():
+                    save_npy(journal / f"{name}_values.npy", v)
+                    save_npy(journal / f"{name}_sum.npy", self._array(name, "sum")[step_idx] + v)
+                del step_vals
+            if scored and self._meta["keep_history"]:
+                self._ensure_history_rows(row + 1)  # before the commit point, so a full disk fails here
+            fsync_dir(journal)
+        except OSError as e:
+            raise OSError(
+                e.errno,
+                f"Could not write the commit of epoch {epoch} into {self.directory} ({e.strerror or e}): expected room "
+                "for its journal and history. The store is as it was before this commit: free some space (or lift "
+                "the limit), then commit again.",
+            ) from e
+        # the commit point
+        atomic_write_json(journal / "journal.json", {"epoch": epoch, "row": row, "scores": scored, "steps": stepped})
+        self._apply_journal()
+        return True
+
+    def _checked(self, values: Mapping[str, Any], indices: np.ndarray | None, names: Sequence[str],
+                 what: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """``(indices, {name: float64 values})``, checked: distinct indices in range, one finite value each, one
+        array per name."""
+        if set(values) != set(names):
+            raise ValueError(f"Expected values for {what} {list(names)}, got {sorted(values)}.")
         idx = np.arange(self.n) if indices is None else np.asarray(indices)
         if idx.ndim != 1 or not np.issubdtype(idx.dtype, np.integer):
             raise ValueError(f"Expected `indices` as a 1-d integer array, got {idx.dtype} of shape {idx.shape}.")
@@ -656,34 +763,7 @@ class CurvatureStore:
             if not np.isfinite(v).all():
                 raise ValueError(f"Non-finite values for channel {name!r} at sample(s) {idx[~np.isfinite(v)][:20]}.")
             vals[name] = v
-        keys = None if labels is None else self._check_labels(idx, labels)
-
-        journal = self.directory / "journal"
-        row = len(self._meta["epochs"])
-        try:
-            journal.mkdir()  # _recover left none
-            new_count = self.count[idx] + 1
-            save_npy(journal / "indices.npy", idx.astype(np.int64))
-            save_npy(journal / "count.npy", new_count)
-            if keys is not None:
-                save_npy(journal / "labels.npy", keys)
-            for name, v in vals.items():
-                save_npy(journal / f"{name}_values.npy", v)
-                save_npy(journal / f"{name}_sum.npy", self._array(name, "sum")[idx] + v)
-            del new_count, vals
-            if self._meta["keep_history"]:
-                self._ensure_history_rows(row + 1)  # before the commit point, so a full disk fails here
-            fsync_dir(journal)
-        except OSError as e:
-            raise OSError(
-                e.errno,
-                f"Could not write the commit of epoch {epoch} into {self.directory} ({e.strerror or e}): expected room "
-                "for its journal and history. The store is as it was before this commit: free some space (or lift "
-                "the limit), then commit again.",
-            ) from e
-        atomic_write_json(journal / "journal.json", {"epoch": epoch, "row": row})  # the commit point
-        self._apply_journal()
-        return True
+        return idx, vals
 
     def _check_labels(self, idx: np.ndarray, labels: Any) -> np.ndarray:
         """``labels`` as int64, checked against the keys recorded for ``idx``."""
@@ -721,15 +801,15 @@ class CurvatureStore:
                 "away if you know what it is, or use another `directory`; a damaged store is refused, not repaired."
             )
         record = self._journal_record()
-        if record is not None and record["epoch"] not in self._meta["epochs"]:
+        if self._pending(record):
             self._apply_journal()
         else:
             shutil.rmtree(journal)
 
-    def _load_journal(self, record: dict[str, int]) -> tuple[np.ndarray, np.ndarray, np.ndarray | None,
-                                                                dict[str, np.ndarray], dict[str, np.ndarray]]:
-        """The journal's indices, counts, label keys (None when the commit checked none), and per channel the sums
-        and values, each checked before any is applied.
+    def _load_journal(self, record: dict[str, Any]) -> dict[str, Any]:
+        """The journal's parts, each checked before any is applied: ``indices``, ``count``, ``labels`` (None when the
+        commit checked none), ``sums`` and ``values`` per channel for the scores; ``step_indices``, ``step_sums``
+        and ``step_values`` for the training-time channels.
 
         Raises:
             StoreCorruptError: naming the journal file that does not fit the store.
@@ -761,17 +841,34 @@ class CurvatureStore:
                 raise refuse(path, "finite values", "NaN or infinity")
             return array
 
-        idx = load("indices.npy", np.int64, None)
-        if not _distinct_in_range(idx, self.n):
-            raise refuse(journal / "indices.npy", f"distinct indices in [0, {self.n})", "out-of-range or repeated ones")
-        new_count = load("count.npy", np.int64, len(idx))
-        if len(idx) and (new_count.min() < 1 or new_count.max() > len(epochs) + 1):
-            raise refuse(journal / "count.npy", f"counts in [1, {len(epochs) + 1}]",
-                         f"counts in [{new_count.min()}, {new_count.max()}]")
-        sums = {name: load(f"{name}_sum.npy", np.float64, len(idx)) for name in self.channels}
-        values = {name: load(f"{name}_values.npy", np.float64, len(idx)) for name in self.channels}
-        keys = load("labels.npy", np.int64, len(idx)) if (journal / "labels.npy").exists() else None
-        return idx, new_count, keys, sums, values
+        def load_indices(name: str) -> np.ndarray:
+            idx = load(name, np.int64, None)
+            if not _distinct_in_range(idx, self.n):
+                raise refuse(journal / name, f"distinct indices in [0, {self.n})", "out-of-range or repeated ones")
+            return idx
+
+        parts: dict[str, Any] = {}
+        if record["scores"]:
+            idx = load_indices("indices.npy")
+            new_count = load("count.npy", np.int64, len(idx))
+            if len(idx) and (new_count.min() < 1 or new_count.max() > len(epochs) + 1):
+                raise refuse(journal / "count.npy", f"counts in [1, {len(epochs) + 1}]",
+                             f"counts in [{new_count.min()}, {new_count.max()}]")
+            parts.update(
+                indices=idx, count=new_count,
+                labels=load("labels.npy", np.int64, len(idx)) if (journal / "labels.npy").exists() else None,
+                sums={name: load(f"{name}_sum.npy", np.float64, len(idx)) for name in self.channels},
+                values={name: load(f"{name}_values.npy", np.float64, len(idx)) for name in self.channels},
+            )
+        if record["steps"]:
+            step_idx = load_indices("step_indices.npy")
+            parts.update(
+                step_indices=step_idx,
+                step_sums={name: load(f"{name}_sum.npy", np.float64, len(step_idx)) for name in self.step_channels},
+                step_values={name: load(f"{name}_values.npy", np.float64, len(step_idx))
+                             for name in self.step_channels},
+            )
+        return parts
 
     def _apply_journal(self) -> None:
         journal = self.directory / "journal"
@@ -779,23 +876,30 @@ class CurvatureStore:
         if record is None:
             raise StoreCorruptError(f"{journal / 'journal.json'} vanished while a commit was being applied: is "
                                     "another process writing to this store? One writer at a time.")
-        idx, new_count, keys, sums, values = self._load_journal(record)
+        parts = self._load_journal(record)
         row = record["row"]
-        if self._meta["keep_history"]:
-            self._ensure_history_rows(row + 1)  # a no-op unless a crash came before the commit grew it
-        self._write(self.count, idx, new_count)
-        if keys is not None:
-            self._write(self._array(PRIMARY, "labels"), idx, keys)
-        for name in self.channels:
-            self._write(self._array(name, "sum"), idx, sums[name])
-            self._write(self._array(name, "mean"), idx, sums[name] / new_count)
-            self._write(self._array(name, "last"), idx, values[name])
-            if self._meta["keep_history"]:
-                line = np.full(self.n, np.nan, dtype=np.float32)
-                line[idx] = values[name]
-                self._write(self._array(name, "history"), row, line)
         meta = dict(self._meta)
-        meta["epochs"] = [*self._meta["epochs"], record["epoch"]]
+        if record["scores"]:
+            idx, new_count = parts["indices"], parts["count"]
+            if self._meta["keep_history"]:
+                self._ensure_history_rows(row + 1)  # a no-op unless a crash came before the commit grew it
+            self._write(self.count, idx, new_count)
+            if parts["labels"] is not None:
+                self._write(self._array(PRIMARY, "labels"), idx, parts["labels"])
+            for name in self.channels:
+                self._write(self._array(name, "sum"), idx, parts["sums"][name])
+                self._write(self._array(name, "mean"), idx, parts["sums"][name] / new_count)
+                self._write(self._array(name, "last"), idx, parts["values"][name])
+                if self._meta["keep_history"]:
+                    line = np.full(self.n, np.nan, dtype=np.float32)
+                    line[idx] = parts["values"][name]
+                    self._write(self._array(name, "history"), row, line)
+            meta["epochs"] = [*self._meta["epochs"], record["epoch"]]
+        if record["steps"]:
+            for name in self.step_channels:
+                self._write(self._array(name, "sum"), parts["step_indices"], parts["step_sums"][name])
+                self._write(self._array(name, "last"), parts["step_indices"], parts["step_values"][name])
+            meta["step_epochs"] = [*self._meta["step_epochs"], record["epoch"]]
         atomic_write_json(self.directory / "meta.json", meta)
         self._meta = meta
         shutil.rmtree(journal)

@@ -18,9 +18,9 @@ from typing import Any
 import numpy as np
 
 __all__ = [
-    "DTYPES", "FORMAT_VERSION", "LABEL_UNKNOWN", "PRIMARY", "STORE_FILE", "StoreChangedError", "StoreCorruptError",
-    "StoreMismatchError", "atomic_write_json", "check_npy", "create_npy", "fsync_dir", "meta_identity", "npy_layout",
-    "read_meta", "reserve", "save_npy",
+    "DTYPES", "FORMAT_VERSION", "LABEL_UNKNOWN", "OPTIONAL_META", "PRIMARY", "STORE_FILE", "StoreChangedError",
+    "StoreCorruptError", "StoreMismatchError", "atomic_write_json", "check_npy", "create_npy", "fsync_dir",
+    "meta_identity", "npy_layout", "read_meta", "reserve", "save_npy",
 ]
 
 #: 2: labels.npy, each scored sample's label key, checked at every commit (format 1 stores are read, not added to)
@@ -28,6 +28,8 @@ FORMAT_VERSION = 2
 PRIMARY = "curvature"
 #: the names of the files a store writes, for any channel: ``create`` refuses a folder that holds one without meta.json
 STORE_FILE = re.compile(r"(?:[A-Za-z_]\w*_)?(?:sum|mean|last|count|history|labels)\.npy")
+#: keys a meta.json may lack (stores made before they existed): the fingerprint, the training-time channels
+OPTIONAL_META = ("fingerprint", "step_channels", "step_epochs")
 #: dtype of each kind of array
 DTYPES = {"sum": np.dtype(np.float64), "mean": np.dtype(np.float64), "last": np.dtype(np.float32),
            "count": np.dtype(np.int64), "history": np.dtype(np.float32), "labels": np.dtype(np.int64)}
@@ -210,10 +212,15 @@ def read_meta(directory: Path) -> tuple[dict[str, Any], tuple[int, int, int, int
                                                            for c in v) and len(set(v)) == len(v)),
         "keep_history": ("true or false", lambda v: isinstance(v, bool)),
         "fingerprint": ("an object", lambda v: isinstance(v, dict)),
+        "step_channels": (f"a list of distinct identifier strings other than {PRIMARY!r}",
+                          lambda v: isinstance(v, list) and all(isinstance(c, str) and c.isidentifier()
+                                                                and c != PRIMARY for c in v) and len(set(v)) == len(v)),
+        "step_epochs": ("a list of distinct integers",
+                        lambda v: isinstance(v, list) and all(map(is_int, v)) and len(set(v)) == len(v)),
     }
     for key, (expected, ok) in checks.items():
         if key not in meta:
-            if key == "fingerprint":  # optional
+            if key in OPTIONAL_META:
                 continue
             raise refuse(f"key {key!r} ({expected})", "no such key")
         if not ok(meta[key]):
@@ -223,4 +230,8 @@ def read_meta(directory: Path) -> tuple[dict[str, Any], tuple[int, int, int, int
                 f"Store {directory} has format version {meta['version']}, this curvature_callback reads "
                 f"up to {FORMAT_VERSION}: upgrade curvature_callback."
             )
+    if set(meta.get("step_channels", [])) & {*meta["channels"], PRIMARY}:
+        raise refuse("'step_channels' with names other than the channels'", f"{meta['step_channels']!r}")
+    meta.setdefault("step_channels", [])
+    meta.setdefault("step_epochs", [])
     return meta, identity

@@ -11,6 +11,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
+from curvature_callback.integration.training_steps import sample_outputs
+
 __all__ = ["ClassifierModule"]
 
 
@@ -58,22 +60,28 @@ class ClassifierModule(pl.LightningModule):
     def forward(self, x: Tensor) -> Tensor:
         return self.net(x)
 
-    def _step(self, batch: Any, stage: str) -> Tensor:
+    def _step(self, batch: Any, stage: str) -> tuple[Tensor, Tensor, Tensor]:
+        """Per-sample losses, logits and targets; logs the epoch's loss and accuracy."""
         x, y = batch[0], batch[1]
         logits = self(x)
-        loss = F.cross_entropy(logits, y)
+        losses = F.cross_entropy(logits, y, reduction="none")
         acc = (logits.argmax(1) == y).float().mean()
-        self.log_dict({f"{stage}/loss": loss, f"{stage}/acc": acc}, on_step=False, on_epoch=True,
+        self.log_dict({f"{stage}/loss": losses.mean(), f"{stage}/acc": acc}, on_step=False, on_epoch=True,
                       prog_bar=True, batch_size=len(x), sync_dist=True)  # epoch means over all ranks
-        return loss
+        return losses, logits, y
 
     @override
-    def training_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._step(batch, "train")
+    def training_step(self, batch: Any, batch_idx: int) -> Tensor | dict[str, Tensor]:
+        """The mean loss; with batches ``(x, y, index)`` (the datamodules' ``WithIndex``), also each sample's loss,
+        index and correctness, from which the curvature callback records CSL, learning time and forgetting."""
+        losses, logits, y = self._step(batch, "train")
+        if isinstance(batch, (tuple, list)) and len(batch) >= 3:
+            return sample_outputs(losses, batch[2], logits=logits, targets=y)
+        return losses.mean()
 
     @override
     def validation_step(self, batch: Any, batch_idx: int) -> Tensor:
-        return self._step(batch, "val")
+        return self._step(batch, "val")[0].mean()
 
     @override
     def configure_optimizers(self) -> Any:

@@ -39,8 +39,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, read_write
 from torch.utils.data import DataLoader, Dataset
 
-from curvature_callback.analysis import detection_table, mislabel_metrics, suspicion_scores, write_scores_csv
+from curvature_callback.analysis import mislabel_metrics, suspicion_scores, write_scores_csv
 from curvature_callback.analysis.plots import plot_histogram, plot_top_k
+from curvature_callback.analysis.recommend import recommended_scores, used_signals
 from curvature_callback.analysis.report import write_report
 from curvature_callback.core.numeric import labels_digest
 from curvature_callback.integration.callback import CurvatureCallback, default_batch_to_inputs
@@ -209,14 +210,22 @@ def _build(cfg: DictConfig, out: Path, times: dict[str, float]) -> tuple[Any, An
     return datamodule, model, trainer, curvature[0], loggers
 
 
-def _columns(store: Any, datamodule: Any, pred: np.ndarray) -> dict[str, np.ndarray]:
-    """The columns of scores.csv: labels, every channel's mean over the scored epochs, counts, predictions."""
+def _columns(store: Any, datamodule: Any, pred: np.ndarray,
+             suspicion: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The columns of scores.csv: labels, the recommended score (which labels are wrong), every channel's mean over
+    the scored epochs, the training-time signals, counts, predictions."""
     original, given, flipped = _labels(datamodule)
-    columns: dict[str, np.ndarray] = {
-        "label": original, "given_label": given, "flipped": flipped, "curvature": np.array(store.mean),
-    }
+    columns: dict[str, np.ndarray] = {"label": original, "given_label": given, "flipped": flipped}
+    recommended = recommended_scores(suspicion)
+    if "mislabeled" in recommended:
+        columns["recommended"] = recommended["mislabeled"]
+    columns["curvature"] = np.array(store.mean)
     for channel in store.channels[1:]:  # loss, margin, confidence, correct: means over the same epochs
         columns[channel] = np.array(store.channel_mean(channel))
+    if "train_loss" in suspicion:  # recorded from the training steps: CSL (the sum), learning time, forgetting
+        columns["csl"] = np.array(store.sum_of("train_loss"))
+        columns["learning_time"] = suspicion["learning_time"]
+        columns["train_forgetting"] = np.array(store.sum_of("train_forgetting"))
     columns.update(count=np.array(store.count), pred=pred)
     source = getattr(datamodule, "source_indices", None)
     if source is not None:
@@ -228,21 +237,18 @@ def _columns(store: Any, datamodule: Any, pred: np.ndarray) -> dict[str, np.ndar
 
 
 def _detection_metrics(columns: Mapping[str, np.ndarray], suspicion: Mapping[str, np.ndarray]) -> dict[str, Any]:
-    """AUROC and AP of curvature and every baseline for the flipped labels, over the scored samples (null without
-    noise), and the training accuracies."""
+    """AUROC and AP of the recommended score, curvature and every other signal for the flipped labels, each over the
+    scored samples it has a value for (null without noise), and the training accuracies."""
     flipped, given, original, pred = columns["flipped"], columns["given_label"], columns["label"], columns["pred"]
     scored = np.isfinite(columns["curvature"])  # with fraction < 1 a short run may leave samples unscored
     noisy = 0 < flipped[scored].sum() < scored.sum()  # detection needs both kinds; without noise these are null
-    metrics: dict[str, Any] = {}
-    for score in ("curvature", "loss"):  # higher = more suspicious for both
-        if score in columns:
-            found = (mislabel_metrics(columns[score][scored], flipped[scored]) if noisy
-                     else {"auroc": None, "ap": None})
-            metrics.update({f"{name}_{score}": value for name, value in found.items()})
-    if noisy:  # the baselines of the same pass beside curvature: margin and confidence negated, forgetting count
-        others = {k: v[scored] for k, v in suspicion.items() if k not in ("curvature", "loss")}
-        for name, found in detection_table(others, flipped[scored], at_percent=()).items():
-            metrics.update({f"{metric}_{name}": value for metric, value in found.items()})
+    metrics: dict[str, Any] = {"recommended_signals": list(used_signals(suspicion)["mislabeled"])}
+    scores = {"recommended": recommended_scores(suspicion)["mislabeled"], **suspicion}  # higher = more suspicious
+    for name, score in scores.items():
+        has = scored & np.isfinite(score)  # a training-time signal: the samples trained on (all, after an epoch)
+        found = (mislabel_metrics(score[has], flipped[has]) if noisy and 0 < flipped[has].sum() < has.sum()
+                 else {"auroc": None, "ap": None})
+        metrics.update({f"{metric}_{name}": value for metric, value in found.items()})
     metrics.update(
         train_acc=float((pred == given).mean()),  # on the labels it trained on: memorization reaches 1.0
         train_acc_original=float((pred == original).mean()),
@@ -279,8 +285,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
             "trainer.max_epochs."
         )
     dataset = datamodule.curvature_dataset()
-    columns = _columns(store, datamodule, _predict(model, dataset, curvature, trainer.strategy.root_device))
-    metrics = _detection_metrics(columns, suspicion_scores(store))  # every baseline: higher = more suspicious
+    suspicion = suspicion_scores(store)  # every signal: higher = more suspicious
+    columns = _columns(store, datamodule, _predict(model, dataset, curvature, trainer.strategy.root_device), suspicion)
+    metrics = _detection_metrics(columns, suspicion)
     metrics.update(epochs=int(trainer.current_epoch), scored_epochs=store.epochs)
     store.close()
 
@@ -311,7 +318,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _print_summary(metrics: Mapping[str, Any], out: Path) -> None:
-    aurocs = ", ".join(f"{s} {metrics[f'auroc_{s}']:.3f}" for s in ("curvature", "loss")
+    aurocs = ", ".join(f"{s} {metrics[f'auroc_{s}']:.3f}" for s in ("recommended", "train_loss", "loss", "curvature")
                        if metrics.get(f"auroc_{s}") is not None)
     split = ", ".join(f"{k} {v:.0f} s" for k, v in metrics["time_s"].items())
     print(

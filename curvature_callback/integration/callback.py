@@ -15,13 +15,14 @@ from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
+import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 from torch.utils.data import Dataset
 from typing_extensions import override
 
-from curvature_callback.core.channels import CLASSIFICATION, forgetting_events
+from curvature_callback.core.channels import CLASSIFICATION, STEP_CHANNELS, forgetting_events
 from curvature_callback.core.estimator import LossFn, loss_identity
 from curvature_callback.core.feeding import (
     CachePolicy,
@@ -33,8 +34,10 @@ from curvature_callback.core.feeding import (
 )
 from curvature_callback.core.numeric import dataset_labels, labels_digest, log10_floor
 from curvature_callback.core.settings import ScoreSettings, check_bool, check_int
+from curvature_callback.core.steps import StepRecorder, epoch_step_values
 from curvature_callback.core.store import CurvatureStore
 from curvature_callback.integration.scoring_pass import LABEL_KEYS, ScoringPass, raise_together
+from curvature_callback.integration.training_steps import CONTRACT, read_step_outputs
 
 __all__ = ["CurvatureCallback"]
 
@@ -142,6 +145,14 @@ class CurvatureCallback(Callback):
         progress_bar: show a bar of the pass's batches under Lightning's own (off by default: Lightning's bar
             already shows the run). When on, it shows on rank 0, only with the Trainer's progress bar enabled and
             only on a terminal (in a log file it would be a line per batch).
+        record_training: record each sample's training loss and correctness at every training step, from what
+            ``training_step`` returns (no extra forward pass): the store then holds the cumulative sample loss
+            (CSL), the learning time and the forgetting events of every epoch (``train_loss``, ``learning_time``,
+            ``train_forgetting`` in :func:`~curvature_callback.analysis.suspicion_scores`). It needs
+            ``training_step`` to return ``sample_loss``, ``sample_index`` and ``sample_correct`` (or ``logits``):
+            see :func:`~curvature_callback.sample_outputs`. A module that returns less gets one warning saying how,
+            and the curvature pass works as before. Under DDP each rank records its own samples, summed at the
+            epoch's end; with gradient accumulation every micro-batch counts.
 
     Example::
 
@@ -174,6 +185,7 @@ class CurvatureCallback(Callback):
         cache: CachePolicy = "auto",
         loss_id: str | None = None,
         progress_bar: bool = False,
+        record_training: bool = True,
     ) -> None:
         # what defines the score, validated once (numpy numbers become Python ones: they go to JSON and checkpoints)
         self._settings = ScoreSettings(h=h, n_vectors=n_vectors, seed=seed, loss=_resolve_loss(loss_fn, loss_id),
@@ -187,6 +199,7 @@ class CurvatureCallback(Callback):
         self.log_histogram = check_bool("log_histogram", log_histogram)
         self.record_outputs = check_bool("record_outputs", record_outputs)
         self.progress_bar = check_bool("progress_bar", progress_bar)
+        self.record_training = check_bool("record_training", record_training)
         self.dataset = dataset
         self.directory = os.fspath(directory)
         self.loss_fn = loss_fn
@@ -203,6 +216,9 @@ class CurvatureCallback(Callback):
         self._scored_dataset: Dataset | None = None
         self._dataset_source = ""  # where the scored dataset came from, for messages
         self._reader: tuple[tuple[int, ...], CurvatureStore] | None = None  # (meta.json's identity, read-only store)
+        self._steps: StepRecorder | None = None  # this epoch's training-step sums, on the model's device
+        self._steps_off = False  # the training step does not return what the recording needs (warned once)
+        self._previous_correct: np.ndarray | None = None  # each sample's latest correctness before this fit
 
     # ----------------------------------------------------------------------------- settings
     @property
@@ -303,6 +319,7 @@ class CurvatureCallback(Callback):
                     self._path, n, settings=self.settings(), keep_history=self.keep_history, channels=self.channels,
                     fingerprint=self._fingerprint(dataset),
                     history_capacity=max(1, min(int(trainer.max_epochs or 16), 1000)),
+                    step_channels=STEP_CHANNELS if self.record_training else (),
                 )
             except Exception as e:  # raised on every rank below: one rank alone raising would hang the others
                 caught = e
@@ -314,15 +331,76 @@ class CurvatureCallback(Callback):
             rank_zero_warn(f"The checkpoint says epochs {missing} were scored, but the store at {self._path} lacks "
                            "them: their scores are not in the mean.")
         self._scored_dataset = dataset
+        self._steps, self._steps_off = None, False
+        if self.record_training:  # where the forgetting events of this fit start from (a resumed run: the store's)
+            last = (np.array(self._store.channel_last("train_last_correct"))
+                    if self._store is not None and self._store.step_epochs else None)
+            self._previous_correct = trainer.strategy.broadcast(last, src=0)
         # what this rank's device cache needs over a rotation of `fraction`: fixed for the fit
         self._universe = rank_universe(n, self._period, self.batch_size, trainer.world_size, trainer.global_rank)
 
     @override
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if not self.record_training or self._steps_off or outputs is None or self._should_skip_scoring(trainer):
+            return  # outputs None: training_step skipped the batch
+        found = read_step_outputs(outputs, batch, self.batch_to_inputs or default_batch_to_inputs)
+        if isinstance(found, str):
+            self._steps_off = True
+            rank_zero_warn(
+                f"CurvatureCallback records training-time signals (each sample's training loss at every step: CSL, "
+                f"learning time, forgetting) from what training_step returns, but {found}: none are recorded in "
+                f"this fit; the curvature pass is not affected. {CONTRACT}"
+            )
+            return
+        index, loss, correct = found
+        if self._steps is None:
+            assert self._scored_dataset is not None  # set by on_train_start
+            self._steps = StepRecorder(len(self._scored_dataset), loss.device, self._previous_correct)
+        self._steps.add(index, loss, correct)
+
+    def _end_steps(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> np.ndarray | None:
+        """The epoch's training-step sums over every rank (``[5, N]``, on every rank), or None where no rank
+        recorded any. A collective: every rank calls it at every epoch's end."""
+        if not self.record_training or not trainer.strategy.reduce_boolean_decision(self._steps is not None,
+                                                                                      all=False):
+            return None
+        if self._steps is None:  # this rank saw no batch (or no usable one): it adds zeros
+            assert self._scored_dataset is not None
+            self._steps = StepRecorder(len(self._scored_dataset), pl_module.device, self._previous_correct)
+        packed = torch.cat((self._steps.epoch_sums().reshape(-1), self._steps.bad().to(torch.float32).reshape(1)))
+        packed = trainer.strategy.reduce(packed, reduce_op="sum")  # one all_reduce: a sample is on one rank
+        reduced = packed[:-1].reshape(self._steps.buffers.shape)
+        self._steps.next_epoch(reduced)
+        bad = int(packed[-1])  # the epoch's one wait for the device
+        if bad:
+            rank_zero_warn(
+                f"CurvatureCallback left out {bad} training presentation(s) of epoch {trainer.current_epoch}: a "
+                f"'sample_index' outside [0, {self._steps.n}) (the scored dataset's indices) or a non-finite "
+                "'sample_loss'. Check that the index is the sample's position in the scored dataset."
+            )
+        return reduced.cpu().numpy()
+
+    @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
-        if self._should_skip_scoring(trainer) or not self.should_score(epoch) or epoch in self._epochs_done:
+        if self._should_skip_scoring(trainer):
+            return
+        steps = self._end_steps(trainer, pl_module)
+        score = self.should_score(epoch) and epoch not in self._epochs_done
+        if not score and steps is None:
             return
         assert self._scored_dataset is not None  # set by on_train_start
+        if not score:
+            caught = None
+            if trainer.is_global_zero:
+                try:
+                    self._commit(epoch, None, steps)
+                except Exception as e:
+                    caught = e
+            raise_together(trainer, caught)
+            trainer.strategy.barrier("curvature_commit")
+            return
         if self._scoring is None:
             self._scoring = ScoringPass(
                 self._scored_dataset, self.batch_to_inputs or default_batch_to_inputs, settings=self._settings,
@@ -335,7 +413,7 @@ class CurvatureCallback(Callback):
         caught: BaseException | None = None
         if trainer.is_global_zero:
             try:
-                arrays = self._commit(epoch, {k: v.cpu().numpy() for k, v in values.items()})
+                arrays = self._commit(epoch, {k: v.cpu().numpy() for k, v in values.items()}, steps)
             except Exception as e:  # a refused commit (other labels) stops every rank, not only this one
                 caught = e
         raise_together(trainer, caught)
@@ -344,16 +422,25 @@ class CurvatureCallback(Callback):
         self._epochs_done.append(epoch)
         trainer.strategy.barrier("curvature_commit")
 
-    def _commit(self, epoch: int, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        """Add the pass's gathered values (and its label keys) to the store, on rank 0; returns the channels."""
+    def _commit(self, epoch: int, arrays: dict[str, np.ndarray] | None,
+                steps: np.ndarray | None) -> dict[str, np.ndarray] | None:
+        """Add the pass's gathered values (and its label keys) and the epoch's training-step sums to the store in
+        one commit, on rank 0; returns the pass's channels."""
         assert self._store is not None
+        step_indices = step_values = None
+        if steps is not None:
+            step_indices, step_values = epoch_step_values(steps, epoch, self._store.channel_last("train_wrong_epoch"))
+        if arrays is None:
+            self._store.commit_epoch(epoch, None, steps=step_values, step_indices=step_indices)
+            return None
         labels = arrays.pop(LABEL_KEYS)
         indices = self._pass_indices()
         if "forgetting" in self.channels:
             arrays["forgetting"] = forgetting_events(np.asarray(self._store.channel_last("correct"))[indices],
                                                      arrays["correct"])
         # the store refuses labels that differ from the ones it recorded (by sample), and records new ones
-        self._store.commit_epoch(epoch, arrays, indices=indices, labels=labels)
+        self._store.commit_epoch(epoch, arrays, indices=indices, labels=labels, steps=step_values,
+                                 step_indices=step_indices)
         return arrays
 
     @override

@@ -11,6 +11,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
+from curvature_callback.core.feeding import WithIndex
 from curvature_callback.core.settings import check_int
 from curvature_callback.experiments.data.noise import NoiseKind, inject_label_noise
 
@@ -91,7 +92,8 @@ class NoisyDataModule(pl.LightningDataModule):
     @override
     def train_dataloader(self) -> DataLoader:
         self.setup()
-        return self._loader(self._train, self.batch_size, shuffle=True)
+        # (x, y, index): the training step tells the callback which samples it saw (training-time signals)
+        return self._loader(WithIndex(self._train), self.batch_size, shuffle=True)
 
     @override
     def val_dataloader(self) -> DataLoader | list:

@@ -133,8 +133,7 @@ class ArrayDataModule(NoisyDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         trainer = self.trainer
         if self.augment == "crop_flip" and trainer is not None and trainer.training:
-            x, y = batch[0], batch[1]
-            return random_crop_flip(x, 4, self._fill), y
+            return (random_crop_flip(batch[0], 4, self._fill), *batch[1:])  # (x, y, index): the index kept
         return batch
 
 

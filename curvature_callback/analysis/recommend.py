@@ -1,0 +1,105 @@
+"""The recommended score for each question a user asks, as one fixed rule per question.
+
+The rules were chosen from our studies (docs/RESULTS.md: the CPU miniature of the paper's regime, the CIFAR-10
+validation and Feldman & Zhang's memorization estimate on digits) and from the lab's own full-size figures; they
+are never fitted to the run being scored (no ground truth is read here). Each rule names its signals in order: the
+score is the mean of their within-run ranks (every signal weighs the same, whatever its scale), over the signals
+the run has; with none of them, the question falls back to the next rule's signals, then to curvature.
+
+Which signal answers which question, and where curvature adds nothing, is in :data:`RULES`' ``evidence``.
+
+Example:
+    >>> import numpy as np
+    >>> s = recommended_scores({"train_loss": np.array([0.1, 3.0, 0.2]), "loss": np.array([0.0, 2.0, 0.5]),
+    ...                         "curvature": np.array([5.0, 1.0, 9.0])})
+    >>> s["mislabeled"].tolist(), used_signals({"train_loss": 0, "loss": 0})["mislabeled"]
+    ([0.3333333333333333, 1.0, 0.6666666666666666], ('train_loss', 'loss'))
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+
+from curvature_callback.analysis.metrics import ranks
+
+__all__ = ["QUESTIONS", "RULES", "Rule", "rank_mean", "recommended_scores", "used_signals"]
+
+
+@dataclass(frozen=True)
+class Rule:
+    """One question's recommended score.
+
+    Attributes:
+        question: the key in :func:`recommended_scores` (``"mislabeled"``, ``"memorized"``, ``"duplicates"``).
+        asks: the question in words.
+        signals: the suspicion scores (:func:`~curvature_callback.analysis.suspicion_scores`) whose ranks are
+            averaged, in order of preference.
+        fallback: used when the run has none of ``signals`` (a module that returns no per-sample outputs).
+        evidence: why, with the figures (docs/RESULTS.md).
+    """
+
+    question: str
+    asks: str
+    signals: tuple[str, ...]
+    fallback: tuple[str, ...]
+    evidence: str
+
+
+#: one fixed rule per question
+RULES: Mapping[str, Rule] = {r.question: r for r in (
+    Rule("mislabeled", "Which labels are wrong?", ("train_loss", "loss"), ("loss", "curvature"),
+         "the training-loss trajectory (CSL, free) and the eval-mode loss rank flipped labels best in every study "
+         "of ours (CIFAR-10 miniature, CIFAR-10 validation, digits) and in the lab's full-size runs (CSL "
+         "0.985-0.987 vs curvature 0.972-0.982 AUROC); the mean of their ranks is never more than a few thousandths "
+         "below the better of the two. Curvature adds nothing here."),
+    Rule("memorized", "Which samples did the network memorize (atypical, long-tailed)?", ("train_loss", "loss"),
+         ("loss", "curvature"),
+         "against Feldman & Zhang's memorization estimate on digits the loss agrees best (Pearson 0.86 over all "
+         "samples, 0.69 on clean ones) and curvature less (0.61, 0.34); the lab reports CSL above curvature too."),
+    Rule("duplicates", "Which samples are duplicates with conflicting labels?", ("train_loss", "loss"),
+         ("loss", "curvature"),
+         "a copy with another label is a mislabeled sample to the network: the same signals find it (the lab: CSL "
+         "0.982/0.989 vs curvature 0.954/0.964 AUROC; our miniature's planted duplicates). The pixel search "
+         "(curvature-report's duplicate pairs) then names the pair."),
+)}
+#: the questions, in the order reports list them
+QUESTIONS = tuple(RULES)
+
+
+def rank_mean(scores: Mapping[str, np.ndarray], names: tuple[str, ...]) -> np.ndarray:
+    """The mean over ``names`` of each score's ranks in ``(0, 1]`` (among its finite values); a sample's mean is over
+    the scores finite for it, NaN where none is."""
+    stacked = []
+    for name in names:
+        s = np.asarray(scores[name], dtype=np.float64)
+        r = np.full(s.shape, np.nan)
+        finite = np.isfinite(s)
+        if finite.any():
+            r[finite] = ranks(s[finite])
+        stacked.append(r)
+    with np.errstate(invalid="ignore"), np.testing.suppress_warnings() as sup:
+        sup.filter(RuntimeWarning)  # all-NaN columns: NaN, as documented
+        return np.nanmean(np.stack(stacked), axis=0)
+
+
+def used_signals(scores: Mapping[str, object]) -> dict[str, tuple[str, ...]]:
+    """For each question, the signals its recommended score averages, given the signals a run has."""
+    out = {}
+    for q, rule in RULES.items():
+        for chain in (rule.signals, rule.fallback, ("curvature",)):
+            found = tuple(s for s in chain if s in scores)
+            if found:
+                out[q] = found
+                break
+        else:
+            out[q] = ()
+    return out
+
+
+def recommended_scores(scores: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """``{question: float64 [N]}``, higher = more suspicious, for every question some signal of ``scores``
+    answers (``scores``: :func:`~curvature_callback.analysis.suspicion_scores` of a store)."""
+    return {q: rank_mean(scores, names) for q, names in used_signals(scores).items() if names}
