@@ -127,6 +127,25 @@ class StepClock(Callback):
         self.steps += 1
 
 
+class TimedCapture(CurvatureCallback):
+    """The callback, timing its own work for the training-time signals: the per-batch hook (with the folds it
+    triggers), the epoch's fold, reduction and commit."""
+
+    def __init__(self, **kw):
+        super().__init__(**kw)
+        self.batch_seconds = self.epoch_seconds = 0.0
+
+    def on_train_batch_end(self, *a, **kw):
+        t = time.perf_counter()
+        super().on_train_batch_end(*a, **kw)
+        self.batch_seconds += time.perf_counter() - t
+
+    def on_train_epoch_end(self, trainer, pl_module):
+        t = time.perf_counter()
+        super().on_train_epoch_end(trainer, pl_module)
+        self.epoch_seconds += time.perf_counter() - t
+
+
 def capture(args) -> None:
     """Training alone vs + training-time capture, interleaved; per-step medians and the whole fit's ratio."""
     from curvature_callback.analysis import suspicion_scores
@@ -136,16 +155,22 @@ def capture(args) -> None:
     fit(args, 1, [], root)  # warm-up
     step = {"alone": [], "capture": []}
     whole = {"alone": [], "capture": []}
+    own = {"batch": [], "epoch": []}  # the callback's own time per step, measured inside the capture runs
     auroc = None
     for r in range(args.repeats):
         for name in ("alone", "capture"):
             clock = StepClock()
             callbacks = [clock]
             if name == "capture":  # no curvature pass (start_epoch past the end): training-time signals only
-                cb = CurvatureCallback(directory=f"{root}/c{r}", log_histogram=False, start_epoch=10**9)
+                cb = TimedCapture(directory=f"{root}/c{r}", log_histogram=False, start_epoch=10**9)
                 callbacks = [cb, clock]
-            seconds, dm, _ = fit(args, args.epochs, callbacks, root)
+            # training alone returns the mean loss; with capture the step returns sample_outputs(...) (its argmax
+            # and detaches are counted as capture's cost)
+            seconds, dm, _ = fit(args, args.epochs, callbacks, root, plain=name == "alone")
             step[name].append(clock.seconds / clock.steps)
+            if name == "capture":
+                own["batch"].append(cb.batch_seconds / clock.steps)
+                own["epoch"].append(cb.epoch_seconds / clock.steps)
             whole[name].append(seconds)
             if name == "capture" and auroc is None:
                 store = cb.store
@@ -163,13 +188,26 @@ def capture(args) -> None:
     print(f"| + training-time signals (the recommended configuration: no curvature pass) | "
           f"{1e3 * med['capture']:.3f} | {wmed['capture']:.1f} | {med['capture'] / med['alone']:.4f}; "
           f"{wmed['capture'] / wmed['alone']:.4f} |")
+    inside = float(np.median(own["batch"])) + float(np.median(own["epoch"]))
+    print(f"| the callback's own time, measured inside the same runs (per step: batch hook "
+          f"{1e6 * np.median(own['batch']):.1f} us, epoch end {1e6 * np.median(own['epoch']):.1f} us) | "
+          f"{1e3 * inside:.3f} | | {inside / med['alone']:.4f} of a step |")
     print(f"\nPer-repeat step ratios: {', '.join(f'{p:.4f}' for p in pairs)} (median {np.median(pairs):.4f}). "
           f"Mislabel AUROC of the recommended score (first capture run): {auroc:.4f}.")
 
 
-def fit(args, epochs: int, callbacks: list, root: str):
+class PlainStep(ClassifierModule):
+    """The training step of plain training: the mean loss alone (what a module returns without the contract)."""
+
+    def training_step(self, batch, batch_idx):
+        return self._step(batch, "train")[0].mean()
+
+
+def fit(args, epochs: int, callbacks: list, root: str, plain: bool = False):
     L.seed_everything(0, verbose=False)
     dm, module = make_run(args.setup, args.samples)
+    if plain:
+        module.__class__ = PlainStep
     gpu = args.device == "cuda"
     trainer = L.Trainer(max_epochs=epochs, accelerator="gpu" if gpu else "cpu", devices=1, logger=False,
                         precision="bf16-mixed" if gpu else "32-true", enable_checkpointing=False,

@@ -176,3 +176,17 @@ def test_sample_outputs_and_what_the_reader_refuses():
     with pytest.raises(ValueError, match="reduction='none'"):
         sample_outputs(torch.tensor(1.0), index, correct=torch.tensor([True, True]))
     assert WithIndex([(1, 2)])[0] == (1, 2, 0) and WithIndex([{"a": 1}])[0] == {"a": 1, "index": 0}
+
+
+@pytest.mark.parametrize("flush", [1, 2, 1000])
+def test_recorder_gives_the_same_sums_whatever_its_chunks(flush, monkeypatch):
+    """Presentations folded every step, every 2 steps or at the end: the same events, in time order per sample."""
+    monkeypatch.setattr(StepRecorder, "FLUSH_STEPS", flush)
+    r = StepRecorder(3, torch.device("cpu"), previous=np.array([1.0, np.nan, np.nan]))
+    steps = [([0, 1], [False, True]), ([1, 0], [False, True]), ([0, 1], [False, True]), ([2, 1], [True, False])]
+    for index, correct in steps:
+        r.add(torch.tensor(index), torch.ones(len(index)), torch.tensor(correct))
+    sums = r.epoch_sums()
+    # sample 0: prev right; wrong (event), right, wrong (event); sample 1: right, wrong (event), right, wrong (event)
+    assert sums[0].tolist() == [3, 4, 1] and sums[2].tolist() == [1, 2, 1]
+    assert sums[3].tolist() == [2, 2, 0] and sums[4].tolist() == [0, 0, 1]

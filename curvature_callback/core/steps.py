@@ -15,15 +15,16 @@ Summed over epochs these give the cumulative sample loss (CSL; Ravikumar et al.,
 (the first epoch after which a sample is never misclassified again) and the forgetting count; the store keeps the
 sums (:mod:`curvature_callback.core.channels` defines the scores).
 
-Nothing here waits for the device: a step only queues kernels (no ``.item()``, no copy to the host); indices out of
-range are masked and counted, and the count is checked once per epoch (:meth:`StepRecorder.bad`).
+A step costs a list append: the presentations are folded into the sums every :attr:`StepRecorder.FLUSH_STEPS` steps
+and at the epoch's end (where boolean masks wait for the device once); indices out of range and non-finite losses are
+left out and counted, and the count is checked once per epoch (:meth:`StepRecorder.bad`).
 
 Example:
     >>> import torch
     >>> r = StepRecorder(4, torch.device("cpu"))
     >>> r.add(torch.tensor([0, 2]), torch.tensor([0.5, 2.0]), torch.tensor([True, False]))
     >>> r.add(torch.tensor([0]), torch.tensor([0.25]), torch.tensor([False]))
-    >>> r.buffers[:, 0].tolist()   # sample 0: seen twice, loss 0.75, right once, forgotten once, last wrong
+    >>> r.epoch_sums()[:, 0].tolist()   # sample 0: seen twice, loss 0.75, right once, forgotten once, last wrong
     [2.0, 0.75, 1.0, 1.0, 0.0]
 """
 
@@ -42,12 +43,20 @@ ROWS = ("seen", "loss", "correct", "forgetting", "last_correct")
 class StepRecorder:
     """One epoch's per-sample sums of the training steps, kept on the training device.
 
+    A step only keeps references to its three ``[B]`` tensors (no kernel, no copy: the cost of a step is a list
+    append); every :attr:`FLUSH_STEPS` steps, and at the epoch's end, the kept presentations are folded into the sums
+    at once, in time order per sample (a stable sort by index), so that forgetting events between two presentations
+    of a sample, in one chunk or across chunks and epochs, are counted as they happened.
+
     Args:
         n: the number of samples (indices ``0..n-1``).
         device: where the sums live (the model's device: a step then copies nothing).
         previous: ``[n]`` whether each sample's latest presentation before this epoch was right (1), wrong (0),
             or never seen (NaN); None: none seen.
     """
+
+    #: steps kept before they are folded into the sums (bounds the memory the kept tensors take)
+    FLUSH_STEPS = 256
 
     def __init__(self, n: int, device: torch.device, previous: np.ndarray | None = None) -> None:
         self.n = n
@@ -58,30 +67,47 @@ class StepRecorder:
             np.isnan(previous), -1, np.asarray(previous) > 0.5).astype(np.int8)
         self.state = torch.as_tensor(state, device=device)
         self._bad = torch.zeros((), dtype=torch.int64, device=device)  # presentations left out (index, loss)
+        self._kept: list[tuple[Tensor, Tensor, Tensor]] = []
 
     def add(self, index: Tensor, loss: Tensor, correct: Tensor) -> None:
         """Record one minibatch: ``[B]`` dataset indices, per-sample training losses and correctness."""
-        idx = index.detach().reshape(-1).to(device=self.device, dtype=torch.int64)
-        loss = loss.detach().reshape(-1).to(device=self.device, dtype=torch.float32)
-        right = correct.detach().reshape(-1).to(device=self.device).to(torch.bool)
+        self._kept.append((index.detach(), loss.detach(), correct.detach()))
+        if len(self._kept) >= self.FLUSH_STEPS:
+            self._flush()
+
+    def _flush(self) -> None:
+        """Fold the kept steps into the sums and the state."""
+        if not self._kept:
+            return
+        idx = torch.cat([k[0].reshape(-1) for k in self._kept]).to(device=self.device, dtype=torch.int64)
+        loss = torch.cat([k[1].reshape(-1) for k in self._kept]).to(device=self.device, dtype=torch.float32)
+        right = torch.cat([k[2].reshape(-1) for k in self._kept]).to(device=self.device).to(torch.bool)
+        self._kept = []
         ok = (idx >= 0) & (idx < self.n) & torch.isfinite(loss)
         self._bad += (~ok).sum()
-        idx = idx.clamp(0, self.n - 1)  # masked below: a bad index adds zeros and leaves the state alone
-        okf = ok.to(torch.float32)
-        before = self.state[idx]
-        forgotten = (before == 1) & ~right & ok
-        rows = torch.stack((okf, torch.where(ok, loss, 0.0), right.to(torch.float32) * okf,
-                            forgotten.to(torch.float32), torch.zeros_like(okf)))
-        self.buffers.index_add_(1, idx, rows)
-        self.state[idx] = torch.where(ok, right.to(torch.int8), before)
+        idx, loss, right = idx[ok], loss[ok], right[ok]
+        order = torch.argsort(idx, stable=True)  # each sample's presentations together, in time order
+        idx, loss, right = idx[order], loss[order], right[order]
+        new = torch.ones_like(right)  # the first of its sample's presentations here
+        new[1:] = idx[1:] != idx[:-1]
+        before = torch.where(new, self.state[idx], torch.roll(right, 1).to(torch.int8))  # the previous presentation
+        forgotten = (before == 1) & ~right
+        rightf = right.to(torch.float32)
+        self.buffers[:4].index_add_(1, idx, torch.stack((torch.ones_like(loss), loss, rightf,
+                                                         forgotten.to(torch.float32))))
+        last = torch.ones_like(right)  # the latest of its sample's presentations here
+        last[:-1] = idx[:-1] != idx[1:]
+        self.state[idx[last]] = right[last].to(torch.int8)
 
     def bad(self) -> Tensor:
-        """Presentations left out this epoch (an index outside ``[0, n)`` or a non-finite loss): a 0-d tensor."""
+        """Presentations left out so far this epoch (an index outside ``[0, n)`` or a non-finite loss): 0-d."""
+        self._flush()
         return self._bad
 
     def epoch_sums(self) -> Tensor:
         """``[5, n]``: this recorder's rows (:data:`ROWS`), ``last_correct`` filled in, ready to be summed over
         ranks (a sample is seen on one rank per epoch; ranks that did not see it add zeros)."""
+        self._flush()
         out = self.buffers.clone()
         out[4] = ((self.state == 1) & (out[0] > 0)).to(torch.float32)
         return out
