@@ -311,7 +311,10 @@ def test_entry_point_writes_every_output(tmp_path):
     with open(out / "scores.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 1797
-    assert {"index", "label", "given_label", "flipped", "curvature", "loss", "margin"} <= set(rows[0])
+    assert {"index", "label", "given_label", "flipped", "recommended", "curvature", "loss", "margin", "csl",
+            "learning_time", "train_forgetting"} <= set(rows[0])
+    assert list(rows[0])[:5] == ["index", "label", "given_label", "flipped", "recommended"]  # it leads
+    assert all(float(r["csl"]) > 0 for r in rows)  # every sample trained on, its loss summed over 2 epochs
     assert sum(r["flipped"] == "1" for r in rows) == 180
     assert all(float(r["curvature"]) >= 0 and r["count"] == "2" for r in rows)
     meta = json.loads((out / "curvature" / "meta.json").read_text())
@@ -331,3 +334,27 @@ def test_the_default_run_finds_what_the_readme_says(tmp_path):
     # margins of 0.035 and 0.0095 below the README's figures; chance is 0.5 +- 0.023
     assert metrics["auroc_curvature"] >= 0.95 and metrics["auroc_loss"] >= 0.99, metrics
     assert metrics["auroc_loss"] > metrics["auroc_curvature"]
+    # the recommended score (README: 1.000, the training loss's and the loss's mean rank) leads: never more than
+    # 0.005 below any signal, and the training-time signals are there
+    assert metrics["recommended_signals"] == ["train_loss", "loss"] and metrics["auroc_train_loss"] >= 0.99
+    aurocs = {k: v for k, v in metrics.items() if k.startswith("auroc_") and v is not None}
+    assert {"auroc_learning_time", "auroc_train_forgetting", "auroc_curvature"} <= set(aurocs)
+    assert all(metrics["auroc_recommended"] >= v - 0.005 for v in aurocs.values()), aurocs
+
+
+def test_the_recommended_configuration_pays_for_no_curvature(tmp_path):
+    """score_curvature=False: training-time signals only, no pass; the recommended score rests on CSL."""
+    cfg = _compose(tmp_path, *SHORT, "callbacks.curvature.score_curvature=false")
+    metrics = run(cfg)
+    assert metrics["scored_epochs"] == [] and metrics["auroc_curvature"] is None
+    assert metrics["recommended_signals"] == ["train_loss"]
+    # two epochs: measured 0.773 (chance 0.5 +- 0.023 for 180 of 1797)
+    assert metrics["auroc_recommended"] == metrics["auroc_train_loss"] >= 0.65
+    assert (tmp_path / "top_k.png").is_file() and not (tmp_path / "histogram.png").exists()
+    meta = json.loads((tmp_path / "curvature" / "meta.json").read_text())
+    assert meta["epochs"] == [] and meta["step_epochs"] == [0, 1]
+
+
+def test_a_callback_that_records_nothing_is_refused():
+    with pytest.raises(ValueError, match="record nothing"):
+        CurvatureCallback(record_training=False, score_curvature=False)

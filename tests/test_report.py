@@ -74,7 +74,8 @@ def report(tmp_path_factory):
 def test_report_has_every_section_and_the_planted_duplicates(report):
     page = report["index"].read_text()
     for heading in ("Which signal answers which question",
-                    "Mislabel detection: the recommended score, curvature and every other signal", "Curvature per class",
+                    "Mislabel detection: the recommended score, curvature and every other signal",
+                    "Curvature per class",
                     "The 16 most-curved samples", "Duplicates with conflicting labels among the 50 most-curved",
                     "Curvature against a reference memorization score"):
         assert heading in page, heading

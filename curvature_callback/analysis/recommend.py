@@ -12,8 +12,8 @@ Example:
     >>> import numpy as np
     >>> s = recommended_scores({"train_loss": np.array([0.1, 3.0, 0.2]), "loss": np.array([0.0, 2.0, 0.5]),
     ...                         "curvature": np.array([5.0, 1.0, 9.0])})
-    >>> s["mislabeled"].tolist(), used_signals({"train_loss": 0, "loss": 0})["mislabeled"]
-    ([0.3333333333333333, 1.0, 0.6666666666666666], ('train_loss', 'loss'))
+    >>> s["mislabeled"].tolist(), used_signals({"train_loss": np.ones(3), "loss": np.full(3, np.nan)})["mislabeled"]
+    ([0.3333333333333333, 1.0, 0.6666666666666666], ('train_loss',))
 """
 
 from __future__ import annotations
@@ -85,12 +85,14 @@ def rank_mean(scores: Mapping[str, np.ndarray], names: tuple[str, ...]) -> np.nd
         return np.nanmean(np.stack(stacked), axis=0)
 
 
-def used_signals(scores: Mapping[str, object]) -> dict[str, tuple[str, ...]]:
-    """For each question, the signals its recommended score averages, given the signals a run has."""
+def used_signals(scores: Mapping[str, np.ndarray]) -> dict[str, tuple[str, ...]]:
+    """For each question, the signals its recommended score averages: those of its rule that the run has (a value
+    for at least one sample), else its fallback's, else curvature."""
+    has = {name for name, s in scores.items() if np.isfinite(np.asarray(s, dtype=np.float64)).any()}
     out = {}
     for q, rule in RULES.items():
         for chain in (rule.signals, rule.fallback, ("curvature",)):
-            found = tuple(s for s in chain if s in scores)
+            found = tuple(s for s in chain if s in has)
             if found:
                 out[q] = found
                 break

@@ -240,7 +240,8 @@ def _detection_metrics(columns: Mapping[str, np.ndarray], suspicion: Mapping[str
     """AUROC and AP of the recommended score, curvature and every other signal for the flipped labels, each over the
     scored samples it has a value for (null without noise), and the training accuracies."""
     flipped, given, original, pred = columns["flipped"], columns["given_label"], columns["label"], columns["pred"]
-    scored = np.isfinite(columns["curvature"])  # with fraction < 1 a short run may leave samples unscored
+    # with fraction < 1 a short run may leave samples unscored; without curvature, the samples trained on
+    scored = np.isfinite(columns["curvature"] if np.isfinite(columns["curvature"]).any() else columns["recommended"])
     noisy = 0 < flipped[scored].sum() < scored.sum()  # detection needs both kinds; without noise these are null
     metrics: dict[str, Any] = {"recommended_signals": list(used_signals(suspicion)["mislabeled"])}
     scores = {"recommended": recommended_scores(suspicion)["mislabeled"], **suspicion}  # higher = more suspicious
@@ -278,7 +279,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         return {}
 
     store = curvature.store  # the folder the callback wrote, opened read-only
-    if not store.epochs:
+    if not store.epochs and not store.step_epochs:
         raise RuntimeError(
             f"No epoch was scored: the run trained {trainer.current_epoch} epoch(s) and the callback starts "
             f"at epoch {curvature.start_epoch}. Lower callbacks.curvature.start_epoch, or raise "
@@ -289,12 +290,16 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     columns = _columns(store, datamodule, _predict(model, dataset, curvature, trainer.strategy.root_device), suspicion)
     metrics = _detection_metrics(columns, suspicion)
     metrics.update(epochs=int(trainer.current_epoch), scored_epochs=store.epochs)
+    with_curvature = bool(store.epochs)  # False: training-time signals only (score_curvature=False)
     store.close()
 
-    curv, flipped, scored = columns["curvature"], columns["flipped"], np.isfinite(columns["curvature"])
     write_scores_csv(out / "scores.csv", columns)
-    plot_histogram(curv[scored], flipped[scored], out / "histogram.png")
-    plot_top_k(_Inputs(dataset), columns["given_label"], columns["label"], np.where(scored, curv, -np.inf),
+    # the top-k grid ranks by curvature where there is one, else by the recommended score (no curvature histogram)
+    rank = columns["curvature"] if with_curvature else columns["recommended"]
+    scored = np.isfinite(rank)
+    if with_curvature:
+        plot_histogram(rank[scored], columns["flipped"][scored], out / "histogram.png")
+    plot_top_k(_Inputs(dataset), columns["given_label"], columns["label"], np.where(scored, rank, -np.inf),
                out / "top_k.png", k=int(cfg.get("top_k", 25)), class_names=getattr(datamodule, "classes", None))
     end = time.perf_counter()
     train_start = times.get("train_start", start)
@@ -307,7 +312,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "report": round(end - fit_end, 2),  # predictions, scores.csv, figures
     }
     (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
-    if cfg.get("report", True):  # report/index.html: figures, top-k, duplicates, every baseline
+    if cfg.get("report", True) and with_curvature:  # report/index.html: figures, top-k, duplicates, every baseline
         write_report(out, dataset=dataset, class_names=getattr(datamodule, "classes", None),
                      top_k=int(cfg.get("top_k", 25)))
     for logger in loggers:

@@ -153,6 +153,11 @@ class CurvatureCallback(Callback):
             see :func:`~curvature_callback.sample_outputs`. A module that returns less gets one warning saying how,
             and the curvature pass works as before. Under DDP each rank records its own samples, summed at the
             epoch's end; with gradient accumulation every micro-batch counts.
+        score_curvature: run the curvature pass (on :meth:`should_score` epochs). ``False`` keeps only the
+            training-time signals: no pass, no extra forward or backward, at about 1 % of a training step
+            (``benchmarks/bench_overhead.py --capture``); the recommended score for mislabels then rests on the
+            training loss (CSL) alone, which our studies found as good as the best signal at every noise level
+            (docs/RESULTS.md).
 
     Example::
 
@@ -186,6 +191,7 @@ class CurvatureCallback(Callback):
         loss_id: str | None = None,
         progress_bar: bool = False,
         record_training: bool = True,
+        score_curvature: bool = True,
     ) -> None:
         # what defines the score, validated once (numpy numbers become Python ones: they go to JSON and checkpoints)
         self._settings = ScoreSettings(h=h, n_vectors=n_vectors, seed=seed, loss=_resolve_loss(loss_fn, loss_id),
@@ -200,6 +206,10 @@ class CurvatureCallback(Callback):
         self.record_outputs = check_bool("record_outputs", record_outputs)
         self.progress_bar = check_bool("progress_bar", progress_bar)
         self.record_training = check_bool("record_training", record_training)
+        self.score_curvature = check_bool("score_curvature", score_curvature)
+        if not (self.record_training or self.score_curvature):
+            raise ValueError("Expected record_training=True or score_curvature=True, got both False: the callback "
+                             "would record nothing. Keep one (the training-time signals cost about 1 % of a step).")
         self.dataset = dataset
         self.directory = os.fspath(directory)
         self.loss_fn = loss_fn
@@ -387,7 +397,7 @@ class CurvatureCallback(Callback):
         if self._should_skip_scoring(trainer):
             return
         steps = self._end_steps(trainer, pl_module)
-        score = self.should_score(epoch) and epoch not in self._epochs_done
+        score = self.score_curvature and self.should_score(epoch) and epoch not in self._epochs_done
         if not score and steps is None:
             return
         assert self._scored_dataset is not None  # set by on_train_start
