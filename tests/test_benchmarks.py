@@ -1,11 +1,13 @@
 """The prepared GPU script of issue 5 runs every step on the CPU at tiny sizes (SMOKE=1): its code paths work
-before a GPU session spends device time on them."""
+before a GPU session spends device time on them. The miniature study (benchmarks/miniature_study.py) runs a tiny
+setting end to end, and its saved settings (benchmarks/data/miniature) hold every signal with sane AUROCs."""
 
 import os
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from offline import needs_offline
 
@@ -30,3 +32,84 @@ def test_gpu_issue5_script_runs_every_step_in_smoke_mode(tmp_path):
         text = (out / f"{step}.txt").read_text()
         assert f"## {step}: exit 0 after" in text, text[-3000:]
         assert row in text, text[-3000:]
+
+
+# ------------------------------------------------------------------------------------- benchmarks/miniature_study.py
+MINIATURE = REPO / "benchmarks" / "miniature_study.py"
+MINIATURE_DATA = REPO / "benchmarks" / "data" / "miniature"
+#: the signals every setting saves (the training-time ones when the callback records them)
+MINIATURE_SIGNALS = {"curvature", "loss", "margin", "confidence", "correct", "forgetting", "train_loss",
+                     "learning_time", "train_forgetting", "cleanlab"}
+
+
+def _miniature():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("miniature_study", MINIATURE)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@needs_offline
+def test_miniature_study_runs_a_tiny_setting_and_prints_its_tables(tmp_path):
+    pytest.importorskip("cleanlab")
+    from offline import cache_dir
+
+    env = {**os.environ, "CURVATURE_DATA_CACHE": str(cache_dir(tmp_path / "cache"))}
+    out = tmp_path / "out"
+    cmd = [sys.executable, str(MINIATURE), "--samples", "300", "--epochs", "2", "--cv-epochs", "1", "--noise", "0.1",
+           "--seeds", "0", "--out", str(out)]
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    with np.load(out / "cifar10_p0.1_s0.npz", allow_pickle=False) as f:
+        data = {k: f[k] for k in f.files}
+    for name in MINIATURE_SIGNALS:
+        assert data[name].shape == (300,) and data[name].dtype == np.float32, name
+        assert np.isfinite(data[name]).all(), name
+    assert data["flipped"].sum() == 30 and data["flipped"].dtype == bool
+    assert len(data["dup_copies"]) == len(data["dup_sources"]) == 2  # N / 200, at least 2
+    copies, sources = data["dup_copies"], data["dup_sources"]
+    assert not data["flipped"][copies].any() and not data["flipped"][sources].any()
+    assert (data["given"][copies] != data["given"][sources]).all()
+    assert data["fit_flipped"].shape == data["fit_all"].shape == (2,)
+    assert data["pred_probs"].shape == (300, 10)
+    assert np.allclose(data["pred_probs"].astype(np.float32).sum(1), 1, atol=1e-2)
+    done = subprocess.run([sys.executable, str(MINIATURE), "--tables", "--out", str(out)], capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr[-3000:]
+    for row in ("| training loss summed over steps (CSL) |", "| cleanlab: 1 - label quality (3-fold CV) |",
+                "**Planted conflicting duplicates", "| 10 % | 0 |"):
+        assert row in done.stdout, done.stdout
+
+
+def test_miniature_study_plants_duplicates_outside_the_noise():
+    study = _miniature()
+    labels = np.arange(1000) % 10
+    images = np.random.default_rng(0).integers(0, 256, (1000, 4, 4), dtype=np.uint8)
+    s = study.make_setting(images, labels, 0.05, seed=3, duplicates=5)
+    assert s["flipped"].sum() == 50
+    assert (s["given"] != s["original"]).sum() == 55  # the flipped ones and the 5 copies
+    assert (s["images"][s["dup_copies"]] == s["images"][s["dup_sources"]]).all()
+    assert (s["original"][s["dup_copies"]] == labels[s["dup_sources"]]).all()
+    assert len(set(s["dup_copies"]) | set(s["dup_sources"])) == 10
+    assert study.milestones_of(30) == [18, 24]
+
+
+@pytest.mark.skipif(not list(MINIATURE_DATA.glob("*.npz")), reason="no saved miniature study")
+def test_the_saved_miniature_study_has_every_signal_and_sane_aurocs():
+    study = _miniature()
+    files = sorted(MINIATURE_DATA.glob("*.npz"))
+    assert sum(p.stat().st_size for p in files) < 6e6
+    for path in files:
+        result = study.evaluate(path)
+        config, n = result["config"], result["config"]["n"]
+        with np.load(path, allow_pickle=False) as f:
+            for name in MINIATURE_SIGNALS - ({"cleanlab"} if not config["cv"] else set()):
+                assert f[name].shape == (n,), (path.name, name)
+            assert int(f["flipped"].sum()) == round(config["noise"] * n), path.name
+        auroc = {k: v["auroc"] for k, v in result["mislabel"].items()}
+        assert auroc["train_loss"] > 0.6 and auroc["loss"] > 0.6, (path.name, auroc)
+        if config["noise"] >= 0.1:
+            assert auroc["train_loss"] > 0.8, (path.name, auroc)
+    assert "| signal |" in study.tables(MINIATURE_DATA)
