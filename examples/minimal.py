@@ -1,6 +1,8 @@
 """CurvatureCallback on your own LightningModule and LightningDataModule: which samples were memorized?
 
-Four gaussian blobs with 5 % of the labels flipped: the flipped samples should rank highest. Seconds on CPU.
+Four gaussian blobs with 5 % of the labels flipped: the flipped samples should rank highest, by curvature and by
+the recommended score (here: the training loss summed over training, CSL, and the eval-mode loss, recorded for free
+from what training_step returns). Seconds on CPU.
 """
 
 import logging
@@ -13,7 +15,9 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from curvature_callback import CurvatureCallback
+from curvature_callback import CurvatureCallback, WithIndex, sample_outputs
+from curvature_callback.analysis import mislabel_metrics, suspicion_scores
+from curvature_callback.analysis.recommend import recommended_scores
 
 
 class Blobs(L.LightningDataModule):
@@ -26,7 +30,8 @@ class Blobs(L.LightningDataModule):
         self.train_set = TensorDataset(x, y)
 
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.train_set, batch_size=32, shuffle=True)
+        # items (x, y, index): the training step tells the callback which samples it saw
+        return DataLoader(WithIndex(self.train_set), batch_size=32, shuffle=True)
 
 
 class Classifier(L.LightningModule):
@@ -38,9 +43,11 @@ class Classifier(L.LightningModule):
     def forward(self, x: torch.Tensor) -> torch.Tensor:  # the callback scores self(x): logits
         return self.net(x)
 
-    def training_step(self, batch: tuple[torch.Tensor, torch.Tensor], batch_idx: int) -> torch.Tensor:
-        x, y = batch
-        return F.cross_entropy(self(x), y)
+    def training_step(self, batch: tuple[torch.Tensor, ...], batch_idx: int) -> dict[str, torch.Tensor]:
+        x, y, index = batch
+        logits = self(x)
+        losses = F.cross_entropy(logits, y, reduction="none")
+        return sample_outputs(losses, index, logits=logits, targets=y)  # "loss" is losses.mean()
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=1e-2)
@@ -56,6 +63,7 @@ if __name__ == "__main__":
                             enable_checkpointing=False, enable_model_summary=False, default_root_dir=tmp)
         trainer.fit(Classifier(), blobs)
         count, mean = np.array(callback.store.count), np.array(callback.store.mean)
+        recommended = recommended_scores(suspicion_scores(callback.store))["mislabeled"]
 
     flipped = np.zeros(len(mean), dtype=bool)
     flipped[blobs.flipped.numpy()] = True
@@ -63,5 +71,9 @@ if __name__ == "__main__":
     print(f"every sample scored {count.min()} times; mean curvature of the flipped samples "
           f"{mean[flipped].mean():.3g}, of the others {mean[~flipped].mean():.3g}; "
           f"mean percentile of the flipped samples {percentile[flipped].mean():.2f}")
+    found = {"curvature": mislabel_metrics(mean, flipped)["auroc"],
+             "recommended": mislabel_metrics(recommended, flipped)["auroc"]}
+    print("mislabel AUROC: " + ", ".join(f"{k} {v:.3f}" for k, v in found.items()))
     assert (count == 10).all(), "every sample should be scored once per epoch"
     assert percentile[flipped].mean() > 0.8, "flipped labels should rank high"
+    assert found["recommended"] > 0.9, "the recommended score should find the flipped labels"
