@@ -44,6 +44,7 @@ import torch.nn.functional as F
 
 from curvature_callback import CurvatureStore
 from curvature_callback.analysis import mislabel_metrics, suspicion_scores
+from curvature_callback.analysis.recommend import recommended_scores
 from curvature_callback.analysis.references import memorization_comparison
 from curvature_callback.experiments.data.digits import DigitsDataModule
 from curvature_callback.experiments.models import SmallCNN
@@ -131,9 +132,11 @@ def curvature_signals(run: Path, given: np.ndarray) -> dict[str, np.ndarray]:
         raise RuntimeError(f"{run} trained on other labels than the memorization estimate.")
     store = CurvatureStore.open(run / "curvature")
     try:
-        return suspicion_scores(store)
+        signals = suspicion_scores(store)
     finally:
         store.close()
+    recommended = recommended_scores(signals)  # the rule of the memorized question, fixed (not fitted to mem)
+    return {"recommended": recommended["memorized"], **signals} if "memorized" in recommended else signals
 
 
 def comparison(score: np.ndarray, mem: np.ndarray) -> dict[str, float]:
