@@ -55,10 +55,12 @@ RULES: Mapping[str, Rule] = {r.question: r for r in (
          "of ours (CIFAR-10 miniature, CIFAR-10 validation, digits) and in the lab's full-size runs (CSL "
          "0.985-0.987 vs curvature 0.972-0.982 AUROC); the mean of their ranks is never more than a few thousandths "
          "below the better of the two. Curvature adds nothing here."),
-    Rule("memorized", "Which samples did the network memorize (atypical, long-tailed)?", ("train_loss", "loss"),
+    Rule("memorized", "Which samples did the network memorize (atypical, long-tailed)?", ("train_loss",),
          ("loss", "curvature"),
-         "against Feldman & Zhang's memorization estimate on digits the loss agrees best (Pearson 0.86 over all "
-         "samples, 0.69 on clean ones) and curvature less (0.61, 0.34); the lab reports CSL above curvature too."),
+         "against Feldman & Zhang's memorization estimate on digits (100 models) the training loss (CSL) agrees "
+         "best on the clean samples (Pearson 0.71, Spearman 0.61; AUROC 0.987 for the 37 memorized clean ones), "
+         "ahead of the eval-mode loss (0.69, 0.60; 0.978) and far ahead of curvature (0.34, 0.50; 0.899); the lab "
+         "reports CSL above curvature too."),
     Rule("duplicates", "Which samples are duplicates with conflicting labels?", ("train_loss", "loss"),
          ("loss", "curvature"),
          "a copy with another label is a mislabeled sample to the network: the same signals find it (the lab: CSL "
