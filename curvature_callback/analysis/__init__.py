@@ -2,6 +2,7 @@
 
 - :mod:`~curvature_callback.analysis.metrics`: detection metrics and rank correlations;
 - :mod:`~curvature_callback.analysis.scores`: a store's channels as suspicion scores, the run's ``scores.csv``;
+- :mod:`~curvature_callback.analysis.recommend`: the recommended score per question, one fixed rule each;
 - :mod:`~curvature_callback.analysis.references`: memorization against a reference (Feldman & Zhang);
 - :mod:`~curvature_callback.analysis.duplicates`, :mod:`~curvature_callback.analysis.plots`,
   :mod:`~curvature_callback.analysis.report` (``curvature-report``; matplotlib, the ``experiments`` extra).

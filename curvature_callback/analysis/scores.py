@@ -31,7 +31,9 @@ def suspicion_scores(store: Any, *, which: Literal["mean", "last"] = "mean") -> 
     Each channel's own definition (:data:`~curvature_callback.core.channels.CHANNELS`) orients it: ``curvature``
     and ``loss`` as stored; ``margin`` and ``confidence`` negated; ``correct`` becomes the fraction of scored
     epochs misclassified; ``forgetting`` the forgetting-event count, with samples that were never correct at a
-    scored epoch ranked highest. A sample never scored is NaN in every score (``fraction < 1`` runs: mask with
+    scored epoch ranked highest. Where the store recorded the training steps (``store.step_epochs``), also
+    ``train_loss`` (CSL per presentation), ``learning_time`` and ``train_forgetting`` (per minibatch). A sample
+    never scored is NaN in every score (``fraction < 1`` runs: mask with
     ``np.isfinite``). Channels the store lacks (``record_outputs=False``, a custom loss) are left out. See
     ``SCORE_NOTES`` for one line on each.
 
