@@ -227,6 +227,8 @@ CPU_SETTINGS = {
     "n10_every3": ("n=10, every 3 epochs (the old default run)", dict(n_vectors=10, every_n_epochs=3)),
     "n2_every2": ("n=2, every 2 epochs", dict(n_vectors=2, every_n_epochs=2)),
     "n1_half": ("n=1, fraction 1/2", dict(n_vectors=1, fraction=0.5)),
+    "n1_every2": ("n=1, every 2 epochs (the recommended configuration with a pass: eval loss and confidence)",
+                  dict(n_vectors=1, every_n_epochs=2)),
 }
 FAST_SETTINGS = {
     "paper_fast": ("n=10, every epoch, fast=True", dict(n_vectors=10, fast=True)),
