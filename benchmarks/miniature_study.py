@@ -1,0 +1,576 @@
+"""The paper's regime in miniature, on the CPU: a small ResNet trained with augmentation, weight decay and a step
+schedule until the flipped labels are memorized (after the first learning-rate drop), scored by every signal of
+the callback, the training-time channels (CSL's training loss, learning time, minibatch forgetting) and cleanlab's
+confident learning on 3-fold cross-validated probabilities.
+
+For each setting (dataset, noise level, seed) one training run with :class:`~curvature_callback.CurvatureCallback`
+and, with ``--cv``, three more on 2/3 of the data for cleanlab; every per-sample signal is saved to
+``--out/<dataset>_p<noise>_s<seed>[<tag>].npz`` so that the tables are recomputed without retraining:
+
+    export CURVATURE_CIFAR10_OFFLINE=/path/to/cifar10      # the offline CIFAR-10 copy's folder
+    python benchmarks/miniature_study.py --dataset cifar10 --noise 0.01 0.02 0.05 0.1 --seeds 0 1
+    python benchmarks/miniature_study.py --dataset fashion_mnist --noise 0.05 0.1 --seeds 0 1
+    python benchmarks/miniature_study.py --dataset cifar10 --noise 0.1 --seeds 0 --n-vectors 10 --no-cv --tag _n10
+    python benchmarks/miniature_study.py --tables          # the markdown tables, from the saved files only
+    python benchmarks/miniature_study.py --samples 300 --epochs 2 --cv-epochs 1 --noise 0.1 --seeds 0 --out /tmp/x
+
+Each setting plants conflicting duplicates beside the label noise: ``--duplicates`` images (default: the lab's
+rate, 250 per 50,000, i.e. 25 of 5,000) copied exactly over as many other positions, each copy given a label other
+than its source's. Source and copy are kept out of the label noise and out of the mislabel metrics; the duplicate
+metrics rank them against the clean samples. Needs ``pip install cleanlab`` for ``--cv``. One CPU thread by
+default (``--threads``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import logging
+import os
+import shutil
+import sys
+import tempfile
+import time
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+#: what a setting saves beside the signals (every other float32 [N] array of a file is a signal)
+META_KEYS = ("config", "given", "original", "flipped", "dup_sources", "dup_copies", "fit_flipped", "fit_all",
+             "fit_copies", "epoch_seconds", "seconds", "pred_probs", "cleanlab_issues", "eval_correct_last")
+#: table order of the signals (others follow alphabetically)
+ORDER = ("curvature", "loss", "margin", "confidence", "correct", "forgetting", "train_loss", "learning_time",
+         "train_forgetting", "cleanlab")
+NOTES = {
+    "curvature": "curvature (epoch mean, eval mode)", "loss": "loss (eval mode, epoch mean)",
+    "margin": "margin, negated (AUM-style, eval mode)", "confidence": "confidence, negated (eval mode)",
+    "correct": "fraction of scored epochs misclassified", "forgetting": "forgetting events (scored epochs)",
+    "train_loss": "training loss summed over steps (CSL)", "learning_time": "learning time",
+    "train_forgetting": "forgetting events per minibatch (Toneva)",
+    "cleanlab": "cleanlab: 1 - label quality (3-fold CV)",
+}
+DEFAULT_OUT = Path(__file__).resolve().parent / "data" / "miniature"
+FMNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
+
+
+# ----------------------------------------------------------------------------------------------------------- data
+def _idx(path: Path) -> np.ndarray:
+    """An idx file (gzipped or not) as a numpy array."""
+    raw = gzip.open(path).read() if path.suffix == ".gz" else path.read_bytes()
+    ndim = raw[3]
+    shape = [int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim)]
+    return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
+
+
+def fashion_mnist_arrays(root: str | os.PathLike, limit: int) -> tuple[np.ndarray, np.ndarray]:
+    """The first ``limit`` Fashion-MNIST training images (uint8 [N, 28, 28]) and labels from the idx files."""
+    root = Path(root)
+    found = {}
+    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+        for cand in (root / name, root / f"{name}.gz", root / "FashionMNIST" / "raw" / name):
+            if cand.exists():
+                found[name] = cand
+                break
+        else:
+            raise FileNotFoundError(f"No {name}[.gz] under {root}: apt-get install dataset-fashion-mnist, or pass "
+                                    "--fmnist-root (or $CURVATURE_FASHION_MNIST).")
+    images = _idx(found["train-images-idx3-ubyte"])[:limit]
+    labels = _idx(found["train-labels-idx1-ubyte"])[:limit].astype(np.int64)
+    return np.ascontiguousarray(images), labels
+
+
+def load_arrays(dataset: str, samples: int, fmnist_root: str) -> tuple[np.ndarray, np.ndarray]:
+    if dataset == "cifar10":
+        from curvature_callback.experiments.data import cifar10_offline_arrays
+
+        return cifar10_offline_arrays(None, "train", None, limit=samples)
+    return fashion_mnist_arrays(fmnist_root, samples)
+
+
+def make_setting(images: np.ndarray, labels: np.ndarray, noise: float, seed: int, duplicates: int,
+                 num_classes: int = 10) -> dict[str, np.ndarray]:
+    """Planted conflicting duplicates, then symmetric noise on the other samples.
+
+    ``duplicates`` images are copied exactly over as many others (sources and copies distinct, seeded by
+    ``(seed, 7)``); each copy gets a label other than its source's. Then exactly ``round(noise * N)`` of the
+    remaining samples get another label (``inject_label_noise``, seed ``seed``).
+    """
+    from curvature_callback.experiments.data.noise import inject_label_noise
+
+    n = len(labels)
+    rng = np.random.default_rng((seed, 7))
+    images, original = images.copy(), labels.astype(np.int64).copy()
+    pick = rng.choice(n, size=2 * duplicates, replace=False)
+    sources, copies = np.sort(pick[:duplicates]), pick[duplicates:]
+    copies = copies[np.argsort(pick[:duplicates])]  # keep each copy beside its source
+    given = original.copy()
+    images[copies] = images[sources]
+    original[copies] = original[sources]  # the copy shows the source's image: that is its true class
+    given[copies] = (original[sources] + rng.integers(1, num_classes, size=duplicates)) % num_classes
+    rest = np.setdiff1d(np.arange(n), pick)
+    k = round(noise * n)
+    noisy, flipped_rest = inject_label_noise(original[rest], num_classes, k / len(rest) if len(rest) else 0.0,
+                                             seed=seed)
+    given[rest] = noisy
+    flipped = np.zeros(n, dtype=bool)
+    flipped[rest[flipped_rest]] = True
+    return {"images": images, "given": given, "original": original, "flipped": flipped,
+            "dup_sources": sources.astype(np.int64), "dup_copies": copies.astype(np.int64)}
+
+
+# ------------------------------------------------------------------------------------------------- model, module
+def build_net(in_channels: int, width: int, num_classes: int = 10):
+    """A CIFAR ResNet in miniature: a 3x3 stem, three stages of one basic block each (``w``, ``2w``, ``4w``
+    channels, the last two stride 2), global average pool, linear. Width 16: 0.17 M weights."""
+    from torch import nn
+
+    class Basic(nn.Module):
+        def __init__(self, c_in: int, c_out: int, stride: int) -> None:
+            super().__init__()
+            self.c1 = nn.Conv2d(c_in, c_out, 3, stride, 1, bias=False)
+            self.b1 = nn.BatchNorm2d(c_out)
+            self.c2 = nn.Conv2d(c_out, c_out, 3, 1, 1, bias=False)
+            self.b2 = nn.BatchNorm2d(c_out)
+            self.short = (nn.Identity() if stride == 1 and c_in == c_out else
+                          nn.Sequential(nn.Conv2d(c_in, c_out, 1, stride, bias=False), nn.BatchNorm2d(c_out)))
+
+        def forward(self, x):
+            out = self.b1(self.c1(x)).relu()
+            return (self.b2(self.c2(out)) + self.short(x)).relu()
+
+    w = width
+    return nn.Sequential(
+        nn.Conv2d(in_channels, w, 3, 1, 1, bias=False), nn.BatchNorm2d(w), nn.ReLU(),
+        Basic(w, w, 1), Basic(w, 2 * w, 2), Basic(2 * w, 4 * w, 2),
+        nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4 * w, num_classes),
+    )
+
+
+def _module_class():
+    import lightning.pytorch as pl
+    import torch
+    import torch.nn.functional as F
+
+    from curvature_callback.experiments.data.images import random_crop_flip
+
+    class StudyModule(pl.LightningModule):
+        """SGD with momentum, weight decay and a step schedule; random crop (pad 4) and flip of each training batch.
+
+        ``training_step`` follows the callback's training-time contract: the batch is ``(x, y, index)`` and the
+        step returns the per-sample losses, the indices and whether each was right (and the logits) beside the mean
+        loss (what ``curvature_callback.sample_outputs`` returns). With ``n`` and
+        ``masks`` it also records, per epoch, the fraction of each masked group classified as its given label in
+        its (augmented, train-mode) minibatch.
+        """
+
+        def __init__(self, net, *, lr: float, weight_decay: float, milestones: Sequence[int], fill, augment: bool,
+                     n: int | None = None, masks: dict[str, np.ndarray] | None = None) -> None:
+            super().__init__()
+            self.net, self.lr, self.weight_decay, self.milestones = net, lr, weight_decay, list(milestones)
+            self.fill, self.augment = fill, augment
+            self.masks = masks or {}
+            self.correct = np.zeros(n or 0, dtype=bool)
+            self.fit: dict[str, list[float]] = {k: [] for k in self.masks}
+            self.epoch_starts: list[float] = []
+
+        def forward(self, x):
+            return self.net(x)
+
+        def on_train_epoch_start(self) -> None:
+            self.epoch_starts.append(time.perf_counter())
+
+        def training_step(self, batch, batch_idx):
+            x, y, index = batch[0], batch[1], batch[2]
+            if self.augment:
+                x = random_crop_flip(x, 4, self.fill)
+            logits = self(x)
+            losses = F.cross_entropy(logits, y, reduction="none")
+            correct = logits.detach().argmax(1) == y
+            if len(self.correct):
+                self.correct[index.cpu().numpy()] = correct.cpu().numpy()
+            return {"loss": losses.mean(), "sample_loss": losses.detach(), "sample_index": index,
+                    "sample_correct": correct, "logits": logits.detach()}
+
+        def on_train_epoch_end(self) -> None:
+            for name, mask in self.masks.items():
+                self.fit[name].append(float(self.correct[mask].mean()) if mask.any() else float("nan"))
+
+        def configure_optimizers(self):
+            opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
+            sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones=self.milestones, gamma=0.1)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
+
+    return StudyModule
+
+
+def _with_index():
+    """``curvature_callback.core.feeding.WithIndex`` when the package has it, else an equivalent: ``(x, y, i)``."""
+    try:
+        from curvature_callback.core.feeding import WithIndex
+
+        return WithIndex
+    except ImportError:
+        from torch.utils.data import Dataset
+
+        class WithIndex(Dataset):
+            def __init__(self, dataset) -> None:
+                self.dataset = dataset
+
+            def __len__(self) -> int:
+                return len(self.dataset)
+
+            def __getitem__(self, i):
+                x, y = self.dataset[i][:2]
+                return x, y, i
+
+        return WithIndex
+
+
+def _trainer(epochs: int, callbacks: list):
+    import lightning.pytorch as pl
+
+    return pl.Trainer(max_epochs=epochs, callbacks=callbacks, logger=False, enable_checkpointing=False,
+                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+                      num_sanity_val_steps=0)
+
+
+def _quiet() -> None:
+    for name in ("lightning.pytorch", "lightning.fabric", "lightning", "lightning.pytorch.utilities.rank_zero",
+                 "lightning.fabric.utilities.rank_zero", "lightning.pytorch.accelerators.cuda"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", ".*does not have many workers.*")
+    warnings.filterwarnings("ignore", ".*looks augmented.*")
+
+
+# --------------------------------------------------------------------------------------------------------- a run
+def milestones_of(epochs: int) -> list[int]:
+    """Epochs of the x0.1 decays: 60 % and 80 % of training (the paper's 120 and 160 of 200)."""
+    return sorted({max(1, round(0.6 * epochs)), max(1, round(0.8 * epochs))})
+
+
+def cross_validated_probs(scored, given: np.ndarray, args, in_channels: int, fill) -> np.ndarray:
+    """Out-of-sample softmax probabilities: ``args.folds``-fold CV, the same model and schedule on the other folds."""
+    import lightning.pytorch as pl
+    import torch
+    from torch.utils.data import DataLoader, Subset
+
+    StudyModule, WithIndex = _module_class(), _with_index()
+    n = len(given)
+    perm = np.random.default_rng((args.seed, 11)).permutation(n)
+    probs = np.zeros((n, 10), dtype=np.float32)
+    for fold in range(args.folds):
+        held = np.sort(perm[fold::args.folds])
+        train_idx = np.setdiff1d(np.arange(n), held)
+        pl.seed_everything(1000 * args.seed + fold + 1, verbose=False)
+        net = build_net(in_channels, args.width)
+        module = StudyModule(net, lr=args.lr, weight_decay=args.weight_decay,
+                             milestones=milestones_of(args.cv_epochs), fill=fill, augment=True)
+        loader = DataLoader(Subset(WithIndex(scored), train_idx.tolist()), batch_size=args.batch_size, shuffle=True)
+        _trainer(args.cv_epochs, []).fit(module, loader)
+        net.eval()
+        with torch.no_grad():
+            for start in range(0, len(held), 500):
+                idx = held[start : start + 500]
+                x = torch.stack([scored[int(i)][0] for i in idx])
+                probs[idx] = net(x).softmax(1).numpy()
+    return probs
+
+
+def run_setting(args, dataset: str, noise: float, seed: int) -> Path:
+    import lightning.pytorch as pl
+    import torch
+    from torch.utils.data import DataLoader
+
+    from curvature_callback import CurvatureCallback, CurvatureStore
+    from curvature_callback.analysis.scores import suspicion_scores
+    from curvature_callback.experiments.data.images import ImageArrayDataset, channel_stats
+
+    start_all = time.perf_counter()
+    args.seed = seed
+    images, labels = load_arrays(dataset, args.samples, args.fmnist_root)
+    duplicates = args.duplicates if args.duplicates is not None else max(2, round(len(labels) / 200))
+    s = make_setting(images, labels, noise, seed, duplicates)
+    mean, std = channel_stats(s["images"])
+    fill = -mean / std
+    scored = ImageArrayDataset(s["images"], s["given"], mean, std)
+    in_channels = scored.images.shape[1]
+    n = len(scored)
+
+    StudyModule, WithIndex = _module_class(), _with_index()
+    pl.seed_everything(seed, verbose=False)
+    net = build_net(in_channels, args.width)
+    masks = {"flipped": s["flipped"], "all": np.ones(n, dtype=bool), "copies": np.isin(np.arange(n), s["dup_copies"])}
+    module = StudyModule(net, lr=args.lr, weight_decay=args.weight_decay, milestones=milestones_of(args.epochs),
+                         fill=fill, augment=True, n=n, masks=masks)
+    work = Path(tempfile.mkdtemp(prefix="miniature_"))
+    try:
+        callback = CurvatureCallback(scored, n_vectors=args.n_vectors, every_n_epochs=args.every,
+                                     start_epoch=(args.epochs - 1) % args.every, directory=work / "store",
+                                     log_histogram=False, batch_size=256, seed=seed)
+        loader = DataLoader(WithIndex(scored), batch_size=args.batch_size, shuffle=True)
+        t0 = time.perf_counter()
+        _trainer(args.epochs, [callback]).fit(module, loader)
+        main_seconds = time.perf_counter() - t0
+        store = CurvatureStore.open(work / "store")
+        signals = {k: np.asarray(v, dtype=np.float32) for k, v in suspicion_scores(store).items()}
+        eval_correct = (np.asarray(store.channel_last("correct"), dtype=np.float32)
+                        if "correct" in store.channels else np.full(n, np.nan, np.float32))
+        store_epochs = list(store.epochs)
+        step_channels = list(getattr(store, "step_channels", []) or [])
+        store.close()
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    out = {"given": s["given"].astype(np.int8), "original": s["original"].astype(np.int8), "flipped": s["flipped"],
+           "dup_sources": s["dup_sources"].astype(np.int32), "dup_copies": s["dup_copies"].astype(np.int32),
+           "fit_flipped": np.array(module.fit["flipped"], np.float32),
+           "fit_all": np.array(module.fit["all"], np.float32),
+           "fit_copies": np.array(module.fit["copies"], np.float32),
+           "epoch_seconds": np.diff(np.array(module.epoch_starts + [t0 + main_seconds]) - t0).astype(np.float32),
+           "eval_correct_last": eval_correct}
+    cv_seconds = 0.0
+    if args.cv:
+        from cleanlab.filter import find_label_issues
+        from cleanlab.rank import get_label_quality_scores
+
+        t1 = time.perf_counter()
+        probs = cross_validated_probs(scored, s["given"], args, in_channels, fill)
+        cv_seconds = time.perf_counter() - t1
+        signals["cleanlab"] = (1.0 - get_label_quality_scores(s["given"], probs)).astype(np.float32)
+        out["cleanlab_issues"] = find_label_issues(s["given"], probs)
+        out["pred_probs"] = probs.astype(np.float16)
+    total = time.perf_counter() - start_all
+    out["seconds"] = np.array([main_seconds, cv_seconds, total], np.float32)
+    config = {k: v for k, v in vars(args).items() if k not in ("tables",)}
+    config.update(dataset=dataset, noise=noise, seed=seed, n=n, duplicates=duplicates,
+                  milestones=milestones_of(args.epochs), store_epochs=store_epochs, step_channels=step_channels,
+                  seconds_note="main (train + scoring), cv (3 trainings + predictions), total", signals=sorted(signals),
+                  torch=torch.__version__)
+    out["config"] = np.array(json.dumps(config, default=str))
+    clash = set(signals) & set(out)
+    if clash:
+        raise RuntimeError(f"signal names clash with bookkeeping keys: {sorted(clash)}")
+    path = Path(args.out) / f"{dataset}_p{noise:g}_s{seed}{args.tag}.npz"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    np.savez_compressed(path, **signals, **out)
+    fit = out["fit_flipped"]
+    print(f"{path.name}: main {main_seconds:.0f} s, cv {cv_seconds:.0f} s; train acc {out['fit_all'][-1]:.3f}, "
+          f"flipped fit {fit[-1] if len(fit) else float('nan'):.3f}, signals {sorted(signals)}", flush=True)
+    return path
+
+
+# ------------------------------------------------------------------------------------------------------ tables
+def load(path: Path) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """``(config, signals, bookkeeping)`` of a saved setting."""
+    with np.load(path, allow_pickle=False) as f:
+        data = {k: f[k] for k in f.files}
+    config = json.loads(str(data.pop("config")))
+    signals = {k: v.astype(np.float64) for k, v in data.items() if k not in META_KEYS}
+    return config, signals, data
+
+
+def with_recommended(signals: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The signals and, when ``curvature_callback.analysis.recommend.recommended_scores`` exists, its scores."""
+    try:
+        from curvature_callback.analysis.recommend import recommended_scores, used_signals
+    except ImportError:
+        return signals
+    extra: dict[str, np.ndarray] = {}
+    groups: list[tuple[list[str], np.ndarray]] = []  # questions with one and the same score share a row
+    for q, v in recommended_scores(dict(signals)).items():
+        v = np.asarray(v, dtype=np.float64)
+        same = [g for g in groups if np.array_equal(g[1], v, equal_nan=True)]
+        if same:
+            same[0][0].append(q)
+        else:
+            groups.append(([q], v))
+    used = used_signals(signals)
+    for questions, v in groups:
+        extra[f"recommended: {', '.join(questions)} (rank mean of {' and '.join(used[questions[0]])})"] = v
+    return {**signals, **extra}
+
+
+def evaluate(path: Path) -> dict:
+    """Mislabel and duplicate metrics of every signal of one saved setting."""
+    from curvature_callback.analysis.metrics import detection_table
+
+    config, signals, d = load(path)
+    signals = with_recommended(signals)
+    n = len(d["given"])
+    planted = np.zeros(n, dtype=bool)
+    planted[d["dup_sources"]] = planted[d["dup_copies"]] = True
+    keep = ~planted  # the mislabel question: flipped vs clean, planted pairs left out
+    flipped = d["flipped"][keep]
+    k = int(flipped.sum())
+    pct = 100.0 * k / keep.sum()
+    finite = {name: v for name, v in signals.items() if np.isfinite(v).all()}
+    table = detection_table({name: v[keep] for name, v in finite.items()}, flipped, at_percent=[pct])
+    mislabel = {name: {"auroc": m["auroc"], "ap": m["ap"], "p@k": m[f"precision@{pct:g}%"]}
+                for name, m in table.items()}
+    clean = ~d["flipped"]  # the duplicate question: planted members vs clean samples
+    copies = np.zeros(n, dtype=bool)
+    copies[d["dup_copies"]] = True
+    dup_copy = detection_table({name: v[clean] for name, v in finite.items()}, copies[clean], at_percent=())
+    dup_pair = detection_table({name: v[clean] for name, v in finite.items()}, planted[clean], at_percent=())
+    alone = clean & ~copies  # the sources (correctly labeled) against the clean samples, copies left out
+    dup_source = detection_table({name: v[alone] for name, v in finite.items()}, (planted & ~copies)[alone],
+                                 at_percent=())
+    fit = d["fit_flipped"]
+    reached = np.nonzero(fit >= 0.9)[0]
+    issues = d.get("cleanlab_issues")
+    cl = None
+    if issues is not None:
+        found = issues[keep]
+        cl = {"flagged": int(found.sum()), "precision": float(flipped[found].mean()) if found.any() else float("nan"),
+              "recall": float(found[flipped].mean()) if k else float("nan")}
+    return {
+        "config": config, "mislabel": mislabel, "k": k,
+        "dup": {name: {"copy": dup_copy[name]["auroc"], "source": dup_source[name]["auroc"],
+                       "pair": dup_pair[name]["auroc"]} for name in dup_copy},
+        "fit_epoch": int(reached[0]) + 1 if len(reached) else None, "fit_final": float(fit[-1]) if len(fit) else None,
+        "acc_final": float(d["fit_all"][-1]) if len(d["fit_all"]) else None,
+        "copies_fit_final": float(d["fit_copies"][-1]) if len(d["fit_copies"]) else None,
+        "eval_fit_final": float(np.nanmean(d["eval_correct_last"][d["flipped"]])) if d["flipped"].any() else None,
+        "fit_curve": fit.tolist(), "seconds": d["seconds"].tolist(), "cleanlab_issues": cl, "signals": signals,
+    }
+
+
+def _ms(values: Sequence[float], digits: int = 3) -> str:
+    """mean ± half the range over seeds (one value: itself)."""
+    v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
+    if len(v) == 0:
+        return "-"
+    if len(v) == 1:
+        return f"{v[0]:.{digits}f}"
+    return f"{v.mean():.{digits}f} ± {(v.max() - v.min()) / 2:.{digits}f}"
+
+
+def _ordered(names) -> list[str]:
+    names = set(names)
+    first = [n for n in ORDER if n in names]
+    rest = sorted(n for n in names if n not in ORDER and not n.startswith("recommended"))
+    return first + rest + sorted(n for n in names if n.startswith("recommended"))
+
+
+def tables(folder: Path) -> str:
+    """The markdown tables of every saved setting in ``folder``."""
+    from curvature_callback.analysis.metrics import correlations
+
+    files = sorted(folder.glob("*.npz"))
+    if not files:
+        return f"No saved settings in {folder}."
+    runs = [(p, evaluate(p)) for p in files]
+    lines: list[str] = []
+    main = [(p, r) for p, r in runs if not r["config"].get("tag")]
+    extra = [(p, r) for p, r in runs if r["config"].get("tag")]
+    for dataset in sorted({r["config"]["dataset"] for _, r in main}):
+        group = [r for _, r in main if r["config"]["dataset"] == dataset]
+        noises = sorted({r["config"]["noise"] for r in group})
+        by = {p: [r for r in group if r["config"]["noise"] == p] for p in noises}
+        c0 = group[0]["config"]
+        seeds = sorted({r["config"]["seed"] for r in group})
+        lines += [f"### {dataset}: {c0['n']} samples, {c0['epochs']} epochs (x0.1 at {c0['milestones']}), width "
+                  f"{c0['width']}, curvature n={c0['n_vectors']} every {c0['every']} epoch(s); seeds {seeds}", ""]
+        names = _ordered(set.intersection(*(set(r["mislabel"]) for r in group)))
+        for metric, label in (("auroc", "AUROC"), ("ap", "AP"), ("p@k", "precision at k = number flipped")):
+            lines += [f"**Mislabel detection, {label}** (mean ± half-range over seeds; planted pairs left out)", "",
+                      "| signal | " + " | ".join(f"{100 * p:g} %" for p in noises) + " |",
+                      "| --- |" + " --- |" * len(noises)]
+            for name in names:
+                lines.append(f"| {NOTES.get(name, name)} | " + " | ".join(
+                    _ms([r["mislabel"][name][metric] for r in by[p]]) for p in noises) + " |")
+            lines.append("")
+        lines += ["**Planted conflicting duplicates, AUROC against the clean samples** (the copies, with the wrong "
+                  "label; their sources, with the right one; both; mean ± half-range over every setting of this "
+                  "dataset)", "", "| signal | copies | sources | both members |", "| --- | --- | --- | --- |"]
+        for name in names:
+            lines.append(f"| {NOTES.get(name, name)} | {_ms([r['dup'][name]['copy'] for r in group])} | "
+                         f"{_ms([r['dup'][name]['source'] for r in group])} | "
+                         f"{_ms([r['dup'][name]['pair'] for r in group])} |")
+        lines += ["", "**Memorization and cost per setting**", "",
+                  "| noise | seed | flipped fit >= 90 % (epoch, minibatch) | flipped fit, last epoch (minibatch / "
+                  "eval) | train acc, last epoch | copies fit | cleanlab find_label_issues: flagged, precision, "
+                  "recall | wall s: main / CV / total |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in sorted(group, key=lambda r: (r["config"]["noise"], r["config"]["seed"])):
+            c, cl, sec = r["config"], r["cleanlab_issues"], r["seconds"]
+            cls = "-" if cl is None else f"{cl['flagged']}, {cl['precision']:.3f}, {cl['recall']:.3f}"
+            lines.append(f"| {100 * c['noise']:g} % | {c['seed']} | {r['fit_epoch'] or 'never'} | "
+                         f"{r['fit_final']:.3f} / {r['eval_fit_final']:.3f} | {r['acc_final']:.3f} | "
+                         f"{r['copies_fit_final']:.3f} | {cls} | {sec[0]:.0f} / {sec[1]:.0f} / {sec[2]:.0f} |")
+        curve = [r for r in group if r["config"]["noise"] == max(noises)]
+        if curve:
+            lines += ["", f"Flipped labels fit per epoch (minibatch, {100 * max(noises):g} % noise): " + "; ".join(
+                f"seed {r['config']['seed']}: " + " ".join(f"{x:.2f}" for x in r["fit_curve"]) for r in curve), ""]
+    for p, r in extra:  # tagged runs: compared with the untagged run of the same setting
+        c = r["config"]
+        base = [b for _, b in main if all(b["config"][k] == c[k] for k in ("dataset", "noise", "seed"))]
+        cv = f"CV {c['cv_epochs']} epochs" if c.get("cv") else "no CV"
+        lines += [f"### {p.name} (tag {c['tag']!r}): {c['epochs']} epochs (x0.1 at {c['milestones']}), {cv}, width "
+                  f"{c['width']}, curvature n={c['n_vectors']} every {c['every']}; flipped fit, last epoch "
+                  f"{r['fit_final']:.3f} (minibatch), train acc {r['acc_final']:.3f}; wall s main / CV / total "
+                  + " / ".join(f"{x:.0f}" for x in r["seconds"]), "",
+                  "| signal | AUROC | AP | P@k | duplicates AUROC (copies / both) | base run AUROC |",
+                  "| --- | --- | --- | --- | --- | --- |"]
+        for name in _ordered(r["mislabel"]):
+            m = r["mislabel"][name]
+            b = f"{base[0]['mislabel'][name]['auroc']:.3f}" if base and name in base[0]["mislabel"] else "-"
+            lines.append(f"| {NOTES.get(name, name)} | {m['auroc']:.3f} | {m['ap']:.3f} | {m['p@k']:.3f} | "
+                         f"{r['dup'][name]['copy']:.3f} / {r['dup'][name]['pair']:.3f} | {b} |")
+        if base and "curvature" in base[0]["signals"]:
+            cor = correlations(r["signals"]["curvature"], base[0]["signals"]["curvature"])
+            lines += ["", f"Curvature n={c['n_vectors']} against the base run's n={base[0]['config']['n_vectors']}: "
+                      f"Spearman {cor['spearman']:.3f}, Pearson {cor['pearson']:.3f}; wall s {r['seconds'][0]:.0f} "
+                      f"(base {base[0]['seconds'][0]:.0f})."]
+        lines.append("")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------------------------------------- main
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=("cifar10", "fashion_mnist"), default="cifar10")
+    parser.add_argument("--noise", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.1])
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
+    parser.add_argument("--samples", type=int, default=5000, help="the first N training images (standard order)")
+    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--cv", action=argparse.BooleanOptionalAction, default=True,
+                        help="cleanlab on out-of-sample probabilities from --folds-fold cross-validation")
+    parser.add_argument("--cv-epochs", type=int, default=None, help="epochs of each CV training (default --epochs)")
+    parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--n-vectors", type=int, default=2)
+    parser.add_argument("--every", type=int, default=2, help="score curvature every this many epochs (ending on "
+                        "the last)")
+    parser.add_argument("--width", type=int, default=16, help="channels of the first stage (then 2x, 4x)")
+    parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument("--weight-decay", type=float, default=5e-4)
+    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--duplicates", type=int, default=None,
+                        help="planted conflicting copies (default: N / 200, the lab's 250 per 50,000)")
+    parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
+    parser.add_argument("--tag", default="", help="suffix of the file names (tagged runs get their own table)")
+    parser.add_argument("--fmnist-root", default=os.environ.get("CURVATURE_FASHION_MNIST", FMNIST_DEFAULT))
+    parser.add_argument("--tables", action="store_true", help="print the tables of the files in --out; no training")
+    args = parser.parse_args(argv)
+    if args.tables:
+        print(tables(args.out))
+        return 0
+    import torch
+
+    torch.set_num_threads(args.threads)
+    _quiet()
+    if args.cv_epochs is None:
+        args.cv_epochs = args.epochs
+    for noise in args.noise:
+        for seed in args.seeds:
+            run_setting(args, args.dataset, noise, seed)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
