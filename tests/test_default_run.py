@@ -276,9 +276,13 @@ def test_run_without_label_noise_writes_null_detection_metrics(tmp_path):
 
 
 def test_run_refuses_to_report_when_no_epoch_was_scored(tmp_path):
-    cfg = _compose(tmp_path, *SHORT, "callbacks.curvature.start_epoch=5")
+    cfg = _compose(tmp_path, *SHORT, "callbacks.curvature.start_epoch=5", "callbacks.curvature.record_training=false")
     with pytest.raises(RuntimeError, match="No epoch was scored"):
         run(cfg)
+    # with the training-time signals recorded, an epoch without a pass still has something to report
+    metrics = run(_compose(tmp_path / "steps", *SHORT, "callbacks.curvature.start_epoch=5"))
+    assert metrics["scored_epochs"] == [] and metrics["auroc_curvature"] is None
+    assert metrics["recommended_signals"] == ["train_loss"] and metrics["auroc_train_loss"] is not None
 
 
 # ------------------------------------------------------------------------------------------ end to end
