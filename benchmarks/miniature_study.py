@@ -154,14 +154,15 @@ def _module_class():
     import torch
     import torch.nn.functional as F
 
+    from curvature_callback import sample_outputs
     from curvature_callback.experiments.data.images import random_crop_flip
 
     class StudyModule(pl.LightningModule):
         """SGD with momentum, weight decay and a step schedule; random crop (pad 4) and flip of each training batch.
 
         ``training_step`` follows the callback's training-time contract: the batch is ``(x, y, index)`` and the
-        step returns the per-sample losses, the indices and whether each was right (and the logits) beside the mean
-        loss (what ``curvature_callback.sample_outputs`` returns). With ``n`` and
+        step returns the per-sample losses, the indices and whether each was right beside the mean
+        loss (``curvature_callback.sample_outputs``). With ``n`` and
         ``masks`` it also records, per epoch, the fraction of each masked group classified as its given label in
         its (augmented, train-mode) minibatch.
         """
@@ -188,11 +189,10 @@ def _module_class():
                 x = random_crop_flip(x, 4, self.fill)
             logits = self(x)
             losses = F.cross_entropy(logits, y, reduction="none")
-            correct = logits.detach().argmax(1) == y
+            out = sample_outputs(losses, index, logits=logits, targets=y)  # the callback's training-time contract
             if len(self.correct):
-                self.correct[index.cpu().numpy()] = correct.cpu().numpy()
-            return {"loss": losses.mean(), "sample_loss": losses.detach(), "sample_index": index,
-                    "sample_correct": correct, "logits": logits.detach()}
+                self.correct[index.cpu().numpy()] = out["sample_correct"].cpu().numpy()
+            return out
 
         def on_train_epoch_end(self) -> None:
             for name, mask in self.masks.items():
@@ -204,29 +204,6 @@ def _module_class():
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "epoch"}}
 
     return StudyModule
-
-
-def _with_index():
-    """``curvature_callback.core.feeding.WithIndex`` when the package has it, else an equivalent: ``(x, y, i)``."""
-    try:
-        from curvature_callback.core.feeding import WithIndex
-
-        return WithIndex
-    except ImportError:
-        from torch.utils.data import Dataset
-
-        class WithIndex(Dataset):
-            def __init__(self, dataset) -> None:
-                self.dataset = dataset
-
-            def __len__(self) -> int:
-                return len(self.dataset)
-
-            def __getitem__(self, i):
-                x, y = self.dataset[i][:2]
-                return x, y, i
-
-        return WithIndex
 
 
 def _trainer(epochs: int, callbacks: list):
@@ -257,7 +234,9 @@ def cross_validated_probs(scored, given: np.ndarray, args, in_channels: int, fil
     import torch
     from torch.utils.data import DataLoader, Subset
 
-    StudyModule, WithIndex = _module_class(), _with_index()
+    from curvature_callback import WithIndex
+
+    StudyModule = _module_class()
     n = len(given)
     perm = np.random.default_rng((args.seed, 11)).permutation(n)
     probs = np.zeros((n, 10), dtype=np.float32)
@@ -284,7 +263,7 @@ def run_setting(args, dataset: str, noise: float, seed: int) -> Path:
     import torch
     from torch.utils.data import DataLoader
 
-    from curvature_callback import CurvatureCallback, CurvatureStore
+    from curvature_callback import CurvatureCallback, CurvatureStore, WithIndex
     from curvature_callback.analysis.scores import suspicion_scores
     from curvature_callback.experiments.data.images import ImageArrayDataset, channel_stats
 
@@ -299,7 +278,7 @@ def run_setting(args, dataset: str, noise: float, seed: int) -> Path:
     in_channels = scored.images.shape[1]
     n = len(scored)
 
-    StudyModule, WithIndex = _module_class(), _with_index()
+    StudyModule = _module_class()
     pl.seed_everything(seed, verbose=False)
     net = build_net(in_channels, args.width)
     masks = {"flipped": s["flipped"], "all": np.ones(n, dtype=bool), "copies": np.isin(np.arange(n), s["dup_copies"])}
@@ -373,11 +352,9 @@ def load(path: Path) -> tuple[dict, dict[str, np.ndarray], dict[str, np.ndarray]
 
 
 def with_recommended(signals: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """The signals and, when ``curvature_callback.analysis.recommend.recommended_scores`` exists, its scores."""
-    try:
-        from curvature_callback.analysis.recommend import recommended_scores, used_signals
-    except ImportError:
-        return signals
+    """The signals and the recommended scores (``curvature_callback.analysis.recommend``) beside them."""
+    from curvature_callback.analysis.recommend import recommended_scores, used_signals
+
     extra: dict[str, np.ndarray] = {}
     groups: list[tuple[list[str], np.ndarray]] = []  # questions with one and the same score share a row
     for q, v in recommended_scores(dict(signals)).items():

@@ -175,6 +175,8 @@ def test_sample_outputs_and_what_the_reader_refuses():
     assert "integer indices" in read_step_outputs({**out, "sample_index": index.float()}, None, lambda b: b)
     with pytest.raises(ValueError, match="reduction='none'"):
         sample_outputs(torch.tensor(1.0), index, correct=torch.tensor([True, True]))
+    with pytest.raises(ValueError, match="Expected `logits` and `targets`, or `correct`"):
+        sample_outputs(loss, index, logits=logits)
     assert WithIndex([(1, 2)])[0] == (1, 2, 0) and WithIndex([{"a": 1}])[0] == {"a": 1, "index": 0}
 
 

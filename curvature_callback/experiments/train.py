@@ -241,7 +241,9 @@ def _detection_metrics(columns: Mapping[str, np.ndarray], suspicion: Mapping[str
     scored samples it has a value for (null without noise), and the training accuracies."""
     flipped, given, original, pred = columns["flipped"], columns["given_label"], columns["label"], columns["pred"]
     # with fraction < 1 a short run may leave samples unscored; without curvature, the samples trained on
-    scored = np.isfinite(columns["curvature"] if np.isfinite(columns["curvature"]).any() else columns["recommended"])
+    scored = np.isfinite(columns["curvature"])
+    if not scored.any():
+        scored = np.isfinite(columns["recommended"])
     noisy = 0 < flipped[scored].sum() < scored.sum()  # detection needs both kinds; without noise these are null
     metrics: dict[str, Any] = {"recommended_signals": list(used_signals(suspicion)["mislabeled"])}
     scores = {"recommended": recommended_scores(suspicion)["mislabeled"], **suspicion}  # higher = more suspicious

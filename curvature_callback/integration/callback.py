@@ -401,35 +401,29 @@ class CurvatureCallback(Callback):
         if not score and steps is None:
             return
         assert self._scored_dataset is not None  # set by on_train_start
-        if not score:
-            caught = None
-            if trainer.is_global_zero:
-                try:
-                    self._commit(epoch, None, steps)
-                except Exception as e:
-                    caught = e
-            raise_together(trainer, caught)
-            trainer.strategy.barrier("curvature_commit")
-            return
-        if self._scoring is None:
-            self._scoring = ScoringPass(
-                self._scored_dataset, self.batch_to_inputs or default_batch_to_inputs, settings=self._settings,
-                loss_fn=self.loss_fn, channels=self.channels, batch_size=self.batch_size,
-                num_workers=self.num_workers, cache=self.cache, chunk_size=self.chunk_size,
-                progress_bar=self.progress_bar,
-            )
-        values = self._scoring.run(trainer, pl_module, self._pass_indices(), epoch, universe=self._universe,
-                                   gather_columns=self.GATHER_COLUMNS)
+        values = None  # an epoch without a pass commits its training-time sums alone
+        if score:
+            if self._scoring is None:
+                self._scoring = ScoringPass(
+                    self._scored_dataset, self.batch_to_inputs or default_batch_to_inputs, settings=self._settings,
+                    loss_fn=self.loss_fn, channels=self.channels, batch_size=self.batch_size,
+                    num_workers=self.num_workers, cache=self.cache, chunk_size=self.chunk_size,
+                    progress_bar=self.progress_bar,
+                )
+            values = self._scoring.run(trainer, pl_module, self._pass_indices(), epoch, universe=self._universe,
+                                       gather_columns=self.GATHER_COLUMNS)
         caught: BaseException | None = None
         if trainer.is_global_zero:
             try:
-                arrays = self._commit(epoch, {k: v.cpu().numpy() for k, v in values.items()}, steps)
+                arrays = self._commit(epoch, None if values is None else {k: v.cpu().numpy() for k, v in
+                                                                          values.items()}, steps)
             except Exception as e:  # a refused commit (other labels) stops every rank, not only this one
                 caught = e
         raise_together(trainer, caught)
-        if trainer.is_global_zero:
-            self._log(trainer, arrays["curvature"])
-        self._epochs_done.append(epoch)
+        if score:
+            if trainer.is_global_zero:
+                self._log(trainer, arrays["curvature"])
+            self._epochs_done.append(epoch)
         trainer.strategy.barrier("curvature_commit")
 
     def _commit(self, epoch: int, arrays: dict[str, np.ndarray] | None,
