@@ -52,6 +52,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import secrets
 import shutil
 import time
 import warnings
@@ -72,7 +73,9 @@ from curvature_callback.core.store_format import (
     StoreCorruptError,
     StoreMismatchError,
     atomic_write_json,
+    check_array,
     check_npy,
+    check_values,
     create_npy,
     fsync_dir,
     meta_identity,
@@ -84,6 +87,7 @@ __all__ = [
     "LABEL_UNKNOWN", "PRIMARY", "CurvatureStore", "StoreChangedError", "StoreCorruptError", "StoreMismatchError",
 ]
 
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
 #: how long a reader waits for a commit in progress before it gives up (seconds)
 _READ_WAIT = 10.0
 
@@ -102,7 +106,8 @@ class CurvatureStore:
     Example:
         >>> import tempfile
         >>> d = tempfile.mkdtemp()
-        >>> s = CurvatureStore.create(d, 3, settings={"h": 1e-3, "n_vectors": 10, "seed": 0, "loss": "ce"})
+        >>> settings = {"h": 1e-3, "n_vectors": 10, "seed": 0, "loss": "ce", "fast": False}
+        >>> s = CurvatureStore.create(d, 3, settings=settings)
         >>> s.commit_epoch(0, np.array([1.0, 2.0, 3.0]))
         True
         >>> s.commit_epoch(1, np.array([3.0, 2.0, 1.0]))
@@ -153,6 +158,9 @@ class CurvatureStore:
                 except StoreChangedError:
                     if store._state() == "changed":
                         continue  # a commit landed while we opened: open the newer store
+                    record = store._journal_record()
+                    if record is not None and not store._writer_alive():
+                        store._load_journal(record)  # a damaged journal is said to be damaged now, not at the writer
                     warnings.warn(
                         f"Store {directory} has a commit in progress or an interrupted one: its arrays are "
                         "mid-update, and reading them raises StoreChangedError until the commit is finished. "
@@ -165,6 +173,10 @@ class CurvatureStore:
                     return store
                 store._check_counts(count)
                 store._copies[store._file(PRIMARY, "count")] = count
+                try:
+                    store._check_values()
+                except StoreChangedError:
+                    pass  # a commit landed while we checked: each array is checked when it is read instead
                 return store
             raise StoreChangedError(
                 f"The store at {directory} kept changing while it was opened (20 commits in a row): open it "
@@ -184,6 +196,7 @@ class CurvatureStore:
             store._check_counts(np.array(store.count), pending=record is not None and record["scores"])
             store._recover()
             store._check_counts(np.array(store.count))
+            store._check_values()
         except BaseException:
             os.close(fd)
             raise
@@ -213,6 +226,10 @@ class CurvatureStore:
         directory = Path(directory)
         if isinstance(n, bool) or not isinstance(n, int) or n < 1:
             raise ValueError(f"Expected the number of samples `n` to be a positive integer, got {n!r}.")
+        missing = [k for k in MEANING_KEYS if k not in settings]
+        if missing:  # a store records what its scores mean, or it would later average any value asked of it
+            raise ValueError(f"Expected `settings` with every key that defines a score's meaning {list(MEANING_KEYS)}, "
+                             f"got none for {missing}: pass them (ScoreSettings(...).to_dict() has them all).")
         for c in channels:
             if c == PRIMARY or not isinstance(c, str) or not c.isidentifier():
                 raise ValueError(f"Expected extra channel names that are identifiers, not {PRIMARY!r}; got {c!r}.")
@@ -222,13 +239,24 @@ class CurvatureStore:
                                  f"got {c!r}.")
         if len(set(channels)) != len(channels) or len(set(step_channels)) != len(step_channels):
             raise ValueError(f"Expected distinct channel names, got {list(channels)} and {list(step_channels)}.")
-        directory.mkdir(parents=True, exist_ok=True)
-        fd = cls._lock(directory)
+        directory.parent.mkdir(parents=True, exist_ok=True)
+        # A new store is built in a hidden sibling folder and renamed into place, so that a kill during the creation
+        # never leaves a half store under the store's name (its next open would refuse it). Only a folder that holds
+        # other files already is written in place, meta.json last.
+        fresh = not directory.exists() or (directory.is_dir() and not directory.is_symlink()
+                                           and not any(directory.iterdir()))
+        if fresh:
+            build = directory.parent / f".{directory.name}.creating-{os.getpid()}-{secrets.token_hex(4)}"
+            build.mkdir()
+        else:
+            directory.mkdir(exist_ok=True)  # a file there: mkdir says so
+            build = directory
+        fd = cls._lock(build)  # flock holds the inode: the lock moves with the rename
         try:
             # checked under the lock, so that two processes creating the same store cannot both pass
             if (directory / "meta.json").exists():
                 raise FileExistsError(f"A store exists at {directory} already: open it, or use open_or_create.")
-            found = sorted(f for f in os.listdir(directory) if f == "journal" or STORE_FILE.fullmatch(f))
+            found = sorted(f for f in os.listdir(build) if f == "journal" or STORE_FILE.fullmatch(f))
             if found:
                 raise StoreCorruptError(
                     f"Expected no store files in {directory} without a meta.json, got {', '.join(found)} but "
@@ -241,18 +269,18 @@ class CurvatureStore:
             try:
                 for name in names:
                     for kind, fill in (("sum", 0.0), ("mean", np.nan), ("last", np.nan)):
-                        made.append(directory / cls._file(name, kind))
+                        made.append(build / cls._file(name, kind))
                         save_npy(made[-1], np.full(n, fill, dtype=DTYPES[kind]))
                     if keep_history:
-                        made.append(directory / cls._file(name, "history"))
+                        made.append(build / cls._file(name, "history"))
                         create_npy(made[-1], DTYPES["history"], (max(1, history_capacity), n))
                 for name in step_channels:
                     for kind, fill in (("sum", 0.0), ("last", np.nan)):
-                        made.append(directory / cls._file(name, kind))
+                        made.append(build / cls._file(name, kind))
                         save_npy(made[-1], np.full(n, fill, dtype=DTYPES[kind]))
-                made.append(directory / "count.npy")
+                made.append(build / "count.npy")
                 save_npy(made[-1], np.zeros(n, dtype=np.int64))
-                made.append(directory / "labels.npy")
+                made.append(build / "labels.npy")
                 save_npy(made[-1], np.full(n, LABEL_UNKNOWN, dtype=np.int64))
                 meta = {
                     "version": FORMAT_VERSION,
@@ -265,16 +293,30 @@ class CurvatureStore:
                     "step_channels": list(step_channels),
                     "step_epochs": [],
                 }
-                atomic_write_json(directory / "meta.json", meta)  # written last: its presence means complete
+                atomic_write_json(build / "meta.json", meta)  # written last: its presence means complete
+                if fresh:
+                    try:  # rename(2) replaces an empty folder atomically, and fails on one that filled meanwhile
+                        os.rename(build, directory)
+                    except OSError as e:
+                        raise FileExistsError(
+                            f"A store (or other files) appeared at {directory} while this one was being created: "
+                            f"open it, or use another `directory` ({e.strerror})."
+                        ) from None
+                    fsync_dir(directory.parent)
             except BaseException:
                 # a failed create (a full disk, ^C) leaves none of its files behind, or the next create would
                 # refuse the folder; these files did not exist before (checked above), we made them
-                for path in [*made, directory / "meta.json.tmp", directory / "meta.json"]:
-                    path.unlink(missing_ok=True)
+                if fresh:
+                    shutil.rmtree(build, ignore_errors=True)
+                else:
+                    for path in [*made, build / "meta.json.tmp", build / "meta.json"]:
+                        path.unlink(missing_ok=True)
                 raise
             return cls(directory, "r+", fd)
         except BaseException:
             os.close(fd)
+            if fresh:
+                shutil.rmtree(build, ignore_errors=True)  # ours, made just now (a no-op once renamed)
             raise
 
     @classmethod
@@ -439,7 +481,10 @@ class CurvatureStore:
             return self._map(channel, kind)
         name = self._file(channel, kind)
         if name not in self._copies:
-            self._copies[name] = self._read_consistent(channel, kind)
+            data = self._read_consistent(channel, kind)
+            if kind in ("sum", "mean", "last"):  # against the snapshot's count and sums, read the same way
+                check_array(self.directory, self._meta, channel, kind, data, self._array)
+            self._copies[name] = data
         return self._copies[name]
 
     def _check_files(self) -> None:
@@ -469,6 +514,17 @@ class CurvatureStore:
                 f"{int(count[i])} for sample {i} ({len(bad)} sample(s) out of range). Restore the store from a "
                 "backup or use another `directory`; a damaged store is refused, not repaired."
             )
+
+    def _check_values(self) -> None:
+        """Check the values of every array against each other (:func:`check_values`), at the open: a reader reads
+        each one consistently and lets it go (only ``count`` is kept; each array is checked again when it is read),
+        the writer through its maps."""
+        if self.mode == "r+":
+            check_values(self.directory, self._meta, lambda c, k: np.asarray(self._map(c, k)))
+        else:
+            kept = self._copies  # count, read at the open
+            check_values(self.directory, self._meta,
+                         lambda c, k: kept[self._file(c, k)] if k == "count" else self._read_consistent(c, k))
 
     def _pending(self, record: dict[str, Any] | None) -> bool:
         """Whether a commit record holds a part that meta.json does not list yet (a commit not fully applied)."""
@@ -661,6 +717,7 @@ class CurvatureStore:
         *,
         steps: Mapping[str, np.ndarray] | None = None,
         step_indices: np.ndarray | None = None,
+        step_labels: np.ndarray | None = None,
     ) -> bool:
         """Add one epoch's scores (and its training-time values), once, in one journaled commit.
 
@@ -676,6 +733,9 @@ class CurvatureStore:
             steps: the epoch's training-time values, ``[K]`` for each of :attr:`step_channels`: each is added to
                 the channel's sum and becomes its latest value (:meth:`channel_last`).
             step_indices: ``[K]`` distinct sample indices of ``steps`` (default: all ``N``).
+            step_labels: ``[K]`` the label keys the training steps saw for ``step_indices``
+                (:data:`LABEL_UNKNOWN` where not known), checked and recorded like ``labels``: training-time values
+                under other labels never add to a sample's sums either. None skips the check.
 
         Returns:
             True if anything was added, False if every part given was there already.
@@ -708,6 +768,8 @@ class CurvatureStore:
             keys = None if labels is None else self._check_labels(idx, labels)
         if stepped:
             step_idx, step_vals = self._checked(steps, step_indices, self.step_channels, "training-time channels")
+            step_keys = None if step_labels is None else self._check_labels(
+                step_idx, step_labels, unknown_ok=True, also=(idx, keys) if scored and keys is not None else None)
 
         journal = self.directory / "journal"
         row = len(self._meta["epochs"])
@@ -721,17 +783,22 @@ class CurvatureStore:
                     save_npy(journal / "labels.npy", keys)
                 for name, v in vals.items():
                     save_npy(journal / f"{name}_values.npy", v)
-                    save_npy(journal / f"{name}_sum.npy", self._array(name, "sum")[idx] + v)
+                    save_npy(journal / f"{name}_sum.npy", self._new_sum(name, idx, v))
                 del new_count, vals
             if stepped:
                 save_npy(journal / "step_indices.npy", step_idx.astype(np.int64))
+                if step_keys is not None:
+                    save_npy(journal / "step_labels.npy", step_keys)
                 for name, v in step_vals.items():
                     save_npy(journal / f"{name}_values.npy", v)
-                    save_npy(journal / f"{name}_sum.npy", self._array(name, "sum")[step_idx] + v)
+                    save_npy(journal / f"{name}_sum.npy", self._new_sum(name, step_idx, v))
                 del step_vals
             if scored and self._meta["keep_history"]:
                 self._ensure_history_rows(row + 1)  # before the commit point, so a full disk fails here
             fsync_dir(journal)
+        except (ValueError, StoreCorruptError):
+            shutil.rmtree(journal, ignore_errors=True)  # before the commit point: nothing was applied
+            raise
         except OSError as e:
             raise OSError(
                 e.errno,
@@ -743,6 +810,19 @@ class CurvatureStore:
         atomic_write_json(journal / "journal.json", {"epoch": epoch, "row": row, "scores": scored, "steps": stepped})
         self._apply_journal()
         return True
+
+    def _new_sum(self, name: str, idx: np.ndarray, values: np.ndarray) -> np.ndarray:
+        """A channel's sums after adding ``values`` at ``idx``; a sum that is not finite (a file changed under the
+        writer since its open checked it) is refused before the journal is written: a journal must always replay."""
+        old = np.asarray(self._array(name, "sum")[idx])
+        bad = np.flatnonzero(~np.isfinite(old))
+        if len(bad):
+            raise StoreCorruptError(
+                f"{self.directory / self._file(name, 'sum')} is damaged: expected finite sums, got "
+                f"{old[bad[0]].item()!r} for sample {int(idx[bad[0]])}. Nothing of this commit was applied. Restore "
+                "the store from a backup or use another `directory`; a damaged store is refused, not repaired."
+            )
+        return old + values  # finite: values are within float32's range, far from float64's
 
     def _checked(self, values: Mapping[str, Any], indices: np.ndarray | None, names: Sequence[str],
                  what: str) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -762,30 +842,42 @@ class CurvatureStore:
                 raise ValueError(f"Expected {len(idx)} values for channel {name!r}, got shape {v.shape}.")
             if not np.isfinite(v).all():
                 raise ValueError(f"Non-finite values for channel {name!r} at sample(s) {idx[~np.isfinite(v)][:20]}.")
+            big = np.abs(v) > _FLOAT32_MAX  # the latest value and the history are float32: they must stay finite
+            if big.any():
+                raise ValueError(f"Expected values for channel {name!r} within float32's range (|v| <= 3.4e38), got "
+                                 f"{v[big][0].item()!r} at sample {int(idx[big][0])}.")
             vals[name] = v
         return idx, vals
 
-    def _check_labels(self, idx: np.ndarray, labels: Any) -> np.ndarray:
-        """``labels`` as int64, checked against the keys recorded for ``idx``."""
+    def _check_labels(self, idx: np.ndarray, labels: Any, *, unknown_ok: bool = False,
+                      also: tuple[np.ndarray, np.ndarray] | None = None) -> np.ndarray:
+        """``labels`` as int64, checked against the keys recorded for ``idx`` (and against ``also``: keys of the same
+        commit's other part). ``unknown_ok``: :data:`LABEL_UNKNOWN` marks a key not known, checked against nothing."""
+        what = "`step_labels`" if unknown_ok else "`labels`"
         keys = np.asarray(labels)
         if keys.shape != idx.shape or not (np.issubdtype(keys.dtype, np.integer) or keys.dtype == bool):
-            raise ValueError(f"Expected `labels` as {len(idx)} integer label keys (one per index), got {keys.dtype} of "
+            raise ValueError(f"Expected {what} as {len(idx)} integer label keys (one per index), got {keys.dtype} of "
                              f"shape {keys.shape}.")
         keys = keys.astype(np.int64)
-        if (keys == LABEL_UNKNOWN).any():
+        if not unknown_ok and (keys == LABEL_UNKNOWN).any():
             raise ValueError(f"Expected label keys other than {LABEL_UNKNOWN} (the store's mark of 'no label yet').")
         recorded = self.labels
         if recorded is None:
             return keys
         before = np.asarray(recorded[idx])
-        differ = np.flatnonzero((before != LABEL_UNKNOWN) & (before != keys))
+        if also is not None:  # the scores' keys of this commit, for the samples both parts hold
+            now = np.full(self.n, LABEL_UNKNOWN, dtype=np.int64)
+            now[also[0]] = also[1]
+            before = np.where(before == LABEL_UNKNOWN, now[idx], before)
+        differ = np.flatnonzero((before != LABEL_UNKNOWN) & (keys != LABEL_UNKNOWN) & (before != keys))
         if len(differ):
             i = differ[0]
             raise StoreMismatchError(
-                f"The store at {self.directory} scored samples {idx[differ][:10].tolist()} under other labels "
+                f"The store at {self.directory} recorded samples {idx[differ][:10].tolist()} under other labels "
                 f"({len(differ)} sample(s); e.g. sample {int(idx[i])}: label key {int(before[i])} then, "
-                f"{int(keys[i])} now): the dataset's labels changed since. Scores under other labels do not average: "
-                "use another `directory` for other labels, or score the dataset the store was made for."
+                f"{int(keys[i])} now{', in the training steps' if unknown_ok else ''}): the dataset's labels changed "
+                "since. Values under other labels do not average: use another `directory` for other labels, or train "
+                "and score the dataset the store was made for. Nothing of this epoch was added."
             )
         return keys
 
@@ -864,6 +956,8 @@ class CurvatureStore:
             step_idx = load_indices("step_indices.npy")
             parts.update(
                 step_indices=step_idx,
+                step_labels=(load("step_labels.npy", np.int64, len(step_idx))
+                             if (journal / "step_labels.npy").exists() else None),
                 step_sums={name: load(f"{name}_sum.npy", np.float64, len(step_idx)) for name in self.step_channels},
                 step_values={name: load(f"{name}_values.npy", np.float64, len(step_idx))
                              for name in self.step_channels},
@@ -896,6 +990,9 @@ class CurvatureStore:
                     self._write(self._array(name, "history"), row, line)
             meta["epochs"] = [*self._meta["epochs"], record["epoch"]]
         if record["steps"]:
+            if parts["step_labels"] is not None:
+                known = parts["step_labels"] != LABEL_UNKNOWN  # the first key seen is recorded; the rest were checked
+                self._write(self._array(PRIMARY, "labels"), parts["step_indices"][known], parts["step_labels"][known])
             for name in self.step_channels:
                 self._write(self._array(name, "sum"), parts["step_indices"], parts["step_sums"][name])
                 self._write(self._array(name, "last"), parts["step_indices"], parts["step_values"][name])

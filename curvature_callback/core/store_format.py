@@ -17,10 +17,12 @@ from typing import Any
 
 import numpy as np
 
+from curvature_callback.core.settings import MEANING_KEYS
+
 __all__ = [
-    "DTYPES", "FORMAT_VERSION", "LABEL_UNKNOWN", "OPTIONAL_META", "PRIMARY", "STORE_FILE", "StoreChangedError",
-    "StoreCorruptError", "StoreMismatchError", "atomic_write_json", "check_npy", "create_npy", "fsync_dir",
-    "meta_identity", "npy_layout", "read_meta", "reserve", "save_npy",
+    "COUNT_STEP_CHANNELS", "DTYPES", "FORMAT_VERSION", "LABEL_UNKNOWN", "OPTIONAL_META", "PRIMARY", "STORE_FILE",
+    "StoreChangedError", "StoreCorruptError", "StoreMismatchError", "atomic_write_json", "check_array", "check_npy",
+    "check_values", "create_npy", "fsync_dir", "meta_identity", "npy_layout", "read_meta", "reserve", "save_npy",
 ]
 
 #: 2: labels.npy, each scored sample's label key, checked at every commit (format 1 stores are read, not added to)
@@ -202,6 +204,9 @@ def read_meta(directory: Path) -> tuple[dict[str, Any], tuple[int, int, int, int
     def is_int(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
 
+    def is_number(v: Any) -> bool:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+
     checks = {  # key: (what it must be, test); version first: a newer format may have other keys
         "version": ("a positive integer", lambda v: is_int(v) and v >= 1),
         "n": ("a positive integer", lambda v: is_int(v) and v >= 1),
@@ -217,7 +222,14 @@ def read_meta(directory: Path) -> tuple[dict[str, Any], tuple[int, int, int, int
                                                                 and c != PRIMARY for c in v) and len(set(v)) == len(v)),
         "step_epochs": ("a list of distinct integers",
                         lambda v: isinstance(v, list) and all(map(is_int, v)) and len(set(v)) == len(v)),
+        # what a score means (settings.MEANING_KEYS): a store without one would average any value asked of it
+        "h": ("a positive finite number", lambda v: is_number(v) and math.isfinite(v) and v > 0),
+        "n_vectors": ("a positive integer", lambda v: is_int(v) and v >= 1),
+        "seed": ("an integer >= 0", lambda v: is_int(v) and v >= 0),
+        "loss": ("a non-empty string (the loss's identity)", lambda v: isinstance(v, str) and bool(v)),
+        "fast": ("true or false", lambda v: isinstance(v, bool)),
     }
+    assert set(MEANING_KEYS) <= set(checks), "every meaning key is checked here"
     for key, (expected, ok) in checks.items():
         if key not in meta:
             if key in OPTIONAL_META:
@@ -235,3 +247,82 @@ def read_meta(directory: Path) -> tuple[dict[str, Any], tuple[int, int, int, int
     meta.setdefault("step_channels", [])
     meta.setdefault("step_epochs", [])
     return meta, identity
+
+
+#: what a training-time channel's sum must satisfy beyond being finite (the names of core/channels.py's STEP_CHANNELS):
+#: event counts are whole, >= 0 and at most the presentations
+COUNT_STEP_CHANNELS = ("train_seen", "train_correct", "train_forgetting")
+
+
+def check_values(directory: Path, meta: dict[str, Any], read: Any) -> None:
+    """Check every array's values (:func:`check_array`), each read once with ``read(channel, kind)``."""
+    for name in [PRIMARY, *meta["channels"]]:
+        for kind in ("sum", "mean", "last"):
+            check_array(directory, meta, name, kind, read(name, kind), read)
+    for name in meta["step_channels"]:
+        for kind in ("sum", "last"):
+            check_array(directory, meta, name, kind, read(name, kind), read)
+
+
+def check_array(directory: Path, meta: dict[str, Any], channel: str, kind: str, values: np.ndarray, read: Any) -> None:
+    """Check what one array holds against the arrays it derives from and ``meta.json``, cheaply: sums finite and 0
+    where nothing was added, ``mean == sum / count`` (NaN where never scored), the latest value finite exactly where
+    something was added; for the training-time channels, counts whole and within the presentations, the latest
+    correctness 0 or 1 and the latest wrong epoch one of ``step_epochs`` (or -1).
+
+    Args:
+        values: the array's values.
+        read: ``read(channel, kind) -> np.ndarray``, the arrays it is checked against (``count``, the channel's sum,
+            ``train_seen``'s sum), read consistently with ``values``.
+
+    Raises:
+        StoreCorruptError: naming the file and the first sample whose value does not fit.
+    """
+
+    def refuse(bad: np.ndarray, expected: str) -> None:
+        where = np.flatnonzero(bad)
+        if len(where):
+            i = int(where[0])
+            name = f"{kind}.npy" if channel == PRIMARY else f"{channel}_{kind}.npy"
+            raise StoreCorruptError(
+                f"{directory / name} is damaged: expected {expected}, got {values[i].item()!r} for sample {i} "
+                f"({len(where)} sample(s) wrong). Restore the store from a backup or use another `directory`; a "
+                "damaged store is refused, not repaired."
+            )
+
+    if channel not in meta["step_channels"]:  # a channel of the pass: count.npy says which samples were scored
+        count = read(PRIMARY, "count")
+        scored = count > 0
+        if kind == "sum":
+            refuse(~np.isfinite(values) | (~scored & (values != 0)), "finite sums, 0 where count.npy says never scored")
+        elif kind == "mean":
+            with np.errstate(invalid="ignore", divide="ignore"):
+                want = read(channel, "sum") / count
+            # the commit writes mean = sum / count from the same float64 values: equal up to the last bit
+            refuse(np.where(scored, ~(np.abs(values - want) <= 1e-12 * np.abs(want)), ~np.isnan(values)),
+                   "sum.npy / count.npy (NaN where never scored)")
+        elif kind == "last":
+            refuse(np.where(scored, ~np.isfinite(values), ~np.isnan(values)),
+                   "a finite latest value where count.npy says scored, NaN where never")
+        return
+    seen = None if "train_seen" not in meta["step_channels"] else (
+        values if (channel, kind) == ("train_seen", "sum") else read("train_seen", "sum"))
+    if kind == "sum":
+        refuse(~np.isfinite(values), "finite sums")
+        if channel in COUNT_STEP_CHANNELS:
+            refuse((values < 0) | (values != np.round(values)), "whole counts >= 0")
+        if seen is not None:
+            if channel in COUNT_STEP_CHANNELS:
+                refuse(values > seen, "at most the presentations in train_seen_sum.npy")
+            refuse((seen == 0) & (values != 0), "0 where train_seen_sum.npy says never seen")
+    elif kind == "last":
+        refuse(np.isinf(values), "a finite latest value (NaN where never seen)")
+        if seen is not None:
+            refuse(np.where(seen > 0, np.isnan(values), ~np.isnan(values)),
+                   "a latest value where train_seen_sum.npy says seen, NaN where never")
+        if channel == "train_last_correct":
+            refuse(~np.isnan(values) & (values != 0) & (values != 1), "0 or 1 (NaN where never seen)")
+        if channel == "train_wrong_epoch":
+            allowed = np.array([-1, *meta["step_epochs"]], dtype=np.float64)
+            refuse(~np.isnan(values) & ~np.isin(values, allowed),
+                   f"-1 or one of meta.json's step_epochs {meta['step_epochs']}")
