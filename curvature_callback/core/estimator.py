@@ -35,8 +35,8 @@ from torch import Tensor, nn
 
 from curvature_callback.core.settings import check_int, check_settings
 
-__all__ = ["CurvatureResult", "curvature_details", "default_chunk_size", "input_curvature", "loss_identity",
-           "rademacher"]
+__all__ = ["CurvatureResult", "ForwardResult", "curvature_details", "default_chunk_size", "forward_details",
+           "input_curvature", "loss_identity", "rademacher"]
 
 LossFn = Callable[[Tensor, Tensor], Tensor]
 
@@ -72,10 +72,20 @@ def default_chunk_size(device: torch.device, sample_bytes: int = 3 * 32 * 32 * 4
 class CurvatureResult(NamedTuple):
     """What one scoring pass over a batch yields."""
 
-    curvature: Tensor  #: ``[B]`` the score of docs/DESIGN.md §1
+    curvature: Tensor  #: ``[B]`` the score of docs/DESIGN.md §1 (NaN for a gradient pass, ``n_vectors=0``)
     loss: Tensor  #: ``[B]`` per-sample loss at ``x`` (no perturbation)
     outputs: Tensor  #: ``[B, ...]`` model outputs at ``x`` (logits), detached
     per_vector: Tensor  #: ``[B, n]`` each vector's ``||grad(x + h v_k) - grad(x)||^2`` (curvature is the row mean)
+    #: ``[B]`` ``||grad_x l(x)||_2``, the input-gradient norm at ``x`` (the sample gradient of Ravikumar et al., ICLR
+    #: 2026, whose epoch sum is CSG): the gradient every finite difference starts from, so free
+    input_grad: Tensor
+
+
+class ForwardResult(NamedTuple):
+    """What a forward-only pass over a batch yields (no gradient, no curvature)."""
+
+    loss: Tensor  #: ``[B]`` per-sample loss at ``x``
+    outputs: Tensor  #: ``[B, ...]`` model outputs at ``x`` (logits)
 
 
 # --------------------------------------------------------------------------------------------- the draw
@@ -219,7 +229,7 @@ def _rng_kept(device: torch.device) -> Iterator[None]:
 
 # ---------------------------------------------------------------------------------------------- checks
 def _check_arguments(
-    inputs: object, targets: object, h: object, n_vectors: object, seed: object
+    inputs: object, targets: object, h: object, n_vectors: object, seed: object, min_vectors: int = 1
 ) -> tuple[float, int, int]:
     if not isinstance(inputs, Tensor):
         raise TypeError(f"Expected `inputs` to be a torch.Tensor of shape [B, ...], got {type(inputs).__name__}.")
@@ -237,7 +247,7 @@ def _check_arguments(
         raise ValueError(
             f"Expected one target per input: inputs have B={len(inputs)} rows, targets {len(targets)}."
         )
-    return check_settings(h, n_vectors, seed)
+    return check_settings(h, n_vectors, seed, min_vectors=min_vectors)
 
 
 def _check_indices(indices: Tensor | None, batch: int, device: torch.device) -> Tensor:
@@ -462,12 +472,24 @@ def curvature_details(
     fast: bool = False,
     channels_last: bool | None = None,
 ) -> CurvatureResult:
-    """:func:`input_curvature`, together with the per-sample loss and the outputs at the unperturbed input.
+    """:func:`input_curvature`, together with the per-sample loss, the outputs and the input-gradient norm at the
+    unperturbed input.
 
-    Baselines (loss, margin, confidence) come from the forward at ``x`` that the score needs anyway.
-    Arguments as in :func:`input_curvature`; returns a :class:`CurvatureResult`.
+    Baselines (loss, margin, confidence) come from the forward at ``x`` that the score needs anyway, and the
+    input-gradient norm from the backward at ``x``. Arguments as in :func:`input_curvature`, except that
+    ``n_vectors=0`` is a gradient pass: one forward and backward per sample, no finite difference, the curvature
+    NaN. Returns a :class:`CurvatureResult`.
+
+    Example:
+        For ``l(x) = 0.5 ||x||^2`` the input gradient is ``x`` itself:
+
+        >>> half_square = lambda out, y: 0.5 * out.pow(2).sum(-1)
+        >>> x = torch.tensor([[3.0, 4.0], [0.0, 1.0]], dtype=torch.float64)
+        >>> r = curvature_details(nn.Identity(), x, torch.zeros(2), loss_fn=half_square, n_vectors=0)
+        >>> r.input_grad.tolist(), bool(r.curvature.isnan().all())
+        ([5.0, 1.0], True)
     """
-    h, n_vectors, seed = _check_arguments(inputs, targets, h, n_vectors, seed)
+    h, n_vectors, seed = _check_arguments(inputs, targets, h, n_vectors, seed, min_vectors=0)
     loss_fn = cross_entropy_per_sample if loss_fn is None else loss_fn
     device, batch = inputs.device, inputs.shape[0]
     dtype = torch.float64 if inputs.dtype == torch.float64 else torch.float32  # never below float32
@@ -493,6 +515,8 @@ def curvature_details(
         loss = _per_sample(loss_fn(outputs, y), batch)
         _check_finite(loss.detach(), indices, "loss")
         g0 = _input_gradient(loss, x, indices)  # sum of per-sample losses: per-sample gradients
+        grad_norm = g0.flatten(1).norm(dim=1) if batch else torch.empty(0, dtype=dtype, device=device)
+        _check_finite(grad_norm, indices, "input gradient")
         x = x.detach()
 
         rows = batch * n_vectors
@@ -505,10 +529,42 @@ def curvature_details(
             lp = _per_sample(loss_fn(model(xp), y[i]), len(r))
             gp = _input_gradient(lp, xp, indices[i])
             squares[start : start + len(r)] = (gp - g0[i]).flatten(1).pow(2).sum(1)
-        curvature = squares.view(batch, n_vectors).mean(1)
-        _check_finite(curvature, indices, "curvature")
+        if n_vectors:
+            curvature = squares.view(batch, n_vectors).mean(1)
+            _check_finite(curvature, indices, "curvature")
+        else:  # a gradient pass: no finite difference
+            curvature = torch.full((batch,), math.nan, dtype=dtype, device=device)
     return CurvatureResult(curvature.detach(), loss.detach().to(dtype), outputs.detach(),
-                           squares.view(batch, n_vectors).detach())
+                           squares.view(batch, n_vectors).detach(), grad_norm.detach())
+
+
+def forward_details(model: nn.Module, inputs: Tensor, targets: Tensor, *, loss_fn: LossFn | None = None,
+                    indices: Tensor | None = None) -> ForwardResult:
+    """The per-sample loss and the outputs at ``x``, with no backward at all: the forward-only pass.
+
+    As the other passes: ``eval()`` mode, autocast off, the inputs in float32 at least, the model left as found;
+    under ``torch.inference_mode`` (nothing is kept for a backward, so batches may be as large as the training
+    loader's or larger). ``indices`` only name samples in messages.
+
+    Example:
+        >>> out = forward_details(nn.Identity(), torch.tensor([[2.0, 0.0]]), torch.tensor([0]))
+        >>> round(out.loss.item(), 4), out.outputs.tolist()
+        (0.1269, [[2.0, 0.0]])
+    """
+    _check_arguments(inputs, targets, 1e-3, 1, 0)
+    loss_fn = cross_entropy_per_sample if loss_fn is None else loss_fn
+    device, batch = inputs.device, inputs.shape[0]
+    dtype = torch.float64 if inputs.dtype == torch.float64 else torch.float32
+    indices = _check_indices(indices, batch, device)
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(torch.inference_mode())
+        stack.enter_context(_model_state_kept(model))
+        stack.enter_context(_rng_kept(device))
+        stack.enter_context(_float32_arithmetic(device, False))
+        outputs = _forward(model, inputs.to(dtype), inputs.dtype)
+        loss = _per_sample(loss_fn(outputs, targets), batch)
+        _check_finite(loss, indices, "loss")
+    return ForwardResult(loss.to(dtype), outputs)
 
 
 def input_curvature(
@@ -573,6 +629,7 @@ def input_curvature(
         >>> torch.allclose(s, torch.full((2,), 4 * 0.1**2 * 3, dtype=torch.float64))
         True
     """
+    _check_arguments(inputs, targets, h, n_vectors, seed)  # at least one vector: a curvature needs one
     return curvature_details(
         model, inputs, targets, loss_fn=loss_fn, h=h, n_vectors=n_vectors, seed=seed, indices=indices,
         chunk_size=chunk_size, fast=fast, channels_last=channels_last,

@@ -76,10 +76,12 @@ def check_bool(name: str, value: object) -> bool:
     return bool(value)
 
 
-def check_settings(h: object, n_vectors: object, seed: object) -> tuple[float, int, int]:
-    """``(h, n_vectors, seed)`` as Python numbers, or ``ValueError`` for values that cannot define a score."""
-    s = ScoreSettings(h=h, n_vectors=n_vectors, seed=seed)  # type: ignore[arg-type]
-    return s.h, s.n_vectors, s.seed
+def check_settings(h: object, n_vectors: object, seed: object, *, min_vectors: int = 1) -> tuple[float, int, int]:
+    """``(h, n_vectors, seed)`` as Python numbers, or ``ValueError`` for values that cannot define a score
+    (``n_vectors`` at least ``min_vectors``: 0 is a gradient pass, no curvature)."""
+    n_vectors = check_int("n_vectors", n_vectors, min_vectors, hint=" (the paper uses 10)")
+    s = ScoreSettings(h=h, n_vectors=max(n_vectors, 1), seed=seed)  # type: ignore[arg-type]
+    return s.h, n_vectors, s.seed
 
 
 def same_setting(a: Any, b: Any) -> bool:
