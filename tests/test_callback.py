@@ -73,6 +73,11 @@ def test_scores_equal_the_estimator_on_the_final_model(tmp_path):
     np.testing.assert_allclose(cb.store.channel_mean("correct"), (margin > 0).double().numpy())
     np.testing.assert_allclose(cb.store.channel_mean("confidence"), logits.softmax(1).gather(1, ds.targets[:, None])
                                .squeeze(1).numpy(), rtol=1e-10, atol=1e-12)
+    # the input-gradient norm (CSG's sample gradient), one sample at a time through torch.func: the same ~1e-12
+    model.eval()
+    one = lambda x, y: torch.nn.functional.cross_entropy(model(x[None]), y[None])  # noqa: E731
+    grads = torch.stack([torch.func.grad(one)(x, y).norm() for x, y in zip(ds.x, ds.targets)])
+    np.testing.assert_allclose(cb.store.channel_mean("input_grad"), grads.detach().numpy(), rtol=1e-9)
 
 
 def test_model_trains_in_train_mode_between_passes(tmp_path):
@@ -164,7 +169,7 @@ def test_custom_batch_to_inputs_and_loss(tmp_path):
     ds = [(y, x) for x, y in Blobs()]
     cb = CurvatureCallback(ds, n_vectors=1, batch_to_inputs=swap, loss_fn=per_sample_nll, directory=tmp_path / "a")
     fit(tmp_path, cb, max_epochs=1)
-    assert cb.channels == ("loss",) and cb.store.channels == ["curvature", "loss"]
+    assert cb.channels == ("loss", "input_grad") and cb.store.channels == ["curvature", "loss", "input_grad"]
     assert cb.store.meta["loss"] == "test_callback.per_sample_nll"
 
 
@@ -190,6 +195,7 @@ def test_resume_continues_the_same_mean(tmp_path):
     resumed = CurvatureStore.open(path)
     assert resumed.epochs == [0, 1, 2, 3] and resumed.count.tolist() == [4] * 48
     np.testing.assert_allclose(resumed.mean, straight.store.mean, rtol=1e-6)
+    np.testing.assert_allclose(resumed.channel_mean("input_grad"), straight.store.channel_mean("input_grad"), rtol=1e-6)
     assert not (tmp_path / "logs" / "run" / "version_1" / "curv").exists()
 
 
@@ -322,6 +328,7 @@ def test_ddp_spawn_two_processes_equal_one(tmp_path):
     assert b.count.tolist() == [2] * 50 and b.epochs == [0, 1, 2, 3]
     np.testing.assert_allclose(b.mean, a.mean, rtol=1e-5)  # aligned blocks: the same batches
     np.testing.assert_allclose(b.channel_mean("margin"), a.channel_mean("margin"), rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(b.channel_mean("input_grad"), a.channel_mean("input_grad"), rtol=1e-5)
     # each rank caches only the samples it scores: 2 blocks of 16 on rank 0, 9 + 9 on rank 1
     assert [int((tmp_path / "two" / f"cached_{r}").read_text()) for r in (0, 1)] == [32, 18]
 

@@ -118,6 +118,8 @@ CHANNELS: Mapping[str, Channel] = {c.name: c for c in (
     Channel("margin", "negated epoch-mean margin (given-label logit minus the largest other; AUM-style)", "low"),
     Channel("confidence", "negated epoch-mean softmax probability of the given label", "low"),
     Channel("correct", "fraction of scored epochs misclassified", "low", offset=1.0),
+    Channel("input_grad", "epoch-mean input-gradient norm ||grad_x l(x)|| in eval mode (the sample gradient; its sum "
+            "over epochs is CSG, Ravikumar et al., ICLR 2026)", "high"),
     Channel("forgetting", "forgetting events (correct, then wrong at the next scored epoch); never learned ranks "
             "highest", "high", source="commit", reduce="sum", _score=_forgetting),
     Channel("train_loss", "cumulative training loss (CSL) per presentation: every training step's loss of the sample "
@@ -134,7 +136,7 @@ CHANNELS: Mapping[str, Channel] = {c.name: c for c in (
 STEP_CHANNELS = ("train_seen", "train_loss", "train_correct", "train_forgetting", "train_last_correct",
                  "train_wrong_epoch")
 #: the channels scored beside curvature with the default (cross-entropy) loss
-CLASSIFICATION = ("loss", "margin", "confidence", "correct", "forgetting")
+CLASSIFICATION = ("loss", "margin", "confidence", "correct", "input_grad", "forgetting")
 
 
 def classification_values(outputs: Tensor, targets: Tensor, loss: Tensor) -> dict[str, Tensor]:

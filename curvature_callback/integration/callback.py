@@ -241,7 +241,7 @@ class CurvatureCallback(Callback):
         """Channels stored beside curvature."""
         if not self.record_outputs:
             return ()
-        return CLASSIFICATION if self.loss_fn is None else ("loss",)
+        return CLASSIFICATION if self.loss_fn is None else ("loss", "input_grad")
 
     # the score's settings, read-only: one frozen ScoreSettings holds and checks them
     h = property(lambda self: self._settings.h, doc="Finite-difference step.")

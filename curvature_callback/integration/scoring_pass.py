@@ -162,6 +162,8 @@ class ScoringPass:
                 out.update(classification_values(res.outputs, y, res.loss.double()))
             elif self.channels:
                 out["loss"] = res.loss.double()
+            if "input_grad" in self.channels:
+                out["input_grad"] = res.input_grad.double()
             for k, v in out.items():
                 parts.setdefault(k, []).append(v)
         names = ("curvature", *(c for c in self.channels if CHANNELS[c].source == "pass"))  # others: at the commit
