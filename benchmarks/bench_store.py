@@ -43,7 +43,7 @@ def main() -> None:
     path = os.path.join(root, "store")
     rng = np.random.default_rng(0)
     epoch_values = {c: rng.random(args.n) for c in ["curvature", *args.channels]}  # reused: measure the store
-    settings = {"h": 1e-3, "n_vectors": 10, "seed": 0, "loss": "cross_entropy", "fast": False}
+    settings = {"h": 1e-3, "n_vectors": 10, "seed": 0, "loss": "cross_entropy", "fast": False, "pass_kind": "curvature"}
     start_rss = rss_mb()
     t0 = time.perf_counter()
     store = CurvatureStore.create(path, args.n, settings=settings, keep_history=not args.no_history,

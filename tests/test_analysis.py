@@ -22,7 +22,7 @@ from curvature_callback.analysis import (
 )
 from curvature_callback.core.store import CurvatureStore
 
-SETTINGS = {"h": 1e-3, "n_vectors": 2, "seed": 0, "loss": "cross_entropy", "fast": False}
+SETTINGS = {"h": 1e-3, "n_vectors": 2, "seed": 0, "loss": "cross_entropy", "fast": False, "pass_kind": "curvature"}
 CHANNELS = ("loss", "margin", "confidence", "correct", "forgetting")
 
 

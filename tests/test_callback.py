@@ -187,7 +187,7 @@ def test_resume_continues_the_same_mean(tmp_path):
     saved = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=False)["callbacks"][first.state_key]
     path = tmp_path / "logs" / "run" / "version_0" / "curv"
     assert saved == {"directory": str(path), "epochs_done": [0, 1], "h": 1e-3, "n_vectors": 2, "seed": 0,
-                     "loss": "cross_entropy", "fast": False, "fraction": 1.0}
+                     "loss": "cross_entropy", "fast": False, "fraction": 1.0, "pass_kind": "curvature"}
     second = CurvatureCallback(Blobs(), n_vectors=2, directory="curv")
     fit(tmp_path, second, max_epochs=4, model=no_dropout, ckpt_path=tmp_path / "ck" / "last.ckpt",
         callbacks=[ModelCheckpoint()],

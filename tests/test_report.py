@@ -18,7 +18,7 @@ from curvature_callback.analysis.report import write_report
 from curvature_callback.core.store import CurvatureStore
 from curvature_callback.experiments.report_cli import main, report_run
 
-SETTINGS = {"h": 1e-3, "n_vectors": 2, "seed": 0, "loss": "cross_entropy", "fast": False}
+SETTINGS = {"h": 1e-3, "n_vectors": 2, "seed": 0, "loss": "cross_entropy", "fast": False, "pass_kind": "curvature"}
 CHANNELS = ("loss", "margin", "confidence", "correct", "forgetting")
 N, FULL = 400, 500  # the run scores 400 of a 500-image dataset (source_index), like a subset experiment
 

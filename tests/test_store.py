@@ -24,7 +24,7 @@ from curvature_callback.core.store import (
     StoreMismatchError,
 )
 
-SETTINGS = {"h": 1e-3, "n_vectors": 10, "seed": 0, "loss": "cross_entropy", "fast": False}
+SETTINGS = {"h": 1e-3, "n_vectors": 10, "seed": 0, "loss": "cross_entropy", "fast": False, "pass_kind": "curvature"}
 
 
 def make(path, n=5, **kw):
@@ -41,7 +41,7 @@ def test_files_are_plain_npy_and_json(tmp_path):
         np.load(tmp_path / f, mmap_mode="r", allow_pickle=False)
     meta = json.loads((tmp_path / "meta.json").read_text())
     assert {k: meta[k] for k in ("n", "h", "n_vectors", "seed", "loss", "epochs", "version")} == {
-        "n": 5, "h": 1e-3, "n_vectors": 10, "seed": 0, "loss": "cross_entropy", "epochs": [0], "version": 2}
+        "n": 5, "h": 1e-3, "n_vectors": 10, "seed": 0, "loss": "cross_entropy", "epochs": [0], "version": 3}
 
 
 def test_running_mean_counts_and_history(tmp_path):

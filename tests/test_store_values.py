@@ -23,7 +23,7 @@ from curvature_callback.core.store import (
     StoreMismatchError,
 )
 
-SETTINGS = {"h": 1e-3, "n_vectors": 10, "seed": 0, "loss": "cross_entropy", "fast": False}
+SETTINGS = {"h": 1e-3, "n_vectors": 10, "seed": 0, "loss": "cross_entropy", "fast": False, "pass_kind": "curvature"}
 N = 5
 
 

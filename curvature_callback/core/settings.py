@@ -16,11 +16,17 @@ from typing import Any
 
 import numpy as np
 
-__all__ = ["MEANING_KEYS", "ScoreSettings", "check_bool", "check_float", "check_int", "check_settings", "same_setting"]
+__all__ = [
+    "MEANING_KEYS", "ScoreSettings", "check_bool", "check_callable", "check_float", "check_int", "check_settings",
+    "same_setting",
+]
 
 #: settings that change what a score means (besides N and the labels, which the store checks itself); ``fast``:
-#: TF32 moves values by ~5 %
-MEANING_KEYS = ("h", "n_vectors", "seed", "loss", "fast")
+#: TF32 moves values by ~5 %; ``pass_kind``: which values a pass computes (:data:`PASS_KINDS`)
+MEANING_KEYS = ("h", "n_vectors", "seed", "loss", "fast", "pass_kind")
+#: the kinds of scoring pass: curvature (n + 1 forward+backward per sample), gradient (one forward+backward: the
+#: input-gradient norm and the eval-mode baselines, no curvature), forward (no backward: the eval-mode baselines)
+PASS_KINDS = ("curvature", "gradient", "forward")
 
 
 def check_int(name: str, value: object, low: int = 0, high: int | None = None, *, hint: str = "") -> int:
@@ -76,11 +82,28 @@ def check_bool(name: str, value: object) -> bool:
     return bool(value)
 
 
+def check_callable(name: str, value: object, fix: str) -> None:
+    """Nothing if ``value`` is None or callable, else ``TypeError`` ending with ``fix``: a string such as
+    ``loss_fn="cross_entropy"`` would otherwise be accepted until its first call, deep in a fit, as "'str' object is
+    not callable".
+
+    Example:
+        >>> check_callable("loss_fn", "cross_entropy", "Pass a function.")
+        Traceback (most recent call last):
+        ...
+        TypeError: Expected argument `loss_fn` to be a callable or None, got str 'cross_entropy'. Pass a function.
+    """
+    if value is not None and not callable(value):
+        raise TypeError(f"Expected argument `{name}` to be a callable or None, got {type(value).__name__} "
+                        f"{value!r:.80}. {fix}")
+
+
 def check_settings(h: object, n_vectors: object, seed: object, *, min_vectors: int = 1) -> tuple[float, int, int]:
     """``(h, n_vectors, seed)`` as Python numbers, or ``ValueError`` for values that cannot define a score
     (``n_vectors`` at least ``min_vectors``: 0 is a gradient pass, no curvature)."""
     n_vectors = check_int("n_vectors", n_vectors, min_vectors, hint=" (the paper uses 10)")
-    s = ScoreSettings(h=h, n_vectors=max(n_vectors, 1), seed=seed)  # type: ignore[arg-type]
+    s = ScoreSettings(h=h, n_vectors=n_vectors, seed=seed,  # type: ignore[arg-type]
+                      pass_kind="curvature" if n_vectors else "gradient")
     return s.h, n_vectors, s.seed
 
 
@@ -110,6 +133,8 @@ class ScoreSettings:
         loss: the loss's identity (its function and arguments, or the user's ``loss_id``).
         fast: TF32 allowed in the finite differences.
         fraction: the share of samples scored per pass (recorded; the mean stays exact, so it may change).
+        pass_kind: which values the pass computes (:data:`PASS_KINDS`): ``"curvature"`` needs ``n_vectors >= 1``,
+            ``"gradient"`` and ``"forward"`` ``n_vectors == 0`` (they draw no vectors).
 
     Example:
         >>> s = ScoreSettings(h=np.float32(1e-3), n_vectors=np.int64(2))
@@ -123,11 +148,16 @@ class ScoreSettings:
     loss: str = "cross_entropy"
     fast: bool = False
     fraction: float = 1.0
+    pass_kind: str = "curvature"
 
     def __post_init__(self) -> None:
+        if self.pass_kind not in PASS_KINDS:
+            raise ValueError(f"Expected the pass kind to be one of {list(PASS_KINDS)}, got {self.pass_kind!r}.")
+        curvature = self.pass_kind == "curvature"
         checked = {
             "h": check_float("h", self.h, hint=" (the paper uses 1e-3)"),
-            "n_vectors": check_int("n_vectors", self.n_vectors, 1, hint=" (the paper uses 10)"),
+            "n_vectors": check_int("n_vectors", self.n_vectors, int(curvature), None if curvature else 1,
+                                   hint=" (the paper uses 10)" if curvature else f" for a {self.pass_kind} pass"),
             "seed": check_int("seed", self.seed, 0, 2**64),
             "fast": check_bool("fast", self.fast),
             "fraction": check_float("fraction", self.fraction, at_most=1.0),

@@ -185,10 +185,10 @@ class CurvatureStore:
         fd = cls._lock(directory)
         try:
             store = cls(directory, "r+", fd)
-            if store._meta["version"] < FORMAT_VERSION:
+            if store._meta["version"] < 2:
                 raise StoreMismatchError(
                     f"The store at {directory} has format version {store._meta['version']}, which records no labels: "
-                    f"this curvature_callback adds epochs only to format {FORMAT_VERSION} stores, whose commits check "
+                    "this curvature_callback adds epochs only to stores of format 2 and later, whose commits check "
                     "each sample's label. Read it with CurvatureStore.open(path), and write to another `directory`."
                 )
             record = store._journal_record()
@@ -644,6 +644,17 @@ class CurvatureStore:
         return [PRIMARY, *self._meta.get("channels", [])]
 
     @property
+    def pass_kind(self) -> str:
+        """Which pass made the scores (``meta.json``'s ``pass_kind``): ``"curvature"``; ``"gradient"`` or ``"forward"``
+        (no curvature: :attr:`mean` and :attr:`sum` stay NaN and 0, the other channels hold the values)."""
+        return str(self._meta["pass_kind"])
+
+    @property
+    def _valued(self) -> list[str]:
+        """The channels a commit adds values to (all but curvature, for a pass that computes none)."""
+        return self.channels if self.pass_kind == "curvature" else self.channels[1:]
+
+    @property
     def step_channels(self) -> list[str]:
         """The training-time channels (recorded from the training steps; :meth:`sum_of` and :meth:`channel_last`
         read them)."""
@@ -764,7 +775,7 @@ class CurvatureStore:
             return False
         if scored:
             idx, vals = self._checked(values if isinstance(values, Mapping) else {PRIMARY: values}, indices,
-                                      self.channels, "channels")
+                                      self._valued, "channels")
             keys = None if labels is None else self._check_labels(idx, labels)
         if stepped:
             step_idx, step_vals = self._checked(steps, step_indices, self.step_channels, "training-time channels")
@@ -949,8 +960,8 @@ class CurvatureStore:
             parts.update(
                 indices=idx, count=new_count,
                 labels=load("labels.npy", np.int64, len(idx)) if (journal / "labels.npy").exists() else None,
-                sums={name: load(f"{name}_sum.npy", np.float64, len(idx)) for name in self.channels},
-                values={name: load(f"{name}_values.npy", np.float64, len(idx)) for name in self.channels},
+                sums={name: load(f"{name}_sum.npy", np.float64, len(idx)) for name in self._valued},
+                values={name: load(f"{name}_values.npy", np.float64, len(idx)) for name in self._valued},
             )
         if record["steps"]:
             step_idx = load_indices("step_indices.npy")
@@ -981,12 +992,15 @@ class CurvatureStore:
             if parts["labels"] is not None:
                 self._write(self._array(PRIMARY, "labels"), idx, parts["labels"])
             for name in self.channels:
-                self._write(self._array(name, "sum"), idx, parts["sums"][name])
-                self._write(self._array(name, "mean"), idx, parts["sums"][name] / new_count)
-                self._write(self._array(name, "last"), idx, parts["values"][name])
+                valued = name in parts["sums"]  # not the curvature of a gradient or forward pass: it stays NaN
+                if valued:
+                    self._write(self._array(name, "sum"), idx, parts["sums"][name])
+                    self._write(self._array(name, "mean"), idx, parts["sums"][name] / new_count)
+                    self._write(self._array(name, "last"), idx, parts["values"][name])
                 if self._meta["keep_history"]:
                     line = np.full(self.n, np.nan, dtype=np.float32)
-                    line[idx] = parts["values"][name]
+                    if valued:
+                        line[idx] = parts["values"][name]
                     self._write(self._array(name, "history"), row, line)
             meta["epochs"] = [*self._meta["epochs"], record["epoch"]]
         if record["steps"]:

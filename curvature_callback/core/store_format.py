@@ -17,7 +17,7 @@ from typing import Any
 
 import numpy as np
 
-from curvature_callback.core.settings import MEANING_KEYS
+from curvature_callback.core.settings import MEANING_KEYS, PASS_KINDS
 
 __all__ = [
     "COUNT_STEP_CHANNELS", "DTYPES", "FORMAT_VERSION", "LABEL_UNKNOWN", "OPTIONAL_META", "PRIMARY", "STORE_FILE",
@@ -25,8 +25,9 @@ __all__ = [
     "check_values", "create_npy", "fsync_dir", "meta_identity", "npy_layout", "read_meta", "reserve", "save_npy",
 ]
 
-#: 2: labels.npy, each scored sample's label key, checked at every commit (format 1 stores are read, not added to)
-FORMAT_VERSION = 2
+#: 2: labels.npy, each scored sample's label key, checked at every commit (format 1 stores are read, not added to);
+#: 3: meta.json's ``pass_kind`` (a format 2 store is a curvature pass's: the only kind there was)
+FORMAT_VERSION = 3
 PRIMARY = "curvature"
 #: the names of the files a store writes, for any channel: ``create`` refuses a folder that holds one without meta.json
 STORE_FILE = re.compile(r"(?:[A-Za-z_]\w*_)?(?:sum|mean|last|count|history|labels)\.npy")
@@ -200,6 +201,8 @@ def read_meta(directory: Path) -> tuple[dict[str, Any], tuple[int, int, int, int
         raise refuse("a JSON object", f"text that does not parse as JSON ({e})") from None
     if not isinstance(meta, dict):
         raise refuse("a JSON object", f"a JSON {type(meta).__name__}")
+    if meta.get("version") in (1, 2):  # formats before pass kinds: every store was a curvature pass's
+        meta.setdefault("pass_kind", "curvature")
 
     def is_int(v: Any) -> bool:
         return isinstance(v, int) and not isinstance(v, bool)
@@ -228,6 +231,7 @@ def read_meta(directory: Path) -> tuple[dict[str, Any], tuple[int, int, int, int
         "seed": ("an integer >= 0", lambda v: is_int(v) and v >= 0),
         "loss": ("a non-empty string (the loss's identity)", lambda v: isinstance(v, str) and bool(v)),
         "fast": ("true or false", lambda v: isinstance(v, bool)),
+        "pass_kind": (f"one of {list(PASS_KINDS)}", lambda v: v in PASS_KINDS),
     }
     assert set(MEANING_KEYS) <= set(checks), "every meaning key is checked here"
     for key, (expected, ok) in checks.items():
@@ -290,6 +294,10 @@ def check_array(directory: Path, meta: dict[str, Any], channel: str, kind: str, 
                 "damaged store is refused, not repaired."
             )
 
+    if channel == PRIMARY and meta["pass_kind"] != "curvature":  # a pass without curvature leaves it as created
+        refuse(values != 0 if kind == "sum" else ~np.isnan(values),
+               f"{'0' if kind == 'sum' else 'NaN'} everywhere (a {meta['pass_kind']} pass computes no curvature)")
+        return
     if channel not in meta["step_channels"]:  # a channel of the pass: count.npy says which samples were scored
         count = read(PRIMARY, "count")
         scored = count > 0
