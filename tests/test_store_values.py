@@ -224,3 +224,46 @@ def test_a_reader_whose_open_check_was_cut_short_checks_each_array_when_it_reads
         with pytest.raises(StoreCorruptError, match=r"loss_sum\.npy is damaged: expected finite sums.*got nan for "
                            r"sample 2"):
             read()
+
+
+def test_a_gradient_pass_store_holds_no_curvature_and_says_so(tmp_path):
+    settings = {**SETTINGS, "n_vectors": 0, "pass_kind": "gradient"}
+    with CurvatureStore.create(tmp_path / "g", 3, settings=settings, channels=("loss", "input_grad"),
+                               keep_history=True) as s:
+        assert s.pass_kind == "gradient"
+        assert s.commit_epoch(0, {"loss": [1.0, 2.0, 3.0], "input_grad": [0.5, 0.25, 4.0]})
+        with pytest.raises(ValueError, match=r"Expected values for channels \['loss', 'input_grad'\], got "
+                           r"\['curvature', 'input_grad', 'loss'\]"):
+            s.commit_epoch(1, {"curvature": np.ones(3), "loss": np.ones(3), "input_grad": np.ones(3)})
+        assert s.commit_epoch(1, {"loss": [3.0, 2.0, 1.0], "input_grad": [1.5, 0.75, 0.0]})
+    r = CurvatureStore.open(tmp_path / "g")
+    assert np.isnan(r.mean).all() and r.sum.tolist() == [0.0] * 3 and r.count.tolist() == [2] * 3
+    assert r.channel_mean("loss").tolist() == [2.0] * 3 and r.channel_mean("input_grad").tolist() == [1.0, 0.5, 2.0]
+    assert np.isnan(r.history).all() and r.channel_history("loss")[1].tolist() == [3.0, 2.0, 1.0]
+    put(tmp_path / "g", "mean.npy", 1, 0.0)
+    with pytest.raises(StoreCorruptError, match=r"mean\.npy is damaged: expected NaN everywhere \(a gradient pass "
+                       r"computes no curvature\), got 0\.0 for sample 1"):
+        CurvatureStore.open(tmp_path / "g")
+
+
+def test_a_format_2_store_is_a_curvature_pass_and_is_still_added_to(tmp_path):
+    d = two_epochs(tmp_path / "s")
+    meta = json.loads((d / "meta.json").read_text())
+    (d / "meta.json").write_text(json.dumps({**{k: v for k, v in meta.items() if k != "pass_kind"}, "version": 2}))
+    with CurvatureStore.open_or_create(d, N, settings=SETTINGS, channels=("loss",), step_channels=STEP_CHANNELS) as s:
+        assert s.pass_kind == "curvature" and s.commit_epoch(2, {"curvature": np.ones(N), "loss": np.ones(N)})
+    assert json.loads((d / "meta.json").read_text())["version"] == 2  # read as it is, never rewritten as another
+    with pytest.raises(StoreMismatchError, match=r"was made with pass_kind='curvature', this run asks "
+                       r"pass_kind='gradient'"):
+        CurvatureStore.open_or_create(d, N, settings={**SETTINGS, "n_vectors": 0, "pass_kind": "gradient"},
+                                      channels=("loss",), step_channels=STEP_CHANNELS)
+
+
+@pytest.mark.parametrize(("n_vectors", "kind"), [(0, "curvature"), (2, "gradient"), (1, "forward")])
+def test_a_pass_kind_that_disagrees_with_n_vectors_is_refused(tmp_path, n_vectors, kind):
+    d = two_epochs(tmp_path / "s")
+    meta = json.loads((d / "meta.json").read_text())
+    (d / "meta.json").write_text(json.dumps({**meta, "n_vectors": n_vectors, "pass_kind": kind}))
+    with pytest.raises(StoreCorruptError, match=rf"expected 'n_vectors' >= 1 for a curvature pass, 0 for a gradient "
+                       rf"or forward pass, got n_vectors={n_vectors} with pass_kind='{kind}'"):
+        CurvatureStore.open(d)

@@ -23,7 +23,7 @@ __all__ = [
 
 #: settings that change what a score means (besides N and the labels, which the store checks itself); ``fast``:
 #: TF32 moves values by ~5 %; ``pass_kind``: which values a pass computes (:data:`PASS_KINDS`)
-MEANING_KEYS = ("h", "n_vectors", "seed", "loss", "fast", "pass_kind")
+MEANING_KEYS = ("pass_kind", "h", "n_vectors", "seed", "loss", "fast")
 #: the kinds of scoring pass: curvature (n + 1 forward+backward per sample), gradient (one forward+backward: the
 #: input-gradient norm and the eval-mode baselines, no curvature), forward (no backward: the eval-mode baselines)
 PASS_KINDS = ("curvature", "gradient", "forward")

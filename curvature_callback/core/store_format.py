@@ -227,7 +227,7 @@ def read_meta(directory: Path) -> tuple[dict[str, Any], tuple[int, int, int, int
                         lambda v: isinstance(v, list) and all(map(is_int, v)) and len(set(v)) == len(v)),
         # what a score means (settings.MEANING_KEYS): a store without one would average any value asked of it
         "h": ("a positive finite number", lambda v: is_number(v) and math.isfinite(v) and v > 0),
-        "n_vectors": ("a positive integer", lambda v: is_int(v) and v >= 1),
+        "n_vectors": ("an integer >= 0", lambda v: is_int(v) and v >= 0),
         "seed": ("an integer >= 0", lambda v: is_int(v) and v >= 0),
         "loss": ("a non-empty string (the loss's identity)", lambda v: isinstance(v, str) and bool(v)),
         "fast": ("true or false", lambda v: isinstance(v, bool)),
@@ -246,6 +246,9 @@ def read_meta(directory: Path) -> tuple[dict[str, Any], tuple[int, int, int, int
                 f"Store {directory} has format version {meta['version']}, this curvature_callback reads "
                 f"up to {FORMAT_VERSION}: upgrade curvature_callback."
             )
+    if (meta["n_vectors"] >= 1) != (meta["pass_kind"] == "curvature"):
+        raise refuse("'n_vectors' >= 1 for a curvature pass, 0 for a gradient or forward pass",
+                     f"n_vectors={meta['n_vectors']} with pass_kind={meta['pass_kind']!r}")
     if set(meta.get("step_channels", [])) & {*meta["channels"], PRIMARY}:
         raise refuse("'step_channels' with names other than the channels'", f"{meta['step_channels']!r}")
     meta.setdefault("step_channels", [])
