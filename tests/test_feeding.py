@@ -145,3 +145,67 @@ def test_random_states_kept_when_a_read_fails():
     with pytest.raises(OSError, match="cannot read item 0"):
         reads_differ(Failing())
     assert same_states(random_states(), before)
+
+
+# ------------------------------------------------------------------------------------------ issue 16, items 5 and 7
+class Batched(Dataset):
+    """A dataset with a batched read of its own (``__getitems__``), which counts its calls."""
+
+    def __init__(self, n=10):
+        self.n, self.batched_reads = n, 0
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, i):
+        return torch.tensor([float(i)]), i % 3
+
+    def __getitems__(self, indices):
+        self.batched_reads += 1
+        return [self[i] for i in indices]
+
+
+@pytest.mark.parametrize("kind", ["Subset", "ConcatDataset", "__getitems__"])
+def test_with_index_batches_carry_the_index_whatever_the_dataset_implements(kind):
+    from torch.utils.data import ConcatDataset, DataLoader, random_split
+
+    from curvature_callback import WithIndex
+
+    base = Batched(10)
+    wrapped = {"Subset": lambda: random_split(base, [0.8, 0.2], generator=torch.Generator().manual_seed(0))[0],
+               "ConcatDataset": lambda: ConcatDataset([Batched(4), Batched(6)]), "__getitems__": lambda: base}[kind]()
+    ds = WithIndex(wrapped)
+    for x, y, index in DataLoader(ds, batch_size=3, shuffle=True, generator=torch.Generator().manual_seed(1)):
+        for j, i in enumerate(index.tolist()):  # each item's index is its position in the wrapped dataset
+            want_x, want_y = wrapped[i]
+            assert torch.equal(x[j], want_x) and y[j].item() == want_y
+    if kind != "ConcatDataset":
+        assert base.batched_reads > 0  # the wrapped dataset's batched read is kept
+    assert ds[0][2] == 0 and len(ds) == len(wrapped)
+
+
+def test_with_index_reads_item_by_item_when_a_batched_read_has_its_own_shape():
+    from curvature_callback import WithIndex
+
+    class Columns(Batched):
+        def __getitems__(self, indices):  # a batch as columns: not one item per index
+            return {"x": [self[i][0] for i in indices]}
+
+    assert [item[2] for item in WithIndex(Columns()).__getitems__([4, 1])] == [4, 1]
+    assert WithIndex(Columns()).__getitems__([4, 1])[0][1] == 1  # 4 % 3
+
+
+def test_rank_universe_is_computed_not_looped():
+    """Any period is quick: fraction = 1e-8 (P = 10^8) gives each sample its own pass; equal to a pass-by-pass loop."""
+    assert rank_universe(48, 10**8, 16, 1, 0).tolist() == list(range(48))
+    assert rank_universe(48, 10**8, 16, 2, 1).tolist() == []  # one sample per pass: rank 0's block
+    assert rank_universe(10**6, 10**8, 256, 4, 0).tolist() == list(range(10**6))
+
+    def looped(n, period, batch, world, rank):
+        parts = [pass_indices(n, p, period)[slice(*rank_block(len(pass_indices(n, p, period)), batch, world, rank)[:2])]
+                 for p in range(period)]
+        return sorted(np.concatenate(parts).tolist())
+
+    for n, period, batch, world in [(1, 1, 1, 1), (7, 3, 2, 3), (50, 4, 8, 2), (10, 13, 3, 2), (100, 7, 5, 4)]:
+        for rank in range(world):
+            assert rank_universe(n, period, batch, world, rank).tolist() == looped(n, period, batch, world, rank)

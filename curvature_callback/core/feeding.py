@@ -40,6 +40,10 @@ class WithIndex(Dataset):
     other tuples, ``{**item, "index": index}`` for dicts), so a training step can tell the callback which samples
     it saw (:func:`~curvature_callback.integration.training_steps.sample_outputs`).
 
+    Batches carry the index too whatever the wrapped dataset implements: a DataLoader reads a batch with
+    ``__getitems__`` when the dataset has one (``Subset``, what ``random_split`` returns, does), and this one keeps
+    the wrapped dataset's batched read, adding each item's index.
+
     Example:
         >>> WithIndex([("a", 0), ("b", 1)])[1]
         ('b', 1, 1)
@@ -51,13 +55,25 @@ class WithIndex(Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
-    def __getitem__(self, i: int) -> Any:
-        item = self.dataset[i]
+    @staticmethod
+    def _with(item: Any, i: Any) -> Any:
         if isinstance(item, Mapping):
             return {**item, "index": i}
         if isinstance(item, (tuple, list)):
             return (*item, i)
         return item, i
+
+    def __getitem__(self, i: int) -> Any:
+        return self._with(self.dataset[i], i)
+
+    def __getitems__(self, indices: list[int]) -> list[Any]:
+        """The items of ``indices`` with their indices, through the wrapped dataset's ``__getitems__`` (its batched
+        read) when it has one and it returns one item per index; else item by item."""
+        read = getattr(self.dataset, "__getitems__", None)
+        items = read(indices) if callable(read) else None
+        if not isinstance(items, (list, tuple)) or len(items) != len(indices):  # none, or batched in its own shape
+            items = [self.dataset[i] for i in indices]
+        return [self._with(item, i) for item, i in zip(items, indices, strict=True)]
 
     def __getattr__(self, name: str) -> Any:  # targets, classes, transform ... of the wrapped dataset
         if name == "dataset":
@@ -115,16 +131,22 @@ def rank_block(count: int, batch_size: int, world: int, rank: int) -> tuple[int,
 def rank_universe(n: int, period: int, batch_size: int, world: int, rank: int) -> np.ndarray:
     """Every global index that ``rank`` scores over ``period`` consecutive passes (what its cache needs).
 
+    Pass ``p`` scores ``p, p + P, p + 2P, ...``: its lists have one of two lengths (``q + 1`` for ``p < r``, ``q``
+    after, with ``n = qP + r``), so the rank's positions ``[start, stop)`` are computed once per length and the indices
+    are ``p + P * position``: at most ``n`` of them, whatever ``P`` (``fraction = 1e-8`` is as quick as ``1``).
+
     Example:
         >>> rank_universe(10, 1, 2, 2, 1).tolist(), rank_universe(10, 2, 2, 2, 1).tolist()
         ([6, 7, 8, 9], [8, 9])
     """
-    parts = []
-    for p in range(period):
-        indices = pass_indices(n, p, period)
-        start, stop, _ = rank_block(len(indices), batch_size, world, rank)
-        parts.append(indices[start:stop])
-    return np.unique(np.concatenate(parts)) if parts else np.empty(0, dtype=np.int64)
+    q, r = divmod(n, period)
+    parts = [np.empty(0, dtype=np.int64)]
+    for length, passes in ((q + 1, range(min(r, period))), (q, range(r, period if q else r))):
+        start, stop, _ = rank_block(length, batch_size, world, rank)
+        if length and stop > start and len(passes):
+            positions = np.arange(start, stop, dtype=np.int64)
+            parts.append((np.arange(passes.start, passes.stop, dtype=np.int64)[:, None] + period * positions).ravel())
+    return np.sort(np.concatenate(parts), kind="stable")  # disjoint (one residue per pass): no np.unique needed
 
 
 @contextmanager
