@@ -267,3 +267,13 @@ def test_a_pass_kind_that_disagrees_with_n_vectors_is_refused(tmp_path, n_vector
     with pytest.raises(StoreCorruptError, match=rf"expected 'n_vectors' >= 1 for a curvature pass, 0 for a gradient "
                        rf"or forward pass, got n_vectors={n_vectors} with pass_kind='{kind}'"):
         CurvatureStore.open(d)
+
+
+def test_the_analysis_reads_no_curvature_from_a_pass_that_computed_none(tmp_path):
+    from curvature_callback.analysis import suspicion_scores
+
+    settings = {**SETTINGS, "n_vectors": 0, "pass_kind": "forward"}
+    with CurvatureStore.create(tmp_path / "f", 3, settings=settings, channels=("loss",)) as s:
+        s.commit_epoch(0, {"loss": [1.0, 2.0, 3.0]})
+    scores = suspicion_scores(CurvatureStore.open(tmp_path / "f"))
+    assert set(scores) == {"loss"} and scores["loss"].tolist() == [1.0, 2.0, 3.0]

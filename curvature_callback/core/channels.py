@@ -33,6 +33,13 @@ def _mean(store: Any, name: str, which: str) -> np.ndarray:
     return np.array(get(name), dtype=np.float64)
 
 
+def _curvature(store: Any, name: str, which: str) -> np.ndarray | None:
+    """The curvature's epoch mean (or latest value); None for a store whose pass computed none (gradient, forward)."""
+    if getattr(store, "pass_kind", "curvature") != "curvature":
+        return None
+    return _mean(store, name, which)
+
+
 def _forgetting(store: Any, name: str, which: str) -> np.ndarray | None:
     """Forgetting-event counts, with samples never classified correctly ranked above all (Toneva et al. count them
     as forgotten infinitely often); NaN where never scored. Counts have no latest value: None for ``"last"``."""
@@ -113,7 +120,7 @@ class Channel:
 
 #: every channel a store may hold, in the order reports list them
 CHANNELS: Mapping[str, Channel] = {c.name: c for c in (
-    Channel(PRIMARY, "epoch-mean input-loss curvature", "high"),
+    Channel(PRIMARY, "epoch-mean input-loss curvature", "high", _score=_curvature),
     Channel("loss", "epoch-mean loss with the given label", "high"),
     Channel("margin", "negated epoch-mean margin (given-label logit minus the largest other; AUM-style)", "low"),
     Channel("confidence", "negated epoch-mean softmax probability of the given label", "low"),
