@@ -1,8 +1,8 @@
 """Training-time signals: each sample's loss and correctness at every training step it is seen, summed per epoch on
 the training device (torch only; the Lightning glue is :mod:`curvature_callback.integration.callback`).
 
-Per epoch and sample the recorder keeps (in one ``[5, N]`` float32 tensor, so that a step costs one
-``index_add_`` and DDP one ``all_reduce``):
+Per epoch and sample the recorder keeps (in one ``[5, N]`` float32 tensor, so that a fold costs one ``index_add_``
+and DDP one ``all_reduce``):
 
 - ``seen``: presentations (1 per epoch with a plain sampler);
 - ``loss``: the sum of the training losses (with augmentation, in ``train()`` mode: what the optimizer saw);
@@ -15,9 +15,15 @@ Summed over epochs these give the cumulative sample loss (CSL; Ravikumar et al.,
 (the first epoch after which a sample is never misclassified again) and the forgetting count; the store keeps the
 sums (:mod:`curvature_callback.core.channels` defines the scores).
 
+Beside the sums, the recorder keeps the label key (:func:`label_keys`) each sample was presented with this epoch, as
+the largest and the negated smallest key seen (``[2, N]`` int64: DDP combines ranks with one ``all_reduce`` MAX): a
+sample presented under two labels in one epoch is told apart (:func:`label_conflicts`), and the store checks the keys
+against the labels it recorded before it adds anything.
+
 A step costs a list append: the presentations are folded into the sums every :attr:`StepRecorder.FLUSH_STEPS` steps
 and at the epoch's end (where boolean masks wait for the device once); indices out of range and non-finite losses are
-left out and counted, and the count is checked once per epoch (:meth:`StepRecorder.bad`).
+left out and counted, and the count is checked once per epoch (:meth:`StepRecorder.bad`). Correctness given as
+integers must be 0 or 1: checked in the fold, where the device is waited for anyway.
 
 Example:
     >>> import torch
@@ -30,14 +36,41 @@ Example:
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import torch
 from torch import Tensor
 
-__all__ = ["ROWS", "StepRecorder", "epoch_step_values"]
+from curvature_callback.core.store_format import LABEL_UNKNOWN
+
+__all__ = [
+    "LOSS_JUMP", "ROWS", "StepRecorder", "epoch_step_values", "label_conflicts", "label_keys", "loss_jump",
+    "repeated_indices",
+]
 
 #: the rows of :attr:`StepRecorder.buffers`
 ROWS = ("seen", "loss", "correct", "forgetting", "last_correct")
+
+
+def label_keys(targets: Tensor) -> Tensor:
+    """``[B]`` int64 keys of the given labels, compared with the ones a store recorded.
+
+    Integer class labels (``[B]``) are their own key; any other target (soft labels, masks, regression values)
+    gets a 63-bit key from blake2b of its bytes, dtype and shape, so a changed target changes the key. The scoring
+    pass and the training steps key labels with this one function, so that the store compares like with like.
+
+    Example:
+        >>> label_keys(torch.tensor([3, 0])).tolist()
+        [3, 0]
+    """
+    if targets.dim() == 1 and not (targets.is_floating_point() or targets.is_complex()):
+        return targets.to(torch.int64)
+    rows = targets.detach().cpu().contiguous()
+    shape = f"|{rows.dtype}|{tuple(rows.shape[1:])}".encode()
+    keys = [int.from_bytes(hashlib.blake2b(row.reshape(-1).view(torch.uint8).numpy().tobytes() + shape,
+                                           digest_size=8).digest(), "little") >> 1 for row in rows]
+    return torch.tensor(keys, dtype=torch.int64, device=targets.device)
 
 
 class StepRecorder:
@@ -67,25 +100,43 @@ class StepRecorder:
             np.isnan(previous), -1, np.asarray(previous) > 0.5).astype(np.int8)
         self.state = torch.as_tensor(state, device=device)
         self._bad = torch.zeros((), dtype=torch.int64, device=device)  # presentations left out (index, loss)
-        self._kept: list[tuple[Tensor, Tensor, Tensor]] = []
+        # this epoch's label keys per sample: the largest and the negated smallest seen (LABEL_UNKNOWN: none known)
+        self.keys = torch.full((2, n), LABEL_UNKNOWN, dtype=torch.int64, device=device)
+        self._kept: list[tuple[Tensor, Tensor, Tensor, Tensor | None]] = []
 
-    def add(self, index: Tensor, loss: Tensor, correct: Tensor) -> None:
-        """Record one minibatch: ``[B]`` dataset indices, per-sample training losses and correctness."""
-        self._kept.append((index.detach(), loss.detach(), correct.detach()))
+    def add(self, index: Tensor, loss: Tensor, correct: Tensor, target: Tensor | None = None) -> None:
+        """Record one minibatch: ``[B]`` dataset indices, per-sample training losses, correctness (bool, or integer 0
+        and 1) and, when known, the targets the step was given (``[B, ...]``, keyed by :func:`label_keys`)."""
+        self._kept.append((index.detach(), loss.detach(), correct.detach(),
+                           None if target is None else target.detach()))
         if len(self._kept) >= self.FLUSH_STEPS:
             self._flush()
 
     def _flush(self) -> None:
-        """Fold the kept steps into the sums and the state."""
+        """Fold the kept steps into the sums, the state and the label keys."""
         if not self._kept:
             return
-        idx = torch.cat([k[0].reshape(-1) for k in self._kept]).to(device=self.device, dtype=torch.int64)
-        loss = torch.cat([k[1].reshape(-1) for k in self._kept]).to(device=self.device, dtype=torch.float32)
-        right = torch.cat([k[2].reshape(-1) for k in self._kept]).to(device=self.device).to(torch.bool)
-        self._kept = []
+        kept, self._kept = self._kept, []
+        idx = torch.cat([k[0].reshape(-1) for k in kept]).to(device=self.device, dtype=torch.int64)
+        loss = torch.cat([k[1].reshape(-1) for k in kept]).to(device=self.device, dtype=torch.float32)
+        right = torch.cat([k[2].reshape(-1).to(self.device) for k in kept])
+        if right.dtype != torch.bool:  # an integer dtype (read_step_outputs refuses others): 0 and 1 only
+            odd = (right != 0) & (right != 1)
+            if bool(odd.any()):
+                raise ValueError(
+                    f"Expected 'sample_correct' to be 0 or 1 (whether each sample was classified as its given label), "
+                    f"got {right.dtype} values {right[odd].unique()[:5].tolist()}: return a bool tensor, e.g. "
+                    "`logits.argmax(1) == y`, or pass `logits=` and `targets=` to sample_outputs."
+                )
+            right = right.to(torch.bool)
+        keys = torch.cat([torch.full((len(k[0].reshape(-1)),), LABEL_UNKNOWN, dtype=torch.int64, device=self.device)
+                          if k[3] is None else label_keys(k[3]).reshape(-1).to(self.device) for k in kept])
         ok = (idx >= 0) & (idx < self.n) & torch.isfinite(loss)
         self._bad += (~ok).sum()
-        idx, loss, right = idx[ok], loss[ok], right[ok]
+        idx, loss, right, keys = idx[ok], loss[ok], right[ok], keys[ok]
+        known = keys != LABEL_UNKNOWN  # an unknown key is the smallest int64: a no-op for the max, not negated
+        self.keys[0].scatter_reduce_(0, idx, keys, "amax")
+        self.keys[1].scatter_reduce_(0, idx, torch.where(known, -keys, keys), "amax")
         order = torch.argsort(idx, stable=True)  # each sample's presentations together, in time order
         idx, loss, right = idx[order], loss[order], right[order]
         new = torch.ones_like(right)  # the first of its sample's presentations here
@@ -112,12 +163,61 @@ class StepRecorder:
         out[4] = ((self.state == 1) & (out[0] > 0)).to(torch.float32)
         return out
 
+    def epoch_keys(self) -> Tensor:
+        """``[2, n]`` int64: the largest and the negated smallest label key of each sample's presentations this
+        epoch (:data:`LABEL_UNKNOWN` where none is known), ready for an ``all_reduce`` MAX over ranks."""
+        self._flush()
+        return self.keys.clone()
+
     def next_epoch(self, reduced: Tensor) -> None:
         """Start the next epoch from the sums of every rank: the state becomes the global latest correctness."""
         seen = reduced[0] > 0
         self.state = torch.where(seen, (reduced[4] > 0).to(torch.int8), self.state)
         self.buffers.zero_()
         self._bad.zero_()
+        self.keys.fill_(LABEL_UNKNOWN)
+
+
+def label_conflicts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Each sample's label key this epoch and the samples presented under two keys, from :meth:`StepRecorder.epoch_keys`
+    (combined over ranks by MAX).
+
+    Returns:
+        ``[n]`` int64 keys (:data:`LABEL_UNKNOWN` where none is known), and the indices of the samples whose
+        presentations this epoch carried different keys.
+
+    Example:
+        >>> u = LABEL_UNKNOWN
+        >>> key, conflicts = label_conflicts(np.array([[2, u, 5], [-2, u, -1]]))
+        >>> key.tolist()[::2], conflicts.tolist()
+        ([2, 5], [2])
+    """
+    largest, smallest = keys[0], keys[1]
+    known = largest != LABEL_UNKNOWN
+    return largest, np.flatnonzero(known & (largest != -np.where(known, smallest, 0)))
+
+
+def repeated_indices(seen: np.ndarray) -> str | None:
+    """A sentence saying why an epoch's presentations look like several samples sharing one index, or None.
+
+    The sign: many samples never presented (at least 5 %) while the presented ones were nearly all presented more
+    than once (the samples presented once carry under 1 % of the presentations), as ``index // 2`` or a position in
+    the batch (``arange(B)``) make them. What is legitimate stays quiet: ``DistributedSampler``'s padding (a few
+    samples twice, none unseen), a subset or ``drop_last`` (unseen samples, the others once), a sampler with
+    replacement (Poisson counts: as many presentations of samples seen once as there are unseen samples, in
+    proportion) and repeated augmentation over the whole set (every sample ``k`` times, none unseen).
+
+    Example:
+        >>> repeated_indices(np.array([2, 2, 0, 0])) is not None, repeated_indices(np.array([1, 1, 0, 0]))
+        (True, None)
+    """
+    seen = np.asarray(seen)
+    n, presentations = len(seen), float(seen.sum())
+    unseen, once, repeated = int((seen == 0).sum()), int((seen == 1).sum()), int((seen > 1).sum())
+    if not presentations or unseen < 0.05 * n or once >= 0.01 * presentations:
+        return None
+    return (f"{unseen} of {n} samples were never presented while {repeated} were presented "
+            f"{(presentations - once) / max(repeated, 1):.3g} times each on average (and {once} once)")
 
 
 def epoch_step_values(reduced: np.ndarray, epoch: int, wrong_before: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -147,3 +247,34 @@ def epoch_step_values(reduced: np.ndarray, epoch: int, wrong_before: np.ndarray)
     wrong = np.where(r[2] < r[0], float(epoch), np.where(np.isnan(before), -1.0, before))
     return idx, {"train_seen": r[0], "train_loss": r[1], "train_correct": r[2], "train_forgetting": r[3],
                  "train_last_correct": np.minimum(r[4], 1.0), "train_wrong_epoch": wrong}
+
+
+#: how far the mean training loss per presentation may move across a resume before it looks like another loss: up
+#: by this factor, down by its square (one epoch of training lowers it, by ~5x after a learning-rate decay)
+LOSS_JUMP = 4.0
+
+
+def loss_jump(last_loss: np.ndarray, last_seen: np.ndarray, loss: np.ndarray,
+              seen: np.ndarray) -> tuple[float, float] | None:
+    """``(before, now)``: the mean training loss per presentation of a store's latest epoch and of the epoch about to
+    be added, when they differ by more than one epoch of training explains (up :data:`LOSS_JUMP` times, down its
+    square); else None. Losses that are not positive (a loss of one's own) are not compared.
+
+    Args:
+        last_loss, last_seen: ``[N]`` the store's latest ``train_loss`` and ``train_seen`` (NaN: never seen).
+        loss, seen: ``[K]`` the epoch's ``train_loss`` and ``train_seen``.
+
+    Example:
+        >>> loss_jump(np.array([0.5, np.nan]), np.array([1.0, np.nan]), np.array([9.0]), np.array([1.0]))
+        (0.5, 9.0)
+        >>> loss_jump(np.array([0.5]), np.array([1.0]), np.array([0.2]), np.array([1.0])) is None
+        True
+    """
+    known = np.isfinite(last_loss) & np.isfinite(last_seen)
+    before_seen, now_seen = float(np.sum(last_seen[known])), float(np.sum(seen))
+    if not (before_seen and now_seen):
+        return None
+    before, now = float(np.sum(last_loss[known])) / before_seen, float(np.sum(loss)) / now_seen
+    if not (before > 0 and now > 0 and np.isfinite(before) and np.isfinite(now)):
+        return None
+    return (before, now) if now > LOSS_JUMP * before or now < before / LOSS_JUMP**2 else None

@@ -34,7 +34,13 @@ from curvature_callback.core.feeding import (
 )
 from curvature_callback.core.numeric import dataset_labels, labels_digest, log10_floor
 from curvature_callback.core.settings import ScoreSettings, check_bool, check_int
-from curvature_callback.core.steps import StepRecorder, epoch_step_values
+from curvature_callback.core.steps import (
+    StepRecorder,
+    epoch_step_values,
+    label_conflicts,
+    loss_jump,
+    repeated_indices,
+)
 from curvature_callback.core.store import CurvatureStore
 from curvature_callback.integration.scoring_pass import LABEL_KEYS, ScoringPass, raise_together
 from curvature_callback.integration.training_steps import CONTRACT, read_step_outputs
@@ -152,7 +158,10 @@ class CurvatureCallback(Callback):
             ``training_step`` to return ``sample_loss``, ``sample_index`` and ``sample_correct`` (or ``logits``):
             see :func:`~curvature_callback.sample_outputs`. A module that returns less gets one warning saying how,
             and the curvature pass works as before. Under DDP each rank records its own samples, summed at the
-            epoch's end; with gradient accumulation every micro-batch counts.
+            epoch's end; with gradient accumulation every micro-batch counts. The labels the steps saw
+            (``sample_target``, else the batch's ``[B]`` integer targets) must match the store's, as the pass's do,
+            and one sample's within an epoch; a changed mean training loss on resume and indices that look duplicated
+            (``index // 2``) are warned about once per fit (docs/DESIGN.md §7).
         score_curvature: run the curvature pass (on :meth:`should_score` epochs). ``False`` keeps only the
             training-time signals: no pass, no extra forward or backward, at about 1 % of a training step
             (``benchmarks/bench_overhead.py --capture``); the recommended score for mislabels then rests on the
@@ -229,6 +238,7 @@ class CurvatureCallback(Callback):
         self._steps: StepRecorder | None = None  # this epoch's training-step sums, on the model's device
         self._steps_off = False  # the training step does not return what the recording needs (warned once)
         self._previous_correct: np.ndarray | None = None  # each sample's latest correctness before this fit
+        self._doubts: set[str] = set()  # what this fit has warned about already (once per fit each)
 
     # ----------------------------------------------------------------------------- settings
     @property
@@ -341,7 +351,7 @@ class CurvatureCallback(Callback):
             rank_zero_warn(f"The checkpoint says epochs {missing} were scored, but the store at {self._path} lacks "
                            "them: their scores are not in the mean.")
         self._scored_dataset = dataset
-        self._steps, self._steps_off = None, False
+        self._steps, self._steps_off, self._doubts = None, False, set()
         if self.record_training:  # where the forgetting events of this fit start from (a resumed run: the store's)
             last = (np.array(self._store.channel_last("train_last_correct"))
                     if self._store is not None and self._store.step_epochs else None)
@@ -363,15 +373,17 @@ class CurvatureCallback(Callback):
                 f"this fit; the curvature pass is not affected. {CONTRACT}"
             )
             return
-        index, loss, correct = found
+        index, loss, correct, target = found
         if self._steps is None:
             assert self._scored_dataset is not None  # set by on_train_start
             self._steps = StepRecorder(len(self._scored_dataset), loss.device, self._previous_correct)
-        self._steps.add(index, loss, correct)
+        self._steps.add(index, loss, correct, target)
 
-    def _end_steps(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> np.ndarray | None:
-        """The epoch's training-step sums over every rank (``[5, N]``, on every rank), or None where no rank
-        recorded any. A collective: every rank calls it at every epoch's end."""
+    def _end_steps(self, trainer: pl.Trainer,
+                   pl_module: pl.LightningModule) -> tuple[np.ndarray, np.ndarray] | None:
+        """The epoch's training-step sums over every rank (``[5, N]``) and each sample's label key (``[N]``,
+        :data:`~curvature_callback.core.store_format.LABEL_UNKNOWN` where not known), on every rank; None where no
+        rank recorded any. Collectives: every rank calls it at every epoch's end, and raises the same error."""
         if not self.record_training or not trainer.strategy.reduce_boolean_decision(self._steps is not None,
                                                                                       all=False):
             return None
@@ -380,23 +392,48 @@ class CurvatureCallback(Callback):
             self._steps = StepRecorder(len(self._scored_dataset), pl_module.device, self._previous_correct)
         packed = torch.cat((self._steps.epoch_sums().reshape(-1), self._steps.bad().to(torch.float32).reshape(1)))
         packed = trainer.strategy.reduce(packed, reduce_op="sum")  # one all_reduce: a sample is on one rank
+        keys = trainer.strategy.reduce(self._steps.epoch_keys(), reduce_op="max")  # [largest, -smallest] over ranks
         reduced = packed[:-1].reshape(self._steps.buffers.shape)
         self._steps.next_epoch(reduced)
         bad = int(packed[-1])  # the epoch's one wait for the device
+        epoch, n = trainer.current_epoch, self._steps.n
         if bad:
             rank_zero_warn(
-                f"CurvatureCallback left out {bad} training presentation(s) of epoch {trainer.current_epoch}: a "
-                f"'sample_index' outside [0, {self._steps.n}) (the scored dataset's indices) or a non-finite "
+                f"CurvatureCallback left out {bad} training presentation(s) of epoch {epoch}: a "
+                f"'sample_index' outside [0, {n}) (the scored dataset's indices) or a non-finite "
                 "'sample_loss'. Check that the index is the sample's position in the scored dataset."
             )
-        return reduced.cpu().numpy()
+        sums = reduced.cpu().numpy()
+        keys = keys.cpu().numpy()
+        key, conflicts = label_conflicts(keys)
+        if len(conflicts):  # every rank holds the same keys: all raise, before anything is committed
+            i = conflicts[0]
+            raise ValueError(
+                f"CurvatureCallback: in epoch {epoch} the training steps presented sample(s) {conflicts[:10].tolist()} "
+                f"({len(conflicts)} in all) under different labels (e.g. sample {i}: label keys {-keys[1, i]} and "
+                f"{key[i]}), expected one label per sample. Either "
+                "'sample_index' does not identify the sample (it must be the index in the scored dataset, e.g. "
+                "WithIndex's third item, not a position in the batch or `index // 2`) or the labels are random (a "
+                "random target_transform). Nothing of this epoch was added to the store."
+            )
+        if "repeated" not in self._doubts and (why := repeated_indices(sums[0])) is not None:
+            self._doubts.add("repeated")
+            rank_zero_warn(
+                f"CurvatureCallback: in epoch {epoch}, {why}: 'sample_index' looks like it gives several samples "
+                "one index (e.g. `index // 2`, or a position in the batch instead of in the dataset), so their "
+                "training-time signals are summed into one sample and the others get none. Check that the index is "
+                "WithIndex's third item (the sample's position in the scored dataset). If the sampler repeats samples "
+                "on purpose while skipping others (with replacement or by weights, repeated augmentation such as "
+                "DeiT's RASampler), this is expected: the signals then count every presentation. Warned once per fit."
+            )
+        return sums, key
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
         if self._should_skip_scoring(trainer):
             return
-        steps = self._end_steps(trainer, pl_module)
+        steps = self._end_steps(trainer, pl_module)  # raises on every rank for labels that change within the epoch
         score = self.score_curvature and self.should_score(epoch) and epoch not in self._epochs_done
         if not score and steps is None:
             return
@@ -427,15 +464,19 @@ class CurvatureCallback(Callback):
         trainer.strategy.barrier("curvature_commit")
 
     def _commit(self, epoch: int, arrays: dict[str, np.ndarray] | None,
-                steps: np.ndarray | None) -> dict[str, np.ndarray] | None:
-        """Add the pass's gathered values (and its label keys) and the epoch's training-step sums to the store in
-        one commit, on rank 0; returns the pass's channels."""
+                steps: tuple[np.ndarray, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+        """Add the pass's gathered values (and its label keys) and the epoch's training-step sums (and the label keys
+        the steps saw) to the store in one commit, on rank 0; returns the pass's channels."""
         assert self._store is not None
-        step_indices = step_values = None
+        step_indices = step_values = step_labels = None
         if steps is not None:
-            step_indices, step_values = epoch_step_values(steps, epoch, self._store.channel_last("train_wrong_epoch"))
+            sums, keys = steps
+            step_indices, step_values = epoch_step_values(sums, epoch, self._store.channel_last("train_wrong_epoch"))
+            step_labels = keys[step_indices]
+            self._check_loss(epoch, step_values)
         if arrays is None:
-            self._store.commit_epoch(epoch, None, steps=step_values, step_indices=step_indices)
+            self._store.commit_epoch(epoch, None, steps=step_values, step_indices=step_indices,
+                                     step_labels=step_labels)
             return None
         labels = arrays.pop(LABEL_KEYS)
         indices = self._pass_indices()
@@ -444,8 +485,31 @@ class CurvatureCallback(Callback):
                                                      arrays["correct"])
         # the store refuses labels that differ from the ones it recorded (by sample), and records new ones
         self._store.commit_epoch(epoch, arrays, indices=indices, labels=labels, steps=step_values,
-                                 step_indices=step_indices)
+                                 step_indices=step_indices, step_labels=step_labels)
         return arrays
+
+    def _check_loss(self, epoch: int, values: dict[str, np.ndarray]) -> None:
+        """Warn (once per fit, on rank 0) when the first epoch this fit adds to a store that has training-time epochs
+        already has a mean training loss that one epoch of training does not explain: the training step's loss is
+        no part of the store's identity, so another loss (label smoothing, a weighting, focal) would go unnoticed."""
+        assert self._store is not None
+        if "loss" in self._doubts or epoch in self._store.step_epochs:
+            return
+        self._doubts.add("loss")  # the first epoch this fit adds: the one that continues the store
+        if not self._store.step_epochs:
+            return
+        jump = loss_jump(np.asarray(self._store.channel_last("train_loss")),
+                         np.asarray(self._store.channel_last("train_seen")), values["train_loss"],
+                         values["train_seen"])
+        if jump is not None:
+            rank_zero_warn(
+                f"CurvatureCallback: the mean training loss per presentation went from {jump[0]:.4g} (the store's "
+                f"latest epoch, {max(self._store.step_epochs)}) to {jump[1]:.4g} in epoch {epoch}, more than one "
+                "epoch of training explains: does the training step compute the same loss as the run that made the "
+                f"store at {self._path} (label smoothing, class weights, reduction, temperature)? The store does not "
+                "know the training loss, and sums under two losses do not compare. If the loss changed, use another "
+                "`directory`; if it did not (a learning-rate jump, a new schedule), ignore this. Warned once per fit."
+            )
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

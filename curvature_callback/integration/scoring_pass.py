@@ -9,7 +9,6 @@ its values (the store, the logs); this module runs it. The maths is
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -24,6 +23,7 @@ from curvature_callback.core.channels import CHANNELS, CLASSIFICATION, classific
 from curvature_callback.core.estimator import LossFn, curvature_details
 from curvature_callback.core.feeding import BatchFeeder, CachePolicy, rank_block
 from curvature_callback.core.settings import ScoreSettings
+from curvature_callback.core.steps import label_keys  # one key function for the pass and the steps
 from curvature_callback.core.store import StoreMismatchError
 
 __all__ = ["LABEL_KEYS", "ScoringPass", "gather", "label_keys", "raise_together"]
@@ -33,21 +33,6 @@ LABEL_KEYS = "label_keys"
 #: exception types an error on rank 0 is raised as on every rank (the nearest one in the error's MRO)
 _SHARED_ERRORS = {e.__name__: e for e in (StoreMismatchError, FileNotFoundError, FileExistsError, OSError,
                                           TypeError, ValueError, RuntimeError)}
-
-
-def label_keys(targets: Tensor) -> Tensor:
-    """``[B]`` int64 keys of the given labels, compared with the ones a store recorded.
-
-    Integer class labels (``[B]``) are their own key; any other target (soft labels, masks, regression values)
-    gets a 63-bit key from blake2b of its bytes, dtype and shape, so a changed target changes the key.
-    """
-    if targets.dim() == 1 and not (targets.is_floating_point() or targets.is_complex()):
-        return targets.to(torch.int64)
-    rows = targets.detach().cpu().contiguous()
-    shape = f"|{rows.dtype}|{tuple(rows.shape[1:])}".encode()
-    keys = [int.from_bytes(hashlib.blake2b(row.reshape(-1).view(torch.uint8).numpy().tobytes() + shape,
-                                           digest_size=8).digest(), "little") >> 1 for row in rows]
-    return torch.tensor(keys, dtype=torch.int64, device=targets.device)
 
 
 def raise_together(trainer: pl.Trainer, caught: BaseException | None) -> None:
