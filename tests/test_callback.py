@@ -729,3 +729,30 @@ def test_one_label_reader_and_one_digest():
         targets = ["cat", "dog"]
 
     assert _labels_digest(Named()) is None  # not int64-like: no digest (the per-sample label keys still check)
+
+
+# ----------------------------------------------------------------------------------------- arguments (issue 16, item 7)
+def test_arguments_of_the_wrong_kind_refused_at_construction_by_name():
+    with pytest.raises(TypeError, match=r"`loss_fn` to be a callable or None, got str 'cross_entropy'\. Pass a "
+                                        r"function loss_fn\(outputs, targets\)"):
+        CurvatureCallback(loss_fn="cross_entropy")
+    with pytest.raises(TypeError, match=r"`batch_to_inputs` to be a callable or None, got str 'x'\. Pass a named "
+                                        r"function fn\(batch\) -> \(x, y\)"):
+        CurvatureCallback(batch_to_inputs="x")
+    with pytest.raises(TypeError, match=r"`dataset` to be a map-style dataset .*got int 5\. Pass a "
+                                        r"torch.utils.data.Dataset"):
+        CurvatureCallback(dataset=5)
+    with pytest.raises(TypeError, match=r"`directory` to be a folder path \(str or os.PathLike\), got int 5\. Pass"):
+        CurvatureCallback(directory=5)
+    from pathlib import Path
+
+    assert CurvatureCallback(dataset=[(torch.zeros(2), 0)], directory=Path("x")).directory == "x"
+
+
+def test_any_fraction_is_quick():
+    """fraction = 1e-8: a period of 10^8 passes, its rank universe computed, not looped over (it took minutes)."""
+    from curvature_callback.core.feeding import rank_universe
+
+    cb = CurvatureCallback(Blobs(), fraction=1e-8)
+    assert cb._period == 10**8
+    assert rank_universe(48, cb._period, cb.batch_size, 1, 0).tolist() == list(range(48))

@@ -33,7 +33,7 @@ from curvature_callback.core.feeding import (
     reads_differ,
 )
 from curvature_callback.core.numeric import dataset_labels, labels_digest, log10_floor
-from curvature_callback.core.settings import ScoreSettings, check_bool, check_int
+from curvature_callback.core.settings import ScoreSettings, check_bool, check_callable, check_int
 from curvature_callback.core.steps import (
     StepRecorder,
     epoch_step_values,
@@ -202,6 +202,23 @@ class CurvatureCallback(Callback):
         record_training: bool = True,
         score_curvature: bool = True,
     ) -> None:
+        check_callable("loss_fn", loss_fn, "Pass a function loss_fn(outputs, targets) -> [B] per-sample losses (e.g. "
+                       "functools.partial(F.cross_entropy, reduction='none', label_smoothing=0.1)), or None for "
+                       "cross-entropy.")
+        check_callable("batch_to_inputs", batch_to_inputs, "Pass a named function fn(batch) -> (x, y), or None for "
+                       "batches (x, y, ...) and dicts with x/y.")
+        if dataset is not None and not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
+            raise TypeError(
+                f"Expected argument `dataset` to be a map-style dataset (len() and dataset[i], indexed 0..N-1), got "
+                f"{type(dataset).__name__} {dataset!r:.80}. Pass a torch.utils.data.Dataset (e.g. the training set "
+                "with the evaluation transform), or None to score the training loader's dataset."
+            )
+        if not isinstance(directory, (str, os.PathLike)):
+            raise TypeError(
+                f"Expected argument `directory` to be a folder path (str or os.PathLike), got "
+                f"{type(directory).__name__} {directory!r:.80}. Pass e.g. directory=\"curvature\" (under the trainer's "
+                "log dir) or an absolute path."
+            )
         # what defines the score, validated once (numpy numbers become Python ones: they go to JSON and checkpoints)
         self._settings = ScoreSettings(h=h, n_vectors=n_vectors, seed=seed, loss=_resolve_loss(loss_fn, loss_id),
                                        fast=fast, fraction=fraction)
