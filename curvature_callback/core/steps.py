@@ -129,8 +129,7 @@ class StepRecorder:
                     "`logits.argmax(1) == y`, or pass `logits=` and `targets=` to sample_outputs."
                 )
             right = right.to(torch.bool)
-        keys = torch.cat([torch.full((len(k[0].reshape(-1)),), LABEL_UNKNOWN, dtype=torch.int64, device=self.device)
-                          if k[3] is None else label_keys(k[3]).reshape(-1).to(self.device) for k in kept])
+        keys = self._keys([k[3] for k in kept], [k[0].numel() for k in kept])
         ok = (idx >= 0) & (idx < self.n) & torch.isfinite(loss)
         self._bad += (~ok).sum()
         idx, loss, right, keys = idx[ok], loss[ok], right[ok], keys[ok]
@@ -149,6 +148,16 @@ class StepRecorder:
         last = torch.ones_like(right)  # the latest of its sample's presentations here
         last[:-1] = idx[:-1] != idx[1:]
         self.state[idx[last]] = right[last].to(torch.int8)
+
+    def _keys(self, targets: list[Tensor | None], sizes: list[int]) -> Tensor:
+        """The label keys of the kept steps' presentations (:data:`LABEL_UNKNOWN` for a step without targets): class
+        labels, the usual case, in one cast of their concatenation; other targets hashed step by step."""
+        if all(t is None for t in targets):
+            return torch.full((sum(sizes),), LABEL_UNKNOWN, dtype=torch.int64, device=self.device)
+        if all(t is not None and t.dim() == 1 and not (t.is_floating_point() or t.is_complex()) for t in targets):
+            return torch.cat(targets).to(device=self.device, dtype=torch.int64)  # type: ignore[arg-type]
+        return torch.cat([torch.full((size,), LABEL_UNKNOWN, dtype=torch.int64, device=self.device) if t is None
+                          else label_keys(t).to(self.device) for t, size in zip(targets, sizes, strict=True)])
 
     def bad(self) -> Tensor:
         """Presentations left out so far this epoch (an index outside ``[0, n)`` or a non-finite loss): 0-d."""

@@ -35,6 +35,9 @@ from torch import Tensor
 
 __all__ = ["CONTRACT", "read_step_outputs", "sample_outputs"]
 
+#: the dtypes an index may have (and correctness beside bool)
+_INTEGERS = frozenset((torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64))
+
 #: how to meet the contract, for messages
 CONTRACT = (
     "To record them, wrap the training dataset in curvature_callback.WithIndex (items become (x, y, index)) and "
@@ -118,34 +121,35 @@ def read_step_outputs(outputs: Any, batch: Any, batch_to_inputs: Callable[[Any],
             return (f"'logits' of shape {list(logits.shape)} with targets {getattr(target, 'shape', target)!s} "
                     "(expected [B, C] and [B]; return 'sample_correct' instead)")
         correct = logits.detach().argmax(1) == target
-    shapes = {k: list(v.shape) for k, v in (("sample_loss", loss), ("sample_index", index),
-                                            ("sample_correct", correct))}
     b = loss.numel()
-    if loss.dim() != 1 or any(v.numel() != b for v in (index, correct)):
+    if loss.dim() != 1 or index.numel() != b or correct.numel() != b:
+        shapes = {k: list(v.shape) for k, v in (("sample_loss", loss), ("sample_index", index),
+                                                ("sample_correct", correct))}
         return f"expected [B] per-sample values, got shapes {shapes}"
-    if index.dtype == torch.bool or index.is_floating_point() or index.is_complex():
+    if index.dtype not in _INTEGERS:  # one set lookup per step: the values are read in the fold, never here
         harm = ("would credit every presentation to samples 0 and 1" if index.dtype == torch.bool else
                 "does not name a sample")
         raise ValueError(
             f"Expected 'sample_index' to hold integer dataset indices (0..N-1), got dtype {index.dtype}, which {harm}. "
             "Return the index the batch carries (WithIndex's third item: `x, y, index = batch`), as an integer tensor."
         )
-    if correct.is_floating_point() or correct.is_complex():
+    if correct.dtype is not torch.bool and correct.dtype not in _INTEGERS:
         raise ValueError(
             f"Expected 'sample_correct' to be bool (or integers 0 and 1): whether each sample was classified as its "
             f"given label, got dtype {correct.dtype} (probabilities or scores would be counted as right whenever they "
             "are not 0). Return `logits.argmax(1) == y` (no .float()), or pass `logits=` and `targets=` to "
             "sample_outputs."
         )
-    target = outputs.get("sample_target", target)
-    if "sample_target" in outputs:
-        if not isinstance(target, Tensor) or target.dim() < 1 or target.shape[0] != b:
+    given = outputs.get("sample_target")
+    if given is not None:
+        if not isinstance(given, Tensor) or given.dim() < 1 or given.shape[0] != b:
             raise ValueError(
                 f"Expected 'sample_target' to be a [B, ...] tensor of the step's targets (B = {b}), got "
-                f"{list(target.shape) if isinstance(target, Tensor) else type(target).__name__}. Return the targets "
+                f"{list(given.shape) if isinstance(given, Tensor) else type(given).__name__}. Return the targets "
                 "the loss was computed with (`targets=y` in sample_outputs), or leave the key out."
             )
-    elif not isinstance(target, Tensor) or target.shape != (b,):
+        target = given
+    elif target is None:  # not read for the logits: the batch's, when they are [B] integers
         target = _batch_targets(batch, batch_to_inputs)
         target = target if target is not None and target.shape == (b,) else None
     return index, loss, correct, target
