@@ -18,7 +18,9 @@ signal of one curvature run agrees with it.
    ``seed`` as scalars.
 2. Opens the store of one default ``curvature-train`` run (``--run``; made with
    ``curvature-train report=false ~logger hydra.run.dir=RUN`` when it is missing) and prints one markdown table:
-   for each signal of ``suspicion_scores`` (higher = more suspicious), Pearson, Spearman, cosine@k and its
+   for each signal of ``suspicion_scores`` (higher = more suspicious; ``input_grad`` is the epoch-mean input-gradient
+   norm, whose sum over the scored epochs is CSG, Ravikumar et al.: the same order when every epoch is scored, as
+   in the default run), Pearson, Spearman, cosine@k and its
    chance level (``memorization_comparison``, top k by ``mem``) for k = 50, 180 (the flipped count) and all
    samples, on all samples and on the unflipped (clean) ones only. Cosine is not shift invariant and the
    negated margin and confidence are negative: each score is shifted to a minimum of 0 over the samples compared
@@ -135,6 +137,9 @@ def curvature_signals(run: Path, given: np.ndarray) -> dict[str, np.ndarray]:
         signals = suspicion_scores(store)
     finally:
         store.close()
+    if "input_grad" not in signals:
+        print(f"note: {run} predates the input-gradient channel (no input_grad, CSG): pass a new --run folder to "
+              "make a run that has it", flush=True)
     recommended = recommended_scores(signals)  # the rule of the memorized question, fixed (not fitted to mem)
     return {"recommended": recommended["memorized"], **signals} if "memorized" in recommended else signals
 

@@ -9,6 +9,10 @@ in-sample; the default digits run and the Feldman & Zhang comparison (docs/RESUL
 
     .venv/bin/python benchmarks/recommend_rules.py                 # every npz in benchmarks/data/miniature
     .venv/bin/python benchmarks/recommend_rules.py --data DIR
+    .venv/bin/python benchmarks/recommend_rules.py --glob '*_mem.npz'   # one family only (here: held out)
+
+A candidate is compared on the settings that have all its signals (``input_grad`` only in runs after issue 17, so
+its rules count fewer settings).
 """
 
 from __future__ import annotations
@@ -22,12 +26,13 @@ from curvature_callback.analysis.metrics import mislabel_metrics
 from curvature_callback.analysis.recommend import RULES, rank_mean
 
 ROOT = Path(__file__).resolve().parents[1]
-SINGLE = ("curvature", "loss", "margin", "confidence", "correct", "forgetting", "train_loss", "learning_time",
-          "train_forgetting", "cleanlab")
+SINGLE = ("curvature", "input_grad", "loss", "margin", "confidence", "correct", "forgetting", "train_loss",
+          "learning_time", "train_forgetting", "cleanlab")
 CANDIDATES = (("train_loss",), ("loss",), ("confidence",), ("train_loss", "loss"), ("train_loss", "confidence"),
               ("loss", "confidence"), ("train_loss", "loss", "confidence"), ("train_loss", "loss", "margin"),
               ("train_loss", "confidence", "margin"), ("train_loss", "curvature"), ("train_loss", "loss", "curvature"),
-              ("confidence", "curvature"))
+              ("confidence", "curvature"), ("curvature",), ("input_grad",), ("train_loss", "input_grad"),
+              ("loss", "input_grad"), ("train_loss", "loss", "input_grad"), ("curvature", "input_grad"))
 
 
 def targets(z: np.lib.npyio.NpzFile) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -53,11 +58,12 @@ def auroc(score: np.ndarray, mask: np.ndarray, positive: np.ndarray) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=ROOT / "benchmarks" / "data" / "miniature")
+    p.add_argument("--glob", default="*.npz", help="which files of --data (default: all)")
     args = p.parse_args()
-    files = sorted(args.data.glob("*.npz"))
+    files = sorted(args.data.glob(args.glob))
     if not files:
         p.error(f"no .npz in {args.data}: run benchmarks/miniature_study.py first")
-    rows: dict[str, dict[tuple[str, ...], list[float]]] = {}
+    rows: dict[str, dict[tuple[str, ...], list[tuple[float, float]]]] = {}  # (rule's AUROC, best single's)
     best: dict[str, list[tuple[float, str]]] = {}
     for path in files:
         z = np.load(path, allow_pickle=False)
@@ -70,7 +76,8 @@ def main() -> None:
             best.setdefault(q, []).append((singles[top], top))
             for rule in CANDIDATES:
                 if all(s in signals for s in rule):
-                    rows.setdefault(q, {}).setdefault(rule, []).append(auroc(rank_mean(signals, rule), mask, positive))
+                    rows.setdefault(q, {}).setdefault(rule, []).append(
+                        (auroc(rank_mean(signals, rule), mask, positive), singles[top]))
     print(f"{len(files)} settings: {', '.join(f.stem for f in files)}\n")
     for q, by_rule in rows.items():
         tops = best[q]
@@ -79,10 +86,10 @@ def main() -> None:
         print("| rule (mean of ranks) | mean AUROC | worst shortfall vs best single | settings within 0.005 |")
         print("|---|---|---|---|")
         chosen = RULES[q].signals if q in RULES else ()
-        for rule, values in sorted(by_rule.items(), key=lambda kv: -min(v - t[0] for v, t in zip(kv[1], tops))):
-            short = [t[0] - v for v, t in zip(values, tops, strict=True)]
+        for rule, pairs in sorted(by_rule.items(), key=lambda kv: (-min(v - b for v, b in kv[1]), -len(kv[1]))):
+            short = [b - v for v, b in pairs]
             mark = " (**the rule**)" if rule == tuple(chosen) else ""
-            print(f"| {' + '.join(rule)}{mark} | {np.mean(values):.4f} | {max(short):+.4f} | "
+            print(f"| {' + '.join(rule)}{mark} | {np.mean([v for v, _ in pairs]):.4f} | {max(short):+.4f} | "
                   f"{sum(s <= 0.005 for s in short)} of {len(short)} |")
         print()
 
