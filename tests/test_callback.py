@@ -293,7 +293,7 @@ def test_callback_pickles_and_validates_arguments():
     cb = pickle.loads(pickle.dumps(CurvatureCallback(Blobs(), n_vectors=3)))
     assert cb.n_vectors == 3 and cb.state_key.startswith("CurvatureCallback{")
     assert CurvatureCallback(h=1e-2).state_key != CurvatureCallback().state_key
-    for kwargs, match in [({"h": 0}, "`h`"), ({"n_vectors": 0}, "`n_vectors` to be an integer >= 1"),
+    for kwargs, match in [({"h": 0}, "`h`"), ({"n_vectors": -1}, "`n_vectors` to be an integer >= 1"),
                           ({"every_n_epochs": 0}, "`every_n_epochs`"), ({"start_epoch": -1}, "`start_epoch`"),
                           ({"batch_size": 1.5}, "`batch_size`")]:
         with pytest.raises(ValueError, match=match):

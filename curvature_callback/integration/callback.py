@@ -11,7 +11,7 @@ import inspect
 import os
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
@@ -33,7 +33,7 @@ from curvature_callback.core.feeding import (
     reads_differ,
 )
 from curvature_callback.core.numeric import dataset_labels, labels_digest, log10_floor
-from curvature_callback.core.settings import ScoreSettings, check_bool, check_callable, check_int
+from curvature_callback.core.settings import PASS_KINDS, ScoreSettings, check_bool, check_callable, check_int
 from curvature_callback.core.steps import (
     StepRecorder,
     epoch_step_values,
@@ -48,6 +48,7 @@ from curvature_callback.integration.training_steps import CONTRACT, read_step_ou
 __all__ = ["CurvatureCallback"]
 
 BatchToInputs = Callable[[Any], tuple[Tensor, Tensor]]
+PassKind = Literal["curvature", "gradient", "forward"]
 
 def default_batch_to_inputs(batch: Any) -> tuple[Tensor, Tensor]:
     """``(x, y, ...)`` tuples and lists, or dicts with ``x``/``y``, ``input``/``target`` or ``image``/``label``."""
@@ -61,6 +62,29 @@ def default_batch_to_inputs(batch: Any) -> tuple[Tensor, Tensor]:
         f"Cannot take (inputs, targets) from a batch of type {type(batch).__name__}: expected a tuple (x, y, ...) or "
         "a dict with keys x/y. Pass `batch_to_inputs=fn` with fn(batch) -> (x, y), a named function so it pickles."
     )
+
+
+def _pass_of(pass_kind: object, n_vectors: object) -> tuple[str, object]:
+    """``(pass kind, n_vectors)`` from the callback's arguments: ``n_vectors=0`` alone is a gradient pass; a gradient
+    or forward pass draws no vectors; a curvature pass draws ``n_vectors`` (None: the paper's 10).
+
+    Example:
+        >>> _pass_of(None, None), _pass_of(None, 0), _pass_of("forward", None), _pass_of(None, 3)
+        (('curvature', 10), ('gradient', 0), ('forward', 0), ('curvature', 3))
+    """
+    if pass_kind is not None and pass_kind not in PASS_KINDS:
+        raise ValueError(f"Expected argument `pass_kind` to be one of {list(PASS_KINDS)} or None, got {pass_kind!r}.")
+    zero = n_vectors is not None and not isinstance(n_vectors, bool) and n_vectors == 0
+    kind = pass_kind or ("gradient" if zero else "curvature")
+    if kind == "curvature":
+        if zero:
+            raise ValueError("Expected n_vectors >= 1 for pass_kind='curvature' (a curvature needs vectors), got 0. "
+                             "Drop pass_kind for a gradient pass (n_vectors=0), or set n_vectors (the paper: 10).")
+        return kind, 10 if n_vectors is None else n_vectors
+    if not (n_vectors is None or zero):
+        raise ValueError(f"Expected n_vectors=0 or None with pass_kind={kind!r} (it draws no vectors), got "
+                         f"{n_vectors!r}. Drop n_vectors, or use pass_kind='curvature'.")
+    return kind, 0
 
 
 def _resolve_loss(loss_fn: LossFn | None, loss_id: str | None) -> str:
@@ -118,8 +142,15 @@ class CurvatureCallback(Callback):
             ``curvature_dataset()`` if it has one, else the training dataset (with a warning if reading its first
             item twice gives different values: a random transform).
         h: finite-difference step (paper: 1e-3).
-        n_vectors: Rademacher vectors per sample and epoch (paper: 10).
-        batch_size: samples per scoring batch (each becomes ``batch_size * n_vectors`` rows, in chunks).
+        n_vectors: Rademacher vectors per sample and epoch (None: the paper's 10). ``0`` is a gradient pass.
+        pass_kind: what the pass computes, and costs, per scored sample (recorded in the store: a resume never
+            mixes kinds). ``"curvature"`` (the default unless ``n_vectors=0``): ``n_vectors + 1`` forward+backward,
+            curvature, the input-gradient norm (``input_grad``: CSG's sample gradient) and the eval-mode baselines.
+            ``"gradient"`` (or ``n_vectors=0``): one forward+backward, the input-gradient norm and the baselines,
+            no curvature. ``"forward"``: one forward under ``torch.inference_mode``, no backward at all: the
+            baselines (loss, margin, confidence, correctness) only. Without curvature ``store.mean`` stays NaN.
+        batch_size: samples per scoring batch (each becomes ``batch_size * n_vectors`` rows, in chunks; a forward
+            pass keeps nothing for a backward, so its batches may be as large as the training loader's or larger).
         every_n_epochs: score every this many epochs, counted from ``start_epoch``.
         start_epoch: first epoch to score (0-based). Curvature is largest before the network has memorized a
             sample and falls by orders of magnitude after, so skipping early epochs loses most of the signal.
@@ -181,7 +212,8 @@ class CurvatureCallback(Callback):
         dataset: Dataset | None = None,
         *,
         h: float = 1e-3,
-        n_vectors: int = 10,
+        n_vectors: int | None = None,
+        pass_kind: PassKind | None = None,
         batch_size: int = 256,
         every_n_epochs: int = 1,
         start_epoch: int = 0,
@@ -220,8 +252,9 @@ class CurvatureCallback(Callback):
                 "log dir) or an absolute path."
             )
         # what defines the score, validated once (numpy numbers become Python ones: they go to JSON and checkpoints)
-        self._settings = ScoreSettings(h=h, n_vectors=n_vectors, seed=seed, loss=_resolve_loss(loss_fn, loss_id),
-                                       fast=fast, fraction=fraction)
+        kind, vectors = _pass_of(pass_kind, n_vectors)
+        self._settings = ScoreSettings(h=h, n_vectors=vectors, seed=seed, loss=_resolve_loss(loss_fn, loss_id),
+                                       fast=fast, fraction=fraction, pass_kind=kind)
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, 1)
         self.start_epoch = check_int("start_epoch", start_epoch, 0)
@@ -233,6 +266,10 @@ class CurvatureCallback(Callback):
         self.progress_bar = check_bool("progress_bar", progress_bar)
         self.record_training = check_bool("record_training", record_training)
         self.score_curvature = check_bool("score_curvature", score_curvature)
+        if kind != "curvature" and not self.record_outputs:
+            raise ValueError(f"Expected record_outputs=True with pass_kind={kind!r}: a {kind} pass computes nothing "
+                             "but the channels record_outputs stores. Keep record_outputs=True, or pass "
+                             "score_curvature=False for no pass at all.")
         if not (self.record_training or self.score_curvature):
             raise ValueError("Expected record_training=True or score_curvature=True, got both False: the callback "
                              "would record nothing. Keep one (the training-time signals cost about 1 % of a step).")
@@ -265,10 +302,21 @@ class CurvatureCallback(Callback):
 
     @property
     def channels(self) -> tuple[str, ...]:
-        """Channels stored beside curvature."""
+        """Channels stored beside curvature (a forward pass has no input gradient)."""
         if not self.record_outputs:
             return ()
-        return CLASSIFICATION if self.loss_fn is None else ("loss", "input_grad")
+        channels = CLASSIFICATION if self.loss_fn is None else ("loss", "input_grad")
+        return tuple(c for c in channels if c != "input_grad") if self.pass_kind == "forward" else channels
+
+    @property
+    def pass_kind(self) -> str:
+        """What the pass computes: ``"curvature"``, ``"gradient"`` or ``"forward"`` (see the class's arguments)."""
+        return self._settings.pass_kind
+
+    @property
+    def signal(self) -> str:
+        """The channel the pass is named for and logs: curvature, the input-gradient norm, or the loss."""
+        return {"curvature": "curvature", "gradient": "input_grad", "forward": "loss"}[self.pass_kind]
 
     # the score's settings, read-only: one frozen ScoreSettings holds and checks them
     h = property(lambda self: self._settings.h, doc="Finite-difference step.")
@@ -476,7 +524,7 @@ class CurvatureCallback(Callback):
         raise_together(trainer, caught)
         if score:
             if trainer.is_global_zero:
-                self._log(trainer, arrays["curvature"])
+                self._log(trainer, arrays[self.signal])
             self._epochs_done.append(epoch)
         trainer.strategy.barrier("curvature_commit")
 
@@ -600,12 +648,14 @@ class CurvatureCallback(Callback):
 
     # ----------------------------------------------------------------------------- logging
     def _log(self, trainer: pl.Trainer, scores: np.ndarray) -> None:
-        """Summary statistics to every logger; a histogram of log10 scores to those that take one."""
+        """Summary statistics of the pass's signal (:attr:`signal`: curvature, unless the pass computes none) to every
+        logger; a histogram of its log10 values to those that take one."""
         if not trainer.loggers:
             return
+        name = self.signal
         p50, p90, p99 = np.percentile(scores, [50, 90, 99])
-        stats = {"curvature/mean": float(scores.mean()), "curvature/median": float(p50),
-                 "curvature/p90": float(p90), "curvature/p99": float(p99)}
+        stats = {f"{name}/mean": float(scores.mean()), f"{name}/median": float(p50),
+                 f"{name}/p90": float(p90), f"{name}/p99": float(p99)}
         step = trainer.global_step
         log10 = log10_floor(scores)
         for logger in trainer.loggers:
@@ -614,11 +664,13 @@ class CurvatureCallback(Callback):
                 continue
             kind = type(logger).__name__
             if kind == "TensorBoardLogger":
-                logger.experiment.add_histogram("curvature/log10_histogram", log10, global_step=step)
+                logger.experiment.add_histogram(f"{name}/log10_histogram", log10, global_step=step)
             elif kind == "WandbLogger":
                 import wandb
 
-                logger.log_metrics({"curvature/log10_histogram": wandb.Histogram(log10, num_bins=64)}, step=step)
+                logger.log_metrics({f"{name}/log10_histogram": wandb.Histogram(log10, num_bins=64)}, step=step)
+                if name != "curvature":  # the top-k views are of curvature
+                    continue
                 from curvature_callback.integration.sinks import log_top_k_grid
 
                 log_top_k_grid(logger, self._scored_dataset, np.asarray(self._store.mean), step,  # the running mean
@@ -628,7 +680,7 @@ class CurvatureCallback(Callback):
         """At the end of fit, on rank 0: a table of the most-curved samples to the W&B loggers."""
         wandb_loggers = [lg for lg in trainer.loggers if type(lg).__name__ == "WandbLogger"]
         if not (trainer.is_global_zero and wandb_loggers and self.log_histogram and self._store is not None
-                and self._store.epochs):
+                and self._store.epochs and self.signal == "curvature"):
             return
         from curvature_callback.integration.sinks import log_top_k_table
 

@@ -19,8 +19,8 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
-from curvature_callback.core.channels import CHANNELS, CLASSIFICATION, classification_values
-from curvature_callback.core.estimator import LossFn, curvature_details
+from curvature_callback.core.channels import CHANNELS, classification_values
+from curvature_callback.core.estimator import LossFn, curvature_details, forward_details
 from curvature_callback.core.feeding import BatchFeeder, CachePolicy, rank_block
 from curvature_callback.core.settings import ScoreSettings
 from curvature_callback.core.steps import label_keys  # one key function for the pass and the steps
@@ -131,27 +131,31 @@ class ScoringPass:
         start, stop, _ = rank_block(len(indices), self.batch_size, trainer.world_size, trainer.global_rank)
         device = pl_module.device
         batches = self.feeder.batches(indices[start:stop], device, universe=universe)
+        s = self.settings
         if self.progress_bar and trainer.is_global_zero and trainer.progress_bar_callback is not None:
             # disable=None: tqdm shows the bar on a terminal only (in a log file it would be a line per batch)
-            batches = tqdm(batches, desc=f"curvature (epoch {epoch})", total=self.feeder.num_batches(stop - start),
-                           disable=None, leave=False, dynamic_ncols=True)
-        s = self.settings
+            batches = tqdm(batches, desc=f"{s.pass_kind} pass (epoch {epoch})",
+                           total=self.feeder.num_batches(stop - start), disable=None, leave=False, dynamic_ncols=True)
         parts: dict[str, list[Tensor]] = {}
         for idx, x, y in batches:
-            res = curvature_details(
-                pl_module, x, y, loss_fn=self.loss_fn, h=s.h, n_vectors=s.n_vectors, seed=s.seed,
-                indices=idx, chunk_size=self.chunk_size, fast=s.fast,
-            )
-            out = {"curvature": res.curvature.double(), LABEL_KEYS: label_keys(y)}
-            if self.channels == CLASSIFICATION:
+            if s.pass_kind == "forward":  # no backward at all
+                res = forward_details(pl_module, x, y, loss_fn=self.loss_fn, indices=idx)
+            else:  # n_vectors = 0 for a gradient pass: one forward+backward, no finite difference
+                res = curvature_details(pl_module, x, y, loss_fn=self.loss_fn, h=s.h, n_vectors=s.n_vectors,
+                                        seed=s.seed, indices=idx, chunk_size=self.chunk_size, fast=s.fast)
+            out = {LABEL_KEYS: label_keys(y)}
+            if s.pass_kind == "curvature":
+                out["curvature"] = res.curvature.double()
+            if "margin" in self.channels:  # the default loss: the classification channels
                 out.update(classification_values(res.outputs, y, res.loss.double()))
-            elif self.channels:
+            elif "loss" in self.channels:
                 out["loss"] = res.loss.double()
             if "input_grad" in self.channels:
                 out["input_grad"] = res.input_grad.double()
             for k, v in out.items():
                 parts.setdefault(k, []).append(v)
-        names = ("curvature", *(c for c in self.channels if CHANNELS[c].source == "pass"))  # others: at the commit
+        curvature = ("curvature",) if s.pass_kind == "curvature" else ()
+        names = (*curvature, *(c for c in self.channels if CHANNELS[c].source == "pass"))  # others: at the commit
         empty = torch.empty(0, dtype=torch.float64, device=device)
         shard = {k: torch.cat(parts[k]) if k in parts else empty for k in names}
         shard[LABEL_KEYS] = torch.cat(parts[LABEL_KEYS]) if parts else empty.to(torch.int64)
