@@ -20,6 +20,17 @@ the ratio, and the mislabel AUROC of the recommended score beside the paper sett
 
     python benchmarks/bench_overhead.py --capture --epochs 10 --repeats 5
 
+``--recommended``: the recommended configuration (conf/callbacks/recommended.yaml: the training-time signals and a
+forward-only pass every 4th epoch, what the recommended scores read) beside training alone, interleaved over
+``--repeats`` fits: the whole fit's ratio, the callback's own time inside the runs (its batch hooks, passes and
+commits) over the training time, and the mislabel AUROC of the recommended score beside every single signal of the
+default run's configuration (conf/callbacks/curvature.yaml, one fit) on the same data. ``--setup miniature``: the
+CIFAR-10 miniature of benchmarks/miniature_study.py (the first ``--samples`` images, its small ResNet, crop and
+flip, SGD), on the CPU.
+
+    python benchmarks/bench_overhead.py --recommended --epochs 40 --repeats 3
+    python benchmarks/bench_overhead.py --recommended --setup miniature --samples 5000 --epochs 16 --repeats 2
+
     python benchmarks/bench_overhead.py                     # digits, 40 epochs, CPU (~10 min on 2 cores)
     python benchmarks/bench_overhead.py --epochs 10         # quicker
     python benchmarks/bench_overhead.py --setup cifar10 --device cuda --samples 10000 --epochs 6   # one GPU
@@ -101,6 +112,14 @@ def spearman(a: np.ndarray, b: np.ndarray) -> float:
 
 def make_run(setup: str, samples: int | None):
     """(datamodule, LightningModule) of a setup, fresh."""
+    if setup == "miniature":  # the CIFAR-10 miniature's network (benchmarks/miniature_study.py) and recipe
+        from miniature_study import build_net
+
+        dm = CIFARDataModule(source="offline", noise=0.1, seed=0, batch_size=128, limit=samples or 5000,
+                             validate=False)
+        module = ClassifierModule(build_net(3, 16), optimizer="sgd", lr=0.1, momentum=0.9, weight_decay=5e-4,
+                                  scheduler="cosine")
+        return dm, module
     if setup == "digits":
         dm = DigitsDataModule(noise=0.1, seed=0, batch_size=64)
         module = ClassifierModule(SmallCNN(in_channels=1, num_classes=10, width=32), optimizer="adam", lr=2e-3,
@@ -127,9 +146,9 @@ class StepClock(Callback):
         self.steps += 1
 
 
-class TimedCapture(CurvatureCallback):
-    """The callback, timing its own work for the training-time signals: the per-batch hook (with the folds it
-    triggers), the epoch's fold, reduction and commit."""
+class TimedCallback(CurvatureCallback):
+    """The callback, timing all of its own work: batch hooks (with the folds they trigger) and epoch ends (passes,
+    reductions, commits)."""
 
     def __init__(self, **kw):
         super().__init__(**kw)
@@ -162,7 +181,7 @@ def capture(args) -> None:
             clock = StepClock()
             callbacks = [clock]
             if name == "capture":  # no curvature pass (start_epoch past the end): training-time signals only
-                cb = TimedCapture(directory=f"{root}/c{r}", log_histogram=False, start_epoch=10**9)
+                cb = TimedCallback(directory=f"{root}/c{r}", log_histogram=False, start_epoch=10**9)
                 callbacks = [cb, clock]
             # training alone returns the mean loss; with capture the step returns sample_outputs(...) (its argmax
             # and detaches are counted as capture's cost)
@@ -194,6 +213,69 @@ def capture(args) -> None:
           f"{1e3 * inside:.3f} | | {inside / med['alone']:.4f} of a step |")
     print(f"\nPer-repeat step ratios: {', '.join(f'{p:.4f}' for p in pairs)} (median {np.median(pairs):.4f}). "
           f"Mislabel AUROC of the recommended score (first capture run): {auroc:.4f}.")
+
+
+def conf_callback(name: str) -> dict:
+    """The keyword arguments of ``conf/callbacks/<name>.yaml``'s CurvatureCallback (one source of truth)."""
+    from omegaconf import OmegaConf
+
+    cfg = OmegaConf.load(Path(__file__).resolve().parents[1] / "conf" / "callbacks" / f"{name}.yaml")
+    kwargs = OmegaConf.to_container(cfg.curvature, resolve=False)
+    return {k: v for k, v in kwargs.items() if k not in ("_target_", "directory")}
+
+
+def recommended(args) -> None:
+    """Training alone vs the recommended configuration, interleaved; the default run's signals once, beside."""
+    from curvature_callback.analysis import suspicion_scores
+    from curvature_callback.analysis.recommend import recommended_scores
+
+    root = tempfile.mkdtemp(prefix="bench_recommended_")
+    fit(args, 1, [], root)  # warm-up
+    whole = {"alone": [], "recommended": []}
+    own, train = [], []  # the callback's own seconds per fit, and the rest of the fit
+    aurocs: dict[str, float] = {}
+    for r in range(args.repeats):
+        for name in ("alone", "recommended"):
+            callbacks = []
+            if name == "recommended":
+                cb = TimedCallback(directory=f"{root}/r{r}", **{**conf_callback("recommended"), "log_histogram": False})
+                callbacks = [cb]
+            seconds, dm, _ = fit(args, args.epochs, callbacks, root, plain=name == "alone")
+            whole[name].append(seconds)
+            if name == "recommended":
+                own.append(cb.batch_seconds + cb.epoch_seconds)
+                train.append(seconds - own[-1])
+                if not aurocs:
+                    flipped = np.asarray(dm.flipped)
+                    signals = suspicion_scores(cb.store)
+                    aurocs["recommended"] = mislabel_metrics(recommended_scores(signals)["mislabeled"],
+                                                             flipped)["auroc"]
+                    aurocs.update({f"{k} (recommended run)": mislabel_metrics(v, flipped)["auroc"]
+                                   for k, v in signals.items()})
+            print(f"repeat {r} {name}: {seconds:.1f} s", flush=True)
+    cb = TimedCallback(directory=f"{root}/default", **{**conf_callback("curvature"), "log_histogram": False})
+    seconds, dm, _ = fit(args, args.epochs, [cb], root)
+    flipped = np.asarray(dm.flipped)
+    default = {k: mislabel_metrics(v, flipped)["auroc"] for k, v in suspicion_scores(cb.store).items()}
+    best = max(default, key=default.get)
+    where = torch.cuda.get_device_name() if args.device == "cuda" else f"CPU ({torch.get_num_threads()} threads)"
+    wmed = {k: float(np.median(v)) for k, v in whole.items()}
+    ratio = float(np.median([o / t for o, t in zip(own, train, strict=True)]))
+    print(f"\n{args.setup}, {args.epochs} epochs x {args.repeats} interleaved repeats, {where}.\n")
+    print("| run | median fit s | vs training alone | the callback's own time / the rest of the fit |")
+    print("|---|---|---|---|")
+    print(f"| training alone | {wmed['alone']:.1f} | 1 | |")
+    print(f"| + the recommended configuration | {wmed['recommended']:.1f} | "
+          f"{wmed['recommended'] / wmed['alone']:.3f} | {ratio:.3f} |")
+    print(f"| (the default run's configuration, one fit) | {seconds:.1f} | {seconds / wmed['alone']:.3f} | "
+          f"{(cb.batch_seconds + cb.epoch_seconds) / (seconds - cb.batch_seconds - cb.epoch_seconds):.3f} |")
+    print("\n| mislabel AUROC | value |\n|---|---|")
+    for k, v in aurocs.items():
+        print(f"| {k} | {v:.4f} |")
+    for k, v in sorted(default.items(), key=lambda kv: -kv[1]):
+        print(f"| {k} (default run) | {v:.4f} |")
+    print(f"\nRecommended {aurocs['recommended']:.4f} vs the default run's best single signal ({best}) "
+          f"{default[best]:.4f}: {aurocs['recommended'] - default[best]:+.4f}.")
 
 
 class PlainStep(ClassifierModule):
@@ -242,7 +324,7 @@ DEFAULT_ROWS = {"cpu": "paper,n2,n1,n10_every3,n2_every2,n1_half,published",
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--setup", choices=["digits", "cifar10"], default="digits")
+    p.add_argument("--setup", choices=["digits", "cifar10", "miniature"], default="digits")
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--samples", type=int, default=None, help="cifar10: the first this many training images")
     p.add_argument("--epochs", type=int, default=40)
@@ -253,11 +335,16 @@ def main() -> None:
     p.add_argument("--capture", action="store_true",
                    help="measure the training-time signals' cost per step instead (interleaved with training alone)")
     p.add_argument("--repeats", type=int, default=5, help="--capture: interleaved fits of each kind")
+    p.add_argument("--recommended", action="store_true",
+                   help="measure the recommended configuration's whole cost instead (interleaved with training alone)")
     args = p.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
     if args.device == "cuda" and not torch.cuda.is_available():
         p.error("--device cuda, but torch.cuda.is_available() is False")
+    if args.recommended:
+        recommended(args)
+        return
     if args.capture:
         capture(args)
         return

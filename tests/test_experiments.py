@@ -46,7 +46,7 @@ def test_the_issue_lists_every_group_member():
     assert GROUPS["data"] == ["cifar10", "cifar100", "cifar10_offline", "digits", "fashion_mnist", "imagenet"]
     assert GROUPS["model"] == ["resnet18", "resnet18_cifar", "resnet50", "small_cnn"]
     assert GROUPS["trainer"] == ["cpu", "ddp", "ddp_cpu", "gpu"]
-    assert GROUPS["callbacks"] == ["checkpoint", "curvature", "lr_monitor"]
+    assert GROUPS["callbacks"] == ["checkpoint", "curvature", "lr_monitor", "recommended"]
     assert GROUPS["logger"] == ["csv", "tensorboard", "wandb"]
     assert {"cifar10_noise1", "cifar10_noise2", "cifar10_noise5", "cifar10_noise10", "cifar100_memorization",
             "imagenet"} <= set(GROUPS["experiment"])
@@ -95,10 +95,14 @@ def test_trainer_configs_instantiate(tmp_path, name):
 def test_callback_configs_instantiate(tmp_path, name):
     chosen = name if isinstance(name, list) else [name]
     cfg = _compose(tmp_path, f"callbacks=[{','.join(chosen)}]")
-    assert list(cfg.callbacks) == chosen
+    assert list(cfg.callbacks) == [c.replace("recommended", "curvature") for c in chosen]  # one CurvatureCallback
     kinds = {type(instantiate(c)).__name__ for c in cfg.callbacks.values()}
-    want = {"curvature": "CurvatureCallback", "checkpoint": "ModelCheckpoint", "lr_monitor": "LearningRateMonitor"}
+    want = {"curvature": "CurvatureCallback", "checkpoint": "ModelCheckpoint", "lr_monitor": "LearningRateMonitor",
+            "recommended": "CurvatureCallback"}
     assert kinds == {want[c] for c in chosen}
+    if name == "recommended":  # pays only for what the recommended scores read: no backward in its pass
+        cb = instantiate(cfg.callbacks.curvature)
+        assert cb.pass_kind == "forward" and cb.record_training and "input_grad" not in cb.channels
 
 
 @pytest.mark.parametrize("name", GROUPS["logger"])
