@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The CIFAR-10 10 %-noise experiment (experiment=cifar10_noise10) on ONE H200, from the offline JPEG copy, at a
 # reduced schedule meant to finish within 8 minutes; prints the mislabel AUROC of every signal (the recommended
-# score, the training loss CSL, learning time, forgetting, curvature, the eval-mode loss, ...) and where the time
+# score, the training loss CSL, learning time, forgetting, curvature, the input-gradient norm input_grad whose
+# epoch sum is CSG (Ravikumar et al., ICLR 2026: .9904 at 10 % noise on CIFAR-100), the eval-mode loss, ...) and
+# where the time
 # went: the full-size anchors of issue 12 (the lab: CSL .987, curvature .982 at 10 % noise) are what it is read
 # against. Written and checked on CPU only: see docs/RESULTS.md for its status.
 #
@@ -49,7 +51,8 @@ print("| --- | --- |")
 for key in sorted(k for k in m if k.startswith("auroc_") and m[k] is not None):  # recommended, train_loss (CSL), ...
     print(f"| AUROC {key[6:]} | {m[key]:.4f} |")
 print(f"| recommended score's signals | {' + '.join(m['recommended_signals'])} |")
-print(f"| AP curvature / loss / recommended | {m['ap_curvature']:.4f} / {m['ap_loss']:.4f} / {m['ap_recommended']:.4f} |")
+print(f"| AP curvature / input_grad (CSG) / loss / recommended | {m['ap_curvature']:.4f} / "
+      f"{m['ap_input_grad']:.4f} / {m['ap_loss']:.4f} / {m['ap_recommended']:.4f} |")
 print(f"| train acc on given labels | {m['train_acc']:.4f} |")
 print(f"| flipped labels memorized | {m['flipped_memorized']:.4f} |")
 for k in ("setup", "train", "scoring", "report"):
