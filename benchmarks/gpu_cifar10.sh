@@ -3,8 +3,7 @@
 # reduced schedule meant to finish within 8 minutes; prints the mislabel AUROC of every signal (the recommended
 # score, the training loss CSL, learning time, forgetting, curvature, the input-gradient norm input_grad whose
 # epoch sum is CSG (Ravikumar et al., ICLR 2026: .9904 at 10 % noise on CIFAR-100), the eval-mode loss, ...) and
-# where the time
-# went: the full-size anchors of issue 12 (the lab: CSL .987, curvature .982 at 10 % noise) are what it is read
+# where the time went: the full-size anchors of issue 12 (the lab: CSL .987, curvature .982 at 10 % noise) are what it is read
 # against. Written and checked on CPU only: see docs/RESULTS.md for its status.
 #
 #   bash benchmarks/gpu_cifar10.sh                     # defaults below
