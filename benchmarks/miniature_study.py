@@ -11,14 +11,20 @@ and, with ``--cv``, three more on 2/3 of the data for cleanlab; every per-sample
     python benchmarks/miniature_study.py --dataset cifar10 --noise 0.01 0.02 0.05 0.1 --seeds 0 1
     python benchmarks/miniature_study.py --dataset fashion_mnist --noise 0.05 0.1 --seeds 0 1
     python benchmarks/miniature_study.py --dataset cifar10 --noise 0.1 --seeds 0 --n-vectors 10 --no-cv --tag _n10
+    python benchmarks/miniature_study.py --family memorize --noise 0.01 0.02 0.05 0.1 --seeds 0 1   # memorizes
     python benchmarks/miniature_study.py --tables          # the markdown tables, from the saved files only
     python benchmarks/miniature_study.py --samples 300 --epochs 2 --cv-epochs 1 --noise 0.1 --seeds 0 --out /tmp/x
 
 Each setting plants conflicting duplicates beside the label noise: ``--duplicates`` images (default: the lab's
 rate, 250 per 50,000, i.e. 25 of 5,000) copied exactly over as many other positions, each copy given a label other
 than its source's. Source and copy are kept out of the label noise and out of the mislabel metrics; the duplicate
-metrics rank them against the clean samples. Needs ``pip install cleanlab`` for ``--cv``. One CPU thread by
-default (``--threads``).
+metrics rank them against the clean samples.
+
+``--family`` picks the regime (:data:`FAMILIES`): ``augmented`` (the default, the lab's recipe: small ResNet,
+crop/flip, weight decay; on the CPU it never memorizes) or ``memorize`` (a plain CNN without augmentation or weight
+decay that fits every given label, the flipped ones mostly after the first learning-rate drop; files tagged
+``_mem``, tabled apart, with the flipped labels' fit per learning-rate phase). Needs ``pip install cleanlab`` for
+``--cv``. One CPU thread by default (``--threads``).
 """
 
 from __future__ import annotations
@@ -42,15 +48,26 @@ import numpy as np
 META_KEYS = ("config", "given", "original", "flipped", "dup_sources", "dup_copies", "fit_flipped", "fit_all",
              "fit_copies", "epoch_seconds", "seconds", "pred_probs", "cleanlab_issues", "eval_correct_last")
 #: table order of the signals (others follow alphabetically)
-ORDER = ("curvature", "loss", "margin", "confidence", "correct", "forgetting", "train_loss", "learning_time",
-         "train_forgetting", "cleanlab")
+ORDER = ("curvature", "input_grad", "loss", "margin", "confidence", "correct", "forgetting", "train_loss",
+         "learning_time", "train_forgetting", "cleanlab")
 NOTES = {
-    "curvature": "curvature (epoch mean, eval mode)", "loss": "loss (eval mode, epoch mean)",
+    "curvature": "curvature (epoch mean, eval mode)",
+    "input_grad": "input-gradient norm (CSG: epoch mean, eval mode)", "loss": "loss (eval mode, epoch mean)",
     "margin": "margin, negated (AUM-style, eval mode)", "confidence": "confidence, negated (eval mode)",
     "correct": "fraction of scored epochs misclassified", "forgetting": "forgetting events (scored epochs)",
     "train_loss": "training loss summed over steps (CSL)", "learning_time": "learning time",
     "train_forgetting": "forgetting events per minibatch (Toneva)",
     "cleanlab": "cleanlab: 1 - label quality (3-fold CV)",
+}
+#: the regimes (``--family``): the options each sets unless given. ``augmented``: the lab's recipe (crop/flip, weight
+#: decay 5e-4), which does not memorize on the CPU; ``memorize``: a plain CNN of width 24 on 2,000 images without
+#: augmentation or weight decay, batch 64, lr 0.1 / 10 at 35 % and 80 % of 36 epochs: it fits the given labels
+#: (>= 99 %), the flipped ones mostly after the first drop (docs/RESULTS.md; chosen by per-epoch fit, issue 17)
+FAMILIES: dict[str, dict] = {
+    "augmented": {"samples": 5000, "epochs": 30, "drops": [0.6, 0.8], "arch": "resnet", "width": 16, "augment": True,
+                  "weight_decay": 5e-4, "batch_size": 128, "every": 2, "tag": ""},
+    "memorize": {"samples": 2000, "epochs": 36, "drops": [0.35, 0.8], "arch": "plain", "width": 24, "augment": False,
+                 "weight_decay": 0.0, "batch_size": 64, "every": 4, "tag": "_mem"},
 }
 DEFAULT_OUT = Path(__file__).resolve().parent / "data" / "miniature"
 FMNIST_DEFAULT = "/usr/share/datasets/fashion-mnist"  # Debian's dataset-fashion-mnist
@@ -122,6 +139,27 @@ def make_setting(images: np.ndarray, labels: np.ndarray, noise: float, seed: int
 
 
 # ------------------------------------------------------------------------------------------------- model, module
+def build_plain(in_channels: int, width: int, num_classes: int = 10):
+    """A plain CNN: four 3x3 conv-BN-ReLU layers (``w``, ``2w``, ``4w``, ``8w`` channels, a 2x2 max-pool after each of
+    the first three), global average pool, linear. Width 16: 0.10 M weights, a quarter of the ResNet's time per
+    CIFAR-10 epoch on one core (no full-resolution second and third convolution)."""
+    from torch import nn
+
+    layers: list = []
+    c = in_channels
+    for i in range(4):
+        layers += [nn.Conv2d(c, width * 2**i, 3, 1, 1, bias=False), nn.BatchNorm2d(width * 2**i), nn.ReLU()]
+        if i < 3:
+            layers.append(nn.MaxPool2d(2))
+        c = width * 2**i
+    return nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(c, num_classes))
+
+
+def make_net(arch: str, in_channels: int, width: int):
+    """``"resnet"``: :func:`build_net`; ``"plain"``: :func:`build_plain`."""
+    return {"resnet": build_net, "plain": build_plain}[arch](in_channels, width)
+
+
 def build_net(in_channels: int, width: int, num_classes: int = 10):
     """A CIFAR ResNet in miniature: a 3x3 stem, three stages of one basic block each (``w``, ``2w``, ``4w``
     channels, the last two stride 2), global average pool, linear. Width 16: 0.17 M weights."""
@@ -182,6 +220,7 @@ def _module_class():
 
         def on_train_epoch_start(self) -> None:
             self.epoch_starts.append(time.perf_counter())
+            self.epoch_lr = self.trainer.optimizers[0].param_groups[0]["lr"]
 
         def training_step(self, batch, batch_idx):
             x, y, index = batch[0], batch[1], batch[2]
@@ -197,6 +236,10 @@ def _module_class():
         def on_train_epoch_end(self) -> None:
             for name, mask in self.masks.items():
                 self.fit[name].append(float(self.correct[mask].mean()) if mask.any() else float("nan"))
+            if self.masks:  # the main run: one line per epoch in the log
+                print(f"  epoch {self.current_epoch + 1} (lr {self.epoch_lr:g}): fit " + ", ".join(
+                    f"{k} {v[-1]:.3f}" for k, v in self.fit.items()) +
+                    f"; {time.perf_counter() - self.epoch_starts[-1]:.1f} s", flush=True)
 
         def configure_optimizers(self):
             opt = torch.optim.SGD(self.parameters(), lr=self.lr, momentum=0.9, weight_decay=self.weight_decay)
@@ -223,9 +266,9 @@ def _quiet() -> None:
 
 
 # --------------------------------------------------------------------------------------------------------- a run
-def milestones_of(epochs: int) -> list[int]:
-    """Epochs of the x0.1 decays: 60 % and 80 % of training (the paper's 120 and 160 of 200)."""
-    return sorted({max(1, round(0.6 * epochs)), max(1, round(0.8 * epochs))})
+def milestones_of(epochs: int, fractions: Sequence[float] = (0.6, 0.8)) -> list[int]:
+    """Epochs of the x0.1 decays: by default 60 % and 80 % of training (the paper's 120 and 160 of 200)."""
+    return sorted({max(1, round(f * epochs)) for f in fractions})
 
 
 def cross_validated_probs(scored, given: np.ndarray, args, in_channels: int, fill) -> np.ndarray:
@@ -244,9 +287,9 @@ def cross_validated_probs(scored, given: np.ndarray, args, in_channels: int, fil
         held = np.sort(perm[fold::args.folds])
         train_idx = np.setdiff1d(np.arange(n), held)
         pl.seed_everything(1000 * args.seed + fold + 1, verbose=False)
-        net = build_net(in_channels, args.width)
+        net = make_net(args.arch, in_channels, args.width)
         module = StudyModule(net, lr=args.lr, weight_decay=args.weight_decay,
-                             milestones=milestones_of(args.cv_epochs), fill=fill, augment=True)
+                             milestones=milestones_of(args.cv_epochs, args.drops), fill=fill, augment=args.augment)
         loader = DataLoader(Subset(WithIndex(scored), train_idx.tolist()), batch_size=args.batch_size, shuffle=True)
         _trainer(args.cv_epochs, []).fit(module, loader)
         net.eval()
@@ -280,10 +323,11 @@ def run_setting(args, dataset: str, noise: float, seed: int) -> Path:
 
     StudyModule = _module_class()
     pl.seed_everything(seed, verbose=False)
-    net = build_net(in_channels, args.width)
+    net = make_net(args.arch, in_channels, args.width)
     masks = {"flipped": s["flipped"], "all": np.ones(n, dtype=bool), "copies": np.isin(np.arange(n), s["dup_copies"])}
-    module = StudyModule(net, lr=args.lr, weight_decay=args.weight_decay, milestones=milestones_of(args.epochs),
-                         fill=fill, augment=True, n=n, masks=masks)
+    module = StudyModule(net, lr=args.lr, weight_decay=args.weight_decay,
+                         milestones=milestones_of(args.epochs, args.drops), fill=fill, augment=args.augment, n=n,
+                         masks=masks)
     work = Path(tempfile.mkdtemp(prefix="miniature_"))
     try:
         callback = CurvatureCallback(scored, n_vectors=args.n_vectors, every_n_epochs=args.every,
@@ -323,9 +367,10 @@ def run_setting(args, dataset: str, noise: float, seed: int) -> Path:
         out["pred_probs"] = probs.astype(np.float16)
     total = time.perf_counter() - start_all
     out["seconds"] = np.array([main_seconds, cv_seconds, total], np.float32)
-    config = {k: v for k, v in vars(args).items() if k not in ("tables",)}
+    config = {k: v for k, v in vars(args).items() if k not in ("tables", "cv_seeds")}
     config.update(dataset=dataset, noise=noise, seed=seed, n=n, duplicates=duplicates,
-                  milestones=milestones_of(args.epochs), store_epochs=store_epochs, step_channels=step_channels,
+                  milestones=milestones_of(args.epochs, args.drops), store_epochs=store_epochs,
+                  step_channels=step_channels,
                   seconds_note="main (train + scoring), cv (3 trainings + predictions), total", signals=sorted(signals),
                   torch=torch.__version__)
     out["config"] = np.array(json.dumps(config, default=str))
@@ -412,7 +457,54 @@ def evaluate(path: Path) -> dict:
         "copies_fit_final": float(d["fit_copies"][-1]) if len(d["fit_copies"]) else None,
         "eval_fit_final": float(np.nanmean(d["eval_correct_last"][d["flipped"]])) if d["flipped"].any() else None,
         "fit_curve": fit.tolist(), "seconds": d["seconds"].tolist(), "cleanlab_issues": cl, "signals": signals,
+        "eval_acc_final": float(np.nanmean(d["eval_correct_last"])),
+        "phases": phases(config, fit, signals.get("learning_time"), d["flipped"]),
     }
+
+
+def _family(config: dict) -> str:
+    """The regime of a saved setting (files from before ``--family`` are the augmented one)."""
+    return config.get("family", "augmented")
+
+
+def phases(config: dict, fit_flipped: np.ndarray, learning_time: np.ndarray | None,
+           flipped: np.ndarray) -> list[dict]:
+    """The flipped labels' fit by learning-rate phase: for each phase (before the first drop, between the drops, after
+    the last), its epochs, the fraction of flipped labels right in their minibatch at its last epoch, and, from the
+    per-sample learning time (one past the latest epoch a presentation was wrong), the fraction first fit for good
+    (right at every later presentation) in that phase."""
+    epochs = int(config["epochs"])
+    bounds = [0, *[int(m) for m in config["milestones"] if 0 < int(m) < epochs], epochs]
+    lt = None if learning_time is None else np.asarray(learning_time, dtype=np.float64)[flipped]
+    out = []
+    for lo, hi in zip(bounds[:-1], bounds[1:], strict=True):
+        row = {"epochs": (lo + 1, hi), "fit_end": float(fit_flipped[hi - 1]) if len(fit_flipped) >= hi else None}
+        if lt is not None and len(lt):
+            # learned for good in this phase (0-based epochs lo .. hi - 1): right from epoch lt on, lo <= lt <= hi - 1
+            # (lt = 0: never wrong; lt = epochs: wrong at the last epoch, in no phase)
+            row["learned"] = float(((lt >= lo) & (lt <= hi - 1)).mean())
+        out.append(row)
+    return out
+
+
+def _phase_table(group: list[dict]) -> list[str]:
+    """Per setting: the flipped labels' fit before and after each drop."""
+    rows = sorted(group, key=lambda r: (r["config"]["noise"], r["config"]["seed"]))
+    ph0 = rows[0]["phases"]
+    head = " | ".join(f"epochs {a}-{b} (lr x{10.0 ** -i:g})" for i, (a, b) in
+                      enumerate(p["epochs"] for p in ph0))
+    lines = ["**Flipped labels fit by learning-rate phase**: the fraction right in its minibatch at the phase's last "
+             "epoch / the fraction first fit for good in the phase (right at every later presentation, from the "
+             "learning time); train accuracy on the given labels at the last epoch (minibatch / eval mode)", "",
+             f"| noise | seed | {head} | not fit at the end | train acc (minibatch / eval) |",
+             "| --- | --- |" + " --- |" * len(ph0) + " --- | --- |"]
+    for r in rows:
+        c, ph = r["config"], r["phases"]
+        cells = [f"{p['fit_end']:.3f} / {p.get('learned', float('nan')):.3f}" for p in ph]
+        not_fit = 1.0 - sum(p.get("learned", float("nan")) for p in ph)
+        lines.append(f"| {100 * c['noise']:g} % | {c['seed']} | " + " | ".join(cells) +
+                     f" | {not_fit:.3f} | {r['acc_final']:.3f} / {r['eval_acc_final']:.3f} |")
+    return [*lines, ""]
 
 
 def _ms(values: Sequence[float], digits: int = 3) -> str:
@@ -442,15 +534,21 @@ def tables(folder: Path) -> str:
     runs = [(p, evaluate(p)) for p in files]
     lines: list[str] = []
     main = [(p, r) for p, r in runs if not r["config"].get("tag")]
-    extra = [(p, r) for p, r in runs if r["config"].get("tag")]
-    for dataset in sorted({r["config"]["dataset"] for _, r in main}):
-        group = [r for _, r in main if r["config"]["dataset"] == dataset]
+    families = [(p, r) for p, r in runs if r["config"].get("tag") and _family(r["config"]) != "augmented"]
+    extra = [(p, r) for p, r in runs if r["config"].get("tag") and _family(r["config"]) == "augmented"]
+    for key in sorted({(r["config"].get("tag") or "", r["config"]["dataset"]) for _, r in main + families}):
+        group = [r for _, r in main + families if ((r["config"].get("tag") or ""), r["config"]["dataset"]) == key]
         noises = sorted({r["config"]["noise"] for r in group})
         by = {p: [r for r in group if r["config"]["noise"] == p] for p in noises}
         c0 = group[0]["config"]
         seeds = sorted({r["config"]["seed"] for r in group})
-        lines += [f"### {dataset}: {c0['n']} samples, {c0['epochs']} epochs (x0.1 at {c0['milestones']}), width "
-                  f"{c0['width']}, curvature n={c0['n_vectors']} every {c0['every']} epoch(s); seeds {seeds}", ""]
+        regime = "" if not key[0] else (
+            f" (family {_family(c0)!r}, tag {key[0]!r}: {c0.get('arch', 'resnet')} net, "
+            f"{'crop/flip' if c0.get('augment', True) else 'no augmentation'}, weight decay {c0['weight_decay']:g}, "
+            f"lr {c0['lr']:g}, CV {c0['cv_epochs'] if c0.get('cv') else 'none'} epochs)")
+        lines += [f"### {c0['dataset']}{regime}: {c0['n']} samples, {c0['epochs']} epochs (x0.1 at "
+                  f"{c0['milestones']}), width {c0['width']}, curvature n={c0['n_vectors']} every {c0['every']} "
+                  f"epoch(s); seeds {seeds}", ""]
         names = _ordered(set.intersection(*(set(r["mislabel"]) for r in group)))
         for metric, label in (("auroc", "AUROC"), ("ap", "AP"), ("p@k", "precision at k = number flipped")):
             lines += [f"**Mislabel detection, {label}** (mean ± half-range over seeds; planted pairs left out)", "",
@@ -482,6 +580,8 @@ def tables(folder: Path) -> str:
         if curve:
             lines += ["", f"Flipped labels fit per epoch (minibatch, {100 * max(noises):g} % noise): " + "; ".join(
                 f"seed {r['config']['seed']}: " + " ".join(f"{x:.2f}" for x in r["fit_curve"]) for r in curve), ""]
+        if key[0]:
+            lines += _phase_table(group)
     for p, r in extra:  # tagged runs: compared with the untagged run of the same setting
         c = r["config"]
         base = [b for _, b in main if all(b["config"][k] == c[k] for k in ("dataset", "noise", "seed"))]
@@ -513,27 +613,42 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--dataset", choices=("cifar10", "fashion_mnist"), default="cifar10")
     parser.add_argument("--noise", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.1])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
-    parser.add_argument("--samples", type=int, default=5000, help="the first N training images (standard order)")
-    parser.add_argument("--epochs", type=int, default=30)
+    parser.add_argument("--family", choices=sorted(FAMILIES), default="augmented",
+                        help="the regime: its model, augmentation, weight decay, schedule and file tag (FAMILIES); "
+                        "any of those options given explicitly wins")
+    parser.add_argument("--samples", type=int, default=None, help="the first N training images (standard order)")
+    parser.add_argument("--epochs", type=int, default=None)
+    parser.add_argument("--drops", type=float, nargs="+", default=None,
+                        help="fractions of --epochs where the learning rate is divided by 10")
+    parser.add_argument("--arch", choices=("resnet", "plain"), default=None,
+                        help="resnet: build_net (3 basic blocks); plain: build_plain (4 conv layers)")
+    parser.add_argument("--augment", action=argparse.BooleanOptionalAction, default=None,
+                        help="random crop (pad 4) and flip of each training batch")
     parser.add_argument("--cv", action=argparse.BooleanOptionalAction, default=True,
                         help="cleanlab on out-of-sample probabilities from --folds-fold cross-validation")
     parser.add_argument("--cv-epochs", type=int, default=None, help="epochs of each CV training (default --epochs)")
     parser.add_argument("--folds", type=int, default=3)
+    parser.add_argument("--cv-seeds", type=int, nargs="+", default=None,
+                        help="with --cv, cross-validate only these seeds (default: every seed)")
     parser.add_argument("--n-vectors", type=int, default=2)
-    parser.add_argument("--every", type=int, default=2, help="score curvature every this many epochs (ending on "
+    parser.add_argument("--every", type=int, default=None, help="score curvature every this many epochs (ending on "
                         "the last)")
-    parser.add_argument("--width", type=int, default=16, help="channels of the first stage (then 2x, 4x)")
+    parser.add_argument("--width", type=int, default=None, help="channels of the first stage (then 2x, 4x)")
     parser.add_argument("--lr", type=float, default=0.1)
-    parser.add_argument("--weight-decay", type=float, default=5e-4)
-    parser.add_argument("--batch-size", type=int, default=128)
+    parser.add_argument("--weight-decay", type=float, default=None)
+    parser.add_argument("--batch-size", type=int, default=None)
     parser.add_argument("--duplicates", type=int, default=None,
                         help="planted conflicting copies (default: N / 200, the lab's 250 per 50,000)")
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
-    parser.add_argument("--tag", default="", help="suffix of the file names (tagged runs get their own table)")
+    parser.add_argument("--tag", default=None, help="suffix of the file names (tagged runs get their own table; "
+                        "default: the family's)")
     parser.add_argument("--fmnist-root", default=os.environ.get("CURVATURE_FASHION_MNIST", FMNIST_DEFAULT))
     parser.add_argument("--tables", action="store_true", help="print the tables of the files in --out; no training")
     args = parser.parse_args(argv)
+    for key, value in FAMILIES[args.family].items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
     if args.tables:
         print(tables(args.out))
         return 0
@@ -543,8 +658,10 @@ def main(argv: list[str] | None = None) -> int:
     _quiet()
     if args.cv_epochs is None:
         args.cv_epochs = args.epochs
+    cv, cv_seeds = args.cv, args.cv_seeds
     for noise in args.noise:
         for seed in args.seeds:
+            args.cv = cv and (cv_seeds is None or seed in cv_seeds)
             run_setting(args, args.dataset, noise, seed)
     return 0
 

@@ -2,6 +2,7 @@
 before a GPU session spends device time on them. The miniature study (benchmarks/miniature_study.py) runs a tiny
 setting end to end, and its saved settings (benchmarks/data/miniature) hold every signal with sane AUROCs."""
 
+import json
 import os
 import subprocess
 import sys
@@ -64,7 +65,7 @@ def test_miniature_study_runs_a_tiny_setting_and_prints_its_tables(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     with np.load(out / "cifar10_p0.1_s0.npz", allow_pickle=False) as f:
         data = {k: f[k] for k in f.files}
-    for name in MINIATURE_SIGNALS:
+    for name in MINIATURE_SIGNALS | {"input_grad"}:
         assert data[name].shape == (300,) and data[name].dtype == np.float32, name
         assert np.isfinite(data[name]).all(), name
     assert data["flipped"].sum() == 30 and data["flipped"].dtype == bool
@@ -79,6 +80,7 @@ def test_miniature_study_runs_a_tiny_setting_and_prints_its_tables(tmp_path):
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr[-3000:]
     for row in ("| training loss summed over steps (CSL) |", "| cleanlab: 1 - label quality (3-fold CV) |",
+                "| input-gradient norm (CSG: epoch mean, eval mode) |",
                 "**Planted conflicting duplicates", "| 10 % | 0 |"):
         assert row in done.stdout, done.stdout
 
@@ -94,13 +96,28 @@ def test_miniature_study_plants_duplicates_outside_the_noise():
     assert (s["original"][s["dup_copies"]] == labels[s["dup_sources"]]).all()
     assert len(set(s["dup_copies"]) | set(s["dup_sources"])) == 10
     assert study.milestones_of(30) == [18, 24]
+    assert study.milestones_of(30, (0.3, 0.7)) == [9, 21]
+
+
+def test_miniature_study_splits_the_flipped_fit_by_learning_rate_phase():
+    study = _miniature()
+    config = {"epochs": 6, "milestones": [2, 4]}
+    fit = np.array([0.1, 0.2, 0.5, 0.6, 0.9, 1.0])
+    # learning time = one past the latest wrong epoch (0-based): right from that epoch on; 0 never wrong, 6 wrong
+    # at the last epoch. Phases: epochs 0-1, 2-3, 4-5
+    lt = np.array([0, 1, 2, 4, 5, 6, 1, 1])
+    flipped = np.array([True] * 6 + [False] * 2)
+    got = study.phases(config, fit, lt, flipped)
+    assert [p["epochs"] for p in got] == [(1, 2), (3, 4), (5, 6)]
+    assert [p["fit_end"] for p in got] == [0.2, 0.6, 1.0]
+    assert np.allclose([p["learned"] for p in got], [2 / 6, 1 / 6, 2 / 6])  # 1 of 6 not fit at the end
 
 
 @pytest.mark.skipif(not list(MINIATURE_DATA.glob("*.npz")), reason="no saved miniature study")
 def test_the_saved_miniature_study_has_every_signal_and_sane_aurocs():
     study = _miniature()
     files = sorted(MINIATURE_DATA.glob("*.npz"))
-    assert sum(p.stat().st_size for p in files) < 6e6
+    assert sum(p.stat().st_size for p in files) < 8e6
     for path in files:
         result = study.evaluate(path)
         config, n = result["config"], result["config"]["n"]
@@ -113,3 +130,26 @@ def test_the_saved_miniature_study_has_every_signal_and_sane_aurocs():
         if config["noise"] >= 0.1:
             assert auroc["train_loss"] > 0.8, (path.name, auroc)
     assert "| signal |" in study.tables(MINIATURE_DATA)
+
+
+MEMORIZING = sorted(MINIATURE_DATA.glob("*_mem.npz"))
+
+
+@pytest.mark.skipif(not MEMORIZING, reason="no saved memorizing family")
+def test_the_saved_memorizing_family_fits_every_given_label():
+    """The ``--family memorize`` settings reached memorization: at the last epoch at least 99 % of the given labels
+    right in their minibatch and in eval mode, at least 90 % of the flipped ones; at least one CIFAR-10 setting fit
+    most flipped labels after the first learning-rate drop (under half fit at the last epoch before it)."""
+    after_drop = []
+    for path in MEMORIZING:
+        with np.load(path, allow_pickle=False) as f:
+            config = json.loads(str(f["config"]))
+            assert config["family"] == "memorize" and not config["augment"], path.name
+            assert f["fit_all"][-1] >= 0.99, (path.name, f["fit_all"][-1])
+            assert f["fit_flipped"][-1] >= 0.9, (path.name, f["fit_flipped"][-1])
+            assert np.nanmean(f["eval_correct_last"]) >= 0.99, path.name
+            assert f["input_grad"].dtype == np.float32 and np.isfinite(f["input_grad"]).all(), path.name
+            first_drop = config["milestones"][0]
+            if config["dataset"] == "cifar10":
+                after_drop.append(f["fit_flipped"][first_drop - 1] < 0.5)
+    assert any(after_drop)
