@@ -507,6 +507,36 @@ def _phase_table(group: list[dict]) -> list[str]:
     return [*lines, ""]
 
 
+def _side_by_side(group: list[dict], names: list[str]) -> list[str]:
+    """Every signal over every setting of a group: mislabel AUROC and AP, their difference from CSL's
+    (``train_loss``) per setting, and the duplicate copies' AUROC beside the duplicates rule's."""
+    dup_rule = [n for n in names if n.startswith("recommended") and "duplicates" in n.split("(")[0]]
+
+    def spread(diffs: list[float]) -> str:
+        d = np.asarray(diffs)
+        return f"{d.mean():+.3f} ({int((d > 0).sum())} / {int((d < 0).sum())})"
+
+    lines = [f"**Side by side, {len(group)} settings** (mean over every noise level and seed; Δ = the signal minus "
+             "CSL's (`train_loss`) in each setting, mean (settings above / below); duplicate copies: Δ against the "
+             "recommended duplicates score)", "",
+             "| signal | mislabel AUROC | Δ AUROC vs CSL | mislabel AP | Δ AP vs CSL | duplicate copies AUROC | "
+             "Δ vs duplicates rule | both members AUROC |",
+             "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for name in names:
+        ml = [r["mislabel"][name] for r in group]
+        csl = [r["mislabel"]["train_loss"] for r in group] if "train_loss" in names else None
+        copy = [r["dup"][name]["copy"] for r in group]
+        ref = [r["dup"][dup_rule[0]]["copy"] for r in group] if dup_rule else None
+        lines.append(
+            f"| {NOTES.get(name, name)} | {np.mean([m['auroc'] for m in ml]):.3f} | "
+            f"{spread([m['auroc'] - c['auroc'] for m, c in zip(ml, csl, strict=True)]) if csl else '-'} | "
+            f"{np.mean([m['ap'] for m in ml]):.3f} | "
+            f"{spread([m['ap'] - c['ap'] for m, c in zip(ml, csl, strict=True)]) if csl else '-'} | "
+            f"{np.mean(copy):.3f} | {spread([a - b for a, b in zip(copy, ref, strict=True)]) if ref else '-'} | "
+            f"{np.mean([r['dup'][name]['pair'] for r in group]):.3f} |")
+    return [*lines, ""]
+
+
 def _ms(values: Sequence[float], digits: int = 3) -> str:
     """mean ± half the range over seeds (one value: itself)."""
     v = np.asarray([x for x in values if x is not None and np.isfinite(x)], dtype=np.float64)
@@ -581,7 +611,7 @@ def tables(folder: Path) -> str:
             lines += ["", f"Flipped labels fit per epoch (minibatch, {100 * max(noises):g} % noise): " + "; ".join(
                 f"seed {r['config']['seed']}: " + " ".join(f"{x:.2f}" for x in r["fit_curve"]) for r in curve), ""]
         if key[0]:
-            lines += _phase_table(group)
+            lines += _phase_table(group) + _side_by_side(group, names)
     for p, r in extra:  # tagged runs: compared with the untagged run of the same setting
         c = r["config"]
         base = [b for _, b in main if all(b["config"][k] == c[k] for k in ("dataset", "noise", "seed"))]
