@@ -119,11 +119,7 @@ def _resolve_images(images: Any, images_file: str | None, n: int, source: str, n
             raise ValueError(f"Expected `images` of {n} samples (the store's N), got {len(images)}.")
         return _Images(images, source)
     if images_file is not None:
-        try:
-            array = np.load(images_file, mmap_mode="r", allow_pickle=False)  # never unpickle: it runs code
-        except ValueError as e:  # an object array (pickled), or not an .npy at all
-            raise ValueError(f"Expected {images_file} to be an .npy of numeric [N, ...] images, loadable without "
-                             f"pickle, got one that is not ({e}): save a numeric array with np.save.") from e
+        array = _load_npy(images_file, "an .npy of numeric [N, ...] images", mmap_mode="r")
         if not isinstance(array, np.ndarray) or array.ndim < 3:
             what = f"shape {array.shape}" if isinstance(array, np.ndarray) else f"a {type(array).__name__}"
             raise ValueError(f"Expected {images_file} to be an .npy of [N, H, W] or [N, ...] images, got {what}: "
@@ -132,6 +128,42 @@ def _resolve_images(images: Any, images_file: str | None, n: int, source: str, n
             raise ValueError(f"Expected {images_file} to hold {n} images (the store's N), got shape {array.shape}.")
         return _Images(array, images_file)
     return _Images(notes=[note or f"images unavailable: the report builds nothing from a run folder; {_HOW}"])
+
+
+def _load_npy(path: str | os.PathLike, what: str, mmap_mode: str | None = None) -> Any:
+    """``np.load(path)`` without pickle; a file that is missing, not an array or cut short is a ValueError that names
+    it and says what was expected (``what``)."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)  # never unpickle: it runs code
+    except (ValueError, EOFError, OSError) as e:  # pickled, not an .npy, empty or cut short, missing, a folder
+        raise ValueError(f"Expected {os.fspath(path)} to be {what}, loadable without pickle, got one that is not "
+                         f"({type(e).__name__}: {e}): save a numeric array with np.save.") from e
+
+
+def _check_options(top_k: Any, dup_top_k: Any, dup_threshold: Any) -> None:
+    """The report's numeric options, before anything is read (``curvature-report`` checks them as it parses)."""
+    from curvature_callback.core.settings import check_int
+
+    check_int("top_k", top_k, 1, hint=" (samples in the grid of the most curved)")
+    if dup_top_k is not None:
+        check_int("dup_top_k", dup_top_k, 1, hint=" or None (2 % of N)")
+    if isinstance(dup_threshold, bool) or not isinstance(dup_threshold, (int, float, np.integer, np.floating)) \
+            or not -1.0 <= dup_threshold <= 1.0:
+        raise ValueError(f"Expected argument `dup_threshold` to be a cosine similarity in [-1, 1] (0.95: near "
+                         f"copies), got {dup_threshold!r}.")
+
+
+def _check_class_names(names: Sequence[str] | None, run: _Run) -> None:
+    """Names for every label of the run (given and original), or none."""
+    if names is None:
+        return
+    labels = np.concatenate([run.given, run.original])
+    if len(labels) and int(labels.max()) >= len(names):
+        raise ValueError(
+            f"Expected `class_names` (--class-names) to name every label of the run, 0 to {int(labels.max())}, got "
+            f"{len(names)} name(s): {', '.join(map(repr, names[:5]))}{' ...' if len(names) > 5 else ''}. Pass one "
+            "name per class in label order, or none."
+        )
 
 
 # ------------------------------------------------------------------------------------------ the report
@@ -177,11 +209,13 @@ def write_report(
 
     Raises:
         FileNotFoundError: no store or no ``scores.csv`` in ``run_dir``.
-        ValueError: ``scores.csv`` and the store disagree on N, or a reference does not align.
+        ValueError: ``scores.csv`` and the store disagree on N, a file of the run is malformed, a reference does not
+            align, ``class_names`` misses a label, or ``top_k``, ``dup_top_k``, ``dup_threshold`` is out of range.
         safe_paths.UnsafePathError: (a ValueError) a file of ``run_dir`` is a link that leaves it, or the output
             would be written through a link.
     """
     start = time.perf_counter()
+    _check_options(top_k, dup_top_k, dup_threshold)
     run_dir = Path(run_dir)
     csv_path = _scores_csv(run_dir)
     # the output folder before the store: a refusal costs nothing yet, and nothing below writes outside it
@@ -199,6 +233,7 @@ def write_report(
             images = _dataset_images(dataset)
         found = _resolve_images(images, images_file, run.n, images_source, images_note)
         names = class_names
+        _check_class_names(names, run)
         recommended = recommended_scores(run.scores)
         signals = {**({"recommended": recommended["mislabeled"]} if "mislabeled" in recommended else {}), **run.scores}
         scored = run.scored
@@ -359,7 +394,7 @@ def _load_reference(
             ref = load_feldman_zhang(path, original, order=order, filenames=filenames if by_name else None)
             how = "file names matched, then labels" if by_name else "labels"
             return ref, path.name, f"{path.name}: {how} checked against scores.csv, sample by sample."
-        loaded = np.load(path, allow_pickle=False)
+        loaded = _load_npy(path, "an .npy vector of reference scores (or a Feldman & Zhang .npz named *.npz)")
         if not isinstance(loaded, np.ndarray):  # an .npz under another name
             loaded.close()
             raise ValueError(f"Expected {path} to be an .npy vector (or a Feldman & Zhang .npz named *.npz), got an "

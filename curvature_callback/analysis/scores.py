@@ -5,8 +5,10 @@ the run's table (``scores.csv``).
 from __future__ import annotations
 
 import csv
+import io
 import json
 import os
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -14,6 +16,7 @@ from typing import Any, Literal
 import numpy as np
 
 from curvature_callback.analysis.metrics import ranks
+from curvature_callback.core import safe_paths
 from curvature_callback.core.channels import CHANNELS
 from curvature_callback.core.numeric import log10_floor
 
@@ -124,8 +127,12 @@ def write_scores_csv(path: str | os.PathLike, columns: Mapping[str, np.ndarray])
     0/1.
 
     Args:
-        path: the CSV file to write.
+        path: the CSV file to write; never through a link (:func:`~curvature_callback.core.safe_paths.write_text`).
         columns: name to ``[N]`` array; every array of the same length.
+
+    Raises:
+        curvature_callback.core.safe_paths.UnsafePathError: ``path`` is a symbolic link (it and its target are
+            left as they are).
     """
     arrays = {name: np.asarray(values) for name, values in columns.items()}
     lengths = {name: a.shape for name, a in arrays.items()}
@@ -142,45 +149,116 @@ def write_scores_csv(path: str | os.PathLike, columns: Mapping[str, np.ndarray])
             formats.append(lambda v: f"{v:.9g}")
         else:
             formats.append(str)
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["index", *arrays])
-        for i in range(n):
-            writer.writerow([i, *(fmt(a[i]) for fmt, a in zip(formats, arrays.values(), strict=True))])
+    table = io.StringIO(newline="")
+    writer = csv.writer(table)
+    writer.writerow(["index", *arrays])
+    for i in range(n):
+        writer.writerow([i, *(fmt(a[i]) for fmt, a in zip(formats, arrays.values(), strict=True))])
+    safe_paths.write_text(path, table.getvalue())
+
+
+#: the columns of scores.csv that hold counts, labels or positions: integers >= 0 (``flipped``: 0 or 1)
+INTEGER_COLUMNS = ("index", "label", "given_label", "flipped", "source_index", "count", "pred")
+_INTEGER = re.compile(r"[0-9]{1,18}")  # below 2**63: an int64
+
+
+def _column(values: list[str]) -> np.ndarray:
+    """``int64`` where every value is an integer that fits, ``float64`` where every value is a number, else str."""
+    if all(_INTEGER.fullmatch(v) or (v[:1] == "-" and _INTEGER.fullmatch(v[1:])) for v in values):
+        return np.array([int(v) for v in values], dtype=np.int64)
+    try:
+        return np.array([float(v) for v in values], dtype=np.float64)  # "nan" included: an unscored sample
+    except ValueError:
+        return np.array(values, dtype=str)
 
 
 def read_scores_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
     """The columns of a ``scores.csv`` (:func:`write_scores_csv`) as arrays: ``int64`` where every value is an
-    integer, ``float64`` where every value is a number, else strings (a ``file`` column); ``index`` included."""
-    with open(path, newline="") as f:
-        reader = csv.reader(f)
-        header = next(reader, None)
-        if header is None:
-            raise ValueError(f"{os.fspath(path)} is empty: expected a header row (index, label, ...).")
-        rows = list(reader)
-    out: dict[str, np.ndarray] = {}
+    integer, ``float64`` where every value is a number, else strings (a ``file`` column); ``index`` included.
+
+    A run folder is data from a stranger: the file must be the table :func:`write_scores_csv` writes, checked
+    before anything reads it: UTF-8 CSV, one header of distinct names with ``index`` first, every row as long as
+    the header, ``index`` counting 0, 1, ..., N-1, and the :data:`INTEGER_COLUMNS` integers >= 0 (``flipped``
+    0 or 1).
+
+    Raises:
+        ValueError: naming the file, the line or column, what was expected and what was found.
+    """
+    where = os.fspath(path)
+    fix = "remove or fix the file (curvature-train writes it)"
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = next(reader, None)
+            if header is None:
+                raise ValueError(f"{where} is empty: expected a header row (index, label, ...); {fix}.")
+            rows = list(reader)
+    except UnicodeDecodeError as e:
+        raise ValueError(f"Expected {where} to be UTF-8 CSV text, got bytes that are not ({e}): {fix}.") from e
+    except csv.Error as e:
+        raise ValueError(f"Expected {where} to be CSV, got text the csv module refuses ({e}): {fix}.") from e
+    if header[:1] != ["index"] or len(set(header)) != len(header):
+        raise ValueError(f"Expected {where} to start with a header of distinct column names, `index` first, got "
+                         f"{header[:8]!r}{' ...' if len(header) > 8 else ''}: {fix}.")
+    for line, row in enumerate(rows, start=2):
+        if len(row) != len(header):
+            raise ValueError(f"Expected {len(header)} fields on every line of {where} (one per header column), got "
+                             f"{len(row)} on line {line}: {fix}.")
+    out = {name: _column([r[j] for r in rows]) for j, name in enumerate(header)}
     for j, name in enumerate(header):
-        values = [r[j] for r in rows]
-        for kind in (np.int64, np.float64):
-            try:
-                out[name] = np.array([kind(v) for v in values], dtype=kind)
-                break
-            except ValueError:
-                continue
-        else:
-            out[name] = np.array(values, dtype=str)
+        if name not in INTEGER_COLUMNS:
+            continue
+        high = 1 if name == "flipped" else 10**18 - 1
+        values = out[name]
+        if values.dtype == np.int64 and ((values >= 0) & (values <= high)).all():
+            continue
+        first = next(i for i, r in enumerate(rows) if not (_INTEGER.fullmatch(r[j]) and int(r[j]) <= high))
+        span = "0 or 1" if name == "flipped" else "integers >= 0 (at most 18 digits)"
+        raise ValueError(f"Expected column `{name}` of {where} to hold {span}, got {rows[first][j]!r} on line "
+                         f"{first + 2}: {fix}.")
+    if not np.array_equal(out["index"], np.arange(len(rows))):
+        first = int(np.flatnonzero(out["index"] != np.arange(len(rows)))[0])
+        raise ValueError(f"Expected column `index` of {where} to count 0, 1, 2, ... (the store's order), got "
+                         f"{rows[first][0]!r} on line {first + 2}: {fix}.")
     return out
+
+
+#: deepest nesting of JSON arrays and objects read from a run folder: curvature-train's metrics nest two deep
+MAX_JSON_DEPTH = 32
+
+
+def _depth(text: str) -> int:
+    """How deep the arrays and objects of JSON ``text`` nest, counted without parsing (strings skipped)."""
+    depth = deepest = 0
+    for token in re.finditer(r'"(?:[^"\\]|\\.)*"|[\[\]{}]', text):
+        c = token.group()
+        if c in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+        elif c in "]}":
+            depth -= 1
+    return deepest
 
 
 def read_metrics(path: str | os.PathLike) -> dict[str, Any]:
     """A run's ``metrics.json`` as a mapping.
 
     Raises:
-        ValueError: the file is not JSON, or not a JSON object (a run folder is data from a stranger).
+        ValueError: the file is not UTF-8 JSON, nests deeper than :data:`MAX_JSON_DEPTH`, or is not a JSON
+            object (a run folder is data from a stranger).
     """
     try:
-        metrics = json.loads(Path(path).read_text(encoding="utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as e:
+        text = Path(path).read_text(encoding="utf-8")
+    except UnicodeDecodeError as e:
+        raise ValueError(f"Expected {path} to hold curvature-train's JSON metrics, got bytes that are not UTF-8 text "
+                         f"({e}): remove or fix the file.") from e
+    if _depth(text) > MAX_JSON_DEPTH:
+        raise ValueError(f"Expected {path} to hold curvature-train's JSON metrics (values nested at most "
+                         f"{MAX_JSON_DEPTH} deep), got arrays or objects nested {_depth(text)} deep: remove or fix the "
+                         "file.")
+    try:
+        metrics = json.loads(text)
+    except ValueError as e:  # json.JSONDecodeError, or a number too long to convert
         raise ValueError(f"Expected {path} to hold curvature-train's JSON metrics, got unreadable text ({e}): "
                          "remove or fix the file.") from e
     if not isinstance(metrics, dict):

@@ -9,7 +9,8 @@ report) nor write through it (over a file elsewhere). The rules, in one place:
 - writing: :func:`output_dir` refuses an output folder that is a link or leaves the given folder (unless the
   user named it); :func:`write_bytes` and :func:`write_text` refuse a path that is a link and replace the file
   atomically (a temporary file beside it, then ``os.replace``), so neither a symbolic link nor a hard link to a
-  file elsewhere is ever written through.
+  file elsewhere is ever written through; :func:`refuse_links` checks, before a program writes anything, that
+  none of the names it will write in a folder is a link (``curvature-train`` in its run folder).
 
 Numpy-free and torch-free: the standard library only.
 """
@@ -21,7 +22,10 @@ import os
 import tempfile
 from pathlib import Path
 
-__all__ = ["UnsafePathError", "check_tree", "inside", "not_a_link", "output_dir", "subdir", "write_bytes", "write_text"]
+__all__ = [
+    "UnsafePathError", "check_tree", "inside", "not_a_link", "output_dir", "refuse_links", "subdir", "write_bytes",
+    "write_text",
+]
 
 # the process's umask, read once (os.umask can only be read by setting it): new files get the usual mode, not
 # mkstemp's 0600
@@ -91,6 +95,7 @@ def output_dir(path: str | os.PathLike, root: str | os.PathLike | None = None) -
 
     Raises:
         UnsafePathError: with ``root``, ``path`` is a link, or resolves outside ``root``.
+        ValueError: ``path`` is there but is no folder (a file).
     """
     path = Path(path)
     if root is not None:
@@ -100,6 +105,12 @@ def output_dir(path: str | os.PathLike, root: str | os.PathLike | None = None) -
                 f"{os.readlink(path)}. Remove the link, or pass --out to choose where the output goes."
             )
         inside(path, root, "write into")  # a parent that is a link out of root
+    if path.exists() and not path.is_dir():
+        raise ValueError(
+            f"Expected {path} to be a folder for the output, or nothing there, but it is a file: "
+            + ("name another folder with --out, or move the file away." if root is None else
+               "move the file away, or pass --out to choose where the output goes.")
+        )
     path.mkdir(parents=True, exist_ok=True)
     if root is not None:
         inside(path, root, "write into")  # created: check again, in case a component appeared as a link meanwhile
@@ -122,8 +133,12 @@ def subdir(parent: Path, name: str) -> Path:
     return path
 
 
-def not_a_link(path: str | os.PathLike) -> Path:
+def not_a_link(path: str | os.PathLike, fix: str = "Remove the link, or pass --out to write elsewhere.") -> Path:
     """``path``, when it is not a symbolic link (a file to be written: the link and its target stay untouched).
+
+    Args:
+        path: the file to be written.
+        fix: the message's last sentence: how to go on.
 
     Raises:
         UnsafePathError: ``path`` is a symbolic link.
@@ -132,9 +147,41 @@ def not_a_link(path: str | os.PathLike) -> Path:
     if path.is_symlink():
         raise UnsafePathError(
             f"Refusing to write {path}: expected a file or nothing there, but it is a link to {os.readlink(path)}; "
-            "links in an output folder are never written through. Remove the link, or pass --out to write elsewhere."
+            f"links in an output folder are never written through. {fix}"
         )
     return path
+
+
+def refuse_links(folder: str | os.PathLike, names: tuple[str, ...], trees: tuple[str, ...] = (), *,
+                 fix: str) -> None:
+    """Refuse a link at ``folder/NAME`` for each of ``names`` (glob patterns: ``*.log``), and anywhere under each of
+    ``trees`` (folders of ``folder`` that a program writes into): checked before it writes anything there.
+
+    ``folder`` itself may be a link (the user named it). Links elsewhere in ``folder`` are not looked at: a run
+    folder may sit beside a linked dataset.
+
+    Args:
+        folder: the output folder (it need not exist).
+        names: the names the program writes directly in ``folder``.
+        trees: the folders it writes into (also refused when they are links themselves).
+        fix: the message's last sentence: how to go on.
+
+    Raises:
+        UnsafePathError: naming the first link found, and where it leads.
+    """
+    import fnmatch
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        return
+    for entry in sorted(os.scandir(folder), key=lambda e: e.name):
+        if entry.is_symlink() and any(fnmatch.fnmatchcase(entry.name, p) for p in (*names, *trees)):
+            not_a_link(entry.path, fix)
+    for tree in trees:
+        if (folder / tree).is_dir():
+            for dirpath, dirnames, filenames in os.walk(folder / tree):  # links to folders are listed, not entered
+                for name in sorted((*dirnames, *filenames)):
+                    not_a_link(os.path.join(dirpath, name), fix)
 
 
 def write_bytes(path: str | os.PathLike, data: bytes) -> Path:

@@ -59,6 +59,9 @@ def parse_overrides(lines: Sequence[str]) -> dict[str, str]:
             (override,) = parser.parse_overrides([str(line)])
         except OverrideParseException as e:
             raise ValueError(f"Expected a Hydra override such as data.noise=0.1, got {line!r}: {e}") from e
+        except RecursionError as e:  # the grammar's parser recurses into nested lists: `a=[[[[...`
+            raise ValueError(f"Expected a Hydra override such as data.noise=0.1, got {str(line)[:80]!r} ... with "
+                             "values nested too deep to parse: remove or fix it.") from e
         out[override.get_key_element()] = override.input_line.partition("=")[2]
     return out
 
@@ -83,6 +86,9 @@ def _read_overrides(path: Path, sweep_dir: Path) -> dict[str, str]:
     except (UnicodeDecodeError, yaml.YAMLError) as e:
         raise ValueError(f"Expected {path} to be Hydra's YAML list of overrides, got unreadable text ({e}): remove "
                          "or fix the file.") from e
+    except RecursionError as e:  # PyYAML builds nested collections recursively: `[[[[...` runs out of stack
+        raise ValueError(f"Expected {path} to be Hydra's YAML list of overrides, got collections nested too deep to "
+                         "read: remove or fix the file.") from e
     if lines is None:
         return {}
     if not isinstance(lines, list) or not all(isinstance(line, (str, int, float, bool)) for line in lines):
@@ -105,6 +111,9 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
     rows = []
     for path in sorted(sweep_dir.rglob("metrics.json"), key=lambda p: _natural(p.parent.relative_to(sweep_dir))):
         run = path.parent
+        if not path.is_file():  # a folder, a FIFO (reading it would wait forever), a device
+            raise ValueError(f"Expected {path} to be a file (curvature-train's metrics), got something else (a folder, "
+                             "a FIFO or a device): remove it, or collect another folder.")
         overrides_file = run / ".hydra" / "overrides.yaml"
         overrides = _read_overrides(overrides_file, sweep_dir) if overrides_file.is_file() else {}
         rows.append({"run": run.relative_to(sweep_dir).as_posix(), **overrides,
@@ -123,15 +132,16 @@ def _natural(path: Path) -> list[Any]:
 
 
 def _format(value: Any) -> str:
+    """A markdown table cell: floats to 4 digits; a `|` or a line break in a value from a run folder kept as text."""
     if value is None:
         return ""
     if isinstance(value, float):
         return f"{value:.4g}"
-    return str(value)
+    return " ".join(str(value).splitlines()).replace("|", "\\|")
 
 
 def _table(header: list[str], rows: list[list[Any]]) -> str:
-    lines = ["| " + " | ".join(header) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
+    lines = ["| " + " | ".join(map(_format, header)) + " |", "|" + "|".join(" --- " for _ in header) + "|"]
     lines += ["| " + " | ".join(_format(v) for v in row) + " |" for row in rows]
     return "\n".join(lines)
 
@@ -211,6 +221,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         csv_path, md_path = write_summary(rows, safe_paths.output_dir(args.out) if args.out else args.sweep_dir)
     except (FileNotFoundError, ValueError) as e:  # ValueError: an unreadable file, or a link refused
         print(f"curvature-collect: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file that cannot be read or written: the system says which and why
+        print(f"curvature-collect: cannot read or write {e.filename or 'a file'} ({e.strerror or e}): check the path "
+              "and its permissions.", file=sys.stderr)
         return 2
     print(markdown(rows), end="")
     print(f"\n{len(rows)} runs -> {csv_path}, {md_path}")

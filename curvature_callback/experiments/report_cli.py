@@ -83,11 +83,13 @@ def _datamodule_from_config(run_dir: Path) -> tuple[str, type, dict[str, Any], l
     config = run_dir / ".hydra" / "config.yaml"
     if not config.is_file():
         raise ValueError(f"{config} is missing, so there is no datamodule to rebuild: pass --images FILE.npy")
-    text = safe_paths.inside(config, run_dir).read_text(encoding="utf-8")
     try:
+        text = safe_paths.inside(config, run_dir).read_text(encoding="utf-8")
         cfg = yaml.safe_load(text)  # plain YAML: no tags, no objects; interpolations stay strings
-    except yaml.YAMLError as e:
-        raise ValueError(f"{config} is not valid YAML ({e}): pass --images FILE.npy") from e
+    except (UnicodeDecodeError, yaml.YAMLError) as e:
+        raise ValueError(f"{config} is not valid YAML in UTF-8 ({e}): pass --images FILE.npy") from e
+    except RecursionError as e:  # PyYAML builds nested collections recursively: `[[[[...` runs out of stack
+        raise ValueError(f"{config} nests collections too deep to read: pass --images FILE.npy") from e
     data = cfg.get("data") if isinstance(cfg, dict) else None
     if not isinstance(data, dict):
         raise ValueError(f"{config} has no `data` mapping to rebuild the datamodule from: pass --images FILE.npy")
@@ -164,6 +166,39 @@ def report_run(run_dir: str | os.PathLike, *, rebuild_data: bool = False, **kwar
     return write_report(run_dir, **kwargs)
 
 
+def _positive_int(text: str) -> int:
+    """An argparse type: an integer >= 1 (a count of samples)."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected an integer >= 1 (a number of samples), got {text!r}")
+    return value
+
+
+def _similarity(text: str) -> float:
+    """An argparse type: a cosine similarity in [-1, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not -1.0 <= value <= 1.0:  # NaN too
+        raise argparse.ArgumentTypeError(f"expected a cosine similarity in [-1, 1] (0.95: near copies), got {text!r}")
+    return value
+
+
+def _reference_order(path: str | None) -> np.ndarray | None:
+    """``--reference-order``: an .npy of integer rows, loaded without pickle."""
+    if path is None:
+        return None
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, EOFError, OSError) as e:  # pickled, not an .npy, empty or cut short, missing, a folder
+        raise ValueError(f"Expected --reference-order {path} to be an .npy of integer rows, loadable without pickle, "
+                         f"got one that is not ({type(e).__name__}: {e}): save it with np.save.") from e
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Console script ``curvature-report RUN_DIR [options]``."""
     parser = argparse.ArgumentParser(
@@ -186,20 +221,27 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reference", help="reference memorization: Feldman & Zhang .npz, or an .npy vector")
     parser.add_argument("--reference-order", help=".npy of int rows: for each sample, its row in the reference")
     parser.add_argument("--class-names", help="comma-separated names indexed by label (default: the datamodule's)")
-    parser.add_argument("--top-k", type=int, default=25, help="samples in the grid of the most-curved (25)")
-    parser.add_argument("--dup-top-k", type=int, help="most-curved samples searched for duplicates (2 %% of N)")
-    parser.add_argument("--dup-threshold", type=float, default=0.95, help="least cosine similarity (0.95)")
+    parser.add_argument("--top-k", type=_positive_int, default=25, help="samples in the grid of the most-curved (25)")
+    parser.add_argument("--dup-top-k", type=_positive_int,
+                        help="most-curved samples searched for duplicates (2 %% of N)")
+    parser.add_argument("--dup-threshold", type=_similarity, default=0.95,
+                        help="least cosine similarity, in [-1, 1] (0.95)")
     args = parser.parse_args(argv)
     try:
-        order = np.load(args.reference_order, allow_pickle=False) if args.reference_order else None
+        order = _reference_order(args.reference_order)
         index = report_run(
             args.run_dir, out_dir=args.out, store_dir=args.store, images_file=args.images, reference=args.reference,
             class_names=args.class_names.split(",") if args.class_names else None,
             reference_order=order, top_k=args.top_k, dup_top_k=args.dup_top_k, dup_threshold=args.dup_threshold,
             rebuild_data=args.rebuild_data,
         )
-    except (FileNotFoundError, ValueError) as e:
+    except ValueError as e:  # a malformed file, a link refused, an option that does not fit the run
         print(f"curvature-report: {e}", file=sys.stderr)
+        return 2
+    except OSError as e:  # a file that is missing or cannot be read or written: the system says which and why
+        print(f"curvature-report: {e}" if isinstance(e, FileNotFoundError) and not e.filename else
+              f"curvature-report: cannot read or write {e.filename or 'a file'} ({e.strerror or e}): check the path "
+              "and its permissions.", file=sys.stderr)
         return 2
     print(f"curvature-report: wrote {index}")
     return 0
