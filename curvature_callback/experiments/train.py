@@ -16,12 +16,22 @@ command repeat exactly this job in this run directory, also inside a ``-m`` swee
 
 The configs are read from ``$CURVATURE_CONF`` if set, else from the copy of ``conf/`` that the wheel ships inside
 the package, else from the checkout's top-level ``conf/`` (an editable install).
+
+**Before anything is built** :func:`check_config` checks the composed config's values (the datamodule's own
+``ARGUMENTS``, the trainer's counts, the top-level keys), and :func:`check_run_dir` refuses a symbolic link where the
+run writes (:data:`RUN_FILES`, :data:`RUN_FOLDERS`); :class:`RefuseLinks`, a Hydra callback in ``conf/train.yaml``,
+does so before Hydra writes ``.hydra/`` and its log. Every file this module writes goes through
+:mod:`curvature_callback.core.safe_paths` (never through a link). A value the run cannot use is a
+:class:`~curvature_callback.experiments.arguments.ConfigError`: :func:`main` prints it, without a traceback, and
+exits with 2.
 """
 
 from __future__ import annotations
 
+import io
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Mapping
@@ -33,21 +43,26 @@ import lightning.pytorch as pl
 import numpy as np
 import torch
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import InstantiationException
+from hydra.experimental.callback import Callback as HydraCallback
 from hydra.types import RunMode
-from hydra.utils import instantiate
+from hydra.utils import get_class, instantiate
 from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf, read_write
+from omegaconf.errors import OmegaConfBaseException
 from torch.utils.data import DataLoader, Dataset
 
 from curvature_callback.analysis import mislabel_metrics, suspicion_scores, write_scores_csv
 from curvature_callback.analysis.plots import plot_histogram, plot_top_k
 from curvature_callback.analysis.recommend import recommended_scores, used_signals
 from curvature_callback.analysis.report import write_report
+from curvature_callback.core import safe_paths
 from curvature_callback.core.numeric import labels_digest
+from curvature_callback.core.store_format import StoreCorruptError, StoreMismatchError
+from curvature_callback.experiments.arguments import AnyOf, ConfigError, Integer, OneOf, Real, Rule, check_arguments
 from curvature_callback.integration.callback import CurvatureCallback, default_batch_to_inputs
 
-__all__ = ["CONF_DIR", "main", "run"]
-
+__all__ = ["CONF_DIR", "RUN_FILES", "RUN_FOLDERS", "RefuseLinks", "check_config", "check_run_dir", "main", "run"]
 
 
 def _conf_dir() -> str:
@@ -80,11 +95,149 @@ def mixed_precision() -> str:
 OmegaConf.register_new_resolver("mixed_precision", mixed_precision, replace=True)
 
 
-def _instantiate_group(group: Mapping | None) -> list[Any]:
+# ------------------------------------------------------------------------------------------ what a run may be given
+#: what the top-level keys of conf/train.yaml must be
+TOP_LEVEL = {
+    "seed": Rule(Integer(0, 2**32 - 1), "the seed of weights and batch order", 0),
+    "threads": Rule(Integer(1, null=True), "torch CPU threads; null for torch's default", 1),
+    "top_k": Rule(Integer(1), "samples shown in top_k.png", 25),
+    "report": Rule(OneOf((True, False)), "also write report/index.html", "true"),
+}
+_BATCHES = Rule(AnyOf((Integer(0, null=True), Real(0.0, 1.0))), "a number of batches, or a fraction of them", 1.0)
+#: what the trainer's commonly typed keys must be (Lightning's Trainer checks the rest when it is built)
+TRAINER = {
+    "max_epochs": Rule(Integer(-1, null=True), "-1: no limit", 40),
+    "min_epochs": Rule(Integer(0, null=True), "", 1),
+    "max_steps": Rule(Integer(-1), "-1: no limit", -1),
+    "min_steps": Rule(Integer(0, null=True), "", 0),
+    "num_nodes": Rule(Integer(1), "machines", 1),
+    "log_every_n_steps": Rule(Integer(0, null=True), "0: never", 10),
+    "check_val_every_n_epoch": Rule(Integer(1, null=True), "", 1),
+    "accumulate_grad_batches": Rule(Integer(1), "", 1),
+    "num_sanity_val_steps": Rule(Integer(-1, null=True), "-1: all", 2),
+    "gradient_clip_val": Rule(Real(0.0, null=True), "", 1.0),
+    **{f"limit_{split}_batches": _BATCHES for split in ("train", "val", "test", "predict")},
+}
+
+
+def _value(cfg: DictConfig, key: str) -> Any:
+    """``cfg[key]``, resolved; a missing (``???``) or unresolvable value is a :class:`ConfigError` naming it."""
+    try:
+        return OmegaConf.select(cfg, key, throw_on_missing=True)
+    except OmegaConfBaseException as e:
+        raise ConfigError(f"Expected {key} to have a value, got one that cannot be read ({type(e).__name__}: "
+                          f"{str(e).splitlines()[0]}): set it on the command line ({key}=...).") from e
+
+
+def _check_group(cfg: DictConfig, group: str, rules: Mapping[str, Rule]) -> None:
+    """Check the keys of ``cfg.<group>`` (the top level for ``""``) that ``rules`` knows, named as typed."""
+    node = cfg if not group else _value(cfg, group)
+    if not isinstance(node, DictConfig):
+        return
+    prefix = f"{group}." if group else ""
+    values = {key: _value(cfg, prefix + key) for key in rules if key in node}
+
+    def fix(key: str, rule: Rule) -> str:
+        example = f" ({prefix}{key}={rule.example}, say)" if rule.example is not None else ""
+        return f"Fix it on the command line{example} or in the config that sets it."
+
+    check_arguments(rules, values, name=lambda key: prefix + key, fix=fix)
+
+
+def check_config(cfg: DictConfig) -> None:
+    """Check the composed config before anything is built: the top-level keys (:data:`TOP_LEVEL`), the data
+    (the datamodule's own ``ARGUMENTS``, when its ``_target_`` has them) and the trainer (:data:`TRAINER`).
+
+    Raises:
+        ConfigError: naming the key as typed on the command line (``data.noise``), the value, what is expected
+            and how to fix it.
+    """
+    _check_group(cfg, "", TOP_LEVEL)
+    target = _value(cfg, "data._target_") if "data" in cfg else None
+    if isinstance(target, str):
+        try:
+            cls = get_class(target)
+        except Exception as e:  # Hydra wraps whatever the import raised
+            raise ConfigError(f"Expected data._target_ to name a datamodule class, got {target!r}, which cannot be "
+                              f"imported ({e}): choose one with data=digits, data=cifar10, ...") from e
+        _check_group(cfg, "data", getattr(cls, "ARGUMENTS", {}))
+    if "trainer" in cfg:
+        _check_group(cfg, "trainer", TRAINER)
+
+
+def _instantiate(node: Any, key: str, **kwargs: Any) -> Any:
+    """``instantiate(node)``; what its class refuses is a :class:`ConfigError` that names the config key."""
+    try:
+        return instantiate(node, **kwargs)
+    except (InstantiationException, OmegaConfBaseException) as e:
+        cause = e.__cause__ if isinstance(e, InstantiationException) and e.__cause__ is not None else e
+        found = re.search(r"full_key: (\S+)", str(e))  # Hydra names the entry that failed: model.net, data.root
+        where = found.group(1) if found else key
+        reason = (str(cause).splitlines() or [""])[0].rstrip(".")
+        raise ConfigError(
+            f"Could not build {where} from the config: {type(cause).__name__}: {reason}. Fix {where} on the command "
+            "line or in the config that sets it."
+        ) from e
+
+
+def _instantiate_group(group: Mapping | None, key: str) -> list[Any]:
     """Instantiate each named entry of a callbacks/logger group that has a ``_target_``."""
     if not group:
         return []
-    return [instantiate(e) for e in group.values() if isinstance(e, Mapping) and "_target_" in e]
+    return [_instantiate(e, f"{key}.{name}") for name, e in group.items() if isinstance(e, Mapping) and "_target_" in e]
+
+
+# ------------------------------------------------------------------------------------------ where a run writes
+#: what a run writes directly in its folder: never through a link there (``*.log``: Hydra's log, one per rank)
+RUN_FILES = ("scores.csv", "metrics.json", "labels.npz", "histogram.png", "top_k.png", "*.log", "csv", "tensorboard",
+             "wandb", "lightning_logs")
+#: the folders a run writes into: no link anywhere under them (the store, Hydra's, the report's, checkpoints)
+RUN_FOLDERS = (".hydra", "curvature", "report", "checkpoints")
+
+
+def check_run_dir(run_dir: str | os.PathLike) -> None:
+    """Refuse a run folder with a symbolic link where the run writes (:data:`RUN_FILES`, :data:`RUN_FOLDERS`).
+
+    The folder itself may be a link (the user named it), and so may other entries of it (a linked dataset).
+
+    Raises:
+        safe_paths.UnsafePathError: naming the link, where it leads and the fix; nothing was written.
+    """
+    safe_paths.refuse_links(run_dir, RUN_FILES, RUN_FOLDERS, fix=(
+        "Remove the link, or run in a fresh folder (hydra.run.dir=...); a run writes its outputs only as files of "
+        "its own folder."))
+
+
+class RefuseLinks(HydraCallback):
+    """Hydra callback (``hydra.callbacks`` in conf/train.yaml): :func:`check_run_dir` before Hydra writes ``.hydra/``
+    and its log into the run folder (for ``-m``: ``multirun.yaml`` and the job folders already there).
+
+    A refusal is printed and ends the program with exit status 2: Hydra would print a traceback.
+    """
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        self._check(lambda: check_run_dir(Path(str(config.hydra.run.dir))))
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        def check() -> None:
+            sweep = Path(str(config.hydra.sweep.dir))
+            safe_paths.refuse_links(sweep, ("multirun.yaml",), fix="Remove the link, or sweep into a fresh folder "
+                                    "(hydra.sweep.dir=...).")
+            for job in sorted(sweep.iterdir()) if sweep.is_dir() else ():
+                if job.is_dir() and not job.is_symlink():
+                    check_run_dir(job)
+
+        self._check(check)
+
+    @staticmethod
+    def _check(check: Any) -> None:
+        try:
+            check()
+        except ValueError as e:
+            if os.environ.get("HYDRA_FULL_ERROR") == "1":
+                raise
+            print(f"curvature-train: {e}", file=sys.stderr)
+            raise SystemExit(2) from None
 
 
 class _Inputs:
@@ -162,7 +315,9 @@ class _RecordLabels(Callback):
                   ("original_labels", "given_labels", "flipped", "source_indices")
                   if getattr(self.datamodule, name, None) is not None}
         self.out.mkdir(parents=True, exist_ok=True)
-        np.savez(self.out / "labels.npz", **arrays)  # np.load(..., allow_pickle=False) reads it
+        buffer = io.BytesIO()
+        np.savez(buffer, **arrays)  # np.load(..., allow_pickle=False) reads it
+        safe_paths.write_bytes(self.out / "labels.npz", buffer.getvalue())
         names = getattr(self.datamodule, "filenames", None)
         if names is not None:
             store = self.curvature.store
@@ -170,7 +325,7 @@ class _RecordLabels(Callback):
                 raise RuntimeError(f"{len(names)} file names for a store of {store.n} samples.")
             if any("\n" in name for name in names):
                 raise ValueError("A file name holds a line break: filenames.txt has one name per line.")
-            (store.directory / "filenames.txt").write_text("".join(f"{name}\n" for name in names), encoding="utf-8")
+            safe_paths.write_text(store.directory / "filenames.txt", "".join(f"{name}\n" for name in names))
 
 
 def _labels(datamodule: pl.LightningDataModule) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -188,10 +343,10 @@ def _labels(datamodule: pl.LightningDataModule) -> tuple[np.ndarray, np.ndarray,
 
 def _build(cfg: DictConfig, out: Path, times: dict[str, float]) -> tuple[Any, Any, pl.Trainer, CurvatureCallback, list]:
     """The run's datamodule, model, trainer (with the callbacks, clocks around the curvature pass) and loggers."""
-    datamodule = instantiate(cfg.data)
-    model = instantiate(cfg.model)
-    callbacks = _instantiate_group(cfg.get("callbacks"))
-    loggers = _instantiate_group(cfg.get("logger"))
+    datamodule = _instantiate(cfg.data, "data")
+    model = _instantiate(cfg.model, "model")
+    callbacks = _instantiate_group(cfg.get("callbacks"), "callbacks")
+    loggers = _instantiate_group(cfg.get("logger"), "logger")
     curvature = [cb for cb in callbacks if isinstance(cb, CurvatureCallback)]
     if len(curvature) != 1:
         raise ValueError(
@@ -204,7 +359,7 @@ def _build(cfg: DictConfig, out: Path, times: dict[str, float]) -> tuple[Any, An
     extra: dict[str, Any] = {"callbacks": callbacks, "logger": loggers or False}
     if any(isinstance(cb, ModelCheckpoint) for cb in callbacks):
         extra["enable_checkpointing"] = True  # callbacks=[...,checkpoint] works with any trainer config
-    trainer: pl.Trainer = instantiate(cfg.trainer, **extra)
+    trainer: pl.Trainer = _instantiate(cfg.trainer, "trainer", **extra)
     for logger in loggers:
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # the whole composed config
     return datamodule, model, trainer, curvature[0], loggers
@@ -267,9 +422,15 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     """Train, score and write the outputs of one run into ``cfg.output_dir``; returns the metrics (rank 0).
 
     Every rank trains and scores; only global rank 0 writes the CSV, JSON and figures (other ranks return {}).
+
+    Raises:
+        ConfigError: a value of ``cfg`` the run cannot use (:func:`check_config`), before anything is built.
+        safe_paths.UnsafePathError: a link where the run writes (:func:`check_run_dir`), before anything is built.
     """
     start = time.perf_counter()
+    check_config(cfg)
     out = Path(cfg.output_dir)
+    check_run_dir(out)
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
     pl.seed_everything(cfg.seed, workers=True, verbose=False)
@@ -313,7 +474,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "scoring": round(scoring, 2),  # the curvature passes, gather and commit included
         "report": round(end - fit_end, 2),  # predictions, scores.csv, figures
     }
-    (out / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")
+    safe_paths.write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     if cfg.get("report", True) and with_curvature:  # report/index.html: figures, top-k, duplicates, every baseline
         write_report(out, dataset=dataset, class_names=getattr(datamodule, "classes", None),
                      top_k=int(cfg.get("top_k", 25)))
@@ -366,6 +527,11 @@ def _forget_ddp() -> None:
             os.environ[key] = value
 
 
+#: the errors :func:`main` prints without a traceback: a config value, a link where the run writes, a store folder
+#: that holds another run's scores or a damaged one (a rerun into an old folder)
+_SAID_IN_FULL = (ConfigError, safe_paths.UnsafePathError, StoreMismatchError, StoreCorruptError)
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
     """Console script ``curvature-train``; returns the curvature AUROC (the value a sweep optimizes)."""
@@ -373,6 +539,11 @@ def main(cfg: DictConfig) -> float:
     _ddp_children_repeat_this_job(cfg.output_dir)
     try:
         auroc = run(cfg).get("auroc_curvature")
+    except ValueError as e:  # ours, each said in full with its fix; anything else keeps its trace
+        if not isinstance(e, _SAID_IN_FULL) or os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        print(f"curvature-train: {e}", file=sys.stderr)
+        raise SystemExit(2) from None
     finally:
         _forget_ddp()
         if "wandb" in sys.modules:  # one W&B run per job of a sweep

@@ -12,14 +12,31 @@ from torch.utils.data import DataLoader, Dataset
 from typing_extensions import override
 
 from curvature_callback.core.feeding import WithIndex
-from curvature_callback.core.settings import check_int
+from curvature_callback.experiments.arguments import Integer, OneOf, Real, Rule, check_arguments
 from curvature_callback.experiments.data.noise import NoiseKind, inject_label_noise
 
 __all__ = ["NoisyDataModule"]
 
 
 class NoisyDataModule(pl.LightningDataModule):
-    """Label noise, the scored samples' bookkeeping and the loaders; subclasses read the data in ``_build``."""
+    """Label noise, the scored samples' bookkeeping and the loaders; subclasses read the data in ``_build``.
+
+    ``ARGUMENTS`` says what each numeric or enumerated argument must be: checked here on construction, and by
+    ``curvature-train`` on the composed ``data`` config before anything is built. A subclass adds its own.
+    """
+
+    ARGUMENTS: dict[str, Rule] = {
+        "noise": Rule(Real(0.0, 1.0), "the fraction of training labels flipped", 0.1),
+        "noise_kind": Rule(OneOf(("symmetric", "pair"))),
+        "seed": Rule(Integer(0), "the label noise's seed", 0),
+        "batch_size": Rule(Integer(1), "training samples per batch", 64),
+        "eval_batch_size": Rule(Integer(1), "validation samples per batch", 512),
+        "num_workers": Rule(Integer(0), "loader worker processes", 0),
+        "limit": Rule(Integer(1, null=True), "the first samples of each split only; null for all", "null"),
+        "validate": Rule(OneOf((True, False))),
+        "num_classes": Rule(Integer(2, null=True), "checked against the data; the model reads it", 10),
+        "in_channels": Rule(Integer(1, null=True), "checked against the data; the model reads it", 3),
+    }
 
     def __init__(
         self,
@@ -36,8 +53,11 @@ class NoisyDataModule(pl.LightningDataModule):
         eval_batch_size: int = 512,
     ) -> None:
         super().__init__()
-        if limit is not None:
-            limit = check_int("limit", limit, 1, hint=" or None (all samples)")
+        check_arguments(NoisyDataModule.ARGUMENTS, {
+            "noise": noise, "noise_kind": noise_kind, "seed": seed, "batch_size": batch_size,
+            "eval_batch_size": eval_batch_size, "num_workers": num_workers, "limit": limit, "validate": validate,
+            "num_classes": num_classes, "in_channels": in_channels})
+        limit = None if limit is None else int(limit)
         self.noise, self.noise_kind, self.seed = noise, noise_kind, seed
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.limit, self.validate = limit, validate

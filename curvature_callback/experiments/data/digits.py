@@ -13,6 +13,7 @@ from torch import Tensor
 from torch.utils.data import TensorDataset
 from typing_extensions import override
 
+from curvature_callback.experiments.arguments import Real, Rule, check_arguments
 from curvature_callback.experiments.data.base import NoisyDataModule
 from curvature_callback.experiments.data.noise import NoiseKind
 
@@ -51,6 +52,8 @@ class DigitsDataModule(NoisyDataModule):
 
     num_classes = 10
     in_channels = 1
+    ARGUMENTS = {**NoisyDataModule.ARGUMENTS,
+                 "val_fraction": Rule(Real(0.0, 1.0, high_open=True), "the fraction held out for validation", 0.0)}
 
     def __init__(
         self,
@@ -63,8 +66,7 @@ class DigitsDataModule(NoisyDataModule):
         num_classes: int | None = None,
         in_channels: int | None = None,
     ) -> None:
-        if not 0.0 <= val_fraction < 1.0:
-            raise ValueError(f"Expected argument `val_fraction` in [0, 1), got {val_fraction!r}.")
+        check_arguments(self.ARGUMENTS, {"val_fraction": val_fraction})
         super().__init__(noise=noise, noise_kind=noise_kind, seed=seed, batch_size=batch_size,
                          num_workers=num_workers, limit=None, validate=val_fraction > 0, num_classes=num_classes,
                          in_channels=in_channels)

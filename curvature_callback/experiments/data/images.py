@@ -26,6 +26,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from typing_extensions import override
 
+from curvature_callback.experiments.arguments import Integer, Rule, check_arguments
 from curvature_callback.experiments.data.base import NoisyDataModule
 from curvature_callback.experiments.data.cifar10_offline import CIFAR10_CLASSES, cifar10_offline_arrays
 from curvature_callback.experiments.data.noise import NoiseKind
@@ -297,6 +298,10 @@ class ImageFolderDataModule(NoisyDataModule):
             (``limit`` keeps the first samples of ImageFolder's order, which is sorted by class).
     """
 
+    ARGUMENTS = {**NoisyDataModule.ARGUMENTS,
+                 "image_size": Rule(Integer(1), "side of the crop fed to the network, in pixels", 224),
+                 "resize": Rule(Integer(1), "shorter side before the center crop, in pixels", 256)}
+
     def __init__(
         self,
         root: str,
@@ -315,6 +320,7 @@ class ImageFolderDataModule(NoisyDataModule):
     ) -> None:
         super().__init__(noise=noise, noise_kind=noise_kind, seed=seed, batch_size=batch_size, num_workers=num_workers,
                          limit=limit, validate=val_dir is not None, num_classes=num_classes, in_channels=in_channels)
+        check_arguments(self.ARGUMENTS, {"image_size": image_size, "resize": resize})
         self.save_hyperparameters()
         self.root, self.train_dir, self.val_dir = Path(root), train_dir, val_dir
         self.image_size, self.resize = image_size, resize
