@@ -417,3 +417,23 @@ def test_train_writers_refuse_a_link_that_appears_during_the_run(tmp_path, monke
     with pytest.raises(safe_paths.UnsafePathError, match=rf"Refusing to write .*{re.escape(name)}: expected a file"):
         train.run(cfg)
     assert (tmp_path / "notes.txt").read_text() == "mine"
+
+
+def test_a_run_without_curvature_writes_no_report_and_curvature_report_says_why(tmp_path, capsys):
+    """A gradient pass (n_vectors=0) stores no curvature: the run ranks its grid by the recommended score and writes
+    no report (it was a KeyError); curvature-report refuses it with the reason."""
+    cfg = _compose(tmp_path, "trainer.max_epochs=1", "+trainer.limit_train_batches=2", "~logger", "threads=null",
+                   "trainer.enable_progress_bar=false", "callbacks.curvature.n_vectors=0", "model.net.width=8")
+    metrics = train.run(cfg)
+    assert metrics["auroc_recommended"] is not None and (tmp_path / "top_k.png").is_file()
+    assert not (tmp_path / "report").exists() and not (tmp_path / "histogram.png").exists()
+    assert report_cli.main([str(tmp_path)]) == 2
+    assert re.search(r"The store at .*curvature holds no curvature \(pass_kind='gradient', signals: loss, .*\): this "
+                     r"report ranks by curvature", capsys.readouterr().err)
+
+
+def test_train_refuses_a_run_folder_that_is_a_file(tmp_path):
+    (tmp_path / "taken").write_text("mine")
+    with pytest.raises(ConfigError, match=r"Expected the run folder .*taken to be a folder, or nothing there, but it "
+                                          r"is a file: choose another one \(hydra.run.dir=...\)"):
+        train.check_run_dir(tmp_path / "taken")

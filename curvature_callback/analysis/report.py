@@ -351,6 +351,12 @@ def _read_run(run_dir: Path, csv_path: Path, store_dir: str | os.PathLike | None
         original = columns.get("label", given)
         flipped = columns["flipped"].astype(bool) if "flipped" in columns else given != original
         scores = suspicion_scores(store)
+        if "curvature" not in scores:  # a gradient or forward pass (pass_kind), or training-time signals only
+            raise ValueError(
+                f"The store at {store.directory} holds no curvature (pass_kind={store.meta.get('pass_kind')!r}, "
+                f"signals: {', '.join(scores) or 'none'}): this report ranks by curvature. Read the run's scores.csv "
+                "and metrics.json (the recommended score), or score curvature (pass_kind='curvature')."
+            )
         if not np.isfinite(scores["curvature"]).any():
             raise ValueError(f"No sample of the store at {store.directory} was scored: nothing to report. Run "
                              "curvature-train until at least one scored epoch is committed.")

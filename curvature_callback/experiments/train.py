@@ -202,7 +202,11 @@ def check_run_dir(run_dir: str | os.PathLike) -> None:
 
     Raises:
         safe_paths.UnsafePathError: naming the link, where it leads and the fix; nothing was written.
+        ConfigError: ``run_dir`` is there but is no folder.
     """
+    if os.path.exists(run_dir) and not os.path.isdir(run_dir):
+        raise ConfigError(f"Expected the run folder {run_dir} to be a folder, or nothing there, but it is a file: "
+                          "choose another one (hydra.run.dir=...), or move the file away.")
     safe_paths.refuse_links(run_dir, RUN_FILES, RUN_FOLDERS, fix=(
         "Remove the link, or run in a fresh folder (hydra.run.dir=...); a run writes its outputs only as files of "
         "its own folder."))
@@ -453,7 +457,8 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     columns = _columns(store, datamodule, _predict(model, dataset, curvature, trainer.strategy.root_device), suspicion)
     metrics = _detection_metrics(columns, suspicion)
     metrics.update(epochs=int(trainer.current_epoch), scored_epochs=store.epochs)
-    with_curvature = bool(store.epochs)  # False: training-time signals only (score_curvature=False)
+    # False: training-time signals only (score_curvature=False), or a gradient or forward pass (no curvature score)
+    with_curvature = "curvature" in suspicion and bool(np.isfinite(suspicion["curvature"]).any())
     store.close()
 
     write_scores_csv(out / "scores.csv", columns)
