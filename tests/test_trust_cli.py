@@ -437,3 +437,10 @@ def test_train_refuses_a_run_folder_that_is_a_file(tmp_path):
     with pytest.raises(ConfigError, match=r"Expected the run folder .*taken to be a folder, or nothing there, but it "
                                           r"is a file: choose another one \(hydra.run.dir=...\)"):
         train.check_run_dir(tmp_path / "taken")
+
+
+def test_report_names_a_store_file_list_that_is_not_text(run, capsys):
+    (run / "curvature" / "filenames.txt").write_bytes(bytes(range(128, 256)))
+    assert report_cli.main([str(run)]) == 2
+    assert re.search(r"Expected .*curvature/filenames.txt to be UTF-8 text, one file name a line .* got bytes that are "
+                     r"not", capsys.readouterr().err)

@@ -373,7 +373,11 @@ def _run_filenames(columns: Mapping[str, np.ndarray], store_dir: Path) -> list[s
         return [str(f) for f in columns["file"]]
     listed = store_dir / "filenames.txt"
     if listed.is_file():  # the store was checked: its links, if any, stay in the run folder
-        return listed.read_text(encoding="utf-8").splitlines()
+        try:
+            return listed.read_text(encoding="utf-8").splitlines()
+        except UnicodeDecodeError as e:
+            raise ValueError(f"Expected {listed} to be UTF-8 text, one file name a line (curvature-train writes it), "
+                             f"got bytes that are not ({e}): remove or fix the file.") from e
     return None
 
 
