@@ -10,6 +10,7 @@ in-sample; the default digits run and the Feldman & Zhang comparison (docs/RESUL
     .venv/bin/python benchmarks/recommend_rules.py                 # every npz in benchmarks/data/miniature
     .venv/bin/python benchmarks/recommend_rules.py --data DIR
     .venv/bin/python benchmarks/recommend_rules.py --glob '*_mem.npz'   # one family only (here: held out)
+    .venv/bin/python benchmarks/recommend_rules.py --glob '*_s1_mem.npz' # the memorizing family's seed 1
 
 A candidate is compared on the settings that have all its signals (``input_grad`` only in runs after issue 17, so
 its rules count fewer settings).
@@ -32,7 +33,10 @@ CANDIDATES = (("train_loss",), ("loss",), ("confidence",), ("train_loss", "loss"
               ("loss", "confidence"), ("train_loss", "loss", "confidence"), ("train_loss", "loss", "margin"),
               ("train_loss", "confidence", "margin"), ("train_loss", "curvature"), ("train_loss", "loss", "curvature"),
               ("confidence", "curvature"), ("curvature",), ("input_grad",), ("train_loss", "input_grad"),
-              ("loss", "input_grad"), ("train_loss", "loss", "input_grad"), ("curvature", "input_grad"))
+              ("loss", "input_grad"), ("train_loss", "loss", "input_grad"), ("curvature", "input_grad"),
+              ("margin",), ("learning_time",), ("margin", "confidence"), ("confidence", "input_grad"),
+              ("margin", "input_grad"), ("loss", "confidence", "input_grad"), ("learning_time", "input_grad"),
+              ("train_loss", "learning_time"), ("loss", "learning_time"))
 
 
 def targets(z: np.lib.npyio.NpzFile) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -58,9 +62,10 @@ def auroc(score: np.ndarray, mask: np.ndarray, positive: np.ndarray) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, default=ROOT / "benchmarks" / "data" / "miniature")
-    p.add_argument("--glob", default="*.npz", help="which files of --data (default: all)")
+    p.add_argument("--glob", nargs="+", default=["*.npz"], help="which files of --data (default: all; several "
+                   "patterns: their union)")
     args = p.parse_args()
-    files = sorted(args.data.glob(args.glob))
+    files = sorted({f for pattern in args.glob for f in args.data.glob(pattern)})
     if not files:
         p.error(f"no .npz in {args.data}: run benchmarks/miniature_study.py first")
     rows: dict[str, dict[tuple[str, ...], list[tuple[float, float]]]] = {}  # (rule's AUROC, best single's)
