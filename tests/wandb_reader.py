@@ -9,12 +9,15 @@ import os
 import struct
 import time
 
+from google.protobuf.message import DecodeError
 from wandb.proto import wandb_internal_pb2 as pb
 
 _BLOCK, _HEADER = 32768, 7  # LevelDB log blocks; each record: crc32, length (uint16), type (uint8)
 
 
 def records(path):
+    """Every whole record of the file; a record still being written (the file is read while wandb's service
+    writes it) is left out, and a record that is whole but does not parse raises ``DecodeError``."""
     data = open(path, "rb").read()
     if data[:4] != b":W&B":
         raise ValueError(f"{path} is not a W&B run file")
@@ -29,6 +32,8 @@ def records(path):
             pos += left
             continue
         chunk = data[pos + _HEADER : pos + _HEADER + length]
+        if len(chunk) < length:  # the writer is still writing this record: read only what is whole
+            break
         pos += _HEADER + length
         if kind == 1:  # full
             raw.append(chunk)
@@ -47,12 +52,16 @@ def records(path):
 def history(save_dir, timeout=60.0):
     """Every logged row of the single offline run under ``save_dir``, values decoded from JSON.
 
-    wandb's service writes the file in the background: wait (up to ``timeout`` s) for the run's exit record.
+    wandb's service writes the file in the background: wait (up to ``timeout`` s) for the run's exit record,
+    reading again while a record is half written (CI once read one that was).
     """
     deadline = time.monotonic() + timeout
     while True:
         paths = glob.glob(os.path.join(save_dir, "wandb", "offline-run-*", "run-*.wandb"))
-        kinds = [r.WhichOneof("record_type") for r in records(paths[0])] if len(paths) == 1 else []
+        try:
+            kinds = [r.WhichOneof("record_type") for r in records(paths[0])] if len(paths) == 1 else []
+        except DecodeError:  # a block's chunk caught mid-write; the exit record comes after it
+            kinds = []
         if "exit" in kinds or time.monotonic() > deadline:
             break
         time.sleep(0.5)

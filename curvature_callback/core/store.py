@@ -106,7 +106,7 @@ class CurvatureStore:
     Example:
         >>> import tempfile
         >>> d = tempfile.mkdtemp()
-        >>> settings = {"h": 1e-3, "n_vectors": 10, "seed": 0, "loss": "ce", "fast": False}
+        >>> settings = {"pass_kind": "curvature", "h": 1e-3, "n_vectors": 10, "seed": 0, "loss": "ce", "fast": False}
         >>> s = CurvatureStore.create(d, 3, settings=settings)
         >>> s.commit_epoch(0, np.array([1.0, 2.0, 3.0]))
         True
