@@ -3,7 +3,7 @@
 Per-sample input-loss curvature (Garg, Ravikumar & Roy, ICML 2024) as a PyTorch Lightning callback.
 """
 
-__all__ = ["input_curvature", "CurvatureCallback", "CurvatureStore", "WithIndex", "sample_outputs"]
+__all__ = ["input_curvature", "CurvatureCallback", "CurvatureStore", "WithIndex", "sample_outputs", "apply_corrections"]
 __version__ = "0.1.0"
 
 
@@ -28,4 +28,8 @@ def __getattr__(name: str):  # each on first use: the store needs no torch, the 
         from curvature_callback.integration.training_steps import sample_outputs
 
         return sample_outputs
+    if name == "apply_corrections":  # numpy only: for a user's own datamodule (the review -> fix -> retrain loop)
+        from curvature_callback.core.corrections import apply_corrections
+
+        return apply_corrections
     raise AttributeError(f"module 'curvature_callback' has no attribute {name!r}")

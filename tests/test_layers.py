@@ -24,6 +24,7 @@ FORBIDDEN = {
     "core/store.py": {"torch"},
     "core/settings.py": {"torch"},
     "core/numeric.py": {"torch"},
+    "core/corrections.py": {"torch"},
     "core/safe_paths.py": {"torch", "numpy"},
     "integration": {"hydra", "omegaconf", "matplotlib", "sklearn"},
     "analysis": {"lightning", "hydra", "omegaconf"},
@@ -59,7 +60,7 @@ def test_the_public_api_and_the_console_scripts_resolve():
     from curvature_callback import CurvatureCallback, CurvatureStore, WithIndex, input_curvature, sample_outputs
 
     assert curvature_callback.__all__ == ["input_curvature", "CurvatureCallback", "CurvatureStore", "WithIndex",
-                                          "sample_outputs"]
+                                          "sample_outputs", "apply_corrections"]
     assert WithIndex.__module__.endswith("core.feeding") and sample_outputs.__module__.endswith("training_steps")
     assert callable(input_curvature) and CurvatureCallback.__module__.endswith("integration.callback")
     assert CurvatureStore.__module__.endswith("core.store")

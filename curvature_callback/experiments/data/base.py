@@ -1,19 +1,23 @@
-"""The datamodule every experiment's data shares: seeded label noise in the training labels, the scored samples'
-bookkeeping (``given_labels``, ``original_labels``, ``flipped``, ``source_indices``, ``filenames``, ``classes``)
-and the loaders. Subclasses read their data in ``_build``.
+"""The datamodule every experiment's data shares: seeded label noise in the training labels, a person's corrections
+to them (``corrections``: :mod:`curvature_callback.core.corrections`), the scored samples' bookkeeping
+(``given_labels``, ``original_labels``, ``flipped``, ``noisy_labels``, ``kept``, ``source_indices``, ``filenames``,
+``classes``) and the loaders. Subclasses read their data in ``_build``.
 """
 
 from __future__ import annotations
 
+import os
+
 import lightning.pytorch as pl
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 from typing_extensions import override
 
+from curvature_callback.core.corrections import apply_corrections
 from curvature_callback.core.feeding import WithIndex
 from curvature_callback.experiments.arguments import Integer, OneOf, Real, Rule, check_arguments
-from curvature_callback.experiments.data.noise import NoiseKind, inject_label_noise
+from curvature_callback.experiments.data.noise import NOISE_DATASETS, NOISE_KINDS, NoiseKind, inject_label_noise
 
 __all__ = ["NoisyDataModule"]
 
@@ -23,11 +27,19 @@ class NoisyDataModule(pl.LightningDataModule):
 
     ``ARGUMENTS`` says what each numeric or enumerated argument must be: checked here on construction, and by
     ``curvature-train`` on the composed ``data`` config before anything is built. A subclass adds its own.
+
+    ``corrections`` (a CSV a person edited from a run's ``corrections.csv``) is applied to the noisy labels: a
+    ``relabel`` row changes the sample's training label, a ``drop`` row leaves it out of the training loader. The
+    scored dataset keeps every sample at its index, so the next run's scores name the same samples; ``given_labels``
+    are the labels trained on (corrected), ``noisy_labels`` those before the corrections, ``flipped`` where the
+    given label still differs from the original, ``kept`` False for the dropped samples.
     """
 
     ARGUMENTS: dict[str, Rule] = {
         "noise": Rule(Real(0.0, 1.0), "the fraction of training labels flipped", 0.1),
-        "noise_kind": Rule(OneOf(("symmetric", "pair"))),
+        "noise_kind": Rule(OneOf(NOISE_KINDS), "what a flipped label becomes: any other class, c + 1, a class "
+                           "that looks alike, or a quick model's confusion (the last two: cifar10, fashion_mnist, "
+                           "digits)", "confusion"),
         "seed": Rule(Integer(0), "the label noise's seed", 0),
         "batch_size": Rule(Integer(1), "training samples per batch", 64),
         "eval_batch_size": Rule(Integer(1), "validation samples per batch", 512),
@@ -51,6 +63,7 @@ class NoisyDataModule(pl.LightningDataModule):
         num_classes: int | None,
         in_channels: int | None,
         eval_batch_size: int = 512,
+        corrections: str | os.PathLike | None = None,
     ) -> None:
         super().__init__()
         check_arguments(NoisyDataModule.ARGUMENTS, {
@@ -59,9 +72,16 @@ class NoisyDataModule(pl.LightningDataModule):
             "num_classes": num_classes, "in_channels": in_channels})
         limit = None if limit is None else int(limit)
         self.noise, self.noise_kind, self.seed = noise, noise_kind, seed
+        self.noise_dataset: str | None = None  # whose classes 'confusion' and 'model' noise follow (_check_noise_kind)
         self.batch_size, self.eval_batch_size, self.num_workers = batch_size, eval_batch_size, num_workers
         self.limit, self.validate = limit, validate
         self.expected = {"num_classes": num_classes, "in_channels": in_channels}
+        if corrections is not None and not os.path.isfile(corrections):
+            raise ValueError(f"Expected data.corrections to be a CSV file (a run's corrections.csv, edited), got "
+                             f"{os.fspath(corrections)!r}, which is no file: pass its path, or null for none.")
+        self.corrections = corrections
+        self.noisy_labels: np.ndarray | None = None
+        self.kept: np.ndarray | None = None
         self.given_labels: np.ndarray | None = None
         self.original_labels: np.ndarray | None = None
         self.flipped: np.ndarray | None = None
@@ -85,13 +105,29 @@ class NoisyDataModule(pl.LightningDataModule):
                 f"data.{name}={found} (the model reads it), or point the data at the intended dataset."
             )
 
+    def _check_noise_kind(self, dataset: str | None) -> None:
+        """Name the dataset whose classes 'confusion' and 'model' noise follow (None: none they know); a subclass
+        calls it on construction, so such noise on other data fails before anything is read."""
+        self.noise_dataset = dataset
+        if self.noise_kind in ("confusion", "model") and dataset is None:
+            raise ValueError(
+                f"data.noise_kind={self.noise_kind!r} follows the classes of {', '.join(NOISE_DATASETS)}; "
+                f"{type(self).__name__} here holds other classes: use noise_kind=symmetric or pair."
+            )
+
     def _noisy(self, labels: np.ndarray, num_classes: int) -> np.ndarray:
-        """Record original labels, flip a seeded fraction, return the given labels."""
+        """Record original labels, flip a seeded fraction, apply the corrections, return the given labels."""
         self._check("num_classes", num_classes)
         labels = np.asarray(labels, dtype=np.int64)
-        noisy, flipped = inject_label_noise(labels, num_classes, self.noise, kind=self.noise_kind, seed=self.seed)
+        noisy, flipped = inject_label_noise(labels, num_classes, self.noise, kind=self.noise_kind, seed=self.seed,
+                                            dataset=self.noise_dataset)
         self.original_labels, self.given_labels, self.flipped = labels, noisy, flipped
         self.source_indices = np.arange(len(labels))  # the standard order (or its first `limit` samples)
+        self.noisy_labels, self.kept = noisy, np.ones(len(labels), dtype=bool)
+        if self.corrections is not None:  # the file was made for the noisy labels: it is checked against them
+            given, self.kept = apply_corrections(noisy, self.corrections, num_classes=num_classes)
+            self.given_labels, self.flipped = given, given != labels
+            return given
         return noisy
 
     @override
@@ -113,7 +149,10 @@ class NoisyDataModule(pl.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         self.setup()
         # (x, y, index): the training step tells the callback which samples it saw (training-time signals)
-        return self._loader(WithIndex(self._train), self.batch_size, shuffle=True)
+        train = WithIndex(self._train)
+        if self.kept is not None and not self.kept.all():  # dropped by the corrections; indices kept as scored
+            train = Subset(train, np.flatnonzero(self.kept).tolist())
+        return self._loader(train, self.batch_size, shuffle=True)
 
     @override
     def val_dataloader(self) -> DataLoader | list:

@@ -42,12 +42,16 @@ class DigitsDataModule(NoisyDataModule):
 
     Args:
         noise: fraction of training labels flipped.
-        noise_kind: ``"symmetric"`` (to any other class) or ``"pair"`` (``c -> c + 1``).
+        noise_kind: ``"symmetric"`` (to any other class), ``"pair"`` (``c -> c + 1``), ``"confusion"`` (1-7, 3-8, 4-9,
+            5-6, 2-7, 0-6) or ``"model"`` (a quick model's confusions; see
+            :func:`~curvature_callback.experiments.data.noise.inject_label_noise`).
         seed: seed of the noise and of the validation split.
         batch_size: training batch size.
         val_fraction: fraction held out for validation (0: train on everything, no validation loop).
         num_workers: loader workers (the data is in memory: 0 is fastest).
         num_classes, in_channels: checked when given (10 and 1; the model configs read them from ``data``).
+        corrections: a corrections CSV applied to the noisy training labels (relabel, drop); see
+            :class:`~curvature_callback.experiments.data.base.NoisyDataModule`.
     """
 
     num_classes = 10
@@ -65,11 +69,13 @@ class DigitsDataModule(NoisyDataModule):
         num_workers: int = 0,
         num_classes: int | None = None,
         in_channels: int | None = None,
+        corrections: str | None = None,
     ) -> None:
         check_arguments(self.ARGUMENTS, {"val_fraction": val_fraction})
         super().__init__(noise=noise, noise_kind=noise_kind, seed=seed, batch_size=batch_size,
                          num_workers=num_workers, limit=None, validate=val_fraction > 0, num_classes=num_classes,
-                         in_channels=in_channels)
+                         in_channels=in_channels, corrections=corrections)
+        self._check_noise_kind("digits")
         self.save_hyperparameters()  # logged with the run (hparams.yaml of the CSV logger)
         self.val_fraction = val_fraction
         for name in ("num_classes", "in_channels"):  # fixed by the data: a wrong config fails at once

@@ -150,7 +150,9 @@ class CIFARDataModule(ArrayDataModule):
         root: where the files are (None: ``data`` for torchvision's, the default copy for ``"offline"``).
         download: fetch the files when they are missing (needs internet).
         cache_dir: the offline source's unpack and decode cache.
-        noise: fraction of training labels flipped; ``noise_kind``: ``"symmetric"`` or ``"pair"``.
+        noise: fraction of training labels flipped; ``noise_kind``: ``"symmetric"``, ``"pair"``, ``"confusion"``
+            (classes that look alike) or ``"model"`` (a quick model's confusions), the last two CIFAR-10 only (see
+            :func:`~curvature_callback.experiments.data.noise.inject_label_noise`).
         seed: seed of the noise (not of training).
         batch_size: training batch size (per process under DDP).
         num_workers: training loader workers (0 is fine: the images are in memory, augmented on the device).
@@ -158,6 +160,8 @@ class CIFARDataModule(ArrayDataModule):
         limit: use only the first ``limit`` samples of each split (standard order): small runs and tests.
         validate: evaluate on the test split (original labels) after each epoch.
         num_classes, in_channels: checked against the data when given (the model configs read them).
+        corrections: a corrections CSV applied to the noisy training labels (relabel, drop); see
+            :class:`~curvature_callback.experiments.data.base.NoisyDataModule`.
     """
 
     def __init__(
@@ -177,9 +181,11 @@ class CIFARDataModule(ArrayDataModule):
         validate: bool = True,
         num_classes: int | None = None,
         in_channels: int | None = None,
+        corrections: str | None = None,
     ) -> None:
         super().__init__(noise=noise, noise_kind=noise_kind, seed=seed, batch_size=batch_size, num_workers=num_workers,
-                         limit=limit, validate=validate, num_classes=num_classes, in_channels=in_channels)
+                         limit=limit, validate=validate, num_classes=num_classes, in_channels=in_channels,
+                         corrections=corrections)
         if dataset not in ("cifar10", "cifar100"):
             raise ValueError(f"Expected argument `dataset` to be 'cifar10' or 'cifar100', got {dataset!r}.")
         if source not in ("torchvision", "offline"):
@@ -188,6 +194,7 @@ class CIFARDataModule(ArrayDataModule):
             raise ValueError("The offline copy holds CIFAR-10 only: use source='torchvision' for CIFAR-100.")
         if augment not in ("crop_flip", None):
             raise ValueError(f"Expected argument `augment` to be 'crop_flip' or None, got {augment!r}.")
+        self._check_noise_kind("cifar10" if dataset == "cifar10" else None)
         self.save_hyperparameters()
         self.dataset, self.source, self.download = dataset, source, download
         self.root = "data" if root is None and source == "torchvision" else root
@@ -252,9 +259,12 @@ class FashionMNISTDataModule(ArrayDataModule):
         validate: bool = True,
         num_classes: int | None = None,
         in_channels: int | None = None,
+        corrections: str | None = None,
     ) -> None:
         super().__init__(noise=noise, noise_kind=noise_kind, seed=seed, batch_size=batch_size, num_workers=num_workers,
-                         limit=limit, validate=validate, num_classes=num_classes, in_channels=in_channels)
+                         limit=limit, validate=validate, num_classes=num_classes, in_channels=in_channels,
+                         corrections=corrections)
+        self._check_noise_kind("fashion_mnist")
         self.save_hyperparameters()
         self.root, self.download, self.augment = root, download, augment
 
@@ -317,10 +327,13 @@ class ImageFolderDataModule(NoisyDataModule):
         limit: int | None = None,
         num_classes: int | None = None,
         in_channels: int | None = 3,
+        corrections: str | None = None,
     ) -> None:
         super().__init__(noise=noise, noise_kind=noise_kind, seed=seed, batch_size=batch_size, num_workers=num_workers,
-                         limit=limit, validate=val_dir is not None, num_classes=num_classes, in_channels=in_channels)
+                         limit=limit, validate=val_dir is not None, num_classes=num_classes, in_channels=in_channels,
+                         corrections=corrections)
         check_arguments(self.ARGUMENTS, {"image_size": image_size, "resize": resize})
+        self._check_noise_kind(None)  # classes of any folder: no confusion table
         self.save_hyperparameters()
         self.root, self.train_dir, self.val_dir = Path(root), train_dir, val_dir
         self.image_size, self.resize = image_size, resize
