@@ -45,3 +45,18 @@ ERROR_CASES = [
     ("indices-float", dict(indices=torch.zeros(5)), ValueError, r"`indices`.*integer"),
     ("chunk-zero", dict(chunk_size=0), ValueError, r"`chunk_size`"),
 ]
+
+
+def rewrite_journal(journal, **arrays):
+    """Rewrite a pending commit's ``parts.npz`` with some arrays replaced (None: left out), as damage would."""
+    import numpy as np
+
+    with np.load(journal / "parts.npz") as z:
+        parts = {key: z[key] for key in z.files}
+    for key, array in arrays.items():
+        if array is None:
+            parts.pop(key, None)
+        else:
+            parts[key] = array
+    with open(journal / "parts.npz", "wb") as f:
+        np.savez(f, **parts)

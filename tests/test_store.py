@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from cases import rewrite_journal
 
 from curvature_callback.core import store as store_module
 from curvature_callback.core.store import (
@@ -74,14 +75,17 @@ def test_crash_before_the_commit_point_leaves_the_store_as_before(tmp_path, monk
     with make(tmp_path) as s:
         s.commit_epoch(0, np.ones(5))
     s = CurvatureStore.open(tmp_path, "r+")
-    real = store_module.save_npy
+    real = store_module.save_journal
 
-    def dies_on_sums(path, array):
-        if "curvature_sum" in path.name:
-            raise KeyboardInterrupt("killed while writing the journal")
-        return real(path, array)
+    def dies_on_sums(path, arrays):
+        def until_sums():
+            for name, array in arrays:
+                if name == "curvature_sum":
+                    raise KeyboardInterrupt("killed while writing the journal")
+                yield name, array
+        return real(path, until_sums())
 
-    monkeypatch.setattr(store_module, "save_npy", dies_on_sums)
+    monkeypatch.setattr(store_module, "save_journal", dies_on_sums)
     with pytest.raises(KeyboardInterrupt):
         s.commit_epoch(1, np.full(5, 3.0))
     monkeypatch.undo()
@@ -388,11 +392,20 @@ def test_a_damaged_journal_is_refused_not_replayed(tmp_path, monkeypatch):
         s.commit_epoch(1, np.full(5, 3.0))
     monkeypatch.undo()
     journal = tmp_path / "journal"
-    np.save(journal / "count.npy", np.array([2, 2, 2, 2, 2], dtype=np.int32))
+    rewrite_journal(journal, count=np.array([2, 2, 2, 2, 2], dtype=np.int32))
     before = snapshot(tmp_path)
-    with pytest.raises(StoreCorruptError, match=r"journal/count\.npy is damaged: expected a 1-d int64 array of 5 "
-                       r"values, got int32 of shape \(5,\)\. It records a commit past its commit point"):
+    with pytest.raises(StoreCorruptError, match=r"journal/parts\.npz\[count\] is damaged: expected a 1-d int64 array "
+                       r"of 5 values, got int32 of shape \(5,\)\. It records a commit past its commit point"):
         CurvatureStore.open(tmp_path, "r+")
+    rewrite_journal(journal, count=None)
+    with pytest.raises(StoreCorruptError, match=r"parts\.npz\[count\] is damaged: expected the array 'count' in "
+                       r"parts\.npz, got arrays \['curvature_sum', 'curvature_values', 'indices'\]"):
+        CurvatureStore.open(tmp_path, "r+")
+    (journal / "parts.npz").write_bytes(b"PK\x03\x04 half a zip")
+    with pytest.raises(StoreCorruptError, match=r"journal/parts\.npz is damaged: expected a \.npz file of the commit's "
+                       r"arrays, got BadZipFile"):
+        CurvatureStore.open(tmp_path, "r+")
+    before = snapshot(tmp_path)
     (journal / "journal.json").write_text('{"epoch": 1, "row": 7}')
     with pytest.raises(StoreCorruptError, match=r"journal\.json is damaged: expected row 1 \(meta\.json lists 1 "
                        r"epochs\), got row 7"):
@@ -403,8 +416,28 @@ def test_a_damaged_journal_is_refused_not_replayed(tmp_path, monkeypatch):
             CurvatureStore.open(tmp_path, mode)
     assert {k: v for k, v in snapshot(tmp_path).items() if k != "lock"} == {
         k: v for k, v in before.items() if k != "lock"}
-    assert sorted(os.listdir(journal)) == ["count.npy", "curvature_sum.npy", "curvature_values.npy",
-                                           "indices.npy", "journal.json"]
+    assert sorted(os.listdir(journal)) == ["journal.json", "parts.npz"]
+
+
+def test_a_pending_journal_of_one_npy_per_array_still_replays(tmp_path, monkeypatch):
+    """Stores before the one-file journal wrote one .npy per array: a commit they left past its commit point is
+    finished the same way."""
+    with make(tmp_path) as s:
+        s.commit_epoch(0, np.ones(5))
+        monkeypatch.setattr(CurvatureStore, "_apply_journal", lambda self: None)  # stops at the commit point
+        s.commit_epoch(1, np.full(5, 3.0))
+    monkeypatch.undo()
+    journal = tmp_path / "journal"
+    with np.load(journal / "parts.npz") as z:
+        for key in z.files:
+            np.save(journal / f"{key}.npy", z[key])
+    (journal / "parts.npz").unlink()
+    np.save(journal / "count.npy", np.array([2, 2, 2, 2, 9]))
+    with pytest.raises(StoreCorruptError, match=r"journal/count\.npy is damaged: expected counts in \[1, 2\]"):
+        CurvatureStore.open(tmp_path, "r+")
+    np.save(journal / "count.npy", np.array([2, 2, 2, 2, 2]))
+    with CurvatureStore.open(tmp_path, "r+") as s:
+        assert s.epochs == [0, 1] and s.mean.tolist() == [2.0] * 5 and not journal.exists()
 
 
 WRITER = """
@@ -676,10 +709,10 @@ def test_a_commit_of_scores_and_steps_interrupted_after_its_commit_point_is_fini
     monkeypatch.undo()
     assert json.loads((tmp_path / "journal" / "journal.json").read_text()) == {
         "epoch": 0, "row": 0, "scores": True, "steps": True}
-    np.save(tmp_path / "journal" / "step_indices.npy", np.array([0, 0]))
-    with pytest.raises(StoreCorruptError, match=r"step_indices\.npy is damaged: expected distinct indices"):
+    rewrite_journal(tmp_path / "journal", step_indices=np.array([0, 0]))
+    with pytest.raises(StoreCorruptError, match=r"parts\.npz\[step_indices\] is damaged: expected distinct indices"):
         CurvatureStore.open(tmp_path, "r+")
-    np.save(tmp_path / "journal" / "step_indices.npy", np.array([0, 4]))
+    rewrite_journal(tmp_path / "journal", step_indices=np.array([0, 4]))
     with CurvatureStore.open(tmp_path, "r+") as s:  # replayed, once
         assert s.epochs == [0] and s.step_epochs == [0]
         assert s.sum_of("train_loss").tolist() == [1.0, 0, 0, 0, 2.0] and s.count.tolist() == [1] * 5

@@ -12,6 +12,7 @@ import textwrap
 
 import numpy as np
 import pytest
+from cases import rewrite_journal
 
 from curvature_callback.core import store as store_module
 from curvature_callback.core.channels import STEP_CHANNELS
@@ -145,9 +146,10 @@ def test_a_damaged_pending_journal_is_called_damaged_by_a_reader_first(tmp_path,
         monkeypatch.setattr(CurvatureStore, "_apply_journal", lambda self: None)  # stops at the commit point
         s.commit_epoch(1, np.full(N, 3.0))
     monkeypatch.undo()
-    np.save(tmp_path / "journal" / "curvature_sum.npy", np.full(N, np.nan))
+    rewrite_journal(tmp_path / "journal", curvature_sum=np.full(N, np.nan))
     for mode in ("r", "r+"):  # the same first message from a reader as from the writer
-        with pytest.raises(StoreCorruptError, match=r"journal/curvature_sum\.npy is damaged: expected finite values, "
+        with pytest.raises(StoreCorruptError, match=r"journal/parts\.npz\[curvature_sum\] is damaged: expected finite "
+                           r"values, "
                            r"got NaN or infinity\. It records a commit past its commit point that cannot be replayed"):
             CurvatureStore.open(tmp_path, mode)
 

@@ -23,7 +23,7 @@ epoch's training steps saw) and epochs (``meta.json``'s ``step_epochs``); ``epoc
 Every file opens with ``np.load(path, mmap_mode="r")``; nothing is pickled.
 
 **Commits are atomic and idempotent.** ``commit_epoch`` first writes a journal (the epoch's values, and the sums
-and counts they produce) and only then touches the arrays; all writes are absolute, so replaying a journal
+and counts they produce, in one ``journal/parts.npz`` synced once) and only then touches the arrays; all writes are absolute, so replaying a journal
 after a crash gives the same arrays. ``meta.json`` (replaced atomically) lists the epochs added; an epoch
 that is already there is never added again. One writer at a time (``flock`` on the folder itself, so deleting
 ``lock``, which only holds the writer's pid for messages, does not let a second writer in; the kernel drops the
@@ -56,7 +56,8 @@ import secrets
 import shutil
 import time
 import warnings
-from collections.abc import Mapping, Sequence
+import zipfile
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,10 +77,12 @@ from curvature_callback.core.store_format import (
     check_array,
     check_npy,
     check_values,
+    class_slots,
     create_npy,
     fsync_dir,
     meta_identity,
     read_meta,
+    save_journal,
     save_npy,
 )
 
@@ -88,6 +91,8 @@ __all__ = [
 ]
 
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
+#: a commit's arrays, in its journal (one file; a journal of one ``.npy`` per array, as stores wrote before, replays)
+JOURNAL_PARTS = "parts.npz"
 #: how long a reader waits for a commit in progress before it gives up (seconds)
 _READ_WAIT = 10.0
 
@@ -378,6 +383,15 @@ class CurvatureStore:
             raise StoreMismatchError(
                 f"The store at {self.directory} holds channels {self._meta.get('channels')}, this run records "
                 f"{list(channels)}: use another `directory`."
+            )
+        if (step_channels is not None and self.step_channels and list(step_channels)
+                and class_slots(list(step_channels)) != class_slots(self.step_channels)):
+            have, asked_k = class_slots(self.step_channels), class_slots(list(step_channels))
+            raise StoreMismatchError(
+                f"The store at {self.directory} keeps class evidence in {have} slot(s) per sample "
+                f"(class_evidence={have}), this run asks for {asked_k} (class_evidence={asked_k}): evidence kept in "
+                f"another number of slots does not continue. Resume with CurvatureCallback(class_evidence={have}), or "
+                "use another `directory`."
             )
         if step_channels is not None and list(step_channels) != self.step_channels:
             raise StoreMismatchError(
@@ -786,24 +800,25 @@ class CurvatureStore:
         row = len(self._meta["epochs"])
         try:
             journal.mkdir()  # _recover left none
-            if scored:
-                new_count = self.count[idx] + 1
-                save_npy(journal / "indices.npy", idx.astype(np.int64))
-                save_npy(journal / "count.npy", new_count)
-                if keys is not None:
-                    save_npy(journal / "labels.npy", keys)
-                for name, v in vals.items():
-                    save_npy(journal / f"{name}_values.npy", v)
-                    save_npy(journal / f"{name}_sum.npy", self._new_sum(name, idx, v))
-                del new_count, vals
-            if stepped:
-                save_npy(journal / "step_indices.npy", step_idx.astype(np.int64))
-                if step_keys is not None:
-                    save_npy(journal / "step_labels.npy", step_keys)
-                for name, v in step_vals.items():
-                    save_npy(journal / f"{name}_values.npy", v)
-                    save_npy(journal / f"{name}_sum.npy", self._new_sum(name, step_idx, v))
-                del step_vals
+
+            def parts() -> Iterator[tuple[str, np.ndarray]]:  # each computed as it is written: one at a time in memory
+                if scored:
+                    yield "indices", idx.astype(np.int64)
+                    yield "count", self.count[idx] + 1
+                    if keys is not None:
+                        yield "labels", keys
+                    for name, v in vals.items():
+                        yield f"{name}_values", v
+                        yield f"{name}_sum", self._new_sum(name, idx, v)
+                if stepped:
+                    yield "step_indices", step_idx.astype(np.int64)
+                    if step_keys is not None:
+                        yield "step_labels", step_keys
+                    for name, v in step_vals.items():
+                        yield f"{name}_values", v
+                        yield f"{name}_sum", self._new_sum(name, step_idx, v)
+
+            save_journal(journal / JOURNAL_PARTS, parts())
             if scored and self._meta["keep_history"]:
                 self._ensure_history_rows(row + 1)  # before the commit point, so a full disk fails here
             fsync_dir(journal)
@@ -931,12 +946,32 @@ class CurvatureStore:
             raise refuse(journal / "journal.json", f"row {len(epochs)} (meta.json lists {len(epochs)} epochs)",
                          f"row {record['row']}")
 
-        def load(name: str, dtype: type, m: int | None) -> np.ndarray:
-            path = journal / name
+        bundle = journal / JOURNAL_PARTS
+        stored: dict[str, np.ndarray] | None = None  # None: a journal of one .npy per array (stores before bundles)
+        if bundle.exists() or bundle.is_symlink():
             try:
-                array = np.load(path, allow_pickle=False)
-            except (OSError, ValueError, EOFError) as e:
-                raise refuse(path, "a .npy file", f"{type(e).__name__}: {e}") from None
+                if bundle.is_symlink() or not bundle.is_file():
+                    raise ValueError("a link or a folder")
+                with np.load(bundle, allow_pickle=False) as z:
+                    stored = {key: z[key] for key in z.files}
+            except (OSError, ValueError, EOFError, zipfile.BadZipFile, KeyError) as e:
+                raise refuse(bundle, "a .npz file of the commit's arrays", f"{type(e).__name__}: {e}") from None
+
+        def has(name: str) -> bool:
+            return name.removesuffix(".npy") in stored if stored is not None else (journal / name).exists()
+
+        def load(name: str, dtype: type, m: int | None) -> np.ndarray:
+            key = name.removesuffix(".npy")
+            path = where(name)
+            if stored is not None:
+                if key not in stored:
+                    raise refuse(path, f"the array '{key}' in {JOURNAL_PARTS}", f"arrays {sorted(stored)}")
+                array = stored[key]
+            else:
+                try:
+                    array = np.load(path, allow_pickle=False)
+                except (OSError, ValueError, EOFError) as e:
+                    raise refuse(path, "a .npy file", f"{type(e).__name__}: {e}") from None
             if array.dtype != dtype or array.ndim != 1 or (m is not None and len(array) != m):
                 raise refuse(path, f"a 1-d {np.dtype(dtype)} array" + (f" of {m} values" if m is not None else ""),
                              f"{array.dtype} of shape {array.shape}")
@@ -944,10 +979,14 @@ class CurvatureStore:
                 raise refuse(path, "finite values", "NaN or infinity")
             return array
 
+        def where(name: str) -> Path:
+            """The journal array's name in messages: ``journal/parts.npz[count]`` (or the .npy of an old journal)."""
+            return journal / name if stored is None else Path(f"{bundle}[{name.removesuffix('.npy')}]")
+
         def load_indices(name: str) -> np.ndarray:
             idx = load(name, np.int64, None)
             if not _distinct_in_range(idx, self.n):
-                raise refuse(journal / name, f"distinct indices in [0, {self.n})", "out-of-range or repeated ones")
+                raise refuse(where(name), f"distinct indices in [0, {self.n})", "out-of-range or repeated ones")
             return idx
 
         parts: dict[str, Any] = {}
@@ -955,11 +994,11 @@ class CurvatureStore:
             idx = load_indices("indices.npy")
             new_count = load("count.npy", np.int64, len(idx))
             if len(idx) and (new_count.min() < 1 or new_count.max() > len(epochs) + 1):
-                raise refuse(journal / "count.npy", f"counts in [1, {len(epochs) + 1}]",
+                raise refuse(where("count.npy"), f"counts in [1, {len(epochs) + 1}]",
                              f"counts in [{new_count.min()}, {new_count.max()}]")
             parts.update(
                 indices=idx, count=new_count,
-                labels=load("labels.npy", np.int64, len(idx)) if (journal / "labels.npy").exists() else None,
+                labels=load("labels.npy", np.int64, len(idx)) if has("labels.npy") else None,
                 sums={name: load(f"{name}_sum.npy", np.float64, len(idx)) for name in self._valued},
                 values={name: load(f"{name}_values.npy", np.float64, len(idx)) for name in self._valued},
             )
@@ -968,7 +1007,7 @@ class CurvatureStore:
             parts.update(
                 step_indices=step_idx,
                 step_labels=(load("step_labels.npy", np.int64, len(step_idx))
-                             if (journal / "step_labels.npy").exists() else None),
+                             if has("step_labels.npy") else None),
                 step_sums={name: load(f"{name}_sum.npy", np.float64, len(step_idx)) for name in self.step_channels},
                 step_values={name: load(f"{name}_values.npy", np.float64, len(step_idx))
                              for name in self.step_channels},
