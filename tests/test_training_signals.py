@@ -179,7 +179,7 @@ def test_sample_outputs_and_what_the_reader_refuses():
     logits, y = torch.tensor([[2.0, 0.0], [0.0, 1.0]]), torch.tensor([0, 0])
     out = sample_outputs(torch.tensor([0.1, 1.3], requires_grad=True), torch.tensor([4, 5]), logits=logits, targets=y)
     assert out["loss"].requires_grad and not out["sample_loss"].requires_grad
-    index, loss, correct, target = read_step_outputs(out, None, lambda b: b)
+    index, loss, correct, target, _ = read_step_outputs(out, None, lambda b: b)
     assert correct.tolist() == [True, False] and index.tolist() == [4, 5] and target is out["sample_target"]
     assert target.tolist() == [0, 0]  # the targets travel for the label check
     assert "not a dict" in read_step_outputs(torch.tensor(1.0), None, lambda b: b)

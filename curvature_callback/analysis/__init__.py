@@ -14,6 +14,7 @@ from curvature_callback.analysis.metrics import correlations, detection_table, m
 from curvature_callback.analysis.references import align_reference, load_feldman_zhang, memorization_comparison
 from curvature_callback.analysis.scores import (
     SCORE_NOTES,
+    class_evidence,
     epoch_average,
     read_metrics,
     read_scores_csv,
@@ -22,7 +23,7 @@ from curvature_callback.analysis.scores import (
 )
 
 __all__ = [
-    "SCORE_NOTES", "align_reference", "correlations", "detection_table", "epoch_average", "load_feldman_zhang",
-    "memorization_comparison", "mislabel_metrics", "ranks", "read_metrics", "read_scores_csv", "suspicion_scores",
-    "top_k", "write_scores_csv",
+    "SCORE_NOTES", "align_reference", "class_evidence", "correlations", "detection_table", "epoch_average",
+    "load_feldman_zhang", "memorization_comparison", "mislabel_metrics", "ranks", "read_metrics", "read_scores_csv",
+    "suspicion_scores", "top_k", "write_scores_csv",
 ]

@@ -17,11 +17,13 @@ import numpy as np
 
 from curvature_callback.analysis.metrics import ranks
 from curvature_callback.core import safe_paths
-from curvature_callback.core.channels import CHANNELS
+from curvature_callback.core.channels import CHANNELS, class_evidence_channels
 from curvature_callback.core.numeric import log10_floor
+from curvature_callback.core.store_format import class_slots
 
 __all__ = [
-    "SCORE_NOTES", "epoch_average", "read_metrics", "read_scores_csv", "suspicion_scores", "write_scores_csv",
+    "SCORE_NOTES", "class_evidence", "epoch_average", "read_metrics", "read_scores_csv", "suspicion_scores",
+    "write_scores_csv",
 ]
 
 #: one line on each score of :func:`suspicion_scores`
@@ -60,6 +62,53 @@ def suspicion_scores(store: Any, *, which: Literal["mean", "last"] = "mean") -> 
             if score is not None:
                 out[name] = score
     return out
+
+
+def class_evidence(store: Any) -> tuple[np.ndarray, np.ndarray] | None:
+    """Each sample's class evidence from its training steps: its most favoured classes and their mean softmax
+    probability per presentation, the most favoured first.
+
+    Recorded by ``CurvatureCallback(class_evidence=K)`` (``K`` slots per sample: exact when ``K >= C``, else a class
+    that left the slots lost the mass it had; :mod:`curvature_callback.core.steps`). A suggested label is the first
+    class other than the given one, with its mean probability as the confidence.
+
+    Args:
+        store: a :class:`~curvature_callback.CurvatureStore` (or anything with ``step_channels``, ``step_epochs``,
+            ``sum_of`` and ``channel_last``).
+
+    Returns:
+        ``(classes, mean_prob)``: ``int64 [N, K]`` class ids (-1: an empty slot, or a sample never presented) and
+        ``float64 [N, K]`` each class's softmax mass over the sample's presentations divided by the presentations
+        (0 in an empty slot, NaN for a sample never presented), in descending order; None when the store holds no
+        class evidence (``class_evidence=0``, ``record_training=False``, or no training epoch yet).
+
+    Example:
+        >>> import tempfile
+        >>> from curvature_callback import CurvatureStore
+        >>> from curvature_callback.core.channels import STEP_CHANNELS, class_evidence_channels
+        >>> settings = {"pass_kind": "forward", "h": 1e-3, "n_vectors": 0, "seed": 0, "loss": "ce", "fast": False}
+        >>> s = CurvatureStore.create(tempfile.mkdtemp(), 2, settings=settings,
+        ...                           step_channels=(*STEP_CHANNELS, *class_evidence_channels(2)))
+        >>> steps = {c: np.zeros(1) for c in STEP_CHANNELS} | {"train_seen": np.array([4.0]),
+        ...          "train_wrong_epoch": np.array([-1.0]), "train_class_0": np.array([2.0]),
+        ...          "train_class_1": np.array([0.0]), "train_class_mass_0": np.array([3.0]),
+        ...          "train_class_mass_1": np.array([1.0])}
+        >>> s.commit_epoch(0, None, steps=steps, step_indices=np.array([1]))
+        True
+        >>> classes, mean_prob = class_evidence(s)
+        >>> classes.tolist(), mean_prob[1].tolist()   # sample 0 never presented
+        ([[-1, -1], [2, 0]], [0.75, 0.25])
+    """
+    k = class_slots(list(getattr(store, "step_channels", [])))
+    if not k or not store.step_epochs:
+        return None
+    names = class_evidence_channels(k)
+    classes = np.stack([np.asarray(store.channel_last(c), dtype=np.float64) for c in names[:k]], 1)
+    mass = np.stack([np.asarray(store.channel_last(c), dtype=np.float64) for c in names[k:]], 1)
+    seen = np.asarray(store.sum_of("train_seen"), dtype=np.float64)[:, None]
+    with np.errstate(invalid="ignore", divide="ignore"):
+        mean_prob = np.where(seen > 0, mass / seen, np.nan)
+    return np.where(np.isnan(classes), -1, classes).astype(np.int64), mean_prob
 
 
 def epoch_average(

@@ -19,10 +19,11 @@ from typing import Any, Literal
 import numpy as np
 from torch import Tensor
 
-from curvature_callback.core.store_format import PRIMARY
+from curvature_callback.core.store_format import CLASS_MASS, CLASS_SLOT, PRIMARY
 
 __all__ = [
-    "CHANNELS", "CLASSIFICATION", "PRIMARY", "STEP_CHANNELS", "Channel", "classification_values", "forgetting_events",
+    "CHANNELS", "CLASSIFICATION", "PRIMARY", "STEP_CHANNELS", "Channel", "class_evidence_channels",
+    "classification_values", "forgetting_events",
 ]
 
 
@@ -142,6 +143,20 @@ CHANNELS: Mapping[str, Channel] = {c.name: c for c in (
 #: above with ``source="steps"`` read them
 STEP_CHANNELS = ("train_seen", "train_loss", "train_correct", "train_forgetting", "train_last_correct",
                  "train_wrong_epoch")
+
+
+def class_evidence_channels(k: int) -> tuple[str, ...]:
+    """The training-time channels of ``K`` class-evidence slots (:func:`~curvature_callback.core.steps.
+    epoch_class_values`): ``train_class_j`` (the ``j``-th most favoured class, -1 empty) then ``train_class_mass_j``
+    (its softmax mass over the sample's presentations), latest values; the store adds them after :data:`STEP_CHANNELS`.
+
+    Example:
+        >>> class_evidence_channels(2)
+        ('train_class_0', 'train_class_1', 'train_class_mass_0', 'train_class_mass_1')
+    """
+    return (*(CLASS_SLOT.format(j) for j in range(k)), *(CLASS_MASS.format(j) for j in range(k)))
+
+
 #: the channels scored beside curvature with the default (cross-entropy) loss
 CLASSIFICATION = ("loss", "margin", "confidence", "correct", "input_grad", "forgetting")
 

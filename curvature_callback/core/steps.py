@@ -20,6 +20,14 @@ the largest and the negated smallest key seen (``[2, N]`` int64: DDP combines ra
 sample presented under two labels in one epoch is told apart (:func:`label_conflicts`), and the store checks the keys
 against the labels it recorded before it adds anything.
 
+With ``classes=K`` the recorder also keeps each sample's **class evidence** this epoch: ``K`` slots of (class, mass),
+the softmax probabilities of the ``min(K, C)`` most probable classes of every presentation that came with logits,
+summed per class (:func:`merge_evidence`; ``[N, K]`` int32 and float32, the most favoured first). A class that enters
+full slots evicts the one with the least mass (it and its mass are dropped): a slot's mass is the exact sum over the
+presentations since its class last entered, so the evidence is exact when ``K >= C`` (every class always has a slot)
+or when no class ever leaves the top ``K``, and otherwise a lower bound per class. The store keeps the running slots
+over all epochs, merged at each commit (:func:`epoch_class_values`).
+
 A step costs a list append: the presentations are folded into the sums every :attr:`StepRecorder.FLUSH_STEPS` steps
 and at the epoch's end (where boolean masks wait for the device once); indices out of range and non-finite losses are
 left out and counted, and the count is checked once per epoch (:meth:`StepRecorder.bad`). Correctness given as
@@ -37,16 +45,17 @@ Example:
 from __future__ import annotations
 
 import hashlib
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from curvature_callback.core.store_format import LABEL_UNKNOWN
+from curvature_callback.core.store_format import CLASS_MASS, CLASS_SLOT, LABEL_UNKNOWN
 
 __all__ = [
-    "LOSS_JUMP", "ROWS", "StepRecorder", "epoch_step_values", "label_conflicts", "label_keys", "loss_jump",
-    "repeated_indices",
+    "LOSS_JUMP", "ROWS", "StepRecorder", "epoch_class_values", "epoch_step_values", "label_conflicts", "label_keys",
+    "loss_jump", "merge_evidence", "repeated_indices",
 ]
 
 #: the rows of :attr:`StepRecorder.buffers`
@@ -73,6 +82,47 @@ def label_keys(targets: Tensor) -> Tensor:
     return torch.tensor(keys, dtype=torch.int64, device=targets.device)
 
 
+def merge_evidence(classes: Tensor, mass: Tensor, more_classes: Tensor, more_mass: Tensor,
+                   k: int) -> tuple[Tensor, Tensor]:
+    """Class evidence ``(classes, mass)`` with more evidence added, kept in ``k`` slots per row.
+
+    The classes of both (``-1``: an empty slot, mass 0) are united, the masses of a class in both added, and the
+    ``k`` with the most mass kept, the most first (ties: the smaller class first; empty slots last). A class that does
+    not make it into the ``k`` slots is dropped with its mass (the slot with the least mass is evicted): exact when
+    the classes of both fit (``K >= C``), else each kept mass is at most the class's true sum. Each row's classes must
+    be distinct within each argument.
+
+    Args:
+        classes, mass: ``[M, Ka]`` int class ids and their masses.
+        more_classes, more_mass: ``[M, Kb]`` the same, to add.
+        k: the slots kept.
+
+    Returns:
+        ``[M, k]`` classes (``classes``' dtype) and masses (``mass``' dtype).
+
+    Example:
+        >>> c, m = merge_evidence(torch.tensor([[2, 0]]), torch.tensor([[0.5, 0.25]]), torch.tensor([[0, 1]]),
+        ...                       torch.tensor([[0.5, 0.375]]), 2)
+        >>> c.tolist(), m.tolist()  # class 0: 0.25 + 0.5; class 1 (0.375) has less mass than class 2 (0.5): dropped
+        ([[0, 2]], [[0.75, 0.5]])
+    """
+    more_mass = more_mass.to(mass.dtype)
+    match = (more_classes[:, :, None] == classes[:, None, :]) & (more_classes[:, :, None] >= 0)  # [M, Kb, Ka]
+    mass = mass + (match.to(mass.dtype) * more_mass[:, :, None]).sum(1)  # one term at most: exact
+    taken = match.any(2)
+    cls = torch.cat((classes, torch.where(taken, -1, more_classes).to(classes.dtype)), 1)
+    mass = torch.cat((mass, torch.where(taken, 0, more_mass)), 1)
+    if cls.shape[1] < k:  # fewer classes than slots: the rest stay empty
+        pad = k - cls.shape[1]
+        cls = torch.cat((cls, cls.new_full((len(cls), pad), -1)), 1)
+        mass = torch.cat((mass, mass.new_zeros((len(mass), pad))), 1)
+    order = torch.argsort(cls, dim=1, stable=True)  # the smaller class first among equal masses
+    cls, mass = cls.gather(1, order), mass.gather(1, order)
+    order = torch.argsort(torch.where(cls < 0, float("inf"), -mass), dim=1, stable=True)[:, :k]
+    cls, mass = cls.gather(1, order), mass.gather(1, order)
+    return cls, torch.where(cls < 0, 0, mass)
+
+
 class StepRecorder:
     """One epoch's per-sample sums of the training steps, kept on the training device.
 
@@ -86,13 +136,21 @@ class StepRecorder:
         device: where the sums live (the model's device: a step then copies nothing).
         previous: ``[n]`` whether each sample's latest presentation before this epoch was right (1), wrong (0),
             or never seen (NaN); None: none seen.
+        classes: ``K``, the class-evidence slots per sample (0: none kept); see the module's docstring.
     """
 
     #: steps kept before they are folded into the sums (bounds the memory the kept tensors take)
     FLUSH_STEPS = 256
+    #: bytes of kept logits that fold early (ImageNet's 1,000 classes in float32, batch 256: every 64 steps)
+    FLUSH_BYTES = 64 << 20
 
-    def __init__(self, n: int, device: torch.device, previous: np.ndarray | None = None) -> None:
+    def __init__(self, n: int, device: torch.device, previous: np.ndarray | None = None, classes: int = 0) -> None:
         self.n = n
+        self.k = classes
+        # this epoch's class evidence: the K most favoured classes (-1: empty) and their summed probabilities
+        self.evidence = (torch.full((n, classes), -1, dtype=torch.int32, device=device),
+                         torch.zeros(n, classes, dtype=torch.float32, device=device))
+        self._kept_bytes = 0
         self.device = device
         self.buffers = torch.zeros(len(ROWS), n, dtype=torch.float32, device=device)
         # the latest presentation's correctness: -1 never seen, 0 wrong, 1 right (int8: 1 byte per sample)
@@ -102,21 +160,26 @@ class StepRecorder:
         self._bad = torch.zeros((), dtype=torch.int64, device=device)  # presentations left out (index, loss)
         # this epoch's label keys per sample: the largest and the negated smallest seen (LABEL_UNKNOWN: none known)
         self.keys = torch.full((2, n), LABEL_UNKNOWN, dtype=torch.int64, device=device)
-        self._kept: list[tuple[Tensor, Tensor, Tensor, Tensor | None]] = []
+        self._kept: list[tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None]] = []
 
-    def add(self, index: Tensor, loss: Tensor, correct: Tensor, target: Tensor | None = None) -> None:
+    def add(self, index: Tensor, loss: Tensor, correct: Tensor, target: Tensor | None = None,
+            logits: Tensor | None = None) -> None:
         """Record one minibatch: ``[B]`` dataset indices, per-sample training losses, correctness (bool, or integer 0
-        and 1) and, when known, the targets the step was given (``[B, ...]``, keyed by :func:`label_keys`)."""
+        and 1), when known the targets the step was given (``[B, ...]``, keyed by :func:`label_keys`) and the
+        logits (``[B, C]``: class evidence, when the recorder keeps it)."""
+        logits = None if logits is None or not self.k else logits.detach()
         self._kept.append((index.detach(), loss.detach(), correct.detach(),
-                           None if target is None else target.detach()))
-        if len(self._kept) >= self.FLUSH_STEPS:
+                           None if target is None else target.detach(), logits))
+        if logits is not None:
+            self._kept_bytes += logits.numel() * logits.element_size()
+        if len(self._kept) >= self.FLUSH_STEPS or self._kept_bytes >= self.FLUSH_BYTES:
             self._flush()
 
     def _flush(self) -> None:
         """Fold the kept steps into the sums, the state and the label keys."""
         if not self._kept:
             return
-        kept, self._kept = self._kept, []
+        kept, self._kept, self._kept_bytes = self._kept, [], 0
         idx = torch.cat([k[0].reshape(-1) for k in kept]).to(device=self.device, dtype=torch.int64)
         loss = torch.cat([k[1].reshape(-1) for k in kept]).to(device=self.device, dtype=torch.float32)
         right = torch.cat([k[2].reshape(-1).to(self.device) for k in kept])
@@ -132,6 +195,13 @@ class StepRecorder:
         keys = self._keys([k[3] for k in kept], [k[0].numel() for k in kept])
         ok = (idx >= 0) & (idx < self.n) & torch.isfinite(loss)
         self._bad += (~ok).sum()
+        with_logits = [k[4] is not None for k in kept]
+        if any(with_logits):
+            some = None if all(with_logits) else torch.cat(
+                [torch.full((k[0].numel(),), w, dtype=torch.bool, device=self.device) for k, w in zip(kept, with_logits,
+                                                                                                     strict=True)])
+            logits = torch.cat([k[4].to(self.device) for k in kept if k[4] is not None])
+            self._fold_evidence(idx if some is None else idx[some], logits, ok if some is None else ok[some])
         idx, loss, right, keys = idx[ok], loss[ok], right[ok], keys[ok]
         known = keys != LABEL_UNKNOWN  # an unknown key is the smallest int64: a no-op for the max, not negated
         self.keys[0].scatter_reduce_(0, idx, keys, "amax")
@@ -148,6 +218,30 @@ class StepRecorder:
         last = torch.ones_like(right)  # the latest of its sample's presentations here
         last[:-1] = idx[:-1] != idx[1:]
         self.state[idx[last]] = right[last].to(torch.int8)
+
+    def _fold_evidence(self, idx: Tensor, logits: Tensor, ok: Tensor) -> None:
+        """Add the presentations' top-``K`` softmax probabilities to the epoch's evidence, in time order per sample:
+        presentations sorted by index (stably), then merged in rounds, the ``r``-th presentation of every sample in
+        round ``r`` (one round unless a sample comes twice between two folds). Presentations left out of the sums,
+        or whose probabilities are not finite, add none."""
+        probs = logits.to(torch.float32).softmax(1)
+        ok = ok & torch.isfinite(probs).all(1)
+        mass, cls = probs[ok].topk(min(self.k, probs.shape[1]), dim=1)  # the most probable first
+        idx = idx[ok]
+        order = torch.argsort(idx, stable=True)
+        idx, mass, cls = idx[order], mass[order], cls[order].to(torch.int32)
+        if not len(idx):
+            return
+        at = torch.arange(len(idx), device=idx.device)
+        first = torch.ones_like(idx, dtype=torch.bool)
+        first[1:] = idx[1:] != idx[:-1]
+        rank = at - torch.cummax(torch.where(first, at, 0), 0).values  # which presentation of its sample, in the fold
+        slots, masses = self.evidence
+        for r in range(int(rank.max()) + 1):
+            now = rank == r
+            i = idx[now]
+            c, m = merge_evidence(slots[i], masses[i], cls[now], mass[now], self.k)
+            slots[i], masses[i] = c, m
 
     def _keys(self, targets: list[Tensor | None], sizes: list[int]) -> Tensor:
         """The label keys of the kept steps' presentations (:data:`LABEL_UNKNOWN` for a step without targets): class
@@ -178,6 +272,37 @@ class StepRecorder:
         self._flush()
         return self.keys.clone()
 
+    def epoch_evidence(self) -> Tensor:
+        """``[n, 2K + 1]`` float32: this epoch's evidence, ``class + 1`` (0: empty) and mass per slot, and 1 where this
+        rank has evidence for the sample, ready to be summed over ranks (:meth:`combine_evidence` undoes it; class
+        ids below 2**24, exact in float32)."""
+        self._flush()
+        slots, masses = self.evidence
+        return torch.cat(((slots + 1).to(torch.float32), masses, (slots[:, :1] >= 0).to(torch.float32)), 1)
+
+    def combine_evidence(self, reduced: Tensor, all_gather: Any = None) -> tuple[Tensor, Tensor]:
+        """The epoch's evidence over every rank, from :meth:`epoch_evidence` summed over ranks: ``[n, K]`` int64
+        classes (-1: empty) and float32 masses.
+
+        A sample with evidence on one rank (the rule: a sample is on one rank per epoch) reads the sum as it is; one
+        with evidence on several (``DistributedSampler``'s padding presents a few samples twice) has every rank's
+        slots gathered and merged in rank order (:func:`merge_evidence`). Collectives: every rank calls it with the
+        same ``reduced``; ``all_gather(tensor) -> [world, ...]`` runs only where some sample has several ranks.
+        """
+        k = self.k
+        classes = reduced[:, :k].round().to(torch.int64) - 1
+        mass = reduced[:, k:2 * k].clone()
+        several = torch.nonzero(reduced[:, 2 * k] > 1.5).reshape(-1)
+        if len(several):
+            slots, masses = self.evidence
+            mine = torch.cat((slots[several].to(torch.float32), masses[several]), 1)
+            every = all_gather(mine).reshape(-1, len(several), 2 * k)
+            c, m = every[0, :, :k].to(torch.int64), every[0, :, k:]
+            for rank in every[1:]:
+                c, m = merge_evidence(c, m, rank[:, :k].to(torch.int64), rank[:, k:], k)
+            classes[several], mass[several] = c.to(classes.device), m.to(mass.device)
+        return classes, mass
+
     def next_epoch(self, reduced: Tensor) -> None:
         """Start the next epoch from the sums of every rank: the state becomes the global latest correctness."""
         seen = reduced[0] > 0
@@ -185,6 +310,8 @@ class StepRecorder:
         self.buffers.zero_()
         self._bad.zero_()
         self.keys.fill_(LABEL_UNKNOWN)
+        self.evidence[0].fill_(-1)
+        self.evidence[1].zero_()
 
 
 def label_conflicts(keys: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -256,6 +383,36 @@ def epoch_step_values(reduced: np.ndarray, epoch: int, wrong_before: np.ndarray)
     wrong = np.where(r[2] < r[0], float(epoch), np.where(np.isnan(before), -1.0, before))
     return idx, {"train_seen": r[0], "train_loss": r[1], "train_correct": r[2], "train_forgetting": r[3],
                  "train_last_correct": np.minimum(r[4], 1.0), "train_wrong_epoch": wrong}
+
+
+def epoch_class_values(before_classes: np.ndarray, before_mass: np.ndarray, classes: np.ndarray,
+                       mass: np.ndarray) -> dict[str, np.ndarray]:
+    """The store's class-evidence values for one epoch's samples: the running evidence before the epoch (the store's
+    latest values) merged with the epoch's (:func:`merge_evidence`, in float64).
+
+    Args:
+        before_classes, before_mass: ``[M, K]`` the store's latest ``train_class_j`` and ``train_class_mass_j`` of
+            the epoch's samples (NaN where never seen: no evidence yet).
+        classes, mass: ``[M, K]`` the epoch's evidence (:meth:`StepRecorder.combine_evidence`).
+
+    Returns:
+        ``train_class_j`` (class ids as floats, -1 empty) and ``train_class_mass_j`` for every slot ``j``, ``[M]``
+        each.
+
+    Example:
+        >>> v = epoch_class_values(np.array([[1.0, np.nan]]), np.array([[0.5, np.nan]]), np.array([[2, 1]]),
+        ...                        np.array([[0.75, 0.125]]))
+        >>> [v[f"train_class_{j}"].tolist() for j in (0, 1)], v["train_class_mass_0"].tolist()
+        ([[2.0], [1.0]], [0.75])
+    """
+    k = classes.shape[1]
+    known = ~np.isnan(before_classes)
+    c, m = merge_evidence(torch.as_tensor(np.where(known, before_classes, -1).astype(np.int64)),
+                          torch.as_tensor(np.where(known, before_mass, 0.0).astype(np.float64)),
+                          torch.as_tensor(np.asarray(classes, dtype=np.int64)),
+                          torch.as_tensor(np.asarray(mass, dtype=np.float64)), k)
+    c, m = c.numpy().astype(np.float64), m.numpy()
+    return {**{CLASS_SLOT.format(j): c[:, j] for j in range(k)}, **{CLASS_MASS.format(j): m[:, j] for j in range(k)}}
 
 
 #: how far the mean training loss per presentation may move across a resume before it looks like another loss: up

@@ -22,7 +22,8 @@ import numpy as np
 from curvature_callback.core.settings import MEANING_KEYS, PASS_KINDS
 
 __all__ = [
-    "CLASS_MASS", "CLASS_SLOT", "COUNT_STEP_CHANNELS", "DTYPES", "FORMAT_VERSION", "LABEL_UNKNOWN", "OPTIONAL_META", "PRIMARY", "STORE_FILE",
+    "CLASS_MASS", "CLASS_SLOT", "COUNT_STEP_CHANNELS", "DTYPES", "FORMAT_VERSION", "LABEL_UNKNOWN", "OPTIONAL_META",
+    "PRIMARY", "STORE_FILE",
     "StoreChangedError", "StoreCorruptError", "StoreMismatchError", "atomic_write_json", "check_array", "check_npy",
     "check_values", "class_slots", "create_npy", "fsync_dir", "meta_identity", "npy_layout", "read_meta", "reserve",
     "save_journal", "save_npy",

@@ -22,7 +22,12 @@ from torch import Tensor
 from torch.utils.data import Dataset
 from typing_extensions import override
 
-from curvature_callback.core.channels import CLASSIFICATION, STEP_CHANNELS, forgetting_events
+from curvature_callback.core.channels import (
+    CLASSIFICATION,
+    STEP_CHANNELS,
+    class_evidence_channels,
+    forgetting_events,
+)
 from curvature_callback.core.estimator import LossFn, loss_identity
 from curvature_callback.core.feeding import (
     CachePolicy,
@@ -36,6 +41,7 @@ from curvature_callback.core.numeric import dataset_labels, labels_digest, log10
 from curvature_callback.core.settings import PASS_KINDS, ScoreSettings, check_bool, check_callable, check_int
 from curvature_callback.core.steps import (
     StepRecorder,
+    epoch_class_values,
     epoch_step_values,
     label_conflicts,
     loss_jump,
@@ -199,6 +205,15 @@ class CurvatureCallback(Callback):
             training loss (CSL) alone, which our studies found as good as the best signal at every noise level
             (docs/RESULTS.md).
 
+        class_evidence: ``K``, the classes kept per sample as training-time class evidence (0: none): with
+            ``record_training``, from the ``"logits"`` ``[B, C]`` that ``training_step`` returns (``sample_outputs``
+            adds them), the softmax probabilities of each presentation's ``min(K, C)`` most probable classes, summed
+            per sample over every training presentation of every epoch, in ``K`` slots that hold a sample's most
+            favoured classes (a class entering full slots evicts the one with the least mass: exact when ``K >= C``).
+            Stored as ``train_class_j`` and ``train_class_mass_j`` (``2K`` floats per sample on disk); read with
+            :func:`~curvature_callback.analysis.class_evidence` (a suggested label: the most favoured class other
+            than the given one). A store resumes only with the same ``K``.
+
     Example::
 
         cb = CurvatureCallback(n_vectors=10)
@@ -233,6 +248,7 @@ class CurvatureCallback(Callback):
         progress_bar: bool = False,
         record_training: bool = True,
         score_curvature: bool = True,
+        class_evidence: int = 3,
     ) -> None:
         check_callable("loss_fn", loss_fn, "Pass a function loss_fn(outputs, targets) -> [B] per-sample losses (e.g. "
                        "functools.partial(F.cross_entropy, reduction='none', label_smoothing=0.1)), or None for "
@@ -266,6 +282,7 @@ class CurvatureCallback(Callback):
         self.progress_bar = check_bool("progress_bar", progress_bar)
         self.record_training = check_bool("record_training", record_training)
         self.score_curvature = check_bool("score_curvature", score_curvature)
+        self.class_evidence = check_int("class_evidence", class_evidence, 0)
         if kind != "curvature" and not self.record_outputs:
             raise ValueError(f"Expected record_outputs=True with pass_kind={kind!r}: a {kind} pass computes nothing "
                              "but the channels record_outputs stores. Keep record_outputs=True, or pass "
@@ -404,7 +421,8 @@ class CurvatureCallback(Callback):
                     self._path, n, settings=self.settings(), keep_history=self.keep_history, channels=self.channels,
                     fingerprint=self._fingerprint(dataset),
                     history_capacity=max(1, min(int(trainer.max_epochs or 16), 1000)),
-                    step_channels=STEP_CHANNELS if self.record_training else (),
+                    step_channels=(*STEP_CHANNELS, *class_evidence_channels(self.class_evidence))
+                    if self.record_training else (),
                 )
             except Exception as e:  # raised on every rank below: one rank alone raising would hang the others
                 caught = e
@@ -438,27 +456,35 @@ class CurvatureCallback(Callback):
                 f"this fit; the curvature pass is not affected. {CONTRACT}"
             )
             return
-        index, loss, correct, target = found
         if self._steps is None:
             assert self._scored_dataset is not None  # set by on_train_start
-            self._steps = StepRecorder(len(self._scored_dataset), loss.device, self._previous_correct)
-        self._steps.add(index, loss, correct, target)
+            self._steps = StepRecorder(len(self._scored_dataset), found[1].device, self._previous_correct,
+                                       self.class_evidence)
+        self._steps.add(*found)
 
-    def _end_steps(self, trainer: pl.Trainer,
-                   pl_module: pl.LightningModule) -> tuple[np.ndarray, np.ndarray] | None:
-        """The epoch's training-step sums over every rank (``[5, N]``) and each sample's label key (``[N]``,
-        :data:`~curvature_callback.core.store_format.LABEL_UNKNOWN` where not known), on every rank; None where no
+    def _end_steps(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[Any, ...] | None:
+        """The epoch's training-step sums over every rank (``[5, N]``), each sample's label key (``[N]``,
+        :data:`~curvature_callback.core.store_format.LABEL_UNKNOWN` where not known) and the epoch's class evidence
+        (``[N, K]`` classes and masses; None without), on every rank; None where no
         rank recorded any. Collectives: every rank calls it at every epoch's end, and raises the same error."""
         if not self.record_training or not trainer.strategy.reduce_boolean_decision(self._steps is not None,
                                                                                       all=False):
             return None
         if self._steps is None:  # this rank saw no batch (or no usable one): it adds zeros
             assert self._scored_dataset is not None
-            self._steps = StepRecorder(len(self._scored_dataset), pl_module.device, self._previous_correct)
-        packed = torch.cat((self._steps.epoch_sums().reshape(-1), self._steps.bad().to(torch.float32).reshape(1)))
+            self._steps = StepRecorder(len(self._scored_dataset), pl_module.device, self._previous_correct,
+                                       self.class_evidence)
+        rows = self._steps.epoch_sums()
+        evidence = self._steps.epoch_evidence() if self.class_evidence else rows.new_zeros(0)
+        packed = torch.cat((rows.reshape(-1), evidence.reshape(-1), self._steps.bad().to(torch.float32).reshape(1)))
         packed = trainer.strategy.reduce(packed, reduce_op="sum")  # one all_reduce: a sample is on one rank
         keys = trainer.strategy.reduce(self._steps.epoch_keys(), reduce_op="max")  # [largest, -smallest] over ranks
-        reduced = packed[:-1].reshape(self._steps.buffers.shape)
+        reduced = packed[:rows.numel()].reshape(rows.shape)
+        classes = None
+        if self.class_evidence:  # before next_epoch clears this rank's evidence (padded samples gather it)
+            classes = self._steps.combine_evidence(packed[rows.numel():-1].reshape(evidence.shape),
+                                                   trainer.strategy.all_gather)
+            classes = (classes[0].cpu().numpy(), classes[1].cpu().numpy())
         self._steps.next_epoch(reduced)
         bad = int(packed[-1])  # the epoch's one wait for the device
         epoch, n = trainer.current_epoch, self._steps.n
@@ -491,7 +517,7 @@ class CurvatureCallback(Callback):
                 "on purpose while skipping others (with replacement or by weights, repeated augmentation such as "
                 "DeiT's RASampler), this is expected: the signals then count every presentation. Warned once per fit."
             )
-        return sums, key
+        return sums, key, classes
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -529,14 +555,20 @@ class CurvatureCallback(Callback):
         trainer.strategy.barrier("curvature_commit")
 
     def _commit(self, epoch: int, arrays: dict[str, np.ndarray] | None,
-                steps: tuple[np.ndarray, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+                steps: tuple[Any, ...] | None) -> dict[str, np.ndarray] | None:
         """Add the pass's gathered values (and its label keys) and the epoch's training-step sums (and the label keys
         the steps saw) to the store in one commit, on rank 0; returns the pass's channels."""
         assert self._store is not None
         step_indices = step_values = step_labels = None
         if steps is not None:
-            sums, keys = steps
+            sums, keys, evidence = steps
             step_indices, step_values = epoch_step_values(sums, epoch, self._store.channel_last("train_wrong_epoch"))
+            if evidence is not None:  # merged with the running evidence the store holds (its latest values)
+                k = self.class_evidence
+                names = class_evidence_channels(k)
+                before = [np.stack([np.asarray(self._store.channel_last(c))[step_indices] for c in part], 1)
+                          for part in (names[:k], names[k:])]
+                step_values.update(epoch_class_values(*before, evidence[0][step_indices], evidence[1][step_indices]))
             step_labels = keys[step_indices]
             self._check_loss(epoch, step_values)
         if arrays is None:

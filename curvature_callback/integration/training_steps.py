@@ -12,6 +12,9 @@ The contract: ``training_step`` returns a dict with, beside ``"loss"``,
 - optionally ``"sample_target"``: ``[B, ...]`` the targets the step was given, whose label keys the store checks
   against the labels it recorded (a resumed run whose labels changed is refused). Without it, the batch's targets
   (``batch_to_inputs(batch)[1]``) are checked when they are a ``[B]`` integer tensor.
+- optionally ``"logits"``: ``[B, C]`` (floating): beside correctness, the class evidence the callback keeps
+  (``CurvatureCallback(class_evidence=K)``: each sample's ``K`` most probable classes, their softmax summed over its
+  presentations). Logits of another shape are not read for it.
 
 Indices and correctness of another dtype (a bool index credits every presentation to samples 0 and 1; float
 probabilities are not a count) raise a ``ValueError``: what they would add is silently wrong.
@@ -51,7 +54,8 @@ CONTRACT = (
 def sample_outputs(losses: Tensor, index: Tensor, *, logits: Tensor | None = None, targets: Tensor | None = None,
                    correct: Tensor | None = None) -> dict[str, Tensor]:
     """``training_step``'s return value that meets the contract: ``{"loss": losses.mean(), "sample_loss",
-    "sample_index", "sample_correct"}``, and ``"sample_target"`` when ``targets`` are given.
+    "sample_index", "sample_correct"}``, ``"sample_target"`` when ``targets`` are given and ``"logits"`` (detached:
+    the class evidence) when ``logits`` are.
 
     Args:
         losses: ``[B]`` per-sample training losses (with gradients: ``"loss"`` is their mean, the optimized value).
@@ -78,6 +82,8 @@ def sample_outputs(losses: Tensor, index: Tensor, *, logits: Tensor | None = Non
            "sample_correct": correct.detach()}
     if targets is not None:
         out["sample_target"] = targets.detach()
+    if logits is not None:
+        out["logits"] = logits.detach()  # a reference: the softmax is taken in the callback's fold
     return out
 
 
@@ -93,9 +99,9 @@ def _batch_targets(batch: Any, batch_to_inputs: Callable[[Any], tuple[Tensor, Te
 
 
 def read_step_outputs(outputs: Any, batch: Any, batch_to_inputs: Callable[[Any], tuple[Tensor, Tensor]],
-                      ) -> tuple[Tensor, Tensor, Tensor, Tensor | None] | str:
-    """``(index, loss, correct, target or None)`` from a training step's outputs, or a sentence saying what is
-    missing.
+                      ) -> tuple[Tensor, Tensor, Tensor, Tensor | None, Tensor | None] | str:
+    """``(index, loss, correct, target or None, logits or None)`` from a training step's outputs, or a sentence saying
+    what is missing. Logits are returned when they are ``[B, C]`` floating (the class evidence), else None.
 
     Only shapes, dtypes and keys are looked at (no value is read: no wait for the device); correctness given as
     integers is checked to be 0 or 1 where the device is waited for anyway (:class:`~curvature_callback.core.steps.
@@ -152,4 +158,7 @@ def read_step_outputs(outputs: Any, batch: Any, batch_to_inputs: Callable[[Any],
     elif target is None:  # not read for the logits: the batch's, when they are [B] integers
         target = _batch_targets(batch, batch_to_inputs)
         target = target if target is not None and target.shape == (b,) else None
-    return index, loss, correct, target
+    logits = outputs.get("logits")
+    if not (isinstance(logits, Tensor) and logits.dim() == 2 and logits.shape[0] == b and logits.is_floating_point()):
+        logits = None
+    return index, loss, correct, target, logits
