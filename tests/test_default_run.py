@@ -25,6 +25,7 @@ from curvature_callback import CurvatureCallback
 from curvature_callback.analysis import mislabel_metrics, ranks, write_scores_csv
 from curvature_callback.analysis.plots import plot_histogram, plot_top_k
 from curvature_callback.experiments.data import DigitsDataModule, inject_label_noise
+from curvature_callback.experiments.data.noise import CONFUSABLE, NOISE_DATASETS, noise_transitions
 from curvature_callback.experiments.models import SmallCNN
 from curvature_callback.experiments.module import ClassifierModule
 from curvature_callback.experiments.train import CONF_DIR, run
@@ -33,13 +34,13 @@ PNG = b"\x89PNG\r\n\x1a\n"
 
 
 # ------------------------------------------------------------------------------------------ label noise
-@pytest.mark.parametrize("kind", ["symmetric", "pair"])
+@pytest.mark.parametrize("kind", ["symmetric", "pair", "confusion", "model"])
 @pytest.mark.parametrize(
     ("n", "fraction", "expected"), [(1000, 0.1, 100), (1797, 0.1, 180), (50, 0.0, 0), (7, 1.0, 7)]
 )
 def test_noise_flips_exactly_the_asked_count_and_never_keeps_a_label(kind, n, fraction, expected):
     labels = np.random.default_rng(1).integers(0, 10, n)
-    noisy, flipped = inject_label_noise(labels, 10, fraction, kind=kind, seed=3)
+    noisy, flipped = inject_label_noise(labels, 10, fraction, kind=kind, seed=3, dataset="cifar10")
     assert flipped.dtype == bool and noisy.dtype == np.int64
     assert int(flipped.sum()) == expected
     assert (noisy[flipped] != labels[flipped]).all()
@@ -75,11 +76,46 @@ def test_symmetric_noise_spreads_over_the_other_classes_uniformly():
     assert np.all(np.abs(counts[1:] - expected) < 0.12 * expected), counts
 
 
+@pytest.mark.parametrize("dataset", NOISE_DATASETS)
+def test_confusion_noise_goes_to_a_class_that_looks_alike(dataset):
+    labels = np.arange(2000) % 10
+    noisy, flipped = inject_label_noise(labels, 10, 0.5, kind="confusion", seed=1, dataset=dataset)
+    partners = {(a, b) for a, b in CONFUSABLE[dataset]} | {(b, a) for a, b in CONFUSABLE[dataset]}
+    assert flipped.sum() == 1000
+    assert all((int(c), int(d)) in partners for c, d in zip(labels[flipped], noisy[flipped]))
+    assert {int(c) for c in labels[flipped]} == set(range(10))  # every class has a partner: any sample can flip
+    if dataset == "cifar10":  # cat -> dog only; airplane -> ship or bird, about half each
+        assert set(noisy[flipped & (labels == 3)].tolist()) == {5}
+        assert set(noisy[flipped & (labels == 0)].tolist()) == {2, 8}
+
+
+@pytest.mark.parametrize("dataset", NOISE_DATASETS)
+def test_model_noise_draws_from_the_class_row_of_the_shipped_confusions(dataset):
+    t = noise_transitions("model", 10, dataset)
+    assert t.shape == (10, 10) and np.allclose(t.sum(1), 1) and (np.diag(t) == 0).all()
+    assert (t[~np.eye(10, dtype=bool)] > 0).all()  # the pseudo-count: every other class is reachable
+    labels = np.arange(50_000) % 10
+    noisy, flipped = inject_label_noise(labels, 10, 0.8, kind="model", seed=2, dataset=dataset)
+    for c in range(10):
+        got = np.bincount(noisy[flipped & (labels == c)], minlength=10) / (flipped & (labels == c)).sum()
+        assert np.abs(got - t[c]).max() < 0.03, (c, got, t[c])  # 4,000 draws a row: 4 sigma is about 0.03
+
+
+def test_noise_transitions_of_the_simple_kinds():
+    assert np.array_equal(noise_transitions("pair", 3), [[0, 1, 0], [0, 0, 1], [1, 0, 0]])
+    assert np.allclose(noise_transitions("symmetric", 3), [[0, 0.5, 0.5], [0.5, 0, 0.5], [0.5, 0.5, 0]])
+    cifar = noise_transitions("model", 10, "cifar10")
+    assert cifar[3].argmax() == 5 and cifar[9].argmax() == 1  # the quick model took cats for dogs, trucks for cars
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
         ({"fraction": 1.5}, "fraction"),
         ({"kind": "asymmetric"}, "kind"),
+        ({"kind": "confusion"}, r"follows the classes of a known dataset: expected argument `dataset`.* got None"),
+        ({"kind": "model", "dataset": "cifar100"}, r"'cifar10', 'fashion_mnist', 'digits', got 'cifar100'"),
+        ({"kind": "confusion", "dataset": "digits", "num_classes": 12}, r"knows its 10 classes, got num_classes=12"),
         ({"num_classes": 1}, "num_classes"),
         ({"labels": np.array([0, 12])}, r"labels in \[0, 10\)"),
         ({"labels": np.array([0.0, 1.0])}, "integer"),
@@ -112,6 +148,26 @@ def test_digits_datamodule_standardized_inputs_and_noisy_labels():
     assert xb.shape == (64, 1, 8, 8) and yb.dtype == torch.int64
     assert torch.equal(dm.curvature_dataset()[int(index[0])][1], yb[0])
     assert dm.val_dataloader() == []  # val_fraction 0: no validation loop
+
+
+def test_datamodules_take_class_dependent_noise_for_the_classes_they_know(tmp_path):
+    from curvature_callback.experiments.data import CIFARDataModule, ImageFolderDataModule
+
+    dm = DigitsDataModule(noise=0.1, noise_kind="confusion")
+    dm.setup("fit")
+    assert dm.noise_dataset == "digits" and dm.flipped.sum() == 180
+    pairs = {frozenset(p) for p in CONFUSABLE["digits"]}
+    assert all(frozenset((int(a), int(b))) in pairs
+               for a, b in zip(dm.original_labels[dm.flipped], dm.given_labels[dm.flipped]))
+    assert CIFARDataModule(noise=0.1, noise_kind="model").noise_dataset == "cifar10"
+    with pytest.raises(ValueError, match=r"data.noise_kind='model' follows the classes of cifar10, fashion_mnist, "
+                                         r"digits; CIFARDataModule here holds other classes: use noise_kind=symmetric"):
+        CIFARDataModule(dataset="cifar100", noise=0.1, noise_kind="model")
+    with pytest.raises(ValueError, match=r"noise_kind='confusion' .*ImageFolderDataModule here holds other classes"):
+        ImageFolderDataModule(root=str(tmp_path), noise=0.1, noise_kind="confusion")
+    with pytest.raises(ValueError, match=r"Expected argument `noise_kind` to be one of 'symmetric', 'pair', "
+                                         r"'confusion', 'model'"):
+        DigitsDataModule(noise_kind="asymmetric")
 
 
 def test_digits_validation_split_keeps_original_labels():

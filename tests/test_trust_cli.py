@@ -307,7 +307,8 @@ def _compose(tmp_path, *overrides):
     ("data.noise=true", r"Expected data.noise to be a finite number .*got True"),
     ("data.batch_size=1e3", r"Expected data.batch_size to be an integer >= 1 .*got 1000.0"),
     ("data.val_fraction=1.0", r"Expected data.val_fraction to be a finite number in \[0, 1\)"),
-    ("data.noise_kind=pairs", r"Expected data.noise_kind to be one of 'symmetric', 'pair', got 'pairs'"),
+    ("data.noise_kind=pairs", r"Expected data.noise_kind to be one of 'symmetric', 'pair', 'confusion', 'model' "
+                              r"\(what a flipped label becomes: .*\), got 'pairs'. .*data.noise_kind=confusion"),
     ("+trainer.limit_train_batches=2.5", r"Expected trainer.limit_train_batches to be an integer >= 0 or null, or a "
                                          r"finite number in \[0, 1\]"),
     ("seed=-1", r"Expected seed to be an integer in \[0, 4294967295\]"),

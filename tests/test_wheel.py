@@ -25,6 +25,7 @@ def test_curvature_train_runs_from_the_unpacked_wheel(tmp_path):
     names = zipfile.ZipFile(wheel).namelist()
     assert "curvature_callback/conf/train.yaml" in names
     assert "curvature_callback/conf/data/digits.yaml" in names
+    assert "curvature_callback/experiments/data/model_confusions.json" in names  # noise_kind=model's data
     assert "curvature_callback/analysis/templates/report.html.j2" in names  # the report's page
     site = tmp_path / "site"
     zipfile.ZipFile(wheel).extractall(site)
