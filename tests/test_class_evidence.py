@@ -279,3 +279,19 @@ def test_a_meta_json_with_half_a_slot_is_refused(tmp_path):
     with pytest.raises(StoreCorruptError, match=r"meta\.json is damaged: expected class-evidence 'step_channels' "
                        r"'train_class_j' and 'train_class_mass_j' for every slot"):
         CurvatureStore.open(d)
+
+
+@pytest.mark.slow
+def test_ddp_ranks_evidence_equals_the_loop_with_a_padded_sample(tmp_path):
+    """47 samples on 2 ranks: DistributedSampler pads one sample onto both ranks each epoch; its two presentations are
+    merged (gathered, in rank order), every other sample's read from the one rank that saw it. K = C: exact."""
+    cb = CurvatureCallback(Blobs(47), directory=tmp_path / "s", score_curvature=False)
+    torch.manual_seed(0)
+    trainer(tmp_path, [cb, Logits(tmp_path)], max_epochs=3, devices=2, strategy="ddp_spawn").fit(
+        StepClassifier(lr=3.0), IndexedBlobsDM(47, shuffle=True))
+    store = CurvatureStore.open(tmp_path / "s")
+    assert {p.name.split("_")[1] for p in tmp_path.glob("logits_*.json")} == {"0", "1"}  # both ranks trained
+    _, mass, seen = check(store, tmp_path, 3)
+    assert seen.sum() == 48 * 3 and seen.max() > 3  # a sample presented twice in an epoch: the test can tell
+    np.testing.assert_array_equal(store.sum_of("train_seen"), seen)
+    np.testing.assert_allclose(mass.sum(1), seen, rtol=1e-6)

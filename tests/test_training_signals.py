@@ -275,7 +275,7 @@ class SavesStepLabels(CurvatureCallback):
 
     def _commit(self, epoch, arrays, steps):
         if steps is not None:
-            sums, keys = steps
+            sums, keys = steps[:2]  # then the class evidence
             np.save(self._path.parent / f"step_labels_{epoch}.npy", keys[sums[0] > 0])
         return super()._commit(epoch, arrays, steps)
 
