@@ -36,7 +36,8 @@ CANDIDATES = (("train_loss",), ("loss",), ("confidence",), ("train_loss", "loss"
               ("loss", "input_grad"), ("train_loss", "loss", "input_grad"), ("curvature", "input_grad"),
               ("margin",), ("learning_time",), ("margin", "confidence"), ("confidence", "input_grad"),
               ("margin", "input_grad"), ("loss", "confidence", "input_grad"), ("learning_time", "input_grad"),
-              ("train_loss", "learning_time"), ("loss", "learning_time"))
+              ("train_loss", "learning_time"), ("loss", "learning_time"), ("margin", "learning_time"),
+              ("loss", "confidence", "learning_time"), ("confidence", "learning_time"))
 
 
 def targets(z: np.lib.npyio.NpzFile) -> dict[str, tuple[np.ndarray, np.ndarray]]:
