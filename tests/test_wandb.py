@@ -133,3 +133,41 @@ def test_offline_run_holds_histograms_grids_and_the_table(tmp_path, monkeypatch)
         assert row[6]["_type"] == "image-file" and row[6]["height"] == row[6]["width"] == 8
         pixels = np.asarray(Image.open(staged[row[6]["path"]]))
         assert pixels.shape == (8, 8, 3) and pixels.max() > 1
+
+
+def test_the_review_table_carries_the_flagged_rows_with_their_images(tmp_path, monkeypatch):
+    """log_review_table: the report's samples to review, most probable first, each with its image."""
+    from curvature_callback.integration.callback import default_batch_to_inputs
+    from curvature_callback.integration.sinks import log_review_table
+
+    for key in ("WANDB_API_KEY", "WANDB_MODE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "data"))
+    dm = RandomImages()
+    dm.setup()
+    dataset = dm.curvature_dataset()
+    rng = np.random.default_rng(1)
+    flagged = np.array([7, 3, 40, 12])
+    suggested, probability, confidence = rng.integers(-1, 4, 48), rng.random(48), rng.random(48)
+    suggested[3] = -1  # no suggestion
+    names = ["cat", "dog", "ship", "frog"]
+    logger = wandb_logger(project="curvature-test", save_dir=str(tmp_path))
+    rows = log_review_table(logger, dataset, flagged, dm.given_labels, suggested, probability, confidence,
+                            ["high loss", "b", "c", "d"], default_batch_to_inputs, class_names=names, step=5)
+    logger.experiment.finish()
+    history(str(tmp_path))
+    (staged,) = [files for name, files in artifact_files(str(tmp_path)).items() if "review" in name]
+    data = json.loads(open(staged["label_issues/review.table.json"]).read())
+    assert data["columns"] == ["rank", "index", "given_label", "suggested_label", "probability",
+                               "suggestion_confidence", "reason", "given_class", "suggested_class", "image"]
+    assert [r[1] for r in data["data"]] == flagged.tolist() and [r[0] for r in data["data"]] == [0, 1, 2, 3]
+    assert [r[2] for r in data["data"]] == dm.given_labels[flagged].tolist()
+    assert [r[3] for r in data["data"]] == suggested[flagged].tolist() and data["data"][1][8] == ""
+    np.testing.assert_allclose([r[4] for r in data["data"]], probability[flagged])
+    assert data["data"][0][6] == "high loss" and data["data"][0][7] == names[dm.given_labels[7]]
+    assert [r[:9] for r in data["data"]] == [r for r in rows]
+    for row in data["data"]:
+        assert row[9]["_type"] == "image-file" and row[9]["height"] == row[9]["width"] == 8
+        pixels = np.asarray(Image.open(staged[row[9]["path"]]))
+        assert pixels.shape == (8, 8, 3) and pixels.max() > 1

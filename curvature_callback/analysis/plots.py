@@ -129,6 +129,7 @@ def plot_top_k(
     path: str | os.PathLike,
     k: int = 25,
     class_names: Sequence[str] | None = None,
+    ranked_by: str = "curvature",
 ) -> np.ndarray:
     """Grid of the ``k`` highest-scoring samples, each titled ``given / original`` (red where they differ).
 
@@ -137,10 +138,11 @@ def plot_top_k(
             ``[H, W]`` (a tensor, an array, or a dataset view; only the ``k`` shown are read).
         given: ``[N]`` labels the network trained on.
         original: ``[N]`` the dataset's labels.
-        scores: ``[N]`` the ranking score (curvature).
+        scores: ``[N]`` the ranking score.
         path: where to write the PNG.
         k: how many to show.
         class_names: names of the classes, shown instead of the label numbers.
+        ranked_by: the score's name, in the figure's title.
 
     Returns:
         The indices shown, highest score first.
@@ -178,7 +180,7 @@ def plot_top_k(
         g, o = (given[i], original[i]) if class_names is None else (class_names[given[i]], class_names[original[i]])
         ax.text(c * cell_w + w / 2, r * cell_h + band / 2, f"#{i}: {g} / {o}", ha="center", va="center",
                 fontsize=7 if class_names else 8, color="tab:red" if differs else "black")
-    fig.suptitle("highest curvature; title: index: given / original label", fontsize=9,
+    fig.suptitle(f"highest {ranked_by}; title: index: given / original label", fontsize=9,
                  y=1 - 0.12 / fig.get_figheight())
     _save(fig, path, dpi=120)
     return top

@@ -6,19 +6,28 @@ is embedded as a PNG data URI, no script, no network), with the same PNGs beside
 Jinja2 template ``templates/report.html.j2`` (structure and CSS); this module reads the run and computes each
 section's context as plain strings and numbers, which the template escapes. Sections:
 
+- **samples to review**: the samples whose labels look wrong (:func:`~curvature_callback.analysis.find_label_issues`,
+  most probable first), as thumbnails with the given and suggested label, the probability and the reason, how many
+  were estimated and how; past :data:`REVIEW_GRID` the rest in a table (up to :data:`REVIEW_TABLE` rows, all of
+  them in ``label_issues.csv``); then the duplicates with conflicting labels, as pairs;
 - which signal answers which question (the recommended score of :mod:`~curvature_callback.analysis.recommend`, and
   why);
 - mislabel detection by the recommended score, curvature and every other signal (when labels were flipped);
-- the curvature histogram per class and the grid of the most-curved samples, given and original labels;
-- duplicates with conflicting labels among the most-curved samples, with thumbnails;
+- for each question, the samples its recommended score ranks highest, with every signal as a column (curvature one
+  of them);
+- the curvature histogram per class (when the run scored curvature);
 - the comparison with a reference memorization score, when one is given (``--reference``).
 
+A run without curvature (a gradient or forward pass, ``callbacks=recommended``) has every section but the curvature
+histograms: the lists follow the recommended scores, never curvature alone.
+
 **Where the images come from.** The store holds scores, not pixels. The report takes the images from the
-``images`` (or ``dataset``) argument (``curvature-train`` passes its dataset) or ``images_file`` (an ``[N, ...]``
-``.npy`` in the store's order, loaded without pickle). It builds nothing itself: the console script
-(:mod:`curvature_callback.experiments.report_cli`) can rebuild one of this package's own datamodules when asked
-with ``--rebuild-data``. Without images the report still has every number; the sections that need pixels say
-why they are empty and how to get them.
+``images`` (or ``dataset``) argument (``curvature-train`` passes its dataset), ``images_file`` (an ``[N, ...]``
+``.npy`` in the store's order, loaded without pickle), or else the run folder's own ``review_images.npy`` (the
+images of the samples the report shows, which ``curvature-train`` keeps: :mod:`~curvature_callback.analysis.thumbnails`,
+``keep_images``). It builds nothing itself: the console script (:mod:`curvature_callback.experiments.report_cli`)
+can rebuild one of this package's own datamodules when asked with ``--rebuild-data``. Without images the report
+still has every number; the sections that need pixels say why they are empty and how to get them.
 
 **A run folder is data from a stranger.** Nothing read from it chooses what code runs. Every file read from the run
 folder must stay inside it once links are followed, and nothing is written through a link: the default output folder
@@ -29,6 +38,7 @@ in it where a file goes is refused (:mod:`curvature_callback.core.safe_paths`).
 from __future__ import annotations
 
 import base64
+import io
 import math
 import os
 import time
@@ -56,18 +66,24 @@ from curvature_callback.analysis.plots import (
     plot_detection_curves,
     plot_histogram,
     plot_memorization,
-    plot_top_k,
     save_thumbnail,
 )
 from curvature_callback.analysis.recommend import RULES, recommended_scores, used_signals
+from curvature_callback.analysis.thumbnails import Thumbnails, load_thumbnails, save_thumbnails
 from curvature_callback.core import safe_paths
 
-__all__ = ["write_report"]
+__all__ = ["REVIEW_GRID", "REVIEW_TABLE", "write_report"]
 
 #: percentages of the samples inspected in the detection table
 AT_PERCENT = (1, 5, 10)
 #: most duplicate pairs listed with thumbnails
 MAX_PAIRS = 40
+#: flagged samples shown as thumbnails; the next ones are table rows
+REVIEW_GRID = 100
+#: flagged samples listed on the page at most (the rest: label_issues.csv); keeps a page of ImageNet's flags light
+REVIEW_TABLE = 1000
+#: columns of the tables of samples, when the run has them (curvature one among the others)
+SIGNAL_COLUMNS = ("curvature", "loss", "train_loss", "input_grad", "margin", "confidence", "learning_time")
 #: how to get the images when the report has none
 _HOW = ("pass --images FILE.npy (an [N, ...] array in the store's order), or --rebuild-data to rebuild this "
         "package's datamodule named in the run's .hydra/config.yaml")
@@ -113,7 +129,8 @@ def _dataset_images(dataset: Any) -> Any:
     return tensors[0] if tensors else _Inputs(dataset)
 
 
-def _resolve_images(images: Any, images_file: str | None, n: int, source: str, note: str | None) -> _Images:
+def _resolve_images(images: Any, images_file: str | None, n: int, source: str, note: str | None,
+                    run_dir: Path) -> _Images:
     if images is not None:
         if hasattr(images, "__len__") and len(images) != n:
             raise ValueError(f"Expected `images` of {n} samples (the store's N), got {len(images)}.")
@@ -127,7 +144,16 @@ def _resolve_images(images: Any, images_file: str | None, n: int, source: str, n
         if len(array) != n:
             raise ValueError(f"Expected {images_file} to hold {n} images (the store's N), got shape {array.shape}.")
         return _Images(array, images_file)
-    return _Images(notes=[note or f"images unavailable: the report builds nothing from a run folder; {_HOW}"])
+    kept = load_thumbnails(run_dir, n)  # the run's own: only the samples its report shows
+    if kept is not None:
+        return _Images(kept, kept.source)
+    return _Images(notes=[note or "images unavailable: the run folder keeps none (review_images.npy), and the report "
+                                  f"builds nothing from a run folder; {_HOW}"])
+
+
+def _has_image(found: _Images, i: int) -> bool:
+    """Whether the report has the picture of sample ``i`` (the run's kept images hold only some)."""
+    return found.view is not None and (not isinstance(found.view, Thumbnails) or i in found.view)
 
 
 def _load_npy(path: str | os.PathLike, what: str, mmap_mode: str | None = None) -> Any:
@@ -144,7 +170,7 @@ def _check_options(top_k: Any, dup_top_k: Any, dup_threshold: Any) -> None:
     """The report's numeric options, before anything is read (``curvature-report`` checks them as it parses)."""
     from curvature_callback.core.settings import check_int
 
-    check_int("top_k", top_k, 1, hint=" (samples in the grid of the most curved)")
+    check_int("top_k", top_k, 1, hint=" (samples in each question's grid)")
     if dup_top_k is not None:
         check_int("dup_top_k", dup_top_k, 1, hint=" or None (2 % of N)")
     if isinstance(dup_threshold, bool) or not isinstance(dup_threshold, (int, float, np.integer, np.floating)) \
@@ -183,6 +209,8 @@ def write_report(
     dup_threshold: float = 0.95,
     images_source: str = "the caller",
     images_note: str | None = None,
+    issues: Any = None,
+    keep_images: bool = False,
 ) -> Path:
     """Write the HTML report of a ``curvature-train`` run; returns the path of ``index.html``.
 
@@ -200,12 +228,18 @@ def write_report(
             ``scores.csv``'s ``label``; a ``source_index`` column, or ``reference_order``, gives the rows), an
             ``.npy`` vector in the store's order, or an array.
         reference_order: for each sample its row in the reference file.
-        top_k: samples in the grid of the most-curved.
-        dup_top_k: most-curved samples searched for conflicting duplicates (default 2 % of N, at least 50).
+        top_k: samples in each question's grid (its recommended score's highest).
+        dup_top_k: samples searched for conflicting duplicates, the highest by the duplicates question's recommended
+            score (default 2 % of N, at least 50).
         dup_threshold: least cosine similarity of downsampled pixels for a duplicate pair.
         images_source: where ``images`` or ``dataset`` came from, for the report.
         images_note: without images, why (default: how to get them). ``curvature-report --rebuild-data``
             (:mod:`curvature_callback.experiments.report_cli`) rebuilds this package's own datamodules.
+        issues: the run's label issues (what :func:`~curvature_callback.analysis.find_label_issues` returns);
+            default: found from the store and the given labels.
+        keep_images: also keep the images the page shows in the run folder (``review_images.npy`` and
+            ``review_indices.npy``, :mod:`~curvature_callback.analysis.thumbnails`), so that a later
+            ``curvature-report RUN_DIR`` shows them with no data at hand (``curvature-train`` asks for this).
 
     Raises:
         FileNotFoundError: no store or no ``scores.csv`` in ``run_dir``.
@@ -226,31 +260,35 @@ def write_report(
         ref = None
         if reference is not None:
             ref = _load_reference(reference, reference_order, run.columns, run.original, run.filenames)
-            if ref[0].shape != run.curvature.shape:
+            if ref[0].shape != (run.n,):
                 raise ValueError(f"Expected a reference of {run.n} samples (the store's N), got shape "
                                  f"{ref[0].shape}: pass the reference of the dataset this run scored.")
         if dataset is not None and images is None:
             images = _dataset_images(dataset)
-        found = _resolve_images(images, images_file, run.n, images_source, images_note)
+        found = _resolve_images(images, images_file, run.n, images_source, images_note, run.directory)
         names = class_names
         _check_class_names(names, run)
-        recommended = recommended_scores(run.scores)
+        recommended = run.recommended
         signals = {**({"recommended": recommended["mislabeled"]} if "mislabeled" in recommended else {}), **run.scores}
         scored = run.scored
         # one table over one set of samples: a signal without a value for some scored sample (a training-time signal
         # of a run stopped within its first epoch) is left out of it
         signals = {k: v for k, v in signals.items() if np.isfinite(v[scored]).all()}
+        if issues is None:
+            issues = _find_issues(run)
+        shown: set[int] = set()  # every sample drawn: what keep_images keeps
         context = {
             "title": run.directory.name,
             "summary": _summary(run, found),
+            "review": _review(run, issues, found, names, dup_top_k, dup_threshold, out, shown),
             "questions": _questions(run.scores),
             "detection": _detection({k: v[scored] for k, v in signals.items()}, run.flipped[scored], out),
+            "tops": _tops(run, found, names, top_k, out, shown),
             "classes": _classes(run, names, out),
-            "top_k": _most_curved(run, found, names, top_k, out),
-            "duplicates": _duplicates(run, found, names, dup_top_k, dup_threshold, out),
-            "memorization": None if ref is None else _memorization(ref[0][scored], ref[1], ref[2],
-                                                                   run.curvature[scored], out),
+            "memorization": None if ref is None else _memorization(ref[0][scored], ref[1], ref[2], run, out),
         }
+        if keep_images and found.view is not None and not isinstance(found.view, Thumbnails):
+            save_thumbnails(run.directory, found.view, sorted(shown))
         context["elapsed"] = f"{time.perf_counter() - start:.1f}"
         return safe_paths.write_text(out / "index.html", _render(context))
     finally:
@@ -282,8 +320,9 @@ def _render(context: Mapping[str, Any]) -> str:
 class _Run:
     """What the report reads from a run folder: the store's scores beside ``scores.csv``'s labels.
 
-    ``order`` lists the scored samples, most curved first; a run with ``fraction < 1`` may end before every
-    sample had its turn, and its unscored samples (NaN) are left out of every section.
+    ``scored`` marks the samples with a score (curvature where the run scored it, else the recommended score); a run
+    with ``fraction < 1`` may end before every sample had its turn, and its unscored samples (NaN) are left out of
+    every section.
     """
 
     directory: Path  # resolved
@@ -301,17 +340,26 @@ class _Run:
         return self.store.n
 
     @property
-    def curvature(self) -> np.ndarray:
-        return self.scores["curvature"]
+    def curvature(self) -> np.ndarray | None:
+        """Curvature, or None for a run that scored none (a gradient or forward pass, training-time signals only)."""
+        c = self.scores.get("curvature")
+        return c if c is not None and np.isfinite(c).any() else None
+
+    @cached_property
+    def recommended(self) -> dict[str, np.ndarray]:
+        return recommended_scores(self.scores)
 
     @cached_property
     def scored(self) -> np.ndarray:
-        return np.isfinite(self.curvature)
+        if self.curvature is not None:
+            return np.isfinite(self.curvature)
+        return np.isfinite(self.recommended["mislabeled"]) if "mislabeled" in self.recommended \
+            else np.zeros(self.n, dtype=bool)
 
-    @cached_property
-    def order(self) -> np.ndarray:
-        ranking = np.where(self.scored, self.curvature, -np.inf)
-        return np.argsort(-ranking, kind="stable")[: int(self.scored.sum())]
+    def order(self, score: np.ndarray) -> np.ndarray:
+        """The scored samples with a value of ``score``, highest first (ties in index order)."""
+        has = self.scored & np.isfinite(score)
+        return np.argsort(-np.where(has, score, -np.inf), kind="stable")[: int(has.sum())]
 
 
 def _scores_csv(run_dir: Path) -> Path:
@@ -351,15 +399,9 @@ def _read_run(run_dir: Path, csv_path: Path, store_dir: str | os.PathLike | None
         original = columns.get("label", given)
         flipped = columns["flipped"].astype(bool) if "flipped" in columns else given != original
         scores = suspicion_scores(store)
-        if "curvature" not in scores:  # a gradient or forward pass (pass_kind), or training-time signals only
-            raise ValueError(
-                f"The store at {store.directory} holds no curvature (pass_kind={store.meta.get('pass_kind')!r}, "
-                f"signals: {', '.join(scores) or 'none'}): this report ranks by curvature. Read the run's scores.csv "
-                "and metrics.json (the recommended score), or score curvature (pass_kind='curvature')."
-            )
-        if not np.isfinite(scores["curvature"]).any():
+        if not any(np.isfinite(v).any() for v in scores.values()):
             raise ValueError(f"No sample of the store at {store.directory} was scored: nothing to report. Run "
-                             "curvature-train until at least one scored epoch is committed.")
+                             "curvature-train until at least one epoch is committed.")
         filenames = _run_filenames(columns, store.directory)
     except BaseException:
         store.close()
@@ -446,8 +488,10 @@ def _summary(run: _Run, found: _Images) -> list[tuple[str, str]]:
         ("classes", str(len(np.unique(run.given)))),
         ("flipped labels", f"{int(flipped.sum())} ({flipped.mean():.1%})"),
         ("scored epochs", str(run.store.epochs)),
-        ("h, vectors, seed", f"{meta.get('h')}, {meta.get('n_vectors')}, {meta.get('seed')}"),
+        ("pass", str(meta.get("pass_kind", "curvature"))),
     ]
+    if run.curvature is not None:
+        rows.append(("h, vectors, seed", f"{meta.get('h')}, {meta.get('n_vectors')}, {meta.get('seed')}"))
     for key, label in (("train_acc", "train accuracy on the given labels"),
                        ("train_acc_original", "train accuracy on the original labels"),
                        ("flipped_memorized", "flipped samples fit (memorized)")):
@@ -456,6 +500,92 @@ def _summary(run: _Run, found: _Images) -> list[tuple[str, str]]:
             rows.append((label, f"{value:.3f}"))
     rows.append(("images", found.source or "; ".join(found.notes)))
     return rows
+
+
+def _find_issues(run: _Run) -> Any:
+    """The run's label issues, found as ``curvature-train`` found them (its store, given labels and the final model's
+    predictions, ``scores.csv``'s ``pred``); None where this package cannot find them."""
+    try:
+        from curvature_callback.analysis.label_issues import find_label_issues
+    except ImportError:  # an analysis without the label-issue finder
+        return None
+    pred = run.columns.get("pred")
+    classes = int(max(run.given.max(), run.original.max())) + 1 if run.n else 0
+    if pred is None or pred.dtype != np.int64 or (len(pred) and not (0 <= pred.min() and pred.max() < classes)):
+        pred = None  # a stranger's column that is not class indices: found without it
+    return find_label_issues(run.store, run.given, predictions=pred)
+
+
+def _text(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, (list, tuple, np.ndarray)):
+        return "; ".join(str(v) for v in value)
+    return str(value)
+
+
+class _Drawn:
+    """Thumbnails of the samples the page shows, as data URIs, each written once to ``out/thumbnails/I.png`` (never
+    read back from a file that was there: it may be a link); ``shown`` collects every sample drawn."""
+
+    def __init__(self, found: _Images, out: Path, shown: set[int]) -> None:
+        self.found, self.out, self.shown = found, out, shown
+        self._uri: dict[int, dict[str, str]] = {}
+
+    def __call__(self, i: int) -> dict[str, str] | None:
+        i = int(i)
+        if not _has_image(self.found, i):
+            return None
+        if i not in self._uri:
+            buffer = io.BytesIO()
+            save_thumbnail(self.found.view[i], buffer)
+            data = buffer.getvalue()
+            safe_paths.write_bytes(safe_paths.subdir(self.out, "thumbnails") / f"{i}.png", data)
+            self._uri[i] = {"src": "data:image/png;base64," + base64.b64encode(data).decode(), "alt": f"sample {i}"}
+            self.shown.add(i)
+        return self._uri[i]
+
+
+def _review(
+    run: _Run, issues: Any, found: _Images, names: Sequence[str] | None, dup_top_k: int | None, threshold: float,
+    out: Path, shown: set[int],
+) -> dict[str, Any]:
+    """The samples to review: the flagged ones (grid, then table), how many were estimated and how, and the
+    conflicting duplicate pairs."""
+    draw = _Drawn(found, out, shown)
+    section: dict[str, Any] = {"unavailable": "; ".join(found.notes), "duplicates": _duplicates(
+        run, found, names, dup_top_k, threshold, draw)}
+    if issues is None:
+        section.update(found=False, note="this installation has no label-issue finder "
+                       "(curvature_callback.analysis.find_label_issues).")
+        return section
+    flagged = np.asarray(issues.flagged, dtype=np.int64)
+    k = len(flagged)
+    reasons = issues.reasons  # one per flagged sample, in its order; the rest are one value per sample
+
+    def entry(position: int, i: int) -> dict[str, Any]:
+        s = int(issues.suggested[i])
+        return {
+            "index": i, "given": _label(run.given[i], names),
+            "suggested": _label(s, names) if s >= 0 else "none",
+            "differs": s >= 0 and s != int(run.given[i]),
+            "probability": _num(float(issues.probability[i]), 2),
+            "confidence": _num(float(issues.suggestion_confidence[i]), 2),
+            "reason": _text(reasons[position]) if position < len(reasons) else "",
+        }
+
+    grid = []
+    for position, i in enumerate(flagged[:REVIEW_GRID]):
+        row = entry(position, int(i))
+        row["image"] = draw(int(i))
+        grid.append(row)
+    rows = [entry(position, int(i)) for position, i in enumerate(flagged[:REVIEW_TABLE]) if position >= REVIEW_GRID]
+    section.update(
+        found=True, flagged=k, estimated=str(issues.estimated), method=_text(issues.method), grid=grid, rows=rows,
+        more=max(0, k - REVIEW_TABLE),
+        with_images=any(g["image"] is not None for g in grid),
+    )
+    return section
 
 
 def _questions(scores: Mapping[str, np.ndarray]) -> list[dict[str, str]]:
@@ -491,8 +621,39 @@ def _detection(scores: Mapping[str, np.ndarray], flipped: np.ndarray, out: Path)
     }
 
 
-def _classes(run: _Run, names: Sequence[str] | None, out: Path) -> dict[str, Any]:
-    """The curvature histogram per class and over all samples. Writes ``class_histograms.png``, ``histogram.png``."""
+def _tops(
+    run: _Run, found: _Images, names: Sequence[str] | None, top_k: int, out: Path, shown: set[int],
+) -> list[dict[str, Any]]:
+    """For each question, the ``top_k`` samples its recommended score ranks highest: thumbnails and a table with
+    every signal of :data:`SIGNAL_COLUMNS` the run has (curvature one column among them)."""
+    draw = _Drawn(found, out, shown)
+    used = used_signals(run.scores)
+    columns = [c for c in SIGNAL_COLUMNS if c in run.scores and np.isfinite(run.scores[c]).any()]
+    tops = []
+    for q, score in run.recommended.items():
+        top = run.order(score)[:top_k]
+        tiles = [{"index": int(i), "given": _label(run.given[i], names), "original": _label(run.original[i], names),
+                  "differs": bool(run.given[i] != run.original[i]), "image": draw(int(i))} for i in top]
+        rows = [[str(int(i)), _label(run.given[i], names), _label(run.original[i], names), f"{score[i]:.3f}",
+                 *(_num(run.scores[c][i]) for c in columns)] for i in top]
+        tops.append({"question": q, "asks": RULES[q].asks, "signals": " + ".join(used[q]), "k": len(top),
+                     "tiles": tiles, "with_images": any(t["image"] is not None for t in tiles),
+                     "header": ["index", "given", "original", "recommended", *columns], "rows": rows})
+    return tops
+
+
+def _num(v: float, decimals: int | None = None) -> str:
+    """A value for a table cell: ``n/a`` where there is none, else 4 significant digits (or ``decimals``)."""
+    if not np.isfinite(v):
+        return "n/a"
+    return f"{v:.4g}" if decimals is None else f"{v:.{decimals}f}"
+
+
+def _classes(run: _Run, names: Sequence[str] | None, out: Path) -> dict[str, Any] | None:
+    """The curvature histogram per class and over all samples (``class_histograms.png``, ``histogram.png``); None
+    for a run without curvature."""
+    if run.curvature is None:
+        return None
     scored = run.scored
     curvature, flipped = run.curvature[scored], run.flipped[scored]
     plot_class_histograms(curvature, run.given[scored], flipped, out / "class_histograms.png", class_names=names)
@@ -501,91 +662,85 @@ def _classes(run: _Run, names: Sequence[str] | None, out: Path) -> dict[str, Any
             "overall": _figure(out / "histogram.png", "curvature histogram")}
 
 
-def _most_curved(run: _Run, found: _Images, names: Sequence[str] | None, top_k: int, out: Path) -> dict[str, Any]:
-    """The table of the ``top_k`` most-curved samples, and their grid when there are images (``top_k.png``)."""
-    order = run.order
-    k = min(top_k, len(order))
-    figure = None
-    if found.view is not None:
-        ranking = np.where(run.scored, run.curvature, -np.inf)
-        plot_top_k(found.view, run.given, run.original, ranking, out / "top_k.png", k=k, class_names=names)
-        figure = _figure(out / "top_k.png", "most-curved samples")
-    rows = [(str(int(i)), _label(run.given[i], names), _label(run.original[i], names), f"{run.curvature[i]:.4g}")
-            for i in order[:k]]
-    return {"k": k, "figure": figure, "unavailable": "; ".join(found.notes), "rows": rows}
-
-
 def _duplicates(
-    run: _Run, found: _Images, names: Sequence[str] | None, dup_top_k: int | None, threshold: float, out: Path,
+    run: _Run, found: _Images, names: Sequence[str] | None, dup_top_k: int | None, threshold: float, draw: _Drawn,
 ) -> dict[str, Any]:
-    """Conflicting duplicates among the most-curved samples, with thumbnails (``thumbnails/I.png``).
-
-    Without images, only why they are unavailable.
-    """
-    order = run.order
+    """Conflicting duplicates among the samples the duplicates question's recommended score ranks highest, as pairs
+    of thumbnails. Without images, only why they are unavailable."""
+    question = next((q for q in ("duplicates", "mislabeled") if q in run.recommended), None)
+    score = run.recommended[question] if question else run.curvature
+    order = run.order(score) if score is not None else np.zeros(0, dtype=np.int64)
     k = min(len(order), dup_top_k if dup_top_k is not None else max(50, math.ceil(0.02 * run.n)))
-    section: dict[str, Any] = {"k": k, "threshold": threshold, "unavailable": "; ".join(found.notes)}
+    section: dict[str, Any] = {"k": k, "threshold": threshold, "by": question or "curvature",
+                               "unavailable": "; ".join(found.notes)}
     if found.view is None:
         return section
-    pairs = _conflicting_pairs(found.view, order[:k], run.given, threshold)
+    candidates = order[:k]
+    if isinstance(found.view, Thumbnails):  # the run's kept images: the candidates that have one
+        candidates = np.array([i for i in candidates if i in found.view], dtype=np.int64)
+        section["kept"] = len(candidates)
+    pairs = _conflicting_pairs(found.view, candidates, run.given, threshold)
+    rank = np.empty(run.n, dtype=np.int64)
+    rank[np.argsort(-np.where(np.isfinite(score), score, -np.inf), kind="stable")] = np.arange(1, run.n + 1)
     section.update(unavailable="", found=len(pairs), more=max(0, len(pairs) - MAX_PAIRS),
-                   pairs=_pair_rows(pairs[:MAX_PAIRS], found.view, run, names, out))
+                   pairs=[_pair_row(p, run, names, rank, draw) for p in pairs[:MAX_PAIRS]])
     return section
 
 
 def _conflicting_pairs(view: Any, candidates: np.ndarray, given: np.ndarray, threshold: float) -> list[DuplicatePair]:
     """Pairs among ``candidates`` (sample indices) with near-identical pixels and different given labels."""
     candidates = np.sort(candidates)  # only the candidates' pixels are read, in the store's order
+    if len(candidates) < 2:
+        return []
     feats = pixel_features(_Subset(view, candidates))
     local = find_conflicting_duplicates(feats, given[candidates], np.arange(len(candidates)), threshold=threshold)
     return [DuplicatePair(int(candidates[p.i]), int(candidates[p.j]), p.similarity, p.label_i, p.label_j)
             for p in local]
 
 
-def _pair_rows(
-    pairs: Sequence[DuplicatePair], view: Any, run: _Run, names: Sequence[str] | None, out: Path,
-) -> list[dict[str, Any]]:
-    """One row per pair: both thumbnails, labels, similarity and curvature ranks (1: the most curved)."""
-    rank = np.empty(run.n, dtype=np.int64)
-    rank[np.argsort(-np.nan_to_num(run.curvature, nan=-np.inf), kind="stable")] = np.arange(1, run.n + 1)
-    thumbs = safe_paths.subdir(out, "thumbnails")
-    written: set[int] = set()  # a sample in two pairs is drawn once; a file already there (maybe a link) never read
-    rows = []
-    for p in pairs:
-        for i in (p.i, p.j):
-            if i not in written:
-                save_thumbnail(view[i], thumbs / f"{i}.png")
-                written.add(i)
-        rows.append({
-            "first": _figure(thumbs / f"{p.i}.png", f"sample {p.i}"),
-            "second": _figure(thumbs / f"{p.j}.png", f"sample {p.j}"),
-            "i": p.i, "j": p.j,
-            "given": f"{_label(run.given[p.i], names)} / {_label(run.given[p.j], names)}",
-            "original": f"{_label(run.original[p.i], names)} / {_label(run.original[p.j], names)}",
-            "similarity": f"{p.similarity:.4f}",
-            "ranks": f"{rank[p.i]} / {rank[p.j]}",
-        })
-    return rows
+def _pair_row(p: DuplicatePair, run: _Run, names: Sequence[str] | None, rank: np.ndarray,
+              draw: _Drawn) -> dict[str, Any]:
+    """One pair: both thumbnails, labels, similarity and ranks by the duplicates score (1: the highest)."""
+    return {
+        "first": draw(p.i), "second": draw(p.j), "i": p.i, "j": p.j,
+        "given": f"{_label(run.given[p.i], names)} / {_label(run.given[p.j], names)}",
+        "original": f"{_label(run.original[p.i], names)} / {_label(run.original[p.j], names)}",
+        "similarity": f"{p.similarity:.4f}",
+        "ranks": f"{rank[p.i]} / {rank[p.j]}",
+    }
 
 
-def _memorization(ref: np.ndarray, name: str, note: str, curvature: np.ndarray, out: Path) -> dict[str, Any]:
-    """Correlations and top-k cosine similarities with a reference score (scored samples only); ``memorization.png``.
+def _memorization(ref: np.ndarray, name: str, note: str, run: _Run, out: Path) -> dict[str, Any]:
+    """Correlations and top-k cosine similarities of the memorized question's recommended score and of curvature
+    with a reference score (scored samples only); ``memorization.png`` (curvature against it) when there is
+    curvature.
 
     ``ref`` is the reference at the scored samples; ``note`` says how its alignment was checked.
     """
-    if ref.shape != curvature.shape:
-        raise ValueError(f"Expected a reference of shape {curvature.shape}, got {ref.shape}.")
-    n = len(curvature)
+    scored = run.scored
+    signals = {}
+    if "memorized" in run.recommended:
+        signals["recommended"] = run.recommended["memorized"][scored]
+    if run.curvature is not None:
+        signals["curvature"] = run.curvature[scored]
+    n = int(scored.sum())
     ks = sorted({k for k in (100, 500, 1000, 5000, n // 10, n) if 0 < k <= n})
-    cosine = []
-    for by in ("reference", "scores"):
-        m = memorization_comparison(curvature, ref, top_k=ks, by=by)
-        for k in ks:
-            cosine.append((f"top {k} by {by}", _fmt(m[f"cosine@{k}"]), _fmt(m[f"cosine_chance@{k}"])))
-    plot_memorization(curvature, ref, out / "memorization.png", name=name)
-    return {
-        "note": note,
-        "correlations": [("Pearson", _fmt(m["pearson"])), ("Spearman", _fmt(m["spearman"]))],
-        "cosine": cosine,
-        "figure": _figure(out / "memorization.png", "curvature against memorization"),
-    }
+    correlations, cosine = [["Pearson"], ["Spearman"]], []
+    for signal, values in signals.items():
+        if values.shape != ref.shape:
+            raise ValueError(f"Expected a reference of shape {values.shape}, got {ref.shape}.")
+        has = np.isfinite(values)
+        full = memorization_comparison(values[has], ref[has])
+        correlations[0].append(_fmt(full["pearson"]))
+        correlations[1].append(_fmt(full["spearman"]))
+        for by in ("reference", "scores"):
+            m = memorization_comparison(values[has], ref[has], top_k=[k for k in ks if k <= has.sum()], by=by)
+            for k in ks:
+                if f"cosine@{k}" in m:
+                    cosine.append((f"top {k} by {'the reference' if by == 'reference' else signal}", signal,
+                                   _fmt(m[f"cosine@{k}"]), _fmt(m[f"cosine_chance@{k}"])))
+    figure = None
+    if run.curvature is not None:
+        plot_memorization(run.curvature[scored], ref, out / "memorization.png", name=name)
+        figure = _figure(out / "memorization.png", "curvature against memorization")
+    return {"note": note, "header": ["", *signals], "correlations": correlations, "cosine": cosine, "figure": figure}

@@ -211,7 +211,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                         "RUN_DIR; a folder given here may be anywhere)")
     parser.add_argument("--store", help="the store folder, if not RUN_DIR/curvature")
     parser.add_argument("--images", help=".npy of [N, ...] images in the store's order, loaded without pickle "
-                        "(default: none, unless --rebuild-data)")
+                        "(default: the run's own review_images.npy, else none unless --rebuild-data)")
     parser.add_argument("--rebuild-data", action="store_true",
                         help="without --images, rebuild the images from the datamodule named in "
                         "RUN_DIR/.hydra/config.yaml, only if it is one of this package's own ("
@@ -221,9 +221,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--reference", help="reference memorization: Feldman & Zhang .npz, or an .npy vector")
     parser.add_argument("--reference-order", help=".npy of int rows: for each sample, its row in the reference")
     parser.add_argument("--class-names", help="comma-separated names indexed by label (default: the datamodule's)")
-    parser.add_argument("--top-k", type=_positive_int, default=25, help="samples in the grid of the most-curved (25)")
+    parser.add_argument("--top-k", type=_positive_int, default=25,
+                        help="samples in each question's grid, the highest by its recommended score (25)")
     parser.add_argument("--dup-top-k", type=_positive_int,
-                        help="most-curved samples searched for duplicates (2 %% of N)")
+                        help="samples searched for duplicates, the highest by the duplicates question's recommended "
+                        "score (2 %% of N)")
     parser.add_argument("--dup-threshold", type=_similarity, default=0.95,
                         help="least cosine similarity, in [-1, 1] (0.95)")
     args = parser.parse_args(argv)

@@ -57,12 +57,14 @@ from curvature_callback.analysis.plots import plot_histogram, plot_top_k
 from curvature_callback.analysis.recommend import recommended_scores, used_signals
 from curvature_callback.analysis.report import write_report
 from curvature_callback.core import safe_paths
+from curvature_callback.core.corrections import CorrectionsError
 from curvature_callback.core.numeric import labels_digest
 from curvature_callback.core.store_format import StoreCorruptError, StoreMismatchError
 from curvature_callback.experiments.arguments import AnyOf, ConfigError, Integer, OneOf, Real, Rule, check_arguments
 from curvature_callback.integration.callback import CurvatureCallback, default_batch_to_inputs
 
-__all__ = ["CONF_DIR", "RUN_FILES", "RUN_FOLDERS", "RefuseLinks", "check_config", "check_run_dir", "main", "run"]
+__all__ = ["CONF_DIR", "REVIEW_FILES", "RUN_FILES", "RUN_FOLDERS", "RefuseLinks", "check_config", "check_run_dir",
+           "main", "run"]
 
 
 def _conf_dir() -> str:
@@ -193,10 +195,13 @@ RUN_FILES = ("scores.csv", "metrics.json", "labels.npz", "histogram.png", "top_k
              "wandb", "lightning_logs")
 #: the folders a run writes into: no link anywhere under them (the store, Hydra's, the report's, checkpoints)
 RUN_FOLDERS = (".hydra", "curvature", "report", "checkpoints")
+#: what the review loop writes in the run folder: the images its report shows, the corrections a person edits
+REVIEW_FILES = ("review_images.npy", "review_indices.npy", "corrections.csv")
 
 
 def check_run_dir(run_dir: str | os.PathLike) -> None:
-    """Refuse a run folder with a symbolic link where the run writes (:data:`RUN_FILES`, :data:`RUN_FOLDERS`).
+    """Refuse a run folder with a symbolic link where the run writes (:data:`RUN_FILES`, :data:`REVIEW_FILES`,
+    :data:`RUN_FOLDERS`).
 
     The folder itself may be a link (the user named it), and so may other entries of it (a linked dataset).
 
@@ -207,7 +212,7 @@ def check_run_dir(run_dir: str | os.PathLike) -> None:
     if os.path.exists(run_dir) and not os.path.isdir(run_dir):
         raise ConfigError(f"Expected the run folder {run_dir} to be a folder, or nothing there, but it is a file: "
                           "choose another one (hydra.run.dir=...), or move the file away.")
-    safe_paths.refuse_links(run_dir, RUN_FILES, RUN_FOLDERS, fix=(
+    safe_paths.refuse_links(run_dir, RUN_FILES + REVIEW_FILES, RUN_FOLDERS, fix=(
         "Remove the link, or run in a fresh folder (hydra.run.dir=...); a run writes its outputs only as files of "
         "its own folder."))
 
@@ -293,7 +298,8 @@ class _Clock(Callback):
 
 class _RecordLabels(Callback):
     """Before training, on rank 0: ``labels.npz`` in the run directory (original and given labels, the flipped
-    mask, the source indices) and, for folder datasets, ``filenames.txt`` in the store folder.
+    mask, the source indices; with ``data.corrections``, the labels before them and the kept mask) and, for folder
+    datasets, ``filenames.txt`` in the store folder.
 
     ``filenames.txt`` is plain UTF-8, line ``i`` the path of sample ``i`` relative to the training folder: it
     names each score's image (published ImageNet memorization scores are keyed by file name) with no pickle.
@@ -316,7 +322,7 @@ class _RecordLabels(Callback):
         if not trainer.is_global_zero:
             return
         arrays = {name: np.asarray(getattr(self.datamodule, name)) for name in
-                  ("original_labels", "given_labels", "flipped", "source_indices")
+                  ("original_labels", "given_labels", "flipped", "source_indices", "noisy_labels", "kept")
                   if getattr(self.datamodule, name, None) is not None}
         self.out.mkdir(parents=True, exist_ok=True)
         buffer = io.BytesIO()
@@ -462,13 +468,13 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     store.close()
 
     write_scores_csv(out / "scores.csv", columns)
-    # the top-k grid ranks by curvature where there is one, else by the recommended score (no curvature histogram)
-    rank = columns["curvature"] if with_curvature else columns["recommended"]
-    scored = np.isfinite(rank)
-    if with_curvature:
-        plot_histogram(rank[scored], columns["flipped"][scored], out / "histogram.png")
-    plot_top_k(_Inputs(dataset), columns["given_label"], columns["label"], np.where(scored, rank, -np.inf),
-               out / "top_k.png", k=int(cfg.get("top_k", 25)), class_names=getattr(datamodule, "classes", None))
+    if with_curvature:  # the curvature histogram; the top-k grid ranks by the recommended score (which labels?)
+        curved = np.isfinite(columns["curvature"])
+        plot_histogram(columns["curvature"][curved], columns["flipped"][curved], out / "histogram.png")
+    rank = columns["recommended"]
+    plot_top_k(_Inputs(dataset), columns["given_label"], columns["label"], np.where(np.isfinite(rank), rank, -np.inf),
+               out / "top_k.png", k=int(cfg.get("top_k", 25)), class_names=getattr(datamodule, "classes", None),
+               ranked_by="recommended score (which labels are wrong?)")
     end = time.perf_counter()
     train_start = times.get("train_start", start)
     scoring = times.get("scoring", 0.0)
@@ -480,9 +486,9 @@ def run(cfg: DictConfig) -> dict[str, Any]:
         "report": round(end - fit_end, 2),  # predictions, scores.csv, figures
     }
     safe_paths.write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
-    if cfg.get("report", True) and with_curvature:  # report/index.html: figures, top-k, duplicates, every baseline
+    if cfg.get("report", True):  # report/index.html, and the images it shows kept in the run folder
         write_report(out, dataset=dataset, class_names=getattr(datamodule, "classes", None),
-                     top_k=int(cfg.get("top_k", 25)))
+                     top_k=int(cfg.get("top_k", 25)), keep_images=True)
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":
             logger.experiment.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
@@ -533,8 +539,8 @@ def _forget_ddp() -> None:
 
 
 #: the errors :func:`main` prints without a traceback: a config value, a link where the run writes, a store folder
-#: that holds another run's scores or a damaged one (a rerun into an old folder)
-_SAID_IN_FULL = (ConfigError, safe_paths.UnsafePathError, StoreMismatchError, StoreCorruptError)
+#: that holds another run's scores or a damaged one (a rerun into an old folder), a corrections file that cannot apply
+_SAID_IN_FULL = (ConfigError, safe_paths.UnsafePathError, StoreMismatchError, StoreCorruptError, CorrectionsError)
 
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")

@@ -4,6 +4,8 @@ The callback logs, to a :class:`~lightning.pytorch.loggers.WandbLogger`, a histo
 summary statistics at each scoring epoch (``callback._log``), a grid of the ``k`` most-curved samples
 (:func:`log_top_k_grid`) on the same step, and once at the end of ``fit`` a table of them
 (:func:`log_top_k_table`): index, given label, original label, curvature, loss, file name, image.
+``curvature-train`` also logs the samples to review (:func:`log_review_table`): the rows of the report's "Samples to
+review" and of ``label_issues.csv``, most probable first, each with its image.
 
 The grid and the table go through the logger's ``log_image`` and ``log_table``. Like ``log_metrics`` they log the
 trainer's step as the ``trainer/global_step`` value, not as W&B's own step, which W&B counts up itself: a row is
@@ -23,10 +25,13 @@ from torch import Tensor
 
 from curvature_callback.core.numeric import to_unit_range, top_k
 
-__all__ = ["TOP_K", "log_top_k_grid", "log_top_k_table", "wandb_logger", "wandb_offline"]
+__all__ = ["REVIEW_ROWS", "TOP_K", "log_review_table", "log_top_k_grid", "log_top_k_table", "wandb_logger",
+           "wandb_offline"]
 
 #: samples in the grid and the table
 TOP_K = 25
+#: most rows of the review table (the report lists as many; label_issues.csv has them all)
+REVIEW_ROWS = 1000
 
 
 def wandb_offline() -> bool:
@@ -172,6 +177,66 @@ def log_top_k_table(
         rows.append(row)
         # log_table builds the wandb.Table but has no image column of its own: a cell holds whatever is given, so
         # the images are wandb.Image objects made here (log_image only logs images on their own, not in a table).
+        images.append(wandb.Image(_pixels(_as_image(x))) if x.dim() in (2, 3) else None)
+    with_images = bool(images) and all(im is not None for im in images)
+    logger.log_table(key, columns=columns + (["image"] if with_images else []),
+                     data=[r + ([im] if with_images else []) for r, im in zip(rows, images)], step=step)
+    return rows
+
+
+def log_review_table(
+    logger: Any,
+    dataset: Any,
+    flagged: Sequence[int] | np.ndarray,
+    given: np.ndarray,
+    suggested: np.ndarray,
+    probability: np.ndarray,
+    confidence: np.ndarray,
+    reasons: Sequence[str],
+    to_inputs: Callable[[Any], tuple[Tensor, Tensor]],
+    *,
+    class_names: Sequence[str] | None = None,
+    step: int | None = None,
+    k: int = REVIEW_ROWS,
+    key: str = "label_issues/review",
+) -> list[list[Any]]:
+    """Log the samples to review through ``logger.log_table``: the flagged samples, most probable first.
+
+    Columns: rank, index, given label, suggested label (-1: none), probability that the label is wrong, the
+    suggestion's confidence, the reason, the class names of both labels when ``class_names`` are given, and the image
+    (left out when an input is not an image). The same rows, in the same order, as the report's "Samples to review"
+    and ``label_issues.csv`` (the first ``k``).
+
+    Args:
+        logger: a :class:`~lightning.pytorch.loggers.WandbLogger`.
+        dataset: the scored dataset; ``dataset[i]`` is sample ``i``.
+        flagged: the flagged indices, most probable first.
+        given: ``[N]`` the labels trained on.
+        suggested, probability, confidence: ``[N]`` per sample, as the label-issue finder returns them.
+        reasons: one per flagged sample, in its order.
+        to_inputs: turns a sample into ``(input, label)``.
+        class_names: names indexed by label.
+        step: the trainer's global step, logged as ``trainer/global_step`` next to the table.
+        k: most rows.
+        key: the history key of the table.
+
+    Returns:
+        The rows without the images.
+    """
+    import wandb
+
+    shown = [int(i) for i in np.asarray(flagged)[:k]]
+    columns = ["rank", "index", "given_label", "suggested_label", "probability", "suggestion_confidence", "reason"]
+    columns += ["given_class", "suggested_class"] if class_names is not None else []
+    rows, images = [], []
+    for rank, i in enumerate(shown):
+        s = int(suggested[i])
+        row: list[Any] = [rank, i, int(given[i]), s, float(probability[i]), float(confidence[i]),
+                          str(reasons[rank]) if rank < len(reasons) else ""]
+        if class_names is not None:
+            row += [str(class_names[int(given[i])]), str(class_names[s]) if s >= 0 else ""]
+        rows.append(row)
+        x = torch.as_tensor(to_inputs(dataset[i])[0])
         images.append(wandb.Image(_pixels(_as_image(x))) if x.dim() in (2, 3) else None)
     with_images = bool(images) and all(im is not None for im in images)
     logger.log_table(key, columns=columns + (["image"] if with_images else []),
