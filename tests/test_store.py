@@ -718,3 +718,23 @@ def test_a_commit_of_scores_and_steps_interrupted_after_its_commit_point_is_fini
         assert s.sum_of("train_loss").tolist() == [1.0, 0, 0, 0, 2.0] and s.count.tolist() == [1] * 5
         assert not s.commit_epoch(0, np.ones(5), steps={"train_seen": np.ones(5), "train_loss": np.ones(5)})
         assert s.sum_of("train_seen").tolist() == [1.0, 0, 0, 0, 1.0]
+
+
+def test_a_commit_syncs_its_arrays_once_and_a_failed_sync_keeps_the_journal(tmp_path, monkeypatch):
+    from curvature_callback.core import store_format
+
+    calls = []
+    monkeypatch.setattr(store_format, "_SYNCFS", lambda fd: calls.append(fd) or 0)
+    with make(tmp_path) as s:
+        s.commit_epoch(0, np.ones(5))
+        assert len(calls) == 1  # one sync for the commit's arrays, whatever their number
+        monkeypatch.setattr(store_format, "_SYNCFS", lambda fd: -1)  # the filesystem reports an error (errno 0 here)
+        with pytest.raises(OSError, match="syncfs of"):
+            s.commit_epoch(1, np.full(5, 3.0))
+        assert s.epochs == [0] and (tmp_path / "journal" / "journal.json").exists()  # past its commit point: kept
+        flushed = []
+        real = np.memmap.flush
+        monkeypatch.setattr(store_format, "_SYNCFS", None)  # not Linux: each array flushed
+        monkeypatch.setattr(np.memmap, "flush", lambda self: flushed.append(self.shape) or real(self))
+        assert s.commit_epoch(2, np.full(5, 5.0))  # replays epoch 1 first
+        assert s.epochs == [0, 1, 2] and s.mean.tolist() == [3.0] * 5 and len(flushed) >= 2 * 4

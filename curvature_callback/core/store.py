@@ -23,8 +23,9 @@ epoch's training steps saw) and epochs (``meta.json``'s ``step_epochs``); ``epoc
 Every file opens with ``np.load(path, mmap_mode="r")``; nothing is pickled.
 
 **Commits are atomic and idempotent.** ``commit_epoch`` first writes a journal (the epoch's values, and the sums
-and counts they produce, in one ``journal/parts.npz`` synced once) and only then touches the arrays; all writes are absolute, so replaying a journal
-after a crash gives the same arrays. ``meta.json`` (replaced atomically) lists the epochs added; an epoch
+and counts they produce, in one ``journal/parts.npz`` synced once) and only then touches the arrays (synced together
+before ``meta.json`` lists the epoch); all writes are absolute, so replaying a journal after a crash gives the same
+arrays. ``meta.json`` (replaced atomically) lists the epochs added; an epoch
 that is already there is never added again. One writer at a time (``flock`` on the folder itself, so deleting
 ``lock``, which only holds the writer's pid for messages, does not let a second writer in; the kernel drops the
 lock when the process dies). A commit that failed after its commit point is finished by the writer's next commit
@@ -84,6 +85,7 @@ from curvature_callback.core.store_format import (
     read_meta,
     save_journal,
     save_npy,
+    sync_arrays,
 )
 
 __all__ = [
@@ -1022,42 +1024,48 @@ class CurvatureStore:
                                     "another process writing to this store? One writer at a time.")
         parts = self._load_journal(record)
         row = record["row"]
+        written: list[np.memmap] = []
+
+        def put(array: np.memmap, where: Any, values: Any) -> None:
+            self._write(array, where, values)
+            written.append(array)
+
         meta = dict(self._meta)
         if record["scores"]:
             idx, new_count = parts["indices"], parts["count"]
             if self._meta["keep_history"]:
                 self._ensure_history_rows(row + 1)  # a no-op unless a crash came before the commit grew it
-            self._write(self.count, idx, new_count)
+            put(self.count, idx, new_count)
             if parts["labels"] is not None:
-                self._write(self._array(PRIMARY, "labels"), idx, parts["labels"])
+                put(self._array(PRIMARY, "labels"), idx, parts["labels"])
             for name in self.channels:
                 valued = name in parts["sums"]  # not the curvature of a gradient or forward pass: it stays NaN
                 if valued:
-                    self._write(self._array(name, "sum"), idx, parts["sums"][name])
-                    self._write(self._array(name, "mean"), idx, parts["sums"][name] / new_count)
-                    self._write(self._array(name, "last"), idx, parts["values"][name])
+                    put(self._array(name, "sum"), idx, parts["sums"][name])
+                    put(self._array(name, "mean"), idx, parts["sums"][name] / new_count)
+                    put(self._array(name, "last"), idx, parts["values"][name])
                 if self._meta["keep_history"]:
                     line = np.full(self.n, np.nan, dtype=np.float32)
                     if valued:
                         line[idx] = parts["values"][name]
-                    self._write(self._array(name, "history"), row, line)
+                    put(self._array(name, "history"), row, line)
             meta["epochs"] = [*self._meta["epochs"], record["epoch"]]
         if record["steps"]:
             if parts["step_labels"] is not None:
                 known = parts["step_labels"] != LABEL_UNKNOWN  # the first key seen is recorded; the rest were checked
-                self._write(self._array(PRIMARY, "labels"), parts["step_indices"][known], parts["step_labels"][known])
+                put(self._array(PRIMARY, "labels"), parts["step_indices"][known], parts["step_labels"][known])
             for name in self.step_channels:
-                self._write(self._array(name, "sum"), parts["step_indices"], parts["step_sums"][name])
-                self._write(self._array(name, "last"), parts["step_indices"], parts["step_values"][name])
+                put(self._array(name, "sum"), parts["step_indices"], parts["step_sums"][name])
+                put(self._array(name, "last"), parts["step_indices"], parts["step_values"][name])
             meta["step_epochs"] = [*self._meta["step_epochs"], record["epoch"]]
+        sync_arrays(self.directory, written)  # every array on disk before meta.json lists the epoch
         atomic_write_json(self.directory / "meta.json", meta)
         self._meta = meta
         shutil.rmtree(journal)
 
     @staticmethod
     def _write(array: np.memmap, where: Any, values: Any) -> None:
-        array[where] = values
-        array.flush()
+        array[where] = values  # synced with the commit's other arrays at once (store_format.sync_arrays)
 
     def _ensure_history_rows(self, rows: int) -> None:
         """Grow each history file to hold ``rows`` (doubling): a new header, its space reserved (a full disk fails
