@@ -38,13 +38,14 @@ def test_relabel_and_drop_apply_and_the_rest_keep_their_labels(tmp_path):
 
 
 def test_the_prefilled_rows_relabel_confident_suggestions_and_keep_the_rest(tmp_path):
-    rows = corrections_rows([7, 3, 9], [1, 2, 4], [5, 2, 6], [0.9, 0.99, 0.2])
-    assert rows == [(7, 1, 5, "relabel", "5"), (3, 2, 2, "keep", ""), (9, 4, 6, "keep", "")]
+    rows = corrections_rows([7, 3, 9, 8], [1, 2, 4, 0], [5, 2, 6, -1], [0.9, 0.99, 0.2, 0.9])
+    assert rows == [(7, 1, "5", "relabel", "5"), (3, 2, "2", "keep", ""), (9, 4, "6", "keep", ""),
+                    (8, 0, "", "keep", "")]  # a confident suggestion of its own label, a weak one, none
     path = write_corrections(tmp_path / "corrections.csv", rows)
     assert Path(path).read_text().splitlines()[:2] == [HEADER, "7,1,5,relabel,5"]
     fixes = read_corrections(path, 10, 10)
-    assert fixes.index.tolist() == [7, 3, 9] and fixes.action.tolist() == ["relabel", "keep", "keep"]
-    assert fixes.new_label.tolist() == [5, -1, -1]
+    assert fixes.index.tolist() == [7, 3, 9, 8] and fixes.action.tolist() == ["relabel", "keep", "keep", "keep"]
+    assert fixes.new_label.tolist() == [5, -1, -1, -1]
 
 
 @pytest.mark.parametrize(

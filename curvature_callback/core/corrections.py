@@ -221,11 +221,14 @@ def corrections_rows(
     index: Sequence[int], given: Sequence[int], suggested: Sequence[int], confidence: Sequence[float],
 ) -> list[tuple[int, int, int, str, str]]:
     """The pre-filled rows of a corrections file for flagged samples: ``relabel`` to the suggestion where it differs
-    from the given label with ``confidence >= RELABEL_CONFIDENCE``, else ``keep`` (with no ``new_label``)."""
+    from the given label with ``confidence >= RELABEL_CONFIDENCE``, else ``keep`` (with no ``new_label``). A
+    suggestion below 0 means none (an empty ``suggested_label``)."""
     rows = []
     for i, g, s, c in zip(index, given, suggested, confidence, strict=True):
-        relabel = int(s) != int(g) and float(c) >= RELABEL_CONFIDENCE
-        rows.append((int(i), int(g), int(s), "relabel" if relabel else "keep", str(int(s)) if relabel else ""))
+        s = int(s)
+        relabel = 0 <= s != int(g) and float(c) >= RELABEL_CONFIDENCE
+        rows.append((int(i), int(g), str(s) if s >= 0 else "", "relabel" if relabel else "keep",
+                     str(s) if relabel else ""))
     return rows
 
 
