@@ -209,7 +209,7 @@ def test_classifier_module_cosine_schedule_and_errors():
     module.trainer = trainer
     config = module.configure_optimizers()
     assert config["lr_scheduler"]["scheduler"].T_max == 5
-    with pytest.raises(ValueError, match="`optimizer` to be 'sgd' or 'adam'"):
+    with pytest.raises(ValueError, match="`optimizer` to be one of 'sgd', 'adam'"):
         ClassifierModule(SmallCNN(width=4), optimizer="lbfgs")
     with pytest.raises(ValueError, match="`scheduler`"):
         ClassifierModule(SmallCNN(width=4), scheduler="step")

@@ -315,6 +315,10 @@ def _compose(tmp_path, *overrides):
     ("threads=0", r"Expected threads to be an integer >= 1 or null"),
     ("top_k=0", r"Expected top_k to be an integer >= 1 \(samples shown in top_k.png\)"),
     ("report=maybe", r"Expected report to be one of true, false"),
+    ("model.lr=-1", r"Expected model.lr to be a finite number > 0 \(the learning rate\), got -1. Fix it on the "
+                    r"command line \(model.lr=0.002, say\)"),
+    ("model.optimizer=lbfgs", r"Expected model.optimizer to be one of 'sgd', 'adam' \(SGD with momentum, or AdamW\)"),
+    ("model.scheduler=step", r"Expected model.scheduler to be one of 'cosine', 'multistep', null"),
     ("data=imagenet", r"Could not build data.root from the config: MissingMandatoryValue: Missing mandatory value: "
                       r"data.root. Fix data.root on the command line"),
 ])

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from typing_extensions import override
 
+from curvature_callback.experiments.arguments import OneOf, Real, Rule, check_arguments
 from curvature_callback.integration.training_steps import sample_outputs
 
 __all__ = ["ClassifierModule"]
@@ -33,7 +34,19 @@ class ClassifierModule(pl.LightningModule):
             both step per epoch. ``None`` keeps it constant.
         milestones: epochs of the ``"multistep"`` decays.
         gamma: factor of each ``"multistep"`` decay.
+
+    ``ARGUMENTS`` says what each numeric or enumerated argument must be: checked here on construction, and by
+    ``curvature-train`` on the composed ``model`` config before anything is built.
     """
+
+    ARGUMENTS: dict[str, Rule] = {
+        "optimizer": Rule(OneOf(("sgd", "adam")), "SGD with momentum, or AdamW", "adam"),
+        "lr": Rule(Real(0.0, low_open=True), "the learning rate", 0.002),
+        "momentum": Rule(Real(0.0, 1.0, high_open=True), "SGD momentum", 0.9),
+        "weight_decay": Rule(Real(0.0), "L2 penalty or decoupled decay", 0.0),
+        "scheduler": Rule(OneOf(("cosine", "multistep", None)), "how the learning rate moves per epoch", "cosine"),
+        "gamma": Rule(Real(0.0, 1.0, low_open=True), "the factor of each multistep decay", 0.1),
+    }
 
     def __init__(
         self,
@@ -47,12 +60,8 @@ class ClassifierModule(pl.LightningModule):
         gamma: float = 0.1,
     ) -> None:
         super().__init__()
-        if optimizer not in ("sgd", "adam"):
-            raise ValueError(f"Expected argument `optimizer` to be 'sgd' or 'adam', got {optimizer!r}.")
-        if scheduler not in ("cosine", "multistep", None):
-            raise ValueError(
-                f"Expected argument `scheduler` to be 'cosine', 'multistep' or None, got {scheduler!r}."
-            )
+        check_arguments(self.ARGUMENTS, {"optimizer": optimizer, "lr": lr, "momentum": momentum,
+                                         "weight_decay": weight_decay, "scheduler": scheduler, "gamma": gamma})
         self.save_hyperparameters(ignore=["net"])
         self.net = net
 

@@ -147,8 +147,9 @@ def _check_group(cfg: DictConfig, group: str, rules: Mapping[str, Rule]) -> None
 
 
 def check_config(cfg: DictConfig) -> None:
-    """Check the composed config before anything is built: the top-level keys (:data:`TOP_LEVEL`), the data
-    (the datamodule's own ``ARGUMENTS``, when its ``_target_`` has them) and the trainer (:data:`TRAINER`).
+    """Check the composed config before anything is built: the top-level keys (:data:`TOP_LEVEL`), the data and
+    the model (the datamodule's and the module's own ``ARGUMENTS``, when their ``_target_`` has them) and the
+    trainer (:data:`TRAINER`).
 
     Raises:
         ConfigError: naming the key as typed on the command line (``data.noise``), the value, what is expected
@@ -165,6 +166,14 @@ def check_config(cfg: DictConfig) -> None:
         _check_group(cfg, "data", getattr(cls, "ARGUMENTS", {}))
     if "trainer" in cfg:
         _check_group(cfg, "trainer", TRAINER)
+    target = _value(cfg, "model._target_") if "model" in cfg else None
+    if isinstance(target, str):
+        try:
+            cls = get_class(target)
+        except Exception as e:  # Hydra wraps whatever the import raised
+            raise ConfigError(f"Expected model._target_ to name a LightningModule class, got {target!r}, which "
+                              f"cannot be imported ({e}): choose one with model=small_cnn, model=resnet18, ...") from e
+        _check_group(cfg, "model", getattr(cls, "ARGUMENTS", {}))
 
 
 def _instantiate(node: Any, key: str, **kwargs: Any) -> Any:
