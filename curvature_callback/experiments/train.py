@@ -3,6 +3,7 @@
 Trains the configured classifier with :class:`~curvature_callback.CurvatureCallback` and writes, in the
 run directory (``output_dir``): the store (``curvature/``, with ``filenames.txt`` for folder datasets),
 ``labels.npz`` (original and given labels, flipped mask; written before training), ``scores.csv``,
+``label_issues.csv`` (the flagged labels, :mod:`curvature_callback.analysis.label_issues`),
 ``metrics.json`` (detection metrics and the time split), ``histogram.png`` and ``top_k.png``. With no
 arguments it runs the embedded default (``conf/train.yaml``)::
 
@@ -53,6 +54,7 @@ from omegaconf.errors import OmegaConfBaseException
 from torch.utils.data import DataLoader, Dataset
 
 from curvature_callback.analysis import mislabel_metrics, suspicion_scores, write_scores_csv
+from curvature_callback.analysis.label_issues import LabelIssues, find_label_issues, write_label_issues_csv
 from curvature_callback.analysis.plots import plot_histogram, plot_top_k
 from curvature_callback.analysis.recommend import recommended_scores, used_signals
 from curvature_callback.analysis.report import write_report
@@ -200,8 +202,8 @@ def _instantiate_group(group: Mapping | None, key: str) -> list[Any]:
 
 # ------------------------------------------------------------------------------------------ where a run writes
 #: what a run writes directly in its folder: never through a link there (``*.log``: Hydra's log, one per rank)
-RUN_FILES = ("scores.csv", "metrics.json", "labels.npz", "histogram.png", "top_k.png", "*.log", "csv", "tensorboard",
-             "wandb", "lightning_logs")
+RUN_FILES = ("scores.csv", "label_issues.csv", "metrics.json", "labels.npz", "histogram.png", "top_k.png", "*.log",
+             "csv", "tensorboard", "wandb", "lightning_logs")
 #: the folders a run writes into: no link anywhere under them (the store, Hydra's, the report's, checkpoints)
 RUN_FOLDERS = (".hydra", "curvature", "report", "checkpoints")
 #: what the review loop writes in the run folder: the images its report shows, the corrections a person edits
@@ -437,6 +439,22 @@ def _detection_metrics(columns: Mapping[str, np.ndarray], suspicion: Mapping[str
     return metrics
 
 
+def _label_issue_metrics(issues: LabelIssues, columns: Mapping[str, np.ndarray]) -> dict[str, Any]:
+    """The flagged set against the planted flips: precision, recall, and among the flagged flips the share whose
+    suggested label is the original (null where undefined: nothing flagged, no flips)."""
+    flipped, original = columns["flipped"], columns["label"]
+    hit = flipped[issues.flagged]
+    found = issues.flagged[hit]
+    return {
+        "estimated_label_issues": issues.estimated,
+        "flagged": len(issues.flagged),
+        "label_issues_method": issues.method,
+        "flagged_precision": float(hit.mean()) if len(hit) else None,
+        "flagged_recall": float(hit.sum() / flipped.sum()) if flipped.any() else None,
+        "suggested_label_accuracy": float((issues.suggested[found] == original[found]).mean()) if len(found) else None,
+    }
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train, score and write the outputs of one run into ``cfg.output_dir``; returns the metrics (rank 0).
 
@@ -472,11 +490,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     columns = _columns(store, datamodule, _predict(model, dataset, curvature, trainer.strategy.root_device), suspicion)
     metrics = _detection_metrics(columns, suspicion)
     metrics.update(epochs=int(trainer.current_epoch), scored_epochs=store.epochs)
+    issues = find_label_issues(store, columns["given_label"], predictions=columns["pred"])  # no ground truth read
+    metrics.update(_label_issue_metrics(issues, columns))
     # False: training-time signals only (score_curvature=False), or a gradient or forward pass (no curvature score)
     with_curvature = "curvature" in suspicion and bool(np.isfinite(suspicion["curvature"]).any())
     store.close()
 
     write_scores_csv(out / "scores.csv", columns)
+    write_label_issues_csv(out / "label_issues.csv", issues, columns["given_label"])
     if with_curvature:  # the curvature histogram; the top-k grid ranks by the recommended score (which labels?)
         curved = np.isfinite(columns["curvature"])
         plot_histogram(columns["curvature"][curved], columns["flipped"][curved], out / "histogram.png")

@@ -1,0 +1,201 @@
+"""Which labels are wrong (analysis/label_issues.py): the count and flagged set on known mixtures, nothing on one
+group (synthetic, and the miniature study's clean samples alone), suggestions from class evidence, a real store,
+label_issues.csv's round trip and its refusals."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from curvature_callback import CurvatureStore
+from curvature_callback.analysis import find_label_issues, read_label_issues_csv, write_label_issues_csv
+from curvature_callback.analysis.label_issues import COLUMNS, estimate_label_issues, isotonic, two_gaussians
+from curvature_callback.core.channels import STEP_CHANNELS, class_evidence_channels
+
+MINIATURE = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "miniature"
+
+
+def _mixture(n: int, share: float, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:
+    """Losses shaped like the default digits run's (log10 CSL per presentation: clean -1.2 +- 0.25, flipped 0.05 +-
+    0.15), the eval-mode loss a noisy copy of it; ``round(share * n)`` wrong labels at random places."""
+    rng = np.random.default_rng(seed)
+    wrong = np.zeros(n, dtype=bool)
+    wrong[rng.permutation(n)[: round(share * n)]] = True
+    x = np.where(wrong, rng.normal(0.05, 0.15, n), rng.normal(-1.2, 0.25, n))
+    train_loss = 10**x
+    return {"train_loss": train_loss, "loss": train_loss * 10 ** rng.normal(0.0, 0.1, n)}, wrong
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+@pytest.mark.parametrize("share", [0.01, 0.05, 0.1, 0.2, 0.3])
+def test_a_known_mixture_gives_its_count_and_flags_the_wrong_labels(share, seed):
+    scores, wrong = _mixture(2000, share, seed)
+    found = estimate_label_issues(scores, np.zeros(2000, dtype=np.int64))
+    true = int(wrong.sum())
+    assert abs(found.estimated - true) <= max(3, 0.1 * true), (found.estimated, true)  # measured: within 3 or 2 %
+    hit = wrong[found.flagged]
+    assert hit.mean() >= 0.85 and hit.sum() >= 0.9 * true
+    assert found.estimated == round(float(np.nansum(found.probability)))  # the expected count under the mixture
+    assert (found.probability[found.flagged] >= 0.5).all() and (np.delete(found.probability, found.flagged) < 0.5).all()
+    assert (np.diff(found.probability[found.flagged]) <= 0).all()  # most probable first
+    assert "separate high group" in found.method and len(found.reasons) == len(found.flagged)
+
+
+@pytest.mark.parametrize("shape", [0.5, 1.0, 2.0, 5.0])
+def test_one_group_of_losses_gives_no_count_and_flags_nothing(shape):
+    """No wrong labels: losses from one skewed family (gamma) split by no valley."""
+    rng = np.random.default_rng(0)
+    train_loss = rng.gamma(shape, 0.1, 2000)
+    found = estimate_label_issues({"train_loss": train_loss, "loss": train_loss * 10 ** rng.normal(0, 0.1, 2000)},
+                                  np.zeros(2000, dtype=np.int64))
+    assert found.estimated == 0 and len(found.flagged) == 0 and (found.probability == 0).all()
+    assert "no separate group" in found.method
+
+
+@pytest.mark.parametrize("path", sorted(MINIATURE.glob("*.npz")), ids=lambda p: p.stem)
+def test_the_clean_samples_of_real_runs_alone_give_no_count(path):
+    """Real training losses without wrong labels: the miniature study's runs (CIFAR-10, Fashion-MNIST) with their
+    flipped samples taken out; their clean losses are skewed, and a bare mixture splits them in two."""
+    z = np.load(path, allow_pickle=False)
+    clean = ~z["flipped"]
+    found = estimate_label_issues({"train_loss": z["train_loss"][clean], "loss": z["loss"][clean]},
+                                  z["given"][clean].astype(np.int64))
+    assert found.estimated <= 0.01 * clean.sum() and len(found.flagged) <= 0.01 * clean.sum()
+
+
+def test_probability_rises_with_the_signals_and_unscored_samples_are_nan():
+    scores, _ = _mixture(500, 0.1, 0)
+    scores["train_loss"][:3] = np.nan
+    scores["loss"][:3] = np.nan
+    found = estimate_label_issues(scores, np.zeros(500, dtype=np.int64))
+    assert np.isnan(found.probability[:3]).all() and np.isnan(found.score[:3]).all()
+    assert not np.isin(np.arange(3), found.flagged).any()
+    x = (np.log10(scores["train_loss"]) + np.log10(scores["loss"]))[3:]
+    assert (np.diff(found.probability[3:][np.argsort(x)]) >= 0).all()
+
+
+def test_isotonic_and_the_mixture_on_exact_cases():
+    assert isotonic(np.array([3.0, 1.0, 2.0])).tolist() == [2.0, 2.0, 2.0]
+    y = np.array([0.2, 0.1, 0.9, 0.3, 1.0])
+    fit = isotonic(y)
+    assert (np.diff(fit) >= 0).all() and fit.sum() == pytest.approx(y.sum())
+    x = np.r_[np.full(80, -1.0), np.full(20, 1.0)] + np.tile(np.linspace(-0.05, 0.05, 20), 5)
+    mixture = two_gaussians(x)
+    assert mixture["share"] == pytest.approx(0.2) and mixture["means"] == pytest.approx([-1.0, 1.0], abs=1e-9)
+    np.testing.assert_allclose(mixture["posterior"], np.r_[np.zeros(80), np.ones(20)], atol=1e-9)
+
+
+def test_suggestions_come_from_the_evidence_then_the_prediction():
+    scores, _ = _mixture(6, 0.0, 0)
+    labels = np.array([0, 1, 2, 3, 4, 5])
+    classes = np.array([[0, 7, -1], [8, 1, 2], [2, -1, -1], [-1, -1, -1], [-1, -1, -1], [-1, -1, -1]])
+    mass = np.array([[0.6, 0.3, 0], [0.5, 0.4, 0.1], [1.0, 0, 0], [0, 0, 0], [0, 0, 0], [np.nan, np.nan, np.nan]])
+    found = estimate_label_issues(scores, labels, evidence=(classes, mass), predictions=np.array([0, 1, 9, 9, 4, 5]))
+    # the first class other than the given one; then the eval-mode prediction where it differs; else -1
+    assert found.suggested.tolist() == [7, 8, 9, 9, -1, -1]
+    assert found.suggestion_confidence.tolist() == [0.3, 0.5, 0.0, 0.0, 0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        ({"scores": {}}, ValueError, "non-empty mapping"),
+        ({"scores": {"train_loss": np.ones(4), "loss": np.ones(3)}}, ValueError, "of shape"),
+        ({"scores": {"margin": np.ones(4)}}, ValueError, "mislabeled rule reads"),
+        ({"labels": np.zeros(4)}, ValueError, "integer class indices"),
+        ({"labels": np.zeros(4, dtype=bool)}, ValueError, "integer class indices"),
+        ({"labels": np.zeros(3, dtype=np.int64)}, ValueError, "Expected 4 labels"),
+        ({"labels": np.array([0, 1, -2**63, 2])}, ValueError, "pass labels="),
+        ({"evidence": np.zeros((4, 3))}, TypeError, "pair"),
+        ({"evidence": (np.zeros((4, 3), dtype=np.int64), np.zeros((4, 2)))}, ValueError, "one shape"),
+        ({"evidence": (np.full((4, 1), -2), np.zeros((4, 1)))}, ValueError, ">= -1"),
+        ({"evidence": (np.zeros((4, 1), dtype=np.int64), np.full((4, 1), 2.0))}, ValueError, r"in \[0, 1\]"),
+        ({"predictions": np.zeros(4)}, ValueError, "integer classes"),
+    ],
+)
+def test_bad_input_is_refused_with_what_was_expected(kwargs, error, match):
+    args = {"scores": {"train_loss": np.ones(4)}, "labels": np.zeros(4, dtype=np.int64), **kwargs}
+    with pytest.raises(error, match=match):
+        estimate_label_issues(**args)
+
+
+def _store(tmp_path, scores, labels, classes, mass):
+    """A store with one training epoch: the losses as train_loss sums over one presentation, class evidence K=2."""
+    settings = {"pass_kind": "forward", "h": 1e-3, "n_vectors": 0, "seed": 0, "loss": "ce", "fast": False}
+    n = len(labels)
+    store = CurvatureStore.create(tmp_path / "curvature", n, settings=settings,
+                                  step_channels=(*STEP_CHANNELS, *class_evidence_channels(2)))
+    steps = {c: np.zeros(n) for c in STEP_CHANNELS} | {
+        "train_seen": np.ones(n), "train_loss": scores["train_loss"], "train_correct": np.ones(n),
+        "train_last_correct": np.ones(n), "train_wrong_epoch": np.full(n, -1.0),
+        "train_class_0": classes[:, 0].astype(float), "train_class_1": classes[:, 1].astype(float),
+        "train_class_mass_0": mass[:, 0], "train_class_mass_1": mass[:, 1]}
+    store.commit_epoch(0, None, steps=steps, step_indices=np.arange(n), step_labels=labels)
+    return store
+
+
+def test_find_label_issues_reads_a_store_and_its_labels(tmp_path):
+    scores, wrong = _mixture(400, 0.1, 0)
+    labels = np.arange(400) % 4
+    truth = np.where(wrong, (labels + 1) % 4, labels)
+    classes = np.stack([labels, truth], 1)  # the given label first, then the true class (or the next)
+    classes[~wrong, 1] = (labels[~wrong] + 2) % 4
+    mass = np.stack([np.full(400, 0.6), np.full(400, 0.3)], 1)
+    store = _store(tmp_path, scores, labels, classes, mass)
+    found = find_label_issues(store)  # the labels the store recorded
+    assert found.estimated == pytest.approx(40, abs=4) and wrong[found.flagged].mean() >= 0.9
+    assert (found.suggested[found.flagged] == truth[found.flagged]).mean() >= 0.9
+    assert found.suggestion_confidence[found.flagged] == pytest.approx(0.3)
+    assert "class" in found.reasons[0] and "training loss per presentation" in found.reasons[0]
+    again = find_label_issues(store, labels)
+    np.testing.assert_array_equal(again.flagged, found.flagged)
+    store.close()
+
+
+# ------------------------------------------------------------------------------------------ label_issues.csv
+def test_label_issues_csv_round_trips(tmp_path):
+    scores, _ = _mixture(300, 0.1, 1)
+    labels = np.arange(300) % 10
+    found = estimate_label_issues(scores, labels, predictions=(labels + 1) % 10)
+    path = tmp_path / "label_issues.csv"
+    write_label_issues_csv(path, found, labels)
+    table = read_label_issues_csv(path)
+    assert tuple(table) == COLUMNS
+    np.testing.assert_array_equal(table["index"], found.flagged)
+    np.testing.assert_array_equal(table["given_label"], labels[found.flagged])
+    np.testing.assert_array_equal(table["suggested_label"], found.suggested[found.flagged])
+    np.testing.assert_allclose(table["probability"], found.probability[found.flagged], rtol=1e-5)
+    np.testing.assert_allclose(table["score"], found.score[found.flagged], rtol=1e-8)
+    assert list(table["reasons"]) == list(found.reasons)
+    assert (np.diff(table["probability"]) <= 0).all()
+    write_label_issues_csv(path, found, labels, class_names=[f"c{i}" for i in range(10)])
+    assert read_label_issues_csv(path)["reasons"][0].endswith(f"(c{labels[found.flagged[0]]} -> "
+                                                             f"c{found.suggested[found.flagged[0]]})")
+
+
+HEADER = ",".join(COLUMNS)
+
+
+@pytest.mark.parametrize(
+    ("text", "match"),
+    [
+        ("", "start with the header"),
+        ("index,given_label\n", "start with the header"),
+        (f"{HEADER}\n1,2,3\n", "7 fields on every line"),
+        (f"{HEADER}\nx,2,3,0.5,0.9,0.9,why\n", "an integer in column `index`"),
+        (f"{HEADER}\n1,-1,3,0.5,0.9,0.9,why\n", "`given_label` .* integers >= 0"),
+        (f"{HEADER}\n1,2,-2,0.5,0.9,0.9,why\n", "`suggested_label` .* integers >= -1"),
+        (f"{HEADER}\n1,2,3,0.5,nan,0.9,why\n", "finite numbers in column `score`"),
+        (f"{HEADER}\n1,2,3,0.5,0.9,inf,why\n", "finite numbers in column `probability`"),
+        (f"{HEADER}\n1,2,3,0.5,0.9,1.5,why\n", r"`probability` .* in \[0, 1\]"),
+        (f"{HEADER}\n1,2,3,0.5,0.9,0.9,why\n1,2,3,0.5,0.9,0.8,why\n", "distinct indices .* sample 1 on 2 lines"),
+    ],
+)
+def test_a_strangers_label_issues_csv_is_refused_with_the_reason(tmp_path, text, match):
+    path = tmp_path / "label_issues.csv"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(ValueError, match=match):
+        read_label_issues_csv(path)
+    path.write_bytes(b"\xff\xfe" + HEADER.encode())
+    with pytest.raises(ValueError, match="UTF-8"):
+        read_label_issues_csv(path)
