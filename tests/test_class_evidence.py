@@ -120,6 +120,19 @@ def test_recorder_merges_a_samples_presentations_in_one_fold_in_rounds(monkeypat
     assert ev[:, 4].tolist() == [1.0, 1.0, 1.0, 1.0]
 
 
+def test_recorder_with_fewer_classes_than_slots_steps_without_logits_and_logits_not_finite():
+    r = StepRecorder(4, torch.device("cpu"), classes=3)
+    ones, right = torch.ones(2), torch.ones(2, dtype=torch.bool)
+    r.add(torch.tensor([0, 1]), ones, right, logits=torch.tensor([[0.0, 1.0], [float("nan"), 0.0]]))
+    r.add(torch.tensor([2, 3]), ones, right)  # a step without logits
+    r.add(torch.tensor([3, 0]), ones, right, logits=torch.tensor([[float("inf"), 0.0], [1.0, 0.0]]))
+    ev = r.epoch_evidence()
+    p = torch.tensor([0.0, 1.0]).softmax(0)
+    assert (ev[:, :3] - 1).tolist() == [[0, 1, -1], [-1, -1, -1], [-1, -1, -1], [-1, -1, -1]]
+    np.testing.assert_allclose(ev[0, 3:6].tolist(), [1.0, 1.0, 0.0], rtol=1e-6)  # p[1] + p[0], p[0] + p[1]
+    assert ev[0, 3] == p[1] + p[0] and ev[:, 6].tolist() == [1.0, 0.0, 0.0, 0.0]
+
+
 def test_ranks_evidence_summed_and_a_padded_sample_gathered_and_merged():
     """Two ranks' recorders (DistributedSampler pads: sample 1 on both): the sum over ranks reads as it is where one
     rank has evidence, and the padded sample's slots are gathered and merged in rank order."""

@@ -116,7 +116,12 @@ def merge_evidence(classes: Tensor, mass: Tensor, more_classes: Tensor, more_mas
         pad = k - cls.shape[1]
         cls = torch.cat((cls, cls.new_full((len(cls), pad), -1)), 1)
         mass = torch.cat((mass, mass.new_zeros((len(mass), pad))), 1)
-    order = torch.argsort(cls, dim=1, stable=True)  # the smaller class first among equal masses
+    return _by_mass(cls, mass, k)
+
+
+def _by_mass(cls: Tensor, mass: Tensor, k: int) -> tuple[Tensor, Tensor]:
+    """The ``k`` slots with the most mass per row, the most first; ties: the smaller class first; empty slots last."""
+    order = torch.argsort(cls, dim=1, stable=True)
     cls, mass = cls.gather(1, order), mass.gather(1, order)
     order = torch.argsort(torch.where(cls < 0, float("inf"), -mass), dim=1, stable=True)[:, :k]
     cls, mass = cls.gather(1, order), mass.gather(1, order)
@@ -195,13 +200,7 @@ class StepRecorder:
         keys = self._keys([k[3] for k in kept], [k[0].numel() for k in kept])
         ok = (idx >= 0) & (idx < self.n) & torch.isfinite(loss)
         self._bad += (~ok).sum()
-        with_logits = [k[4] is not None for k in kept]
-        if any(with_logits):
-            some = None if all(with_logits) else torch.cat(
-                [torch.full((k[0].numel(),), w, dtype=torch.bool, device=self.device) for k, w in zip(kept, with_logits,
-                                                                                                     strict=True)])
-            logits = torch.cat([k[4].to(self.device) for k in kept if k[4] is not None])
-            self._fold_evidence(idx if some is None else idx[some], logits, ok if some is None else ok[some])
+        evidence = self._top_classes(kept) if any(k[4] is not None for k in kept) else None
         idx, loss, right, keys = idx[ok], loss[ok], right[ok], keys[ok]
         known = keys != LABEL_UNKNOWN  # an unknown key is the smallest int64: a no-op for the max, not negated
         self.keys[0].scatter_reduce_(0, idx, keys, "amax")
@@ -218,30 +217,46 @@ class StepRecorder:
         last = torch.ones_like(right)  # the latest of its sample's presentations here
         last[:-1] = idx[:-1] != idx[1:]
         self.state[idx[last]] = right[last].to(torch.int8)
+        if evidence is not None:
+            self._fold_evidence(idx, new, evidence[0][ok][order], evidence[1][ok][order])
 
-    def _fold_evidence(self, idx: Tensor, logits: Tensor, ok: Tensor) -> None:
-        """Add the presentations' top-``K`` softmax probabilities to the epoch's evidence, in time order per sample:
-        presentations sorted by index (stably), then merged in rounds, the ``r``-th presentation of every sample in
-        round ``r`` (one round unless a sample comes twice between two folds). Presentations left out of the sums,
-        or whose probabilities are not finite, add none."""
-        probs = logits.to(torch.float32).softmax(1)
-        ok = ok & torch.isfinite(probs).all(1)
-        mass, cls = probs[ok].topk(min(self.k, probs.shape[1]), dim=1)  # the most probable first
-        idx = idx[ok]
-        order = torch.argsort(idx, stable=True)
-        idx, mass, cls = idx[order], mass[order], cls[order].to(torch.int32)
+    def _top_classes(self, kept: list) -> tuple[Tensor, Tensor]:
+        """``[P, K]`` the kept presentations' ``min(K, C)`` most probable classes (int32, the rest -1) and their softmax
+        probabilities (float32, the rest 0): the top ``K`` logits, ``exp(logit - logsumexp)`` (no ``[P, C]``
+        probabilities are made). A presentation without logits, or with logits that are not finite, has none."""
+        sizes = [k[0].numel() for k in kept]
+        logits = torch.cat([k[4].to(self.device) for k in kept if k[4] is not None]).to(torch.float32)
+        top, cls = logits.topk(min(self.k, logits.shape[1]), dim=1)  # the most probable first
+        total = torch.logsumexp(logits, 1, keepdim=True)
+        mass = (top - total).exp()
+        bad = ~(torch.isfinite(total) & torch.isfinite(mass).all(1, keepdim=True)).expand_as(mass)  # NaN or +inf logits
+        cls, mass = cls.to(torch.int32).masked_fill(bad, -1), mass.masked_fill(bad, 0.0)
+        if self.k > cls.shape[1] or len(cls) < sum(sizes):  # fewer classes than slots, or steps without logits
+            out = (torch.full((sum(sizes), self.k), -1, dtype=torch.int32, device=self.device),
+                   torch.zeros(sum(sizes), self.k, dtype=torch.float32, device=self.device))
+            rows = torch.cat([torch.full((size,), k[4] is not None, dtype=torch.bool, device=self.device)
+                              for k, size in zip(kept, sizes, strict=True)])
+            out[0][rows, :cls.shape[1]], out[1][rows, :cls.shape[1]] = cls, mass
+            cls, mass = out
+        return cls, mass
+
+    def _fold_evidence(self, idx: Tensor, first: Tensor, cls: Tensor, mass: Tensor) -> None:
+        """Add the presentations' top classes (:meth:`_top_classes`, sorted like ``idx``: by sample, in time order;
+        ``first`` marks each sample's first here) to the epoch's evidence, in rounds: the ``r``-th presentation of
+        every sample in round ``r`` (one round unless a sample comes twice between two folds). A sample's first
+        evidence of the epoch is its presentation's top ``K`` (what merging into empty slots gives, without it)."""
         if not len(idx):
             return
         at = torch.arange(len(idx), device=idx.device)
-        first = torch.ones_like(idx, dtype=torch.bool)
-        first[1:] = idx[1:] != idx[:-1]
         rank = at - torch.cummax(torch.where(first, at, 0), 0).values  # which presentation of its sample, in the fold
         slots, masses = self.evidence
         for r in range(int(rank.max()) + 1):
-            now = rank == r
+            now = first if r == 0 else rank == r
             i = idx[now]
-            c, m = merge_evidence(slots[i], masses[i], cls[now], mass[now], self.k)
-            slots[i], masses[i] = c, m
+            if r == 0 and bool((slots[i, 0] < 0).all()):  # no evidence yet this epoch (the usual first fold)
+                slots[i], masses[i] = _by_mass(cls[now], mass[now], self.k)
+            else:
+                slots[i], masses[i] = merge_evidence(slots[i], masses[i], cls[now], mass[now], self.k)
 
     def _keys(self, targets: list[Tensor | None], sizes: list[int]) -> Tensor:
         """The label keys of the kept steps' presentations (:data:`LABEL_UNKNOWN` for a step without targets): class
