@@ -14,6 +14,7 @@ and, with ``--cv``, three more on 2/3 of the data for cleanlab; every per-sample
     python benchmarks/miniature_study.py --family memorize --noise 0.01 0.02 0.05 0.1 --seeds 0 1   # memorizes
     python benchmarks/miniature_study.py --tables          # the markdown tables, from the saved files only
     python benchmarks/miniature_study.py --samples 300 --epochs 2 --cv-epochs 1 --noise 0.1 --seeds 0 --out /tmp/x
+    python benchmarks/miniature_study.py --family memorize --decide --noise-kind confusion --noise 0.1 --seeds 0
 
 Each setting plants conflicting duplicates beside the label noise: ``--duplicates`` images (default: the lab's
 rate, 250 per 50,000, i.e. 25 of 5,000) copied exactly over as many other positions, each copy given a label other
@@ -25,6 +26,19 @@ crop/flip, weight decay; on the CPU it never memorizes) or ``memorize`` (a plain
 decay that fits every given label, the flipped ones mostly after the first learning-rate drop; files tagged
 ``_mem``, tabled apart, with the flipped labels' fit per learning-rate phase). Needs ``pip install cleanlab`` for
 ``--cv``. One CPU thread by default (``--threads``).
+
+``--noise-kind`` picks what a flipped label becomes (``inject_label_noise``): ``symmetric`` (any other class, the
+default), ``pair``, ``confusion`` (a class that looks alike: cat-dog, truck-automobile, ...) or ``model`` (a quick
+model's confusions); files of a kind other than symmetric carry it in their name (``cifar10_p0.1_s0_confusion...``).
+
+``--decide`` (the decision study, issue 18; noise 2/5/10/20 % unless ``--noise`` says otherwise; files tagged
+``_dec`` after the family's tag) asks each method which samples to fix: ours
+(``curvature_callback.analysis.find_label_issues`` on the run's store: a flagged set, its estimated count, a
+suggested label each) against cleanlab's ``find_label_issues`` on the 3-fold CV probabilities (its estimated count
+``num_label_issues``, the CV argmax as its suggested label), and then the payoff: the same recipe and seed retrained
+with our flagged samples removed, with them relabeled to our suggestion, with cleanlab's issues removed, and with
+the true mislabels removed (oracle), each scored on ``--test-samples`` images of the test split beside the noisy
+run. A mislabel here is a sample whose given label is not its image's class: the flips and the planted copies.
 """
 
 from __future__ import annotations
@@ -46,7 +60,10 @@ import numpy as np
 
 #: what a setting saves beside the signals (every other float32 [N] array of a file is a signal)
 META_KEYS = ("config", "given", "original", "flipped", "dup_sources", "dup_copies", "fit_flipped", "fit_all",
-             "fit_copies", "epoch_seconds", "seconds", "pred_probs", "cleanlab_issues", "eval_correct_last")
+             "fit_copies", "epoch_seconds", "seconds", "pred_probs", "cleanlab_issues", "eval_correct_last",
+             "ours_flagged", "ours_suggested", "ours_probability", "ours_estimated", "ours_method", "payoff")
+#: the retrainings of ``--decide``: which training samples each drops or relabels (``payoff_variants``)
+PAYOFF = ("noisy", "ours removed", "ours relabeled", "cleanlab removed", "oracle removed")
 #: table order of the signals (others follow alphabetically)
 ORDER = ("curvature", "input_grad", "loss", "margin", "confidence", "correct", "forgetting", "train_loss",
          "learning_time", "train_forgetting", "cleanlab")
@@ -82,11 +99,13 @@ def _idx(path: Path) -> np.ndarray:
     return np.frombuffer(raw, dtype=np.uint8, offset=4 + 4 * ndim).reshape(shape)
 
 
-def fashion_mnist_arrays(root: str | os.PathLike, limit: int) -> tuple[np.ndarray, np.ndarray]:
-    """The first ``limit`` Fashion-MNIST training images (uint8 [N, 28, 28]) and labels from the idx files."""
+def fashion_mnist_arrays(root: str | os.PathLike, limit: int | None, split: str = "train") -> tuple[np.ndarray,
+                                                                                                  np.ndarray]:
+    """The first ``limit`` Fashion-MNIST images of ``split`` (uint8 [N, 28, 28]) and labels from the idx files."""
     root = Path(root)
     found = {}
-    for name in ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"):
+    prefix = "train" if split == "train" else "t10k"
+    for name in (f"{prefix}-images-idx3-ubyte", f"{prefix}-labels-idx1-ubyte"):
         for cand in (root / name, root / f"{name}.gz", root / "FashionMNIST" / "raw" / name):
             if cand.exists():
                 found[name] = cand
@@ -94,26 +113,28 @@ def fashion_mnist_arrays(root: str | os.PathLike, limit: int) -> tuple[np.ndarra
         else:
             raise FileNotFoundError(f"No {name}[.gz] under {root}: apt-get install dataset-fashion-mnist, or pass "
                                     "--fmnist-root (or $CURVATURE_FASHION_MNIST).")
-    images = _idx(found["train-images-idx3-ubyte"])[:limit]
-    labels = _idx(found["train-labels-idx1-ubyte"])[:limit].astype(np.int64)
+    images = _idx(found[f"{prefix}-images-idx3-ubyte"])[:limit]
+    labels = _idx(found[f"{prefix}-labels-idx1-ubyte"])[:limit].astype(np.int64)
     return np.ascontiguousarray(images), labels
 
 
-def load_arrays(dataset: str, samples: int, fmnist_root: str) -> tuple[np.ndarray, np.ndarray]:
+def load_arrays(dataset: str, samples: int | None, fmnist_root: str, split: str = "train") -> tuple[np.ndarray,
+                                                                                                   np.ndarray]:
     if dataset == "cifar10":
         from curvature_callback.experiments.data import cifar10_offline_arrays
 
-        return cifar10_offline_arrays(None, "train", None, limit=samples)
-    return fashion_mnist_arrays(fmnist_root, samples)
+        return cifar10_offline_arrays(None, split, None, limit=samples)
+    return fashion_mnist_arrays(fmnist_root, samples, split)
 
 
 def make_setting(images: np.ndarray, labels: np.ndarray, noise: float, seed: int, duplicates: int,
-                 num_classes: int = 10) -> dict[str, np.ndarray]:
-    """Planted conflicting duplicates, then symmetric noise on the other samples.
+                 num_classes: int = 10, kind: str = "symmetric", dataset: str | None = None) -> dict[str, np.ndarray]:
+    """Planted conflicting duplicates, then label noise of ``kind`` on the other samples.
 
     ``duplicates`` images are copied exactly over as many others (sources and copies distinct, seeded by
     ``(seed, 7)``); each copy gets a label other than its source's. Then exactly ``round(noise * N)`` of the
-    remaining samples get another label (``inject_label_noise``, seed ``seed``).
+    remaining samples get another label (``inject_label_noise`` of ``kind``, with ``dataset``'s classes, seed
+    ``seed``).
     """
     from curvature_callback.experiments.data.noise import inject_label_noise
 
@@ -130,7 +151,7 @@ def make_setting(images: np.ndarray, labels: np.ndarray, noise: float, seed: int
     rest = np.setdiff1d(np.arange(n), pick)
     k = round(noise * n)
     noisy, flipped_rest = inject_label_noise(original[rest], num_classes, k / len(rest) if len(rest) else 0.0,
-                                             seed=seed)
+                                             kind=kind, seed=seed, dataset=dataset)
     given[rest] = noisy
     flipped = np.zeros(n, dtype=bool)
     flipped[rest[flipped_rest]] = True
@@ -301,6 +322,94 @@ def cross_validated_probs(scored, given: np.ndarray, args, in_channels: int, fil
     return probs
 
 
+def our_issues(store, given: np.ndarray) -> dict[str, np.ndarray]:
+    """Our answer on a run's store (``curvature_callback.analysis.find_label_issues``): the flagged mask, the
+    suggested label of every sample (-1: none), the probability of a wrong label and the estimated number of wrong
+    labels, as the arrays a setting saves."""
+    from curvature_callback.analysis import find_label_issues
+
+    found = find_label_issues(store, given)
+    n = len(given)
+    flagged = np.asarray(found.flagged)
+    if flagged.dtype != bool:  # indices of the flagged samples
+        mask = np.zeros(n, dtype=bool)
+        mask[flagged.astype(np.int64)] = True
+        flagged = mask
+    suggested = np.asarray(found.suggested, dtype=np.int64)
+    if len(suggested) != n:  # one per flagged sample
+        full = np.full(n, -1, dtype=np.int64)
+        full[flagged] = suggested
+        suggested = full
+    probability = np.asarray(found.probability, dtype=np.float32)
+    return {"ours_flagged": flagged, "ours_suggested": suggested.astype(np.int8),
+            "ours_probability": probability if probability.shape == (n,) else np.full(n, np.nan, np.float32),
+            "ours_estimated": np.array(round(float(found.estimated)), dtype=np.int64),
+            "ours_method": np.array(str(getattr(found, "method", "")))}
+
+
+def payoff_variants(d: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The retrainings of :data:`PAYOFF`, each as ``(training labels [N], kept [N])`` from a setting's arrays."""
+    given = d["given"].astype(np.int64)
+    every = np.ones(len(given), dtype=bool)
+    ours = d["ours_flagged"]
+    suggested = d["ours_suggested"].astype(np.int64)
+    relabeled = given.copy()
+    relabeled[ours & (suggested >= 0)] = suggested[ours & (suggested >= 0)]  # flagged without a suggestion: kept
+    return {"noisy": (given, every), "ours removed": (given, ~ours), "ours relabeled": (relabeled, every),
+            "cleanlab removed": (given, ~d["cleanlab_issues"]),
+            "oracle removed": (given, given == d["original"].astype(np.int64))}
+
+
+def test_accuracy(net, dataset) -> float:
+    """Accuracy of ``net`` (eval mode) on an ``ImageArrayDataset``."""
+    import torch
+
+    net.eval()
+    right = 0
+    with torch.no_grad():
+        for start in range(0, len(dataset), 500):
+            x = (dataset.images[start : start + 500].float() / 255.0 - dataset.mean) / dataset.std
+            right += int((net(x).argmax(1) == dataset.targets[start : start + 500]).sum())
+    return right / len(dataset)
+
+
+def retrain(images: np.ndarray, labels: np.ndarray, kept: np.ndarray, args, seed: int, mean, std, fill):
+    """The main run's recipe and seed, without the callback, on the ``kept`` samples with ``labels``."""
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, Subset
+
+    from curvature_callback import WithIndex
+    from curvature_callback.experiments.data.images import ImageArrayDataset
+
+    data = ImageArrayDataset(images, labels, mean, std)
+    pl.seed_everything(seed, verbose=False)
+    net = make_net(args.arch, data.images.shape[1], args.width)
+    module = _module_class()(net, lr=args.lr, weight_decay=args.weight_decay,
+                             milestones=milestones_of(args.epochs, args.drops), fill=fill, augment=args.augment)
+    loader = DataLoader(Subset(WithIndex(data), np.flatnonzero(kept).tolist()), batch_size=args.batch_size,
+                        shuffle=True)
+    _trainer(args.epochs, []).fit(module, loader)
+    return net
+
+
+def run_payoff(args, dataset: str, s: dict, out: dict, main_net, mean, std, fill) -> dict:
+    """Test accuracy of the noisy run and of each retraining of :data:`PAYOFF` (as a JSON-ready dict)."""
+    from curvature_callback.experiments.data.images import ImageArrayDataset
+
+    test_images, test_labels = load_arrays(dataset, args.test_samples, args.fmnist_root, split="test")
+    test = ImageArrayDataset(test_images, test_labels, mean, std)
+    result = {"test_n": len(test), "test_acc": {}, "trained_on": {}, "seconds": {}}
+    for name, (labels, kept) in payoff_variants({**s, **out}).items():
+        t0 = time.perf_counter()
+        net = main_net if name == "noisy" else retrain(s["images"], labels, kept, args, args.seed, mean, std, fill)
+        result["test_acc"][name] = test_accuracy(net, test)
+        result["trained_on"][name] = int(kept.sum())
+        result["seconds"][name] = time.perf_counter() - t0
+        print(f"  {name}: test acc {result['test_acc'][name]:.4f} on {len(test)}, trained on {int(kept.sum())}, "
+              f"{result['seconds'][name]:.0f} s", flush=True)
+    return result
+
+
 def run_setting(args, dataset: str, noise: float, seed: int) -> Path:
     import lightning.pytorch as pl
     import torch
@@ -314,7 +423,7 @@ def run_setting(args, dataset: str, noise: float, seed: int) -> Path:
     args.seed = seed
     images, labels = load_arrays(dataset, args.samples, args.fmnist_root)
     duplicates = args.duplicates if args.duplicates is not None else max(2, round(len(labels) / 200))
-    s = make_setting(images, labels, noise, seed, duplicates)
+    s = make_setting(images, labels, noise, seed, duplicates, kind=args.noise_kind, dataset=dataset)
     mean, std = channel_stats(s["images"])
     fill = -mean / std
     scored = ImageArrayDataset(s["images"], s["given"], mean, std)
@@ -339,6 +448,7 @@ def run_setting(args, dataset: str, noise: float, seed: int) -> Path:
         main_seconds = time.perf_counter() - t0
         store = CurvatureStore.open(work / "store")
         signals = {k: np.asarray(v, dtype=np.float32) for k, v in suspicion_scores(store).items()}
+        ours = our_issues(store, s["given"]) if args.decide else {}
         eval_correct = (np.asarray(store.channel_last("correct"), dtype=np.float32)
                         if "correct" in store.channels else np.full(n, np.nan, np.float32))
         store_epochs = list(store.epochs)
@@ -353,9 +463,10 @@ def run_setting(args, dataset: str, noise: float, seed: int) -> Path:
            "fit_all": np.array(module.fit["all"], np.float32),
            "fit_copies": np.array(module.fit["copies"], np.float32),
            "epoch_seconds": np.diff(np.array(module.epoch_starts + [t0 + main_seconds]) - t0).astype(np.float32),
-           "eval_correct_last": eval_correct}
+           "eval_correct_last": eval_correct, **ours}
     cv_seconds = 0.0
     if args.cv:
+        from cleanlab.count import num_label_issues
         from cleanlab.filter import find_label_issues
         from cleanlab.rank import get_label_quality_scores
 
@@ -365,6 +476,11 @@ def run_setting(args, dataset: str, noise: float, seed: int) -> Path:
         signals["cleanlab"] = (1.0 - get_label_quality_scores(s["given"], probs)).astype(np.float32)
         out["cleanlab_issues"] = find_label_issues(s["given"], probs)
         out["pred_probs"] = probs.astype(np.float16)
+        cleanlab_estimated = int(num_label_issues(s["given"], probs))
+    if args.decide:
+        payoff = run_payoff(args, dataset, s, out, net, mean, std, fill)
+        payoff["cleanlab_estimated"] = cleanlab_estimated
+        out["payoff"] = np.array(json.dumps(payoff))
     total = time.perf_counter() - start_all
     out["seconds"] = np.array([main_seconds, cv_seconds, total], np.float32)
     config = {k: v for k, v in vars(args).items() if k not in ("tables", "cv_seeds")}
@@ -377,7 +493,8 @@ def run_setting(args, dataset: str, noise: float, seed: int) -> Path:
     clash = set(signals) & set(out)
     if clash:
         raise RuntimeError(f"signal names clash with bookkeeping keys: {sorted(clash)}")
-    path = Path(args.out) / f"{dataset}_p{noise:g}_s{seed}{args.tag}.npz"
+    kind = "" if args.noise_kind == "symmetric" else f"_{args.noise_kind}"
+    path = Path(args.out) / f"{dataset}_p{noise:g}_s{seed}{kind}{args.tag}.npz"
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, **signals, **out)
     fit = out["fit_flipped"]
@@ -554,6 +671,84 @@ def _ordered(names) -> list[str]:
     return first + rest + sorted(n for n in names if n.startswith("recommended"))
 
 
+def _flagging(flagged: np.ndarray, mislabeled: np.ndarray, suggested: np.ndarray, original: np.ndarray) -> dict:
+    """A flagged mask against the mislabels: its size, precision, recall and F1, and how often its suggested label is
+    the image's class on the mislabels it found."""
+    found = flagged & mislabeled
+    precision = float(found.sum() / flagged.sum()) if flagged.any() else float("nan")
+    recall = float(found.sum() / mislabeled.sum()) if mislabeled.any() else float("nan")
+    f1 = 2 * precision * recall / (precision + recall) if precision + recall > 0 else 0.0
+    right = float((suggested[found] == original[found]).mean()) if found.any() else float("nan")
+    return {"flagged": int(flagged.sum()), "precision": precision, "recall": recall, "f1": f1, "suggested_right": right}
+
+
+def decision(path: Path) -> dict | None:
+    """The decision study of one saved setting (``--decide``; None for other files): ours against cleanlab on which
+    samples to fix (a mislabel: given label != the image's class), the cost of each, the retrainings' test accuracy."""
+    config, _, d = load(path)
+    if "ours_flagged" not in d or "payoff" not in d:
+        return None
+    payoff = json.loads(str(d["payoff"]))
+    given, original = d["given"].astype(np.int64), d["original"].astype(np.int64)
+    mislabeled = given != original
+    seconds = d["seconds"].astype(np.float64)
+    cv_argmax = d["pred_probs"].astype(np.float32).argmax(1)
+    return {
+        "config": config, "mislabeled": int(mislabeled.sum()), "payoff": payoff,
+        # the relabeled retraining trains on every sample without the callback: a plain run's time
+        "plain_seconds": payoff["seconds"].get("ours relabeled"),
+        "ours": {**_flagging(d["ours_flagged"], mislabeled, d["ours_suggested"].astype(np.int64), original),
+                 "estimated": int(d["ours_estimated"]), "seconds": float(seconds[0])},
+        "cleanlab": {**_flagging(d["cleanlab_issues"], mislabeled, cv_argmax, original),
+                     "estimated": int(payoff["cleanlab_estimated"]), "seconds": float(seconds[0] + seconds[1])},
+    }
+
+
+def decision_tables(files: Sequence[Path]) -> list[str]:
+    """Per dataset, noise kind and tag: which samples each method would fix, and what fixing them buys."""
+    found = [r for r in (decision(p) for p in files) if r is not None]
+    lines: list[str] = []
+
+    def key_of(c: dict) -> tuple[str, str, str]:
+        return c["dataset"], c.get("noise_kind", "symmetric"), c.get("tag") or ""
+
+    def pair(a: float, b: float, digits: int = 3) -> str:  # "-": nothing flagged, or no mislabel found
+        return " / ".join("-" if not np.isfinite(v) else f"{v:.{digits}f}" for v in (a, b))
+
+    for key in sorted({key_of(r["config"]) for r in found}):
+        group = sorted((r for r in found if key_of(r["config"]) == key),
+                       key=lambda r: (r["config"]["noise"], r["config"]["seed"]))
+        c0 = group[0]["config"]
+        lines += [f"### Decision study: {key[0]}, {key[1]} noise (family {_family(c0)!r}, tag {key[2]!r}): "
+                  f"{c0['n']} samples, {c0['epochs']} epochs, {c0['folds']}-fold CV for cleanlab", "",
+                  "**Which samples to fix** (a mislabel: a sample whose given label is not its image's class, the "
+                  "flips and the planted copies; each cell ours / cleanlab's; suggested label right: on the mislabels "
+                  "each found, ours against the CV argmax; cost: our one run against the same run plus the CV "
+                  "trainings, beside a plain training without the callback)", "",
+                  "| noise | seed | mislabels | estimated | flagged | precision | recall | F1 | suggested label "
+                  "right | cost s: ours / cleanlab (plain training) |",
+                  "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
+        for r in group:
+            c, o, cl = r["config"], r["ours"], r["cleanlab"]
+            plain = "-" if r["plain_seconds"] is None else f"{r['plain_seconds']:.0f}"
+            lines.append(f"| {100 * c['noise']:g} % | {c['seed']} | {r['mislabeled']} | {o['estimated']} / "
+                         f"{cl['estimated']} | {o['flagged']} / {cl['flagged']} | "
+                         f"{pair(o['precision'], cl['precision'])} | {pair(o['recall'], cl['recall'])} | "
+                         f"{pair(o['f1'], cl['f1'])} | "
+                         f"{pair(o['suggested_right'], cl['suggested_right'])} | {o['seconds']:.0f} / "
+                         f"{cl['seconds']:.0f} ({plain}) |")
+        lines += ["", f"**The payoff**: test accuracy on {group[0]['payoff']['test_n']} test images (original labels) "
+                  "after retraining with the same recipe and seed (noisy: the run itself; the callback changes no "
+                  "training step), the training samples of each in parentheses", "",
+                  "| noise | seed | " + " | ".join(PAYOFF) + " |", "| --- | --- |" + " --- |" * len(PAYOFF)]
+        for r in group:
+            c, acc, n = r["config"], r["payoff"]["test_acc"], r["payoff"]["trained_on"]
+            lines.append(f"| {100 * c['noise']:g} % | {c['seed']} | " + " | ".join(
+                f"{acc[v]:.4f} ({n[v]})" if v in acc else "-" for v in PAYOFF) + " |")
+        lines.append("")
+    return lines
+
+
 def tables(folder: Path) -> str:
     """The markdown tables of every saved setting in ``folder``."""
     from curvature_callback.analysis.metrics import correlations
@@ -564,10 +759,16 @@ def tables(folder: Path) -> str:
     runs = [(p, evaluate(p)) for p in files]
     lines: list[str] = []
     main = [(p, r) for p, r in runs if not r["config"].get("tag")]
-    families = [(p, r) for p, r in runs if r["config"].get("tag") and _family(r["config"]) != "augmented"]
-    extra = [(p, r) for p, r in runs if r["config"].get("tag") and _family(r["config"]) == "augmented"]
-    for key in sorted({(r["config"].get("tag") or "", r["config"]["dataset"]) for _, r in main + families}):
-        group = [r for _, r in main + families if ((r["config"].get("tag") or ""), r["config"]["dataset"]) == key]
+    grouped = [(p, r) for p, r in runs if r["config"].get("tag") and (_family(r["config"]) != "augmented"
+                                                                       or r["config"].get("decide"))]
+    extra = [(p, r) for p, r in runs if r["config"].get("tag") and p not in {q for q, _ in grouped}]
+    families = grouped
+
+    def key_of(c: dict) -> tuple[str, str, str]:
+        return c.get("tag") or "", c["dataset"], c.get("noise_kind", "symmetric")
+
+    for key in sorted({key_of(r["config"]) for _, r in main + families}):
+        group = [r for _, r in main + families if key_of(r["config"]) == key]
         noises = sorted({r["config"]["noise"] for r in group})
         by = {p: [r for r in group if r["config"]["noise"] == p] for p in noises}
         c0 = group[0]["config"]
@@ -576,7 +777,8 @@ def tables(folder: Path) -> str:
             f" (family {_family(c0)!r}, tag {key[0]!r}: {c0.get('arch', 'resnet')} net, "
             f"{'crop/flip' if c0.get('augment', True) else 'no augmentation'}, weight decay {c0['weight_decay']:g}, "
             f"lr {c0['lr']:g}, CV {c0['cv_epochs'] if c0.get('cv') else 'none'} epochs)")
-        lines += [f"### {c0['dataset']}{regime}: {c0['n']} samples, {c0['epochs']} epochs (x0.1 at "
+        kind = "" if key[2] == "symmetric" else f", {key[2]} noise"
+        lines += [f"### {c0['dataset']}{kind}{regime}: {c0['n']} samples, {c0['epochs']} epochs (x0.1 at "
                   f"{c0['milestones']}), width {c0['width']}, curvature n={c0['n_vectors']} every {c0['every']} "
                   f"epoch(s); seeds {seeds}", ""]
         names = _ordered(set.intersection(*(set(r["mislabel"]) for r in group)))
@@ -614,7 +816,8 @@ def tables(folder: Path) -> str:
             lines += _phase_table(group) + _side_by_side(group, names)
     for p, r in extra:  # tagged runs: compared with the untagged run of the same setting
         c = r["config"]
-        base = [b for _, b in main if all(b["config"][k] == c[k] for k in ("dataset", "noise", "seed"))]
+        base = [b for _, b in main if all(b["config"][k] == c[k] for k in ("dataset", "noise", "seed"))
+                and key_of(b["config"])[2] == key_of(c)[2]]
         cv = f"CV {c['cv_epochs']} epochs" if c.get("cv") else "no CV"
         lines += [f"### {p.name} (tag {c['tag']!r}): {c['epochs']} epochs (x0.1 at {c['milestones']}), {cv}, width "
                   f"{c['width']}, curvature n={c['n_vectors']} every {c['every']}; flipped fit, last epoch "
@@ -633,7 +836,7 @@ def tables(folder: Path) -> str:
                       f"Spearman {cor['spearman']:.3f}, Pearson {cor['pearson']:.3f}; wall s {r['seconds'][0]:.0f} "
                       f"(base {base[0]['seconds'][0]:.0f})."]
         lines.append("")
-    return "\n".join(lines)
+    return "\n".join(lines + decision_tables(files))
 
 
 # --------------------------------------------------------------------------------------------------------- main
@@ -641,7 +844,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dataset", choices=("cifar10", "fashion_mnist"), default="cifar10")
-    parser.add_argument("--noise", type=float, nargs="+", default=[0.01, 0.02, 0.05, 0.1])
+    parser.add_argument("--noise", type=float, nargs="+", default=None,
+                        help="fractions flipped (default 0.01 0.02 0.05 0.1; with --decide 0.02 0.05 0.1 0.2)")
+    parser.add_argument("--noise-kind", choices=("symmetric", "pair", "confusion", "model"), default="symmetric",
+                        help="what a flipped label becomes (inject_label_noise): any other class, c + 1, a class that "
+                        "looks alike, a quick model's confusion")
+    parser.add_argument("--decide", action="store_true", help="the decision study: our find_label_issues against "
+                        "cleanlab's, then retrain without (or relabeling) each one's flagged samples; needs --cv")
+    parser.add_argument("--test-samples", type=int, default=None, help="with --decide, the first N test images "
+                        "(default: the whole test split)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1])
     parser.add_argument("--family", choices=sorted(FAMILIES), default="augmented",
                         help="the regime: its model, augmentation, weight decay, schedule and file tag (FAMILIES); "
@@ -676,6 +887,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--fmnist-root", default=os.environ.get("CURVATURE_FASHION_MNIST", FMNIST_DEFAULT))
     parser.add_argument("--tables", action="store_true", help="print the tables of the files in --out; no training")
     args = parser.parse_args(argv)
+    if args.noise is None:
+        args.noise = [0.02, 0.05, 0.1, 0.2] if args.decide else [0.01, 0.02, 0.05, 0.1]
+    if args.decide and args.tag is None:
+        args.tag = FAMILIES[args.family]["tag"] + "_dec"
+    if args.decide and (not args.cv or args.cv_seeds is not None):
+        parser.error("--decide compares with cleanlab on every setting: drop --no-cv and --cv-seeds")
     for key, value in FAMILIES[args.family].items():
         if getattr(args, key) is None:
             setattr(args, key, value)
