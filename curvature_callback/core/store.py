@@ -131,7 +131,8 @@ class CurvatureStore:
         self.mode = mode
         self._lock_fd = _lock_fd
         self._meta, self._identity = read_meta(self.directory)
-        self._arrays: dict[str, np.memmap] = {}  # a reader's memory maps (the writer maps afresh each time)
+        self._arrays: dict[str, np.memmap] = {}  # a reader's memory maps (the writer's, during one commit)
+        self._in_commit = False
         self._copies: dict[str, np.ndarray] = {}  # a reader's snapshot: arrays copied while no commit ran
         self._check_files()
 
@@ -475,8 +476,9 @@ class CurvatureStore:
 
     def _map(self, channel: str, kind: str) -> np.memmap:
         """A memory map of one file, checked first (a writer's ``r+`` map of a truncated file would silently pad it
-        with zeros). Readers keep theirs; the writer maps afresh each time and lets go, so the pages a commit
-        touches leave its resident memory with the map (bounded memory over 200 epochs of ImageNet-size history)."""
+        with zeros). Readers keep theirs; the writer maps each file once per commit and lets go at its end, so the
+        pages a commit touches leave its resident memory with the map (bounded memory over 200 epochs of
+        ImageNet-size history)."""
         name = self._file(channel, kind)
         if name in self._arrays:
             return self._arrays[name]
@@ -486,7 +488,7 @@ class CurvatureStore:
         path = self.directory / name
         check_npy(path, DTYPES[kind], self.n, len(self._meta["epochs"]) if kind == "history" else None)
         array = np.load(path, mmap_mode=self.mode, allow_pickle=False)
-        if self.mode == "r":
+        if self.mode == "r" or self._in_commit:
             self._arrays[name] = array
         return array
 
@@ -772,6 +774,16 @@ class CurvatureStore:
             OSError: writing failed (a full disk: ENOSPC). Before the commit point the store is as before; after
                 it, the next ``commit_epoch`` (or ``open(mode="r+")``) finishes the commit.
         """
+        self._in_commit = True  # the writer keeps its maps for one commit (each file is mapped once, not ~2x)
+        try:
+            return self._commit(epoch, values, indices, labels, steps=steps, step_indices=step_indices,
+                                step_labels=step_labels)
+        finally:
+            self._in_commit = False
+            self._arrays.clear()  # and lets them go: the pages a commit touched leave its resident memory
+
+    def _commit(self, epoch: Any, values: Any, indices: Any, labels: Any, *, steps: Any, step_indices: Any,
+                step_labels: Any) -> bool:
         if self.mode != "r+":
             raise RuntimeError(f"Store {self.directory} is open read-only: open it with mode='r+' to add epochs.")
         if isinstance(epoch, (bool, np.bool_)) or not isinstance(epoch, (int, np.integer)):
