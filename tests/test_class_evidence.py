@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 from boring import Blobs, IndexedBlobsDM, StepClassifier, trainer
-from lightning.pytorch.callbacks import Callback
+from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from curvature_callback import CurvatureCallback, CurvatureStore, sample_outputs
 from curvature_callback.analysis import class_evidence
@@ -193,6 +193,30 @@ def test_off_and_without_logits_no_evidence(tmp_path):
     trainer(tmp_path, [cb], max_epochs=1).fit(NoLogits(), IndexedBlobsDM())
     classes, prob = class_evidence(CurvatureStore.open(tmp_path / "none"))
     assert (classes == -1).all() and (prob == 0).all()  # presented, with no evidence
+
+
+def test_a_resumed_run_with_k_below_c_equals_an_uninterrupted_one(tmp_path):
+    """K = 1 of 3 classes (evictions happen): the running slots continue from the store's latest values."""
+    def fit(name, epochs, ckpt=None, *more):
+        cb = CurvatureCallback(Blobs(), directory=tmp_path / name, score_curvature=False, class_evidence=1)
+        checkpoint = ModelCheckpoint(dirpath=tmp_path / f"ck_{name}", save_last=True)
+        torch.manual_seed(0)
+        trainer(tmp_path, [cb, checkpoint, *more], max_epochs=epochs, enable_checkpointing=True).fit(
+            StepClassifier(lr=3.0), IndexedBlobsDM(), ckpt_path=ckpt)
+
+    (tmp_path / "logits").mkdir()
+    fit("straight", 5, None, Logits(tmp_path / "logits"))
+    fit("resumed", 2)
+    fit("resumed", 5, tmp_path / "ck_resumed" / "last.ckpt")
+    a, b = CurvatureStore.open(tmp_path / "straight"), CurvatureStore.open(tmp_path / "resumed")
+    assert a.step_epochs == b.step_epochs == [0, 1, 2, 3, 4]
+    favourites = {}  # the test can tell: some sample's most probable class changed, an eviction
+    for path in (tmp_path / "logits").glob("logits_*.json"):
+        for _, _, i, logits in json.loads(path.read_text()):
+            favourites.setdefault(i, set()).add(int(np.argmax(logits)))
+    assert max(map(len, favourites.values())) > 1
+    for got, want in zip(class_evidence(b), class_evidence(a), strict=True):
+        np.testing.assert_array_equal(got, want)
 
 
 def test_a_resume_with_another_k_is_refused_by_name(tmp_path):

@@ -61,6 +61,7 @@ from curvature_callback.analysis import (
     suspicion_scores,
 )
 from curvature_callback.analysis.duplicates import DuplicatePair, find_conflicting_duplicates, pixel_features
+from curvature_callback.analysis.label_issues import find_label_issues
 from curvature_callback.analysis.plots import (
     plot_class_histograms,
     plot_detection_curves,
@@ -502,18 +503,17 @@ def _summary(run: _Run, found: _Images) -> list[tuple[str, str]]:
     return rows
 
 
-def _find_issues(run: _Run) -> Any:
+def _find_issues(run: _Run) -> Any | str:
     """The run's label issues, found as ``curvature-train`` found them (its store, given labels and the final model's
-    predictions, ``scores.csv``'s ``pred``); None where this package cannot find them."""
-    try:
-        from curvature_callback.analysis.label_issues import find_label_issues
-    except ImportError:  # an analysis without the label-issue finder
-        return None
+    predictions, ``scores.csv``'s ``pred``); the reason where they cannot be found."""
     pred = run.columns.get("pred")
     classes = int(max(run.given.max(), run.original.max())) + 1 if run.n else 0
     if pred is None or pred.dtype != np.int64 or (len(pred) and not (0 <= pred.min() and pred.max() < classes)):
         pred = None  # a stranger's column that is not class indices: found without it
-    return find_label_issues(run.store, run.given, predictions=pred)
+    try:
+        return find_label_issues(run.store, run.given, predictions=pred)
+    except ValueError as e:  # a store with none of the mislabeled rule's signals: the rest of the report holds
+        return str(e)
 
 
 def _text(value: Any) -> str:
@@ -555,9 +555,8 @@ def _review(
     draw = _Drawn(found, out, shown)
     section: dict[str, Any] = {"unavailable": "; ".join(found.notes), "duplicates": _duplicates(
         run, found, names, dup_top_k, threshold, draw)}
-    if issues is None:
-        section.update(found=False, note="this installation has no label-issue finder "
-                       "(curvature_callback.analysis.find_label_issues).")
+    if isinstance(issues, str):
+        section.update(found=False, note=issues)
         return section
     flagged = np.asarray(issues.flagged, dtype=np.int64)
     k = len(flagged)

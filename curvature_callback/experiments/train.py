@@ -3,7 +3,9 @@
 Trains the configured classifier with :class:`~curvature_callback.CurvatureCallback` and writes, in the
 run directory (``output_dir``): the store (``curvature/``, with ``filenames.txt`` for folder datasets),
 ``labels.npz`` (original and given labels, flipped mask; written before training), ``scores.csv``,
-``label_issues.csv`` (the flagged labels, :mod:`curvature_callback.analysis.label_issues`),
+``label_issues.csv`` (the flagged labels, :mod:`curvature_callback.analysis.label_issues`), ``corrections.csv``
+(the flagged labels pre-filled for a person to correct, :mod:`curvature_callback.core.corrections`), the report with
+``review_images.npy`` and ``review_indices.npy`` (the images it shows),
 ``metrics.json`` (detection metrics and the time split), ``histogram.png`` and ``top_k.png``. With no
 arguments it runs the embedded default (``conf/train.yaml``)::
 
@@ -59,11 +61,12 @@ from curvature_callback.analysis.plots import plot_histogram, plot_top_k
 from curvature_callback.analysis.recommend import recommended_scores, used_signals
 from curvature_callback.analysis.report import write_report
 from curvature_callback.core import safe_paths
-from curvature_callback.core.corrections import CorrectionsError
+from curvature_callback.core.corrections import CorrectionsError, corrections_rows, write_corrections
 from curvature_callback.core.numeric import labels_digest
 from curvature_callback.core.store_format import StoreCorruptError, StoreMismatchError
 from curvature_callback.experiments.arguments import AnyOf, ConfigError, Integer, OneOf, Real, Rule, check_arguments
 from curvature_callback.integration.callback import CurvatureCallback, default_batch_to_inputs
+from curvature_callback.integration.sinks import log_review_table
 
 __all__ = ["CONF_DIR", "REVIEW_FILES", "RUN_FILES", "RUN_FOLDERS", "RefuseLinks", "check_config", "check_run_dir",
            "main", "run"]
@@ -455,6 +458,18 @@ def _label_issue_metrics(issues: LabelIssues, columns: Mapping[str, np.ndarray])
     }
 
 
+def _write_corrections(out: Path, issues: LabelIssues, given: np.ndarray) -> None:
+    """``corrections.csv``: a row per flagged sample for a person to edit (relabel to a confident suggestion, else
+    keep). A file already there is a person's work (a rerun or a resume into this folder): left as it is."""
+    path = out / "corrections.csv"
+    if path.exists():  # a link was refused before the run (check_run_dir)
+        print(f"curvature-train: {path} is there already: left as it is (a person's corrections)")
+        return
+    flagged = issues.flagged
+    write_corrections(path, corrections_rows(flagged, given[flagged], issues.suggested[flagged],
+                                             issues.suggestion_confidence[flagged]))
+
+
 def run(cfg: DictConfig) -> dict[str, Any]:
     """Train, score and write the outputs of one run into ``cfg.output_dir``; returns the metrics (rank 0).
 
@@ -498,6 +513,7 @@ def run(cfg: DictConfig) -> dict[str, Any]:
 
     write_scores_csv(out / "scores.csv", columns)
     write_label_issues_csv(out / "label_issues.csv", issues, columns["given_label"])
+    _write_corrections(out, issues, columns["given_label"])
     if with_curvature:  # the curvature histogram; the top-k grid ranks by the recommended score (which labels?)
         curved = np.isfinite(columns["curvature"])
         plot_histogram(columns["curvature"][curved], columns["flipped"][curved], out / "histogram.png")
@@ -518,10 +534,14 @@ def run(cfg: DictConfig) -> dict[str, Any]:
     safe_paths.write_text(out / "metrics.json", json.dumps(metrics, indent=1) + "\n")
     if cfg.get("report", True):  # report/index.html, and the images it shows kept in the run folder
         write_report(out, dataset=dataset, class_names=getattr(datamodule, "classes", None),
-                     top_k=int(cfg.get("top_k", 25)), keep_images=True)
+                     top_k=int(cfg.get("top_k", 25)), keep_images=True, issues=issues)
     for logger in loggers:
         if type(logger).__name__ == "WandbLogger":
             logger.experiment.summary.update({k: v for k, v in metrics.items() if isinstance(v, (int, float))})
+            log_review_table(logger, dataset, issues.flagged, columns["given_label"], issues.suggested,
+                             issues.probability, issues.suggestion_confidence, issues.reasons,
+                             curvature.batch_to_inputs or default_batch_to_inputs,
+                             class_names=getattr(datamodule, "classes", None), step=trainer.global_step)
     _print_summary(metrics, out)
     return metrics
 

@@ -1,0 +1,89 @@
+"""The review -> fix -> retrain loop on the tiny default (digits, a few epochs): a run flags labels
+(label_issues.csv) and pre-fills corrections.csv; a person edits it; the next run trains on the corrected labels
+(data.corrections=FILE) with its bookkeeping right and every sample scored at its index."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+from hydra import compose, initialize_config_dir
+
+from curvature_callback.analysis import read_scores_csv
+from curvature_callback.core.corrections import COLUMNS
+from curvature_callback.core.store import CurvatureStore
+from curvature_callback.experiments.train import CONF_DIR, run
+
+#: a few epochs of the default run, quiet, one pass kind that costs little
+QUICK = ("trainer.max_epochs=6", "trainer.enable_progress_bar=false", "~logger", "threads=null",
+         "callbacks.curvature.n_vectors=1")
+
+
+def _compose(out, *overrides):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("train", overrides=[f"output_dir={out}", *QUICK, *overrides])
+
+
+def _rows(path):
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_train_review_correct_retrain(tmp_path):
+    first, second = tmp_path / "first", tmp_path / "second"
+    run(_compose(first))
+    labels = np.load(first / "labels.npz")
+    given, original = labels["given_labels"], labels["original_labels"]
+
+    # review: the flagged samples, most probable first, and a corrections file pre-filled from them
+    issues = _rows(first / "label_issues.csv")
+    prefilled = _rows(first / "corrections.csv")
+    assert list(prefilled[0]) == list(COLUMNS) and len(issues) >= 20
+    assert [r["index"] for r in prefilled] == [r["index"] for r in issues]
+    for row in prefilled:
+        i = int(row["index"])
+        assert int(row["given_label"]) == given[i]
+        relabel = row["suggested_label"] not in ("", row["given_label"])
+        assert row["action"] in ("relabel", "keep") and (row["action"] == "relabel") <= relabel
+        assert row["new_label"] == (row["suggested_label"] if row["action"] == "relabel" else "")
+    # the page shows them, from the images the run kept
+    page = (first / "report" / "index.html").read_text()
+    assert f"{len(issues)} sample(s) flagged" in page and 'class="noimage"' not in page.split("<h2>The run")[0]
+    kept = np.load(first / "review_indices.npy")
+    assert {int(r["index"]) for r in issues[:100]} <= set(kept.tolist())
+
+    # a person: accepts the pre-filled rows, drops the first flagged one whose suggestion they doubt
+    edited = [dict(r) for r in prefilled]
+    edited[0].update(action="drop", new_label="")
+    dropped = int(edited[0]["index"])
+    path = tmp_path / "corrections.csv"
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=COLUMNS)
+        writer.writeheader()
+        writer.writerows(edited)
+    relabeled = {int(r["index"]): int(r["new_label"]) for r in edited if r["action"] == "relabel"}
+
+    metrics = run(_compose(second, f"data.corrections={path}"))
+    after = np.load(second / "labels.npz")
+    np.testing.assert_array_equal(after["noisy_labels"], given)  # the labels the file was made for
+    np.testing.assert_array_equal(after["original_labels"], original)
+    expected = given.copy()
+    expected[list(relabeled)] = list(relabeled.values())
+    np.testing.assert_array_equal(after["given_labels"], expected)
+    np.testing.assert_array_equal(after["flipped"], expected != original)
+    assert after["kept"].tolist() == [i != dropped for i in range(len(given))]
+    # fewer wrong labels than before: the suggestions set most flagged flips right
+    assert after["flipped"].sum() < labels["flipped"].sum()
+    assert metrics["n_flipped"] == int(after["flipped"].sum())
+
+    # every sample scored at its index; the dropped one never trained on
+    columns = read_scores_csv(second / "scores.csv")
+    assert columns["index"].tolist() == list(range(len(given)))
+    np.testing.assert_array_equal(columns["given_label"], expected)
+    store = CurvatureStore.open(second / "curvature")
+    seen = np.asarray(store.sum_of("train_seen"))
+    assert seen[dropped] == 0 and (np.delete(seen, dropped) > 0).all()
+    assert np.isfinite(np.asarray(store.mean)).all()  # the pass scored it anyway
+    store.close()
+    assert json.loads((second / "metrics.json").read_text())["n_samples"] == len(given)
