@@ -271,7 +271,7 @@ def estimate_label_issues(
     candidates = np.flatnonzero(probability >= 0.5)
     flagged = candidates[np.lexsort((-score[candidates], -probability[candidates]))].astype(np.int64)
     suggested, confidence = _suggestions(labels, evidence, predictions, n)
-    reasons = tuple(_reasons(i, scores, names, len(flagged), labels, suggested, confidence) for i in flagged)
+    reasons = _reasons(flagged, scores, names, labels, suggested, confidence)
     return LabelIssues(estimated=estimated, flagged=flagged, probability=probability, score=score,
                        suggested=suggested, suggestion_confidence=confidence, reasons=reasons, method=method + ".")
 
@@ -299,25 +299,28 @@ def _suggestions(labels: np.ndarray, evidence: Any, predictions: Any, n: int) ->
     return suggested, confidence
 
 
-def _reasons(i: int, scores: Mapping[str, np.ndarray], names: tuple[str, ...], count: int, labels: np.ndarray,
-             suggested: np.ndarray, confidence: np.ndarray) -> str:
-    """Why sample ``i`` is flagged, in words: its place on each recommended signal (within the flagged count or not)
-    and the class its training evidence favours."""
-    parts = []
+def _reasons(flagged: np.ndarray, scores: Mapping[str, np.ndarray], names: tuple[str, ...], labels: np.ndarray,
+             suggested: np.ndarray, confidence: np.ndarray) -> tuple[str, ...]:
+    """Why each flagged sample is flagged, in words: its place on each recommended signal (1 = the highest; within the
+    flagged count or beyond it) and the class its training evidence favours. One sort per signal, not one per sample."""
+    count = len(flagged)
+    places = {}
     for name in names:
         s = np.asarray(scores[name], dtype=np.float64)
-        if not np.isfinite(s[i]):
-            continue
-        place = int((s[np.isfinite(s)] > s[i]).sum()) + 1
-        parts.append(f"{_SIGNAL_WORDS.get(name, name)} #{place} ({'within' if place <= count else 'beyond'} the "
-                     f"{count} flagged)")
-    if suggested[i] >= 0:
-        if confidence[i] > 0:
+        finite = np.sort(s[np.isfinite(s)])
+        higher = len(finite) - np.searchsorted(finite, s[flagged], side="right")  # how many score above the sample
+        places[name] = np.where(np.isfinite(s[flagged]), higher + 1, 0)
+    out = []
+    for row, i in enumerate(flagged):
+        parts = [f"{_SIGNAL_WORDS.get(name, name)} #{place[row]} ({'within' if place[row] <= count else 'beyond'} the "
+                 f"{count} flagged)" for name, place in places.items() if place[row] > 0]
+        if suggested[i] >= 0 and confidence[i] > 0:
             parts.append(f"training evidence for class {suggested[i]} (mean p {confidence[i]:.2f}) over the given "
                          f"{labels[i]}")
-        else:
+        elif suggested[i] >= 0:
             parts.append(f"eval-mode prediction {suggested[i]}, not the given {labels[i]}")
-    return "; ".join(parts)
+        out.append("; ".join(parts))
+    return tuple(out)
 
 
 def find_label_issues(store: Any, labels: Any = None, *, predictions: Any = None) -> LabelIssues:
