@@ -357,6 +357,7 @@ def test_entry_point_writes_every_output(tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     assert "top_k: 9" in (out / ".hydra" / "config.yaml").read_text()
     assert "mislabel AUROC recommended" in done.stdout and "curvature" in done.stdout
+    assert "flagged (label_issues.csv)" in done.stdout
     for name in ("scores.csv", "label_issues.csv", "metrics.json", "histogram.png", "top_k.png", "curvature/meta.json"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())

@@ -552,7 +552,9 @@ def _print_summary(metrics: Mapping[str, Any], out: Path) -> None:
     split = ", ".join(f"{k} {v:.0f} s" for k, v in metrics["time_s"].items())
     print(
         f"curvature-train: mislabel AUROC {aurocs or 'n/a (no flipped labels)'} | train acc "
-        f"{metrics['train_acc']:.3f} on given labels | {metrics['wall_time_s']:.0f} s ({split})\n  outputs: {out}"
+        f"{metrics['train_acc']:.3f} on given labels | {metrics['wall_time_s']:.0f} s ({split})\n  label issues: "
+        f"{metrics['estimated_label_issues']} estimated, {metrics['flagged']} flagged (label_issues.csv)\n"
+        f"  outputs: {out}"
     )
 
 
