@@ -332,3 +332,14 @@ def test_ddp_ranks_evidence_equals_the_loop_with_a_padded_sample(tmp_path):
     assert seen.sum() == 48 * 3 and seen.max() > 3  # a sample presented twice in an epoch: the test can tell
     np.testing.assert_array_equal(store.sum_of("train_seen"), seen)
     np.testing.assert_allclose(mass.sum(1), seen, rtol=1e-6)
+
+
+def test_the_experiments_module_records_evidence_by_default(tmp_path):
+    """curvature-train's ClassifierModule returns its logits through sample_outputs: the default callback keeps them."""
+    from curvature_callback.experiments.module import ClassifierModule
+
+    cb = CurvatureCallback(Blobs(), directory=tmp_path / "s", score_curvature=False)
+    trainer(tmp_path, [cb], max_epochs=2).fit(ClassifierModule(torch.nn.Linear(6, 3), lr=0.5), IndexedBlobsDM())
+    classes, prob = class_evidence(CurvatureStore.open(tmp_path / "s"))
+    assert classes.shape == (48, 3) and (classes >= 0).all()  # K = 3 = C: every class of every sample
+    np.testing.assert_allclose(prob.sum(1), 1.0, rtol=1e-6)
