@@ -199,3 +199,22 @@ def test_a_strangers_label_issues_csv_is_refused_with_the_reason(tmp_path, text,
     path.write_bytes(b"\xff\xfe" + HEADER.encode())
     with pytest.raises(ValueError, match="UTF-8"):
         read_label_issues_csv(path)
+
+
+def test_the_check_script_prints_design_s_miniature_table(tmp_path, capsys):
+    """benchmarks/label_issues_check.py: the figures of docs/DESIGN.md §8, from the saved settings and run folders."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("label_issues_check", MINIATURE.parents[1] / "label_issues_check.py")
+    check = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(check)
+    table = check.main([])
+    assert "| fashion_mnist_p0.1_s1 | 500 | 355 | 409 | 0.895 | 0.732 |" in table  # DESIGN §8's figures
+    assert "| cifar10_p0.1_s0_mem | 200 | 0 | 0 | - | 0.000 |" in table  # overlapping losses: it abstains
+    clean = check.main(["--clean"]).splitlines()[2:]
+    assert len(clean) == len(list(MINIATURE.glob("*.npz"))) and all("| 0 | 0 | 0 | - | - |" in r for r in clean)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "metrics.json").write_text('{"n_flipped": 180, "estimated_label_issues": 169, "flagged": 172, '
+                                      '"flagged_precision": 0.994, "flagged_recall": 0.95}')
+    assert check.main(["--runs", str(run)]).endswith(f"| {run} | 180 | 169 | 172 | 0.994 | 0.950 |")
