@@ -375,6 +375,7 @@ def test_train_cli_prints_config_errors_without_a_traceback(tmp_path):
 
 # ------------------------------------------------------------------------------------------ curvature-train's links
 @pytest.mark.parametrize("name", ["scores.csv", "metrics.json", "labels.npz", "histogram.png", "top_k.png",
+                                  "review_images.npy", "review_indices.npy", "corrections.csv",
                                   "train.log", "report", "curvature", ".hydra", "checkpoints", "csv"])
 def test_train_refuses_a_run_folder_with_a_link_where_it_writes(tmp_path, name):
     (tmp_path / "notes.txt").write_text("mine")
