@@ -217,6 +217,12 @@ def test_cifar10_offline_experiment_end_to_end(tmp_path, monkeypatch):
     _assert_metrics_are_those_of_the_scores(out, metrics)
     assert set(metrics["time_s"]) == {"setup", "train", "scoring", "report"} and metrics["time_s"]["scoring"] > 0
     assert json.loads((out / "metrics.json").read_text()) == metrics
+    from wandb_reader import history
+
+    # the samples to review, as W&B's table: one row per flagged sample, the report's and label_issues.csv's
+    (review,) = [r for r in history(str(out)) if "label_issues/review/_type" in r]
+    assert review["label_issues/review/_type"] == "table-file" and review["label_issues/review/nrows"] == len(
+        list(csv.DictReader(open(out / "label_issues.csv")))) == metrics["flagged"]
     labels = np.load(out / "labels.npz", allow_pickle=False)
     truth = np.load(OFFLINE / "train_labels.npy")[:256]
     assert np.array_equal(labels["original_labels"], truth)  # standard order kept
