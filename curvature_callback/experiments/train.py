@@ -169,8 +169,6 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(f"Expected data._target_ to name a datamodule class, got {target!r}, which cannot be "
                               f"imported ({e}): choose one with data=digits, data=cifar10, ...") from e
         _check_group(cfg, "data", getattr(cls, "ARGUMENTS", {}))
-    if "trainer" in cfg:
-        _check_group(cfg, "trainer", TRAINER)
     target = _value(cfg, "model._target_") if "model" in cfg else None
     if isinstance(target, str):
         try:
@@ -179,6 +177,8 @@ def check_config(cfg: DictConfig) -> None:
             raise ConfigError(f"Expected model._target_ to name a LightningModule class, got {target!r}, which "
                               f"cannot be imported ({e}): choose one with model=small_cnn, model=resnet18, ...") from e
         _check_group(cfg, "model", getattr(cls, "ARGUMENTS", {}))
+    if "trainer" in cfg:
+        _check_group(cfg, "trainer", TRAINER)
 
 
 def _instantiate(node: Any, key: str, **kwargs: Any) -> Any:
