@@ -127,7 +127,7 @@ def test_the_saved_miniature_study_has_every_signal_and_sane_aurocs():
             assert int(f["flipped"].sum()) == round(config["noise"] * n), path.name
         auroc = {k: v["auroc"] for k, v in result["mislabel"].items()}
         assert auroc["train_loss"] > 0.6 and auroc["loss"] > 0.6, (path.name, auroc)
-        if config["noise"] >= 0.1:
+        if config["noise"] >= 0.1 and config.get("noise_kind", "symmetric") == "symmetric":  # look-alikes: harder
             assert auroc["train_loss"] > 0.8, (path.name, auroc)
     assert "| signal |" in study.tables(MINIATURE_DATA)
 
