@@ -738,8 +738,8 @@ def decision_tables(files: Sequence[Path]) -> list[str]:
                          f"{pair(o['suggested_right'], cl['suggested_right'])} | {o['seconds']:.0f} / "
                          f"{cl['seconds']:.0f} ({plain}) |")
         lines += ["", f"**The payoff**: test accuracy on {group[0]['payoff']['test_n']} test images (original labels) "
-                  "after retraining with the same recipe and seed (noisy: the run itself; the callback changes no "
-                  "training step), the training samples of each in parentheses", "",
+                  "after retraining with the same recipe and seed (noisy: the run itself, with the callback), the "
+                  "training samples of each in parentheses", "",
                   "| noise | seed | " + " | ".join(PAYOFF) + " |", "| --- | --- |" + " --- |" * len(PAYOFF)]
         for r in group:
             c, acc, n = r["config"], r["payoff"]["test_acc"], r["payoff"]["trained_on"]
