@@ -329,6 +329,16 @@ def test_train_checks_the_composed_config_before_building_anything(tmp_path, ove
     assert list(tmp_path.iterdir()) == []  # nothing built, nothing written
 
 
+def test_train_refuses_look_alike_noise_on_data_whose_classes_it_does_not_know(tmp_path):
+    cfg = _compose(tmp_path, "data=imagenet", "data.root=x", "data.noise_kind=confusion")
+    with pytest.raises(ConfigError, match=r"Could not build data from the config: ValueError: "
+                                          r"data.noise_kind='confusion' follows the classes of cifar10, fashion_mnist, "
+                                          r"digits; ImageFolderDataModule here holds other classes: use "
+                                          r"noise_kind=symmetric or pair"):
+        train.run(cfg)
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.parametrize(("data", "extra"), [("digits", ()), ("cifar10", ()), ("fashion_mnist", ()),
                                               ("imagenet", ("data.root=x",))])
 def test_every_checked_data_and_trainer_key_refuses_a_word_by_its_config_name(tmp_path, data, extra):
