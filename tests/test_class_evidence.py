@@ -343,3 +343,20 @@ def test_the_experiments_module_records_evidence_by_default(tmp_path):
     classes, prob = class_evidence(CurvatureStore.open(tmp_path / "s"))
     assert classes.shape == (48, 3) and (classes >= 0).all()  # K = 3 = C: every class of every sample
     np.testing.assert_allclose(prob.sum(1), 1.0, rtol=1e-6)
+
+
+def test_the_default_follows_the_store_it_resumes(tmp_path):
+    """class_evidence=None: 3 for a new store; a store made without class evidence (K = 0, as before it existed) or
+    with another K resumes with its own, never refused by a default."""
+    for k in (0, 2):
+        cb = CurvatureCallback(Blobs(), directory=tmp_path / f"k{k}", score_curvature=False, class_evidence=k)
+        trainer(tmp_path, [cb], max_epochs=1).fit(StepClassifier(), IndexedBlobsDM())
+        again = CurvatureCallback(Blobs(), directory=tmp_path / f"k{k}", score_curvature=False)
+        assert again.class_evidence is None
+        trainer(tmp_path, [again], max_epochs=2).fit(StepClassifier(), IndexedBlobsDM())
+        store = CurvatureStore.open(tmp_path / f"k{k}")
+        assert again.class_evidence == k and store.step_epochs == [0, 1]
+        assert store.step_channels == [*STEP_CHANNELS, *class_evidence_channels(k)]
+    fresh = CurvatureCallback(Blobs(), directory=tmp_path / "new", score_curvature=False)
+    trainer(tmp_path, [fresh], max_epochs=1).fit(StepClassifier(), IndexedBlobsDM())
+    assert fresh.class_evidence == 3 and class_evidence(CurvatureStore.open(tmp_path / "new"))[0].shape[1] == 3

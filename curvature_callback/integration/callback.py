@@ -48,6 +48,7 @@ from curvature_callback.core.steps import (
     repeated_indices,
 )
 from curvature_callback.core.store import CurvatureStore
+from curvature_callback.core.store_format import StoreCorruptError, class_slots, read_meta
 from curvature_callback.integration.scoring_pass import LABEL_KEYS, ScoringPass, raise_together
 from curvature_callback.integration.training_steps import CONTRACT, read_step_outputs
 
@@ -125,6 +126,23 @@ def _labels_digest(dataset: Any) -> str | None:
         return None if labels is None else labels_digest(labels)
     except (TypeError, ValueError):  # labels that are not int64-like (strings, ragged): no digest, the keys check
         return None
+
+
+#: the class-evidence slots of a new store when ``class_evidence`` is not given
+DEFAULT_CLASS_EVIDENCE = 3
+
+
+def _store_class_slots(directory: Path) -> int | None:
+    """The class-evidence slots ``K`` of the store being resumed at ``directory`` (0: made without them), or None
+    where there is no readable store with training-time channels (``open_or_create`` then says what it finds)."""
+    if not (Path(directory) / "meta.json").is_file():
+        return None
+    try:
+        meta, _ = read_meta(Path(directory))
+    except (StoreCorruptError, OSError, ValueError):
+        return None
+    steps = list(meta.get("step_channels", []))
+    return class_slots(steps) if steps else None
 
 
 class CurvatureCallback(Callback):
@@ -212,7 +230,9 @@ class CurvatureCallback(Callback):
             favoured classes (a class entering full slots evicts the one with the least mass: exact when ``K >= C``).
             Stored as ``train_class_j`` and ``train_class_mass_j`` (``2K`` floats per sample on disk); read with
             :func:`~curvature_callback.analysis.class_evidence` (a suggested label: the most favoured class other
-            than the given one). A store resumes only with the same ``K``.
+            than the given one). A store resumes only with the same ``K``. None (the default): the ``K`` of the
+            store being resumed (0 for one made before class evidence existed), else
+            :data:`DEFAULT_CLASS_EVIDENCE`; resolved at the start of training.
 
     Example::
 
@@ -248,7 +268,7 @@ class CurvatureCallback(Callback):
         progress_bar: bool = False,
         record_training: bool = True,
         score_curvature: bool = True,
-        class_evidence: int = 3,
+        class_evidence: int | None = None,
     ) -> None:
         check_callable("loss_fn", loss_fn, "Pass a function loss_fn(outputs, targets) -> [B] per-sample losses (e.g. "
                        "functools.partial(F.cross_entropy, reduction='none', label_smoothing=0.1)), or None for "
@@ -282,7 +302,7 @@ class CurvatureCallback(Callback):
         self.progress_bar = check_bool("progress_bar", progress_bar)
         self.record_training = check_bool("record_training", record_training)
         self.score_curvature = check_bool("score_curvature", score_curvature)
-        self.class_evidence = check_int("class_evidence", class_evidence, 0)
+        self.class_evidence = None if class_evidence is None else check_int("class_evidence", class_evidence, 0)
         if kind != "curvature" and not self.record_outputs:
             raise ValueError(f"Expected record_outputs=True with pass_kind={kind!r}: a {kind} pass computes nothing "
                              "but the channels record_outputs stores. Keep record_outputs=True, or pass "
@@ -415,19 +435,24 @@ class CurvatureCallback(Callback):
                 "`dataset=`."
             )
         caught: BaseException | None = None
+        k = self.class_evidence
         if trainer.is_global_zero:
             try:
+                if k is None:  # follow the store being resumed, so that a default never refuses it
+                    k = _store_class_slots(self._path)
+                    k = DEFAULT_CLASS_EVIDENCE if k is None else k
                 self._store = CurvatureStore.open_or_create(
                     self._path, n, settings=self.settings(), keep_history=self.keep_history, channels=self.channels,
                     fingerprint=self._fingerprint(dataset),
                     history_capacity=max(1, min(int(trainer.max_epochs or 16), 1000)),
-                    step_channels=(*STEP_CHANNELS, *class_evidence_channels(self.class_evidence))
+                    step_channels=(*STEP_CHANNELS, *class_evidence_channels(k))
                     if self.record_training else (),
                 )
             except Exception as e:  # raised on every rank below: one rank alone raising would hang the others
                 caught = e
         raise_together(trainer, caught)
-        epochs = trainer.strategy.broadcast(self._store.epochs if self._store is not None else [], src=0)
+        epochs, k = trainer.strategy.broadcast((self._store.epochs if self._store is not None else [], k), src=0)
+        self.class_evidence = int(k if k is not None else DEFAULT_CLASS_EVIDENCE)
         self._epochs_done = list(epochs)
         missing = sorted(set((self._restored or {}).get("epochs_done", [])) - set(epochs))
         if missing:
