@@ -319,6 +319,10 @@ def _compose(tmp_path, *overrides):
                     r"command line \(model.lr=0.002, say\)"),
     ("model.optimizer=lbfgs", r"Expected model.optimizer to be one of 'sgd', 'adam' \(SGD with momentum, or AdamW\)"),
     ("model.scheduler=step", r"Expected model.scheduler to be one of 'cosine', 'multistep', null"),
+    ("data._target_=no_such.Module", r"Expected data._target_ to name a datamodule class, got 'no_such.Module', "
+                                     r"which cannot be imported .*: choose one with data=digits, data=cifar10"),
+    ("model._target_=no_such.Module", r"Expected model._target_ to name a LightningModule class, got "
+                                      r"'no_such.Module', which cannot be imported .*: choose one with model="),
     ("data=imagenet", r"Could not build data.root from the config: MissingMandatoryValue: Missing mandatory value: "
                       r"data.root. Fix data.root on the command line"),
 ])

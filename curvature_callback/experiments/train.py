@@ -161,22 +161,17 @@ def check_config(cfg: DictConfig) -> None:
             and how to fix it.
     """
     _check_group(cfg, "", TOP_LEVEL)
-    target = _value(cfg, "data._target_") if "data" in cfg else None
-    if isinstance(target, str):
+    for group, what, choices in (("data", "a datamodule", "data=digits, data=cifar10"),
+                                 ("model", "a LightningModule", "model=small_cnn, model=resnet18")):
+        target = _value(cfg, f"{group}._target_") if group in cfg else None
+        if not isinstance(target, str):
+            continue
         try:
             cls = get_class(target)
         except Exception as e:  # Hydra wraps whatever the import raised
-            raise ConfigError(f"Expected data._target_ to name a datamodule class, got {target!r}, which cannot be "
-                              f"imported ({e}): choose one with data=digits, data=cifar10, ...") from e
-        _check_group(cfg, "data", getattr(cls, "ARGUMENTS", {}))
-    target = _value(cfg, "model._target_") if "model" in cfg else None
-    if isinstance(target, str):
-        try:
-            cls = get_class(target)
-        except Exception as e:  # Hydra wraps whatever the import raised
-            raise ConfigError(f"Expected model._target_ to name a LightningModule class, got {target!r}, which "
-                              f"cannot be imported ({e}): choose one with model=small_cnn, model=resnet18, ...") from e
-        _check_group(cfg, "model", getattr(cls, "ARGUMENTS", {}))
+            raise ConfigError(f"Expected {group}._target_ to name {what} class, got {target!r}, which cannot be "
+                              f"imported ({' '.join(str(e).split())}): choose one with {choices}, ...") from e
+        _check_group(cfg, group, getattr(cls, "ARGUMENTS", {}))
     if "trainer" in cfg:
         _check_group(cfg, "trainer", TRAINER)
 
