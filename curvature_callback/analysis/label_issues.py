@@ -128,6 +128,9 @@ def _evidence_arrays(evidence: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
 
 
 # ------------------------------------------------------------------------------------------ the maths
+# Our own small isotonic fit and two-component EM rather than scikit-learn's IsotonicRegression and GaussianMixture:
+# the analysis layer needs numpy only (scikit-learn is an optional extra), and the EM here starts from fixed splits
+# so that a run's flagged set never depends on a random initialisation.
 def isotonic(y: np.ndarray) -> np.ndarray:
     """Least-squares non-decreasing fit to ``y`` in its given order (pool adjacent violators); keeps ``y``'s sum.
 
