@@ -24,7 +24,7 @@ from test_datamodules import make_folder
 
 from curvature_callback import CurvatureCallback, CurvatureStore
 from curvature_callback.analysis import mislabel_metrics, read_scores_csv
-from curvature_callback.experiments.collect import collect, markdown
+from curvature_callback.experiments.collect import collect, markdown, write_summary
 from curvature_callback.experiments.data import inject_label_noise
 from curvature_callback.experiments.data.images import CIFARDataModule, ImageFolderDataModule
 from curvature_callback.experiments.module import ClassifierModule
@@ -374,9 +374,14 @@ def test_collect_keeps_what_hydra_overrides_mean(tmp_path):
         (tmp_path / job / ".hydra").mkdir(parents=True)
         (tmp_path / job / ".hydra" / "overrides.yaml").write_text(
             f"- data.noise={noise}\n- +trainer.limit_train_batches=2\n- ~logger\n- '++tags=[\"a,b\"]'\n")
-        (tmp_path / job / "metrics.json").write_text(json.dumps({"auroc_curvature": 0.5}))
+        (tmp_path / job / "metrics.json").write_text(json.dumps({"auroc_curvature": 0.5,
+                                                                 "label_issues_method": f"a sentence of run {job}"}))
     rows = collect(tmp_path)
     assert [r["data.noise"] for r in rows] == ["0.05", "0.2"]
+    # a metric that is text is no setting: the table's columns are the overrides that vary, then the metrics
+    assert markdown(rows).splitlines()[0] == "| run | data.noise | auroc_curvature |"
+    write_summary(rows, tmp_path)
+    assert (tmp_path / "summary.csv").read_text().splitlines()[0].split(",")[-1] == "label_issues_method"
     assert rows[0]["+trainer.limit_train_batches"] == "2" and rows[0]["~logger"] == ""
     assert rows[0]["++tags"] == '["a,b"]' and "logger" not in rows[0] and "trainer.limit_train_batches" not in rows[0]
     (tmp_path / "0" / ".hydra" / "overrides.yaml").write_text("- 'data.noise=[unclosed'\n")

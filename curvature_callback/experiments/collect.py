@@ -31,6 +31,9 @@ from curvature_callback.core import safe_paths
 
 __all__ = ["collect", "main", "markdown", "parse_overrides", "write_summary"]
 
+#: a row's key naming its overrides (the settings), so that a metric that is text (``label_issues_method``) is
+#: never taken for one; left out of ``summary.csv``
+OVERRIDES = "_overrides"
 #: metrics in the markdown table, in this order, when present
 SHOWN = ("auroc_curvature", "ap_curvature", "auroc_loss", "ap_loss", "train_acc", "flipped_memorized",
          "n_flipped", "wall_time_s")
@@ -117,7 +120,7 @@ def collect(sweep_dir: str | Path) -> list[dict[str, Any]]:
         overrides_file = run / ".hydra" / "overrides.yaml"
         overrides = _read_overrides(overrides_file, sweep_dir) if overrides_file.is_file() else {}
         rows.append({"run": run.relative_to(sweep_dir).as_posix(), **overrides,
-                     **_flatten(read_metrics(safe_paths.inside(path, sweep_dir)))})
+                     **_flatten(read_metrics(safe_paths.inside(path, sweep_dir))), OVERRIDES: tuple(overrides)})
     if not rows:
         raise FileNotFoundError(
             f"No metrics.json under {sweep_dir}: pass the folder of a finished `curvature-train -m` sweep "
@@ -148,11 +151,12 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 def markdown(rows: list[dict[str, Any]]) -> str:
     """The runs (overrides that vary, then :data:`SHOWN` metrics) and, with several seeds, their mean ± std."""
-    keys = [k for k in rows[0] if k != "run"]
+    keys = [k for k in rows[0] if k not in ("run", OVERRIDES)]
     for row in rows[1:]:
-        keys += [k for k in row if k not in keys and k != "run"]
+        keys += [k for k in row if k not in keys and k not in ("run", OVERRIDES)]
     shown = [m for m in SHOWN if any(m in r for r in rows)]
-    overrides = [k for k in keys if k not in shown and not _is_metric(k, rows)]
+    named = {k for r in rows for k in r.get(OVERRIDES, ())}  # rows of collect(); others: the non-numeric keys
+    overrides = [k for k in keys if k not in shown and (k in named if named else not _is_metric(k, rows))]
     varying = [k for k in overrides if len({str(r.get(k)) for r in rows}) > 1]
     text = _table(["run", *varying, *shown], [[r["run"], *(r.get(k) for k in varying), *(r.get(m) for m in shown)]
                                               for r in rows])
@@ -197,7 +201,7 @@ def write_summary(rows: list[dict[str, Any]], out_dir: str | Path) -> tuple[Path
     out_dir = Path(out_dir)
     columns = ["run"]
     for row in rows:
-        columns += [k for k in row if k not in columns]
+        columns += [k for k in row if k not in columns and k != OVERRIDES]
     csv_path, md_path = out_dir / "summary.csv", out_dir / "summary.md"
     for path in (csv_path, md_path):  # both checked before either is written: a refusal leaves no half summary
         safe_paths.not_a_link(path)
