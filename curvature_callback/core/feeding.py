@@ -26,8 +26,8 @@ from torch.utils.data import DataLoader, Dataset, Sampler
 from curvature_callback.core.settings import check_float
 
 __all__ = [
-    "BatchFeeder", "WithIndex", "check_cache", "pass_indices", "period_of", "rank_block", "rank_universe",
-    "reads_differ",
+    "BatchFeeder", "WithIndex", "check_cache", "pass_indices", "period_of", "random_states_kept", "rank_block",
+    "rank_universe", "reads_differ",
 ]
 
 CachePolicy = bool | Literal["auto"]
@@ -150,9 +150,10 @@ def rank_universe(n: int, period: int, batch_size: int, world: int, rank: int) -
 
 
 @contextmanager
-def _random_states_kept() -> Iterator[None]:
+def random_states_kept() -> Iterator[None]:
     """Python's, numpy's and torch's global random states (CUDA's too, once initialized) as they were on entry:
-    a probe that draws from them must not change what training draws next."""
+    a probe or a scoring pass that draws from them (a DataLoader's iterator draws its base seed from torch's) must not
+    change what training draws next."""
     python, legacy, cpu = random.getstate(), np.random.get_state(), torch.get_rng_state()
     cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_initialized() else None
     try:
@@ -211,7 +212,7 @@ def reads_differ(dataset: Dataset, index: int = 0) -> bool:
         >>> reads_differ(Noisy()), reads_differ([(torch.zeros(2), 0)])
         (True, False)
     """
-    with _random_states_kept():
+    with random_states_kept():
         first = dataset[index]
         second = dataset[index]
     return not _same(first, second)

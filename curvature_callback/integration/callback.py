@@ -34,6 +34,7 @@ from curvature_callback.core.feeding import (
     check_cache,
     pass_indices,
     period_of,
+    random_states_kept,
     rank_universe,
     reads_differ,
 )
@@ -563,8 +564,9 @@ class CurvatureCallback(Callback):
                     num_workers=self.num_workers, cache=self.cache, chunk_size=self.chunk_size,
                     progress_bar=self.progress_bar,
                 )
-            values = self._scoring.run(trainer, pl_module, self._pass_indices(), epoch, universe=self._universe,
-                                       gather_columns=self.GATHER_COLUMNS)
+            with random_states_kept():  # the pass's loader draws a seed: training must draw what it would without us
+                values = self._scoring.run(trainer, pl_module, self._pass_indices(), epoch, universe=self._universe,
+                                           gather_columns=self.GATHER_COLUMNS)
         caught: BaseException | None = None
         if trainer.is_global_zero:
             try:
