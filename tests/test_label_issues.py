@@ -218,3 +218,37 @@ def test_the_check_script_prints_design_s_miniature_table(tmp_path, capsys):
     (run / "metrics.json").write_text('{"n_flipped": 180, "estimated_label_issues": 169, "flagged": 172, '
                                       '"flagged_precision": 0.994, "flagged_recall": 0.95}')
     assert check.main(["--runs", str(run)]).endswith(f"| {run} | 180 | 169 | 172 | 0.994 | 0.950 |")
+
+
+def _votes(labels: np.ndarray, lost: np.ndarray, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
+    """Class evidence (K = 2) where the given label has the most mean probability except on ``lost``."""
+    other = (labels + 1 + rng.integers(0, 8, len(labels))) % 10
+    high, low = rng.uniform(0.55, 0.9, len(labels)), rng.uniform(0.05, 0.4, len(labels))
+    classes = np.where(lost[:, None], np.stack([other, labels], 1), np.stack([labels, other], 1))
+    return classes, np.stack([high, low], 1)
+
+
+def test_overlapping_groups_fall_back_on_the_runs_vote():
+    """No valley in the losses, but class evidence: the count is the number of given labels that lost the run's
+    vote, the probability that count's share at each loss level (non-decreasing, summing to it), the flagged set
+    the samples more likely wrong than not."""
+    rng = np.random.default_rng(0)
+    n = 2000
+    x = rng.normal(-0.5, 0.4, n)  # one group of log10 losses
+    scores = {"train_loss": 10**x, "loss": 10**x}
+    labels = rng.integers(0, 10, n)
+    lost = rng.random(n) < 1 / (1 + np.exp(-(x - 0.4) * 8))  # more lost votes where the loss is higher
+    found = estimate_label_issues(scores, labels, evidence=_votes(labels, lost, rng))
+    assert found.estimated == lost.sum() == round(float(found.probability.sum()))
+    assert "run's vote" in found.method and f"{lost.sum()} samples" in found.method
+    order = np.argsort(x)
+    assert (np.diff(found.probability[order]) >= 0).all()
+    assert set(found.flagged.tolist()) == set(np.flatnonzero(found.probability >= 0.5).tolist())
+    assert lost[found.flagged].mean() > 0.5 and len(found.flagged) > 0
+    # no lost vote: still nothing
+    none = estimate_label_issues(scores, labels, evidence=_votes(labels, np.zeros(n, dtype=bool), rng))
+    assert none.estimated == 0 and len(none.flagged) == 0 and "no sample's given label lost" in none.method
+    # a separate group wins over the vote: the mixture's count, whatever the evidence says
+    mixed, wrong = _mixture(n, 0.1, 0)
+    found = estimate_label_issues(mixed, labels, evidence=_votes(labels, lost, rng))
+    assert "separate high group" in found.method and abs(found.estimated - wrong.sum()) <= 0.1 * wrong.sum()

@@ -16,8 +16,16 @@ mixture is fitted to ``x`` by EM:
 
 The mixture is accepted only where it finds two groups: separated (Ashman's ``D = |mu_1 - mu_0| / sqrt((s_0^2 +
 s_1^2) / 2) >= 2``: a valley between them), the wrong labels a minority (``pi < 1/2``) and the more probable
-explanation of some sample (a posterior >= 1/2). Otherwise a single group explains the signals: estimated 0, nothing
-flagged, every probability 0, and ``method`` says so.
+explanation of some sample (a posterior >= 1/2).
+
+Otherwise the losses show no separate group, and the count falls back on the **run's vote** where the store holds
+class evidence: a sample's given label *lost the vote* when the network's mean training probability for another
+class exceeded the given label's (a given label outside the kept slots has less than every kept class). The
+estimated count is the number of lost votes; each probability is the share of lost votes among the samples of the
+same ``x`` (the lost-vote indicator fitted non-decreasing in ``x``, isotonic, so the probabilities sum to the count);
+the flagged set is again probability >= 1/2. A network that never fits some clean samples makes them lose the vote
+too: on clean data the fallback's count is not 0 (docs/DESIGN.md §8). Without class evidence, or with no lost vote:
+estimated 0, nothing flagged, every probability 0, and ``method`` says so.
 
 Suggested labels come from the run's **class evidence** (each sample's training softmax summed over its
 presentations, its top classes kept in the store): the class with the most evidence other than the given label, its
@@ -244,6 +252,7 @@ def estimate_label_issues(
     if any(shape != (n,) for shape in shapes.values()):
         raise ValueError(f"Expected every score of shape [N], got {shapes}: pass suspicion_scores(store).")
     labels = _labels_array(labels, n)
+    checked = None if evidence is None else _evidence_arrays(evidence, n)
     names = used_signals(scores)["mislabeled"]
     if not names:
         raise ValueError(f"Expected a signal the mislabeled rule reads (train_loss, loss or curvature) with a value, "
@@ -259,33 +268,57 @@ def estimate_label_issues(
         found = f"separation D = {fit['separation']:.1f}, share {fit['share']:.3f}"
         order = np.argsort(x[valid], kind="stable")
         posterior = np.clip(isotonic(fit["posterior"][order]), 0.0, 1.0)  # non-decreasing in x, same sum
+        lost = None if checked is None else _lost_votes(labels, *checked)[valid][order]
         if fit["separation"] >= MIN_SEPARATION and fit["share"] < MAX_SHARE and posterior[-1] >= 0.5:
             probability[np.flatnonzero(valid)[order]] = posterior
             method = (f"a two-Gaussian mixture of the mean log10 {words} found a separate high group ({found}); the "
                       "estimate is the sum of its posterior probabilities")
+        elif lost is not None and lost.any():
+            # The groups overlap: fall back on the run's vote (see the module): the share of lost votes at each
+            # level of x, fitted non-decreasing, is the probability; its sum, the number of lost votes, the count.
+            probability[np.flatnonzero(valid)[order]] = np.clip(isotonic(lost.astype(np.float64)), 0.0, 1.0)
+            method = (f"a two-Gaussian mixture of the mean log10 {words} found no separate group ({found}), so the "
+                      f"count is the run's vote: {int(lost.sum())} samples got less mean training probability for "
+                      "their given label than for another class; each probability is the share of such samples "
+                      f"among those of the same {words} (isotonic in it)")
         else:
             method = (f"a two-Gaussian mixture of the mean log10 {words} found no separate group of wrong labels "
                       f"({found}, highest posterior {posterior[-1]:.2f}; a group needs D >= {MIN_SEPARATION:g}, share "
-                      f"< {MAX_SHARE:g} and a sample more likely in it than not): estimated 0, review by the score "
-                      "instead")
+                      f"< {MAX_SHARE:g} and a sample more likely in it than not)"
+                      + ("" if checked is None else ", and no sample's given label lost the run's vote")
+                      + ": estimated 0, review by the score instead")
     else:
         method = f"fewer than 10 samples with {words}: no mixture fitted, estimated 0"
     estimated = int(round(float(np.nansum(probability))))
     candidates = np.flatnonzero(probability >= 0.5)
     flagged = candidates[np.lexsort((-score[candidates], -probability[candidates]))].astype(np.int64)
-    suggested, confidence = _suggestions(labels, evidence, predictions, n)
+    suggested, confidence = _suggestions(labels, checked, predictions, n)
     reasons = _reasons(flagged, scores, names, labels, suggested, confidence)
     return LabelIssues(estimated=estimated, flagged=flagged, probability=probability, score=score,
                        suggested=suggested, suggestion_confidence=confidence, reasons=reasons, method=method + ".")
 
 
-def _suggestions(labels: np.ndarray, evidence: Any, predictions: Any, n: int) -> tuple[np.ndarray, np.ndarray]:
-    """The class with the most evidence other than the given label and its mean probability; else the eval-mode
-    prediction where it differs from the given label (confidence 0); else -1."""
+def _lost_votes(labels: np.ndarray, classes: np.ndarray, mass: np.ndarray) -> np.ndarray:
+    """``bool [N]``: the given label got less mean training probability than another class (the label lost the run's
+    vote). A given label outside the kept slots has less than every kept class; a sample never presented loses none.
+
+    Example:
+        >>> _lost_votes(np.array([0, 0, 1]), np.array([[0, 2], [2, 0], [0, 2]]), np.array([[.6, .3], [.5, .4], [.7, .2]]))
+        array([False,  True,  True])
+    """
+    given = np.where(classes == labels[:, None], mass, 0.0).max(1)
+    other = np.where((classes >= 0) & (classes != labels[:, None]), mass, 0.0).max(1)
+    return other > given
+
+
+def _suggestions(labels: np.ndarray, evidence: tuple[np.ndarray, np.ndarray] | None, predictions: Any,
+                 n: int) -> tuple[np.ndarray, np.ndarray]:
+    """The class with the most evidence (checked ``(classes, mass)``) other than the given label and its mean
+    probability; else the eval-mode prediction where it differs from the given label (confidence 0); else -1."""
     suggested = np.full(n, -1, dtype=np.int64)
     confidence = np.zeros(n)
     if evidence is not None:
-        classes, mass = _evidence_arrays(evidence, n)
+        classes, mass = evidence
         other = (classes >= 0) & (classes != labels[:, None])
         first = np.argmax(other, axis=1)  # slots are sorted by mass: the first other class has the most
         some = other.any(1)
