@@ -39,6 +39,12 @@ suggested label each) against cleanlab's ``find_label_issues`` on the 3-fold CV 
 with our flagged samples removed, with them relabeled to our suggestion, with cleanlab's issues removed, and with
 the true mislabels removed (oracle), each scored on ``--test-samples`` images of the test split beside the noisy
 run. A mislabel here is a sample whose given label is not its image's class: the flips and the planted copies.
+Each ``--decide`` file also keeps what our answer was computed from (the store's class evidence, ``evidence_*``), so
+a changed estimator recomputes our flagged set from the file alone.
+
+``--accelerator cuda`` runs every training, scoring pass and prediction on the GPU (the grid's missing settings in
+one GPU session: ``benchmarks/gpu_decision_study.sh``); the config records the accelerator and the device's name.
+The default, ``cpu``, computes exactly what it did before the option existed.
 """
 
 from __future__ import annotations
@@ -61,7 +67,8 @@ import numpy as np
 #: what a setting saves beside the signals (every other float32 [N] array of a file is a signal)
 META_KEYS = ("config", "given", "original", "flipped", "dup_sources", "dup_copies", "fit_flipped", "fit_all",
              "fit_copies", "epoch_seconds", "seconds", "pred_probs", "cleanlab_issues", "eval_correct_last",
-             "ours_flagged", "ours_suggested", "ours_probability", "ours_estimated", "ours_method", "payoff")
+             "ours_flagged", "ours_suggested", "ours_probability", "ours_estimated", "ours_method", "payoff",
+             "evidence_classes", "evidence_mass", "eval_predictions")
 #: the retrainings of ``--decide``: which training samples each drops or relabels (``payoff_variants``)
 PAYOFF = ("noisy", "ours removed", "ours relabeled", "cleanlab removed", "oracle removed")
 #: table order of the signals (others follow alphabetically)
@@ -270,12 +277,20 @@ def _module_class():
     return StudyModule
 
 
-def _trainer(epochs: int, callbacks: list):
+def _trainer(epochs: int, callbacks: list, accelerator: str = "cpu"):
     import lightning.pytorch as pl
 
     return pl.Trainer(max_epochs=epochs, callbacks=callbacks, logger=False, enable_checkpointing=False,
-                      enable_progress_bar=False, enable_model_summary=False, accelerator="cpu", devices=1,
+                      enable_progress_bar=False, enable_model_summary=False, accelerator=accelerator, devices=1,
                       num_sanity_val_steps=0)
+
+
+def _device(args):
+    """The torch device of ``--accelerator``: where the hand-made passes (CV predictions, test accuracy) run. A fit
+    hands its model back on the CPU (Lightning's teardown), so each such pass moves the net there first."""
+    import torch
+
+    return torch.device("cuda" if getattr(args, "accelerator", "cpu") == "cuda" else "cpu")
 
 
 def _quiet() -> None:
@@ -312,23 +327,30 @@ def cross_validated_probs(scored, given: np.ndarray, args, in_channels: int, fil
         module = StudyModule(net, lr=args.lr, weight_decay=args.weight_decay,
                              milestones=milestones_of(args.cv_epochs, args.drops), fill=fill, augment=args.augment)
         loader = DataLoader(Subset(WithIndex(scored), train_idx.tolist()), batch_size=args.batch_size, shuffle=True)
-        _trainer(args.cv_epochs, []).fit(module, loader)
-        net.eval()
+        _trainer(args.cv_epochs, [], args.accelerator).fit(module, loader)
+        device = _device(args)
+        net.to(device).eval()  # on the CPU: a no-op
         with torch.no_grad():
             for start in range(0, len(held), 500):
                 idx = held[start : start + 500]
-                x = torch.stack([scored[int(i)][0] for i in idx])
-                probs[idx] = net(x).softmax(1).numpy()
+                x = torch.stack([scored[int(i)][0] for i in idx]).to(device)
+                probs[idx] = net(x).softmax(1).cpu().numpy()
     return probs
 
 
-def our_issues(store, given: np.ndarray) -> dict[str, np.ndarray]:
+def our_issues(store, given: np.ndarray, predictions: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Our answer on a run's store (``curvature_callback.analysis.find_label_issues``): the flagged mask, the
     suggested label of every sample (-1: none), the probability of a wrong label and the estimated number of wrong
-    labels, as the arrays a setting saves."""
-    from curvature_callback.analysis import find_label_issues
+    labels, as the arrays a setting saves.
 
-    found = find_label_issues(store, given)
+    Beside them what the answer was computed from, so that a changed estimator recomputes the flagged set from the
+    file alone (the signals are saved anyway): the store's class evidence (``class_evidence``: ``evidence_classes``
+    int8 [N, K], -1 an empty slot; ``evidence_mass`` float16 [N, K], the mean softmax mass) and the eval-mode
+    ``predictions`` when given (``eval_predictions`` int8 [N])."""
+    from curvature_callback.analysis import class_evidence, find_label_issues
+
+    found = (find_label_issues(store, given) if predictions is None
+             else find_label_issues(store, given, predictions=predictions))
     n = len(given)
     flagged = np.asarray(found.flagged)
     if flagged.dtype != bool:  # indices of the flagged samples
@@ -341,10 +363,17 @@ def our_issues(store, given: np.ndarray) -> dict[str, np.ndarray]:
         full[flagged] = suggested
         suggested = full
     probability = np.asarray(found.probability, dtype=np.float32)
+    inputs: dict[str, np.ndarray] = {}
+    evidence = class_evidence(store)
+    if evidence is not None:
+        inputs["evidence_classes"] = np.asarray(evidence[0]).astype(np.int8)
+        inputs["evidence_mass"] = np.asarray(evidence[1]).astype(np.float16)
+    if predictions is not None:
+        inputs["eval_predictions"] = np.asarray(predictions).astype(np.int8)
     return {"ours_flagged": flagged, "ours_suggested": suggested.astype(np.int8),
             "ours_probability": probability if probability.shape == (n,) else np.full(n, np.nan, np.float32),
             "ours_estimated": np.array(round(float(found.estimated)), dtype=np.int64),
-            "ours_method": np.array(str(getattr(found, "method", "")))}
+            "ours_method": np.array(str(getattr(found, "method", ""))), **inputs}
 
 
 def payoff_variants(d: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.ndarray]]:
@@ -360,16 +389,21 @@ def payoff_variants(d: dict[str, np.ndarray]) -> dict[str, tuple[np.ndarray, np.
             "oracle removed": (given, given == d["original"].astype(np.int64))}
 
 
-def test_accuracy(net, dataset) -> float:
-    """Accuracy of ``net`` (eval mode) on an ``ImageArrayDataset``."""
+def test_accuracy(net, dataset, device=None) -> float:
+    """Accuracy of ``net`` (eval mode, moved to ``device`` when given) on an ``ImageArrayDataset``."""
     import torch
 
+    if device is not None:
+        net.to(device)
     net.eval()
     right = 0
     with torch.no_grad():
         for start in range(0, len(dataset), 500):
             x = (dataset.images[start : start + 500].float() / 255.0 - dataset.mean) / dataset.std
-            right += int((net(x).argmax(1) == dataset.targets[start : start + 500]).sum())
+            y = dataset.targets[start : start + 500]
+            if device is not None:
+                x, y = x.to(device), y.to(device)
+            right += int((net(x).argmax(1) == y).sum())
     return right / len(dataset)
 
 
@@ -388,7 +422,7 @@ def retrain(images: np.ndarray, labels: np.ndarray, kept: np.ndarray, args, seed
                              milestones=milestones_of(args.epochs, args.drops), fill=fill, augment=args.augment)
     loader = DataLoader(Subset(WithIndex(data), np.flatnonzero(kept).tolist()), batch_size=args.batch_size,
                         shuffle=True)
-    _trainer(args.epochs, []).fit(module, loader)
+    _trainer(args.epochs, [], args.accelerator).fit(module, loader)
     return net
 
 
@@ -402,7 +436,7 @@ def run_payoff(args, dataset: str, s: dict, out: dict, main_net, mean, std, fill
     for name, (labels, kept) in payoff_variants({**s, **out}).items():
         t0 = time.perf_counter()
         net = main_net if name == "noisy" else retrain(s["images"], labels, kept, args, args.seed, mean, std, fill)
-        result["test_acc"][name] = test_accuracy(net, test)
+        result["test_acc"][name] = test_accuracy(net, test, _device(args))
         result["trained_on"][name] = int(kept.sum())
         result["seconds"][name] = time.perf_counter() - t0
         print(f"  {name}: test acc {result['test_acc'][name]:.4f} on {len(test)}, trained on {int(kept.sum())}, "
@@ -444,7 +478,7 @@ def run_setting(args, dataset: str, noise: float, seed: int) -> Path:
                                      log_histogram=False, batch_size=256, seed=seed)
         loader = DataLoader(WithIndex(scored), batch_size=args.batch_size, shuffle=True)
         t0 = time.perf_counter()
-        _trainer(args.epochs, [callback]).fit(module, loader)
+        _trainer(args.epochs, [callback], args.accelerator).fit(module, loader)
         main_seconds = time.perf_counter() - t0
         store = CurvatureStore.open(work / "store")
         signals = {k: np.asarray(v, dtype=np.float32) for k, v in suspicion_scores(store).items()}
@@ -474,7 +508,9 @@ def run_setting(args, dataset: str, noise: float, seed: int) -> Path:
         probs = cross_validated_probs(scored, s["given"], args, in_channels, fill)
         cv_seconds = time.perf_counter() - t1
         signals["cleanlab"] = (1.0 - get_label_quality_scores(s["given"], probs)).astype(np.float32)
-        out["cleanlab_issues"] = find_label_issues(s["given"], probs)
+        # one process (cleanlab's default forks a pool of every core, from a process that may hold a CUDA context,
+        # in each of the GPU script's parallel settings); its result does not depend on n_jobs
+        out["cleanlab_issues"] = find_label_issues(s["given"], probs, n_jobs=1)
         out["pred_probs"] = probs.astype(np.float16)
         cleanlab_estimated = int(num_label_issues(s["given"], probs))
     if args.decide:
@@ -488,7 +524,8 @@ def run_setting(args, dataset: str, noise: float, seed: int) -> Path:
                   milestones=milestones_of(args.epochs, args.drops), store_epochs=store_epochs,
                   step_channels=step_channels,
                   seconds_note="main (train + scoring), cv (3 trainings + predictions), total", signals=sorted(signals),
-                  torch=torch.__version__)
+                  torch=torch.__version__, accelerator=args.accelerator,
+                  device_name=torch.cuda.get_device_name() if args.accelerator == "cuda" else "cpu")
     out["config"] = np.array(json.dumps(config, default=str))
     clash = set(signals) & set(out)
     if clash:
@@ -881,6 +918,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duplicates", type=int, default=None,
                         help="planted conflicting copies (default: N / 200, the lab's 250 per 50,000)")
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--accelerator", choices=("cpu", "cuda"), default="cpu",
+                        help="where every training (main run, CV folds, payoff retrainings), the scoring passes and "
+                        "the CV predictions and test accuracy run; cpu (the default) as every saved setting so far")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     parser.add_argument("--tag", default=None, help="suffix of the file names (tagged runs get their own table; "
                         "default: the family's)")

@@ -117,7 +117,8 @@ def test_miniature_study_splits_the_flipped_fit_by_learning_rate_phase():
 def test_the_saved_miniature_study_has_every_signal_and_sane_aurocs():
     study = _miniature()
     files = sorted(MINIATURE_DATA.glob("*.npz"))
-    assert sum(p.stat().st_size for p in files) < 8e6
+    # 12 MB: the grid's 32 decision files (~120 KB each, benchmarks/gpu_decision_study.sh) beside the 5.7 MB before
+    assert sum(p.stat().st_size for p in files) < 12e6
     for path in files:
         result = study.evaluate(path)
         config, n = result["config"], result["config"]["n"]
@@ -158,6 +159,18 @@ def test_the_saved_memorizing_family_fits_every_given_label():
 
 
 # --------------------------------------------------------------------------- the decision study (--decide, issue 18)
+def test_miniature_study_parses_the_accelerator(tmp_path, capsys):
+    """--accelerator cpu (the default) or cuda reaches every training and pass; nothing else parses."""
+    study = _miniature()
+    assert study.main(["--accelerator", "cuda", "--tables", "--out", str(tmp_path)]) == 0
+    assert "No saved settings" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        study.main(["--accelerator", "tpu", "--tables", "--out", str(tmp_path)])
+    args = type("Args", (), {"accelerator": "cuda"})()
+    assert str(study._device(args)) == "cuda" and str(study._device(type("Args", (), {})())) == "cpu"
+    assert study._trainer(1, [], "cpu").accelerator.__class__.__name__ == "CPUAccelerator"
+
+
 def test_miniature_study_plants_class_dependent_noise():
     from curvature_callback.experiments.data.noise import CONFUSABLE
 
@@ -243,6 +256,13 @@ def test_miniature_study_decides_on_a_tiny_setting(tmp_path):
     with np.load(path, allow_pickle=False) as f:
         assert f["ours_flagged"].shape == f["cleanlab_issues"].shape == (200,)
         assert f["ours_suggested"].shape == (200,) and int(f["ours_estimated"]) >= 0
+        # what our answer was computed from: the store's class evidence, so a changed estimator recomputes it
+        classes, mass = f["evidence_classes"], f["evidence_mass"]
+        assert classes.dtype == np.int8 and mass.dtype == np.float16 and classes.shape == mass.shape
+        assert classes.shape[0] == 200 and classes.shape[1] >= 1 and (classes < 10).all() and (classes >= -1).all()
+        seen = (classes >= 0).any(1)
+        assert seen.any() and (mass[seen] >= 0).all() and (mass[seen].astype(np.float32).sum(1) <= 1.01).all()
+        assert json.loads(str(f["config"]))["accelerator"] == "cpu"
         payoff = json.loads(str(f["payoff"]))
     assert set(payoff["test_acc"]) == set(_miniature().PAYOFF) and payoff["test_n"] == 100
     assert payoff["trained_on"]["noisy"] == 200 and payoff["trained_on"]["oracle removed"] == 200 - 20 - 2
