@@ -171,6 +171,38 @@ def test_miniature_study_parses_the_accelerator(tmp_path, capsys):
     assert study._trainer(1, [], "cpu").accelerator.__class__.__name__ == "CPUAccelerator"
 
 
+@pytest.mark.slow
+def test_gpu_decision_script_runs_a_tiny_setting_on_the_cpu(tmp_path):
+    """benchmarks/gpu_decision_study.sh end to end on the CPU (ACCEL=cpu) at a tiny size: a saved setting is skipped,
+    the missing one runs, and the one archive holds its file and every log."""
+    pytest.importorskip("cleanlab")
+    fmnist = Path(os.environ.get("CURVATURE_FASHION_MNIST", "/usr/share/datasets/fashion-mnist"))
+    if not (fmnist / "train-images-idx3-ubyte.gz").is_file():
+        pytest.skip("no Fashion-MNIST idx files")
+    import tarfile
+
+    saved = tmp_path / "saved"
+    saved.mkdir()
+    (saved / "fashion_mnist_p0.1_s0_mem_dec.npz").write_bytes(b"")
+    env = {**os.environ, "ACCEL": "cpu", "PY": sys.executable, "OUT": str(tmp_path / "out"),
+           "WORK": str(tmp_path / "work"), "SAVED": str(saved), "FMNIST_ROOT": str(fmnist),
+           "DATASETS": "fashion_mnist", "KINDS": "symmetric", "NOISES": "0.1", "SEEDS": "0 1", "DEADLINE_S": "240",
+           "EXTRA_ARGS": "--samples 200 --epochs 1 --cv-epochs 1 --test-samples 100"}
+    done = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_decision_study.sh")], env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert "fashion_mnist_p0.1_s0_mem_dec: saved already, skipped" in done.stdout, done.stdout
+    assert "fashion_mnist_p0.1_s1_mem_dec: done in" in done.stdout, done.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["decision_results.tar.gz"]
+    with tarfile.open(tmp_path / "out" / "decision_results.tar.gz") as tar:
+        names = set(tar.getnames())
+        tar.extractall(tmp_path / "untar", filter="data")
+    assert {"results/fashion_mnist_p0.1_s1_mem_dec.npz", "logs/fashion_mnist_p0.1_s1_mem_dec.log",
+            "logs/smoke.log", "logs/summary.txt"} <= names, names
+    with np.load(tmp_path / "untar" / "results" / "fashion_mnist_p0.1_s1_mem_dec.npz") as f:
+        assert f["evidence_classes"].shape[0] == 200 and "payoff" in f.files
+
+
 def test_miniature_study_plants_class_dependent_noise():
     from curvature_callback.experiments.data.noise import CONFUSABLE
 
