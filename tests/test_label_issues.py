@@ -252,3 +252,13 @@ def test_overlapping_groups_fall_back_on_the_runs_vote():
     mixed, wrong = _mixture(n, 0.1, 0)
     found = estimate_label_issues(mixed, labels, evidence=_votes(labels, lost, rng))
     assert "separate high group" in found.method and abs(found.estimated - wrong.sum()) <= 0.1 * wrong.sum()
+
+
+@pytest.mark.parametrize("share", [0.002, 0.42])
+def test_a_group_of_a_handful_or_of_over_a_third_is_no_group_of_wrong_labels(share):
+    """Two well-separated groups, but the high one holds 4 samples of 2000, or 42 % of them (the clean samples of a
+    Fashion-MNIST run split in two looked so): the mixture is not believed (and without evidence, no vote)."""
+    scores, wrong = _mixture(2000, share, 0)
+    found = estimate_label_issues(scores, np.zeros(2000, dtype=np.int64))
+    assert found.estimated == 0 and len(found.flagged) == 0 and "no separate group" in found.method
+    assert "a share from 0.005 to under 0.333" in found.method
