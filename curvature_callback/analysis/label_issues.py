@@ -15,8 +15,8 @@ mixture is fitted to ``x`` by EM:
   by the recommended score.
 
 The mixture is accepted only where it finds two groups: separated (Ashman's ``D = |mu_1 - mu_0| / sqrt((s_0^2 +
-s_1^2) / 2) >= 2``: a valley between them), the wrong labels a minority but a group (``0.005 <= pi < 1/3``) and the
-more probable explanation of some sample (a posterior >= 1/2).
+s_1^2) / 2) >= 2``: a valley between them), the wrong labels a minority but a group (``0.005 <= pi < 1/2``; from
+``pi = 1/3`` on, ``D >= 3``) and the more probable explanation of some sample (a posterior >= 1/2).
 
 Otherwise the losses show no separate group, and the count falls back on the **run's vote** where the store holds
 class evidence: a sample's given label *lost the vote* when the network's mean training probability for another
@@ -70,8 +70,10 @@ COLUMNS = ("index", "given_label", "suggested_label", "suggestion_confidence", "
 MIN_SEPARATION = 2.0
 #: ... and the wrong labels' group holds at least this share of the samples (a handful of points is no group) ...
 MIN_SHARE = 0.005
-#: ... and under this one (a larger "group" is the clean samples split in two; the vote answers beyond it)
-MAX_SHARE = 1 / 3
+#: ... and under this one (which group is "clean" is otherwise not identifiable) ...
+MAX_SHARE = 0.5
+#: ... and a group of this share or more needs this separation (clean samples split in two looked so: D 2.2-2.3)
+LARGE_SHARE, LARGE_SEPARATION = 1 / 3, 3.0
 #: what each recommended signal is called in a flagged sample's reasons
 _SIGNAL_WORDS = {"train_loss": "training loss per presentation (CSL)", "loss": "eval-mode loss",
                  "curvature": "input-loss curvature"}
@@ -271,8 +273,8 @@ def estimate_label_issues(
         order = np.argsort(x[valid], kind="stable")
         posterior = np.clip(isotonic(fit["posterior"][order]), 0.0, 1.0)  # non-decreasing in x, same sum
         lost = None if checked is None else _lost_votes(labels, *checked)[valid][order]
-        if (fit["separation"] >= MIN_SEPARATION and MIN_SHARE <= fit["share"] < MAX_SHARE
-                and posterior[-1] >= 0.5):
+        needed = LARGE_SEPARATION if fit["share"] >= LARGE_SHARE else MIN_SEPARATION
+        if fit["separation"] >= needed and MIN_SHARE <= fit["share"] < MAX_SHARE and posterior[-1] >= 0.5:
             probability[np.flatnonzero(valid)[order]] = posterior
             method = (f"a two-Gaussian mixture of the mean log10 {words} found a separate high group ({found}); the "
                       "estimate is the sum of its posterior probabilities")
@@ -286,8 +288,9 @@ def estimate_label_issues(
                       f"among those of the same {words} (isotonic in it)")
         else:
             method = (f"a two-Gaussian mixture of the mean log10 {words} found no separate group of wrong labels "
-                      f"({found}, highest posterior {posterior[-1]:.2f}; a group needs D >= {MIN_SEPARATION:g}, a share "
-                      f"from {MIN_SHARE:g} to under {MAX_SHARE:.3g} and a sample more likely in it than not)"
+                      f"({found}, highest posterior {posterior[-1]:.2f}; a group needs D >= {MIN_SEPARATION:g} (>= "
+                      f"{LARGE_SEPARATION:g} for a share of {LARGE_SHARE:.3g} or more), a share from {MIN_SHARE:g} to "
+                      f"under {MAX_SHARE:g} and a sample more likely in it than not)"
                       + ("" if checked is None else ", and no sample's given label lost the run's vote")
                       + ": estimated 0, review by the score instead")
     else:
