@@ -68,7 +68,7 @@ import numpy as np
 META_KEYS = ("config", "given", "original", "flipped", "dup_sources", "dup_copies", "fit_flipped", "fit_all",
              "fit_copies", "epoch_seconds", "seconds", "pred_probs", "cleanlab_issues", "eval_correct_last",
              "ours_flagged", "ours_suggested", "ours_probability", "ours_estimated", "ours_method", "payoff",
-             "evidence_classes", "evidence_mass", "eval_predictions")
+             "evidence_classes", "evidence_mass")
 #: the retrainings of ``--decide``: which training samples each drops or relabels (``payoff_variants``)
 PAYOFF = ("noisy", "ours removed", "ours relabeled", "cleanlab removed", "oracle removed")
 #: table order of the signals (others follow alphabetically)
@@ -338,19 +338,17 @@ def cross_validated_probs(scored, given: np.ndarray, args, in_channels: int, fil
     return probs
 
 
-def our_issues(store, given: np.ndarray, predictions: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def our_issues(store, given: np.ndarray) -> dict[str, np.ndarray]:
     """Our answer on a run's store (``curvature_callback.analysis.find_label_issues``): the flagged mask, the
     suggested label of every sample (-1: none), the probability of a wrong label and the estimated number of wrong
     labels, as the arrays a setting saves.
 
     Beside them what the answer was computed from, so that a changed estimator recomputes the flagged set from the
     file alone (the signals are saved anyway): the store's class evidence (``class_evidence``: ``evidence_classes``
-    int8 [N, K], -1 an empty slot; ``evidence_mass`` float16 [N, K], the mean softmax mass) and the eval-mode
-    ``predictions`` when given (``eval_predictions`` int8 [N])."""
+    int8 [N, K], -1 an empty slot; ``evidence_mass`` float16 [N, K], the mean softmax mass)."""
     from curvature_callback.analysis import class_evidence, find_label_issues
 
-    found = (find_label_issues(store, given) if predictions is None
-             else find_label_issues(store, given, predictions=predictions))
+    found = find_label_issues(store, given)
     n = len(given)
     flagged = np.asarray(found.flagged)
     if flagged.dtype != bool:  # indices of the flagged samples
@@ -368,8 +366,6 @@ def our_issues(store, given: np.ndarray, predictions: np.ndarray | None = None) 
     if evidence is not None:
         inputs["evidence_classes"] = np.asarray(evidence[0]).astype(np.int8)
         inputs["evidence_mass"] = np.asarray(evidence[1]).astype(np.float16)
-    if predictions is not None:
-        inputs["eval_predictions"] = np.asarray(predictions).astype(np.int8)
     return {"ours_flagged": flagged, "ours_suggested": suggested.astype(np.int8),
             "ours_probability": probability if probability.shape == (n,) else np.full(n, np.nan, np.float32),
             "ours_estimated": np.array(round(float(found.estimated)), dtype=np.int64),
@@ -729,7 +725,7 @@ def decision(path: Path) -> dict | None:
     given, original = d["given"].astype(np.int64), d["original"].astype(np.int64)
     mislabeled = given != original
     flagged, suggested, estimated = d["ours_flagged"], d["ours_suggested"].astype(np.int64), int(d["ours_estimated"])
-    recomputed = changed = False
+    changed = False
     if "evidence_classes" in d:  # our answer by today's estimator, from what the run's answer was computed from
         from curvature_callback.analysis.label_issues import estimate_label_issues
 
@@ -738,7 +734,7 @@ def decision(path: Path) -> dict | None:
         now = np.zeros(len(given), dtype=bool)
         now[found.flagged] = True
         changed = not np.array_equal(now, flagged.astype(bool))
-        flagged, suggested, estimated, recomputed = now, found.suggested, int(found.estimated), True
+        flagged, suggested, estimated = now, found.suggested, int(found.estimated)
     seconds = d["seconds"].astype(np.float64)
     cv_argmax = d["pred_probs"].astype(np.float32).argmax(1)
     return {
@@ -746,7 +742,7 @@ def decision(path: Path) -> dict | None:
         # the relabeled retraining trains on every sample without the callback: a plain run's time
         "plain_seconds": payoff["seconds"].get("ours relabeled"),
         "ours": {**_flagging(flagged, mislabeled, suggested, original), "estimated": estimated,
-                 "seconds": float(seconds[0]), "recomputed": recomputed, "changed": changed},
+                 "seconds": float(seconds[0]), "changed": changed},
         "cleanlab": {**_flagging(d["cleanlab_issues"], mislabeled, cv_argmax, original),
                      "estimated": int(payoff["cleanlab_estimated"]), "seconds": float(seconds[0] + seconds[1])},
     }
