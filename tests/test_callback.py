@@ -604,7 +604,7 @@ class OtherRank:
 
 
 def test_other_ranks_raise_rank_zeros_error_by_type_and_plain_message():
-    from curvature_callback.integration.scoring_pass import raise_together as _raise_together
+    from curvature_callback.integration.collectives import raise_together as _raise_together
 
     with pytest.raises(StoreMismatchError, match=r"^The store at /x was made with h=0.001\.$"):
         _raise_together(OtherRank(("StoreMismatchError", "The store at /x was made with h=0.001.")), None)

@@ -50,7 +50,8 @@ from curvature_callback.core.steps import (
 )
 from curvature_callback.core.store import CurvatureStore
 from curvature_callback.core.store_format import StoreCorruptError, class_slots, read_meta
-from curvature_callback.integration.scoring_pass import LABEL_KEYS, ScoringPass, raise_together
+from curvature_callback.integration.collectives import on_rank_zero
+from curvature_callback.integration.scoring_pass import LABEL_KEYS, ScoringPass
 from curvature_callback.integration.training_steps import CONTRACT, read_step_outputs
 
 __all__ = ["CurvatureCallback"]
@@ -435,23 +436,7 @@ class CurvatureCallback(Callback):
                 f"(from {self._dataset_source}). Check how it is built (paths, split, filters), or pass another "
                 "`dataset=`."
             )
-        caught: BaseException | None = None
-        k = self.class_evidence
-        if trainer.is_global_zero:
-            try:
-                if k is None:  # follow the store being resumed, so that a default never refuses it
-                    k = _store_class_slots(self._path)
-                    k = DEFAULT_CLASS_EVIDENCE if k is None else k
-                self._store = CurvatureStore.open_or_create(
-                    self._path, n, settings=self.settings(), keep_history=self.keep_history, channels=self.channels,
-                    fingerprint=self._fingerprint(dataset),
-                    history_capacity=max(1, min(int(trainer.max_epochs or 16), 1000)),
-                    step_channels=(*STEP_CHANNELS, *class_evidence_channels(k))
-                    if self.record_training else (),
-                )
-            except Exception as e:  # raised on every rank below: one rank alone raising would hang the others
-                caught = e
-        raise_together(trainer, caught)
+        k = on_rank_zero(trainer, self._open_store, trainer, dataset)  # an error: raised on every rank
         epochs, k = trainer.strategy.broadcast((self._store.epochs if self._store is not None else [], k), src=0)
         self.class_evidence = int(k if k is not None else DEFAULT_CLASS_EVIDENCE)
         self._epochs_done = list(epochs)
@@ -467,6 +452,20 @@ class CurvatureCallback(Callback):
             self._previous_correct = trainer.strategy.broadcast(last, src=0)
         # what this rank's device cache needs over a rotation of `fraction`: fixed for the fit
         self._universe = rank_universe(n, self._period, self.batch_size, trainer.world_size, trainer.global_rank)
+
+    def _open_store(self, trainer: pl.Trainer, dataset: Dataset) -> int:
+        """Open (or create) the store on rank 0; returns its class-evidence slots ``K``."""
+        k = self.class_evidence
+        if k is None:  # follow the store being resumed, so that a default never refuses it
+            k = _store_class_slots(self._path)
+            k = DEFAULT_CLASS_EVIDENCE if k is None else k
+        self._store = CurvatureStore.open_or_create(
+            self._path, len(dataset), settings=self.settings(), keep_history=self.keep_history,
+            channels=self.channels, fingerprint=self._fingerprint(dataset),
+            history_capacity=max(1, min(int(trainer.max_epochs or 16), 1000)),
+            step_channels=(*STEP_CHANNELS, *class_evidence_channels(k)) if self.record_training else (),
+        )
+        return k
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
@@ -567,19 +566,18 @@ class CurvatureCallback(Callback):
             with random_states_kept():  # the pass's loader draws a seed: training must draw what it would without us
                 values = self._scoring.run(trainer, pl_module, self._pass_indices(), epoch, universe=self._universe,
                                            gather_columns=self.GATHER_COLUMNS)
-        caught: BaseException | None = None
-        if trainer.is_global_zero:
-            try:
-                arrays = self._commit(epoch, None if values is None else {k: v.cpu().numpy() for k, v in
-                                                                          values.items()}, steps)
-            except Exception as e:  # a refused commit (other labels) stops every rank, not only this one
-                caught = e
-        raise_together(trainer, caught)
+        # a refused commit (other labels) stops every rank, not only this one
+        arrays = on_rank_zero(trainer, self._commit_gathered, epoch, values, steps)
         if score:
             if trainer.is_global_zero:
                 self._log(trainer, arrays[self.signal])
             self._epochs_done.append(epoch)
         trainer.strategy.barrier("curvature_commit")
+
+    def _commit_gathered(self, epoch: int, values: dict[str, Tensor] | None,
+                         steps: tuple[Any, ...] | None) -> dict[str, np.ndarray] | None:
+        """:meth:`_commit` of the pass's gathered tensors, as numpy arrays (on rank 0)."""
+        return self._commit(epoch, None if values is None else {k: v.cpu().numpy() for k, v in values.items()}, steps)
 
     def _commit(self, epoch: int, arrays: dict[str, np.ndarray] | None,
                 steps: tuple[Any, ...] | None) -> dict[str, np.ndarray] | None:
