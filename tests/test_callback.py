@@ -712,7 +712,7 @@ def test_one_label_reader_and_one_digest():
     from torch.utils.data import TensorDataset
 
     from curvature_callback.core.numeric import dataset_labels, labels_digest
-    from curvature_callback.integration.callback import _labels_digest
+    from curvature_callback.integration.scored_dataset import labels_digest_of as _labels_digest
 
     ds = Blobs()
     both = TensorDataset(ds.x, ds.targets.flip(0))

@@ -36,9 +36,8 @@ from curvature_callback.core.feeding import (
     period_of,
     random_states_kept,
     rank_universe,
-    reads_differ,
 )
-from curvature_callback.core.numeric import dataset_labels, labels_digest, log10_floor
+from curvature_callback.core.numeric import log10_floor
 from curvature_callback.core.settings import PASS_KINDS, ScoreSettings, check_bool, check_callable, check_int
 from curvature_callback.core.steps import (
     StepRecorder,
@@ -51,6 +50,7 @@ from curvature_callback.core.steps import (
 from curvature_callback.core.store import CurvatureStore
 from curvature_callback.core.store_format import StoreCorruptError, class_slots, read_meta
 from curvature_callback.integration.collectives import on_rank_zero
+from curvature_callback.integration.scored_dataset import check_not_empty, fingerprint, resolve_dataset, resolve_path
 from curvature_callback.integration.scoring_pass import LABEL_KEYS, ScoringPass
 from curvature_callback.integration.training_steps import CONTRACT, read_step_outputs
 
@@ -118,16 +118,6 @@ def _resolve_loss(loss_fn: LossFn | None, loss_id: str | None) -> str:
             "label_smoothing=0.1)`."
         )
     return identity
-
-
-def _labels_digest(dataset: Any) -> str | None:
-    """sha1 of the dataset's labels when it exposes them (:func:`~curvature_callback.core.numeric.dataset_labels`:
-    a TensorDataset's second tensor, else ``targets``) and they are integers; else None."""
-    try:
-        labels = dataset_labels(dataset)
-        return None if labels is None else labels_digest(labels)
-    except (TypeError, ValueError):  # labels that are not int64-like (strings, ragged): no digest, the keys check
-        return None
 
 
 #: the class-evidence slots of a new store when ``class_evidence`` is not given
@@ -427,15 +417,9 @@ class CurvatureCallback(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._should_skip_scoring(trainer):
             return
-        dataset, self._dataset_source = self._resolve_dataset(trainer)
-        self._path = self._resolve_path(trainer)
-        n = len(dataset)
-        if n == 0:  # every rank sees the same dataset: all raise here, before any collective
-            raise ValueError(
-                f"Expected a dataset with at least one sample to score, got an empty {type(dataset).__name__} "
-                f"(from {self._dataset_source}). Check how it is built (paths, split, filters), or pass another "
-                "`dataset=`."
-            )
+        dataset, self._dataset_source = resolve_dataset(trainer, self.dataset)
+        self._path = resolve_path(trainer, self.directory, self._restored)
+        check_not_empty(dataset, self._dataset_source)  # every rank raises here, before any collective
         k = on_rank_zero(trainer, self._open_store, trainer, dataset)  # an error: raised on every rank
         epochs, k = trainer.strategy.broadcast((self._store.epochs if self._store is not None else [], k), src=0)
         self.class_evidence = int(k if k is not None else DEFAULT_CLASS_EVIDENCE)
@@ -451,7 +435,8 @@ class CurvatureCallback(Callback):
                     if self._store is not None and self._store.step_epochs else None)
             self._previous_correct = trainer.strategy.broadcast(last, src=0)
         # what this rank's device cache needs over a rotation of `fraction`: fixed for the fit
-        self._universe = rank_universe(n, self._period, self.batch_size, trainer.world_size, trainer.global_rank)
+        self._universe = rank_universe(len(dataset), self._period, self.batch_size, trainer.world_size,
+                                       trainer.global_rank)
 
     def _open_store(self, trainer: pl.Trainer, dataset: Dataset) -> int:
         """Open (or create) the store on rank 0; returns its class-evidence slots ``K``."""
@@ -461,7 +446,7 @@ class CurvatureCallback(Callback):
             k = DEFAULT_CLASS_EVIDENCE if k is None else k
         self._store = CurvatureStore.open_or_create(
             self._path, len(dataset), settings=self.settings(), keep_history=self.keep_history,
-            channels=self.channels, fingerprint=self._fingerprint(dataset),
+            channels=self.channels, fingerprint=fingerprint(dataset),
             history_capacity=max(1, min(int(trainer.max_epochs or 16), 1000)),
             step_channels=(*STEP_CHANNELS, *class_evidence_channels(k)) if self.record_training else (),
         )
@@ -654,47 +639,6 @@ class CurvatureCallback(Callback):
             self._store = None
 
     # ----------------------------------------------------------------------------- what is scored, and where
-    def _resolve_dataset(self, trainer: pl.Trainer) -> tuple[Dataset, str]:
-        """The dataset to score and where it came from (for messages)."""
-        if self.dataset is not None:
-            return self.dataset, "`CurvatureCallback(dataset=...)`"
-        dm = trainer.datamodule
-        if dm is not None and callable(getattr(dm, "curvature_dataset", None)):
-            return dm.curvature_dataset(), f"`{type(dm).__name__}.curvature_dataset()`"
-        loader = trainer.train_dataloader
-        dataset = getattr(loader, "dataset", None)
-        if dataset is None:
-            raise ValueError(
-                f"Cannot find the training dataset to score (train_dataloader is {type(loader).__name__}). Pass "
-                "`CurvatureCallback(dataset=...)`, or define `curvature_dataset()` on the datamodule."
-            )
-        # read on rank 0 only, the one that warns; an empty dataset is refused with its own message after
-        if trainer.is_global_zero and len(dataset) and reads_differ(dataset, 0):
-            rank_zero_warn(
-                "CurvatureCallback scores the training dataset, whose items look random (reading item 0 twice gave "
-                "different values, e.g. a random crop or flip): scores then include augmentation noise. Pass "
-                "`dataset=` with the evaluation transform, or define `curvature_dataset()` on the datamodule."
-            )
-        return dataset, "the training loader's dataset (`trainer.train_dataloader.dataset`)"
-
-    @staticmethod
-    def _fingerprint(dataset: Dataset) -> dict[str, Any]:
-        """What identifies the scored data: a store made for other labels is refused."""
-        fingerprint: dict[str, Any] = {"n": len(dataset), "dataset": type(dataset).__name__}
-        digest = _labels_digest(dataset)
-        if digest is not None:
-            fingerprint["labels_sha1"] = digest
-        return fingerprint
-
-    def _resolve_path(self, trainer: pl.Trainer) -> Path:
-        if self._restored and self._restored.get("directory"):
-            return Path(self._restored["directory"])  # a resumed run may have a new log dir: keep its store
-        path = Path(self.directory)
-        if not path.is_absolute():
-            root = trainer.log_dir or trainer.default_root_dir  # log_dir broadcasts: every rank calls it
-            path = Path(root) / path
-        return path.resolve()
-
     def _pass_indices(self) -> np.ndarray:
         """The global indices this pass scores (the same on every rank)."""
         assert self._scored_dataset is not None
