@@ -15,7 +15,6 @@ from typing import Any, Literal
 
 import lightning.pytorch as pl
 import numpy as np
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
@@ -39,20 +38,13 @@ from curvature_callback.core.feeding import (
 )
 from curvature_callback.core.numeric import log10_floor
 from curvature_callback.core.settings import PASS_KINDS, ScoreSettings, check_bool, check_callable, check_int
-from curvature_callback.core.steps import (
-    StepRecorder,
-    epoch_class_values,
-    epoch_step_values,
-    label_conflicts,
-    loss_jump,
-    repeated_indices,
-)
+from curvature_callback.core.steps import epoch_class_values, epoch_step_values
 from curvature_callback.core.store import CurvatureStore
 from curvature_callback.core.store_format import StoreCorruptError, class_slots, read_meta
 from curvature_callback.integration.collectives import on_rank_zero
 from curvature_callback.integration.scored_dataset import check_not_empty, fingerprint, resolve_dataset, resolve_path
 from curvature_callback.integration.scoring_pass import LABEL_KEYS, ScoringPass
-from curvature_callback.integration.training_steps import CONTRACT, read_step_outputs
+from curvature_callback.integration.training_signals import TrainingSignals
 
 __all__ = ["CurvatureCallback"]
 
@@ -318,10 +310,7 @@ class CurvatureCallback(Callback):
         self._scored_dataset: Dataset | None = None
         self._dataset_source = ""  # where the scored dataset came from, for messages
         self._reader: tuple[tuple[int, ...], CurvatureStore] | None = None  # (meta.json's identity, read-only store)
-        self._steps: StepRecorder | None = None  # this epoch's training-step sums, on the model's device
-        self._steps_off = False  # the training step does not return what the recording needs (warned once)
-        self._previous_correct: np.ndarray | None = None  # each sample's latest correctness before this fit
-        self._doubts: set[str] = set()  # what this fit has warned about already (once per fit each)
+        self._signals: TrainingSignals | None = None  # this fit's training-time signals (with record_training)
 
     # ----------------------------------------------------------------------------- settings
     @property
@@ -429,11 +418,8 @@ class CurvatureCallback(Callback):
             rank_zero_warn(f"The checkpoint says epochs {missing} were scored, but the store at {self._path} lacks "
                            "them: their scores are not in the mean.")
         self._scored_dataset = dataset
-        self._steps, self._steps_off, self._doubts = None, False, set()
-        if self.record_training:  # where the forgetting events of this fit start from (a resumed run: the store's)
-            last = (np.array(self._store.channel_last("train_last_correct"))
-                    if self._store is not None and self._store.step_epochs else None)
-            self._previous_correct = trainer.strategy.broadcast(last, src=0)
+        self._signals = (TrainingSignals.start(trainer, self._store, len(dataset), self.class_evidence)
+                         if self.record_training else None)
         # what this rank's device cache needs over a rotation of `fraction`: fixed for the fit
         self._universe = rank_universe(len(dataset), self._period, self.batch_size, trainer.world_size,
                                        trainer.global_rank)
@@ -455,86 +441,17 @@ class CurvatureCallback(Callback):
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if not self.record_training or self._steps_off or outputs is None or self._should_skip_scoring(trainer):
-            return  # outputs None: training_step skipped the batch
-        found = read_step_outputs(outputs, batch, self.batch_to_inputs or default_batch_to_inputs)
-        if isinstance(found, str):
-            self._steps_off = True
-            rank_zero_warn(
-                f"CurvatureCallback records training-time signals (each sample's training loss at every step: CSL, "
-                f"learning time, forgetting) from what training_step returns, but {found}: none are recorded in "
-                f"this fit; the curvature pass is not affected. {CONTRACT}"
-            )
-            return
-        if self._steps is None:
-            assert self._scored_dataset is not None  # set by on_train_start
-            self._steps = StepRecorder(len(self._scored_dataset), found[1].device, self._previous_correct,
-                                       self.class_evidence)
-        self._steps.add(*found)
-
-    def _end_steps(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[Any, ...] | None:
-        """The epoch's training-step sums over every rank (``[5, N]``), each sample's label key (``[N]``,
-        :data:`~curvature_callback.core.store_format.LABEL_UNKNOWN` where not known) and the epoch's class evidence
-        (``[N, K]`` classes and masses; None without), on every rank; None where no
-        rank recorded any. Collectives: every rank calls it at every epoch's end, and raises the same error."""
-        if not self.record_training or not trainer.strategy.reduce_boolean_decision(self._steps is not None,
-                                                                                      all=False):
-            return None
-        if self._steps is None:  # this rank saw no batch (or no usable one): it adds zeros
-            assert self._scored_dataset is not None
-            self._steps = StepRecorder(len(self._scored_dataset), pl_module.device, self._previous_correct,
-                                       self.class_evidence)
-        rows = self._steps.epoch_sums()
-        evidence = self._steps.epoch_evidence() if self.class_evidence else rows.new_zeros(0)
-        packed = torch.cat((rows.reshape(-1), evidence.reshape(-1), self._steps.bad().to(torch.float32).reshape(1)))
-        packed = trainer.strategy.reduce(packed, reduce_op="sum")  # one all_reduce: a sample is on one rank
-        keys = trainer.strategy.reduce(self._steps.epoch_keys(), reduce_op="max")  # [largest, -smallest] over ranks
-        reduced = packed[:rows.numel()].reshape(rows.shape)
-        classes = None
-        if self.class_evidence:  # before next_epoch clears this rank's evidence (padded samples gather it)
-            classes = self._steps.combine_evidence(packed[rows.numel():-1].reshape(evidence.shape),
-                                                   trainer.strategy.all_gather)
-            classes = (classes[0].cpu().numpy(), classes[1].cpu().numpy())
-        self._steps.next_epoch(reduced)
-        bad = int(packed[-1])  # the epoch's one wait for the device
-        epoch, n = trainer.current_epoch, self._steps.n
-        if bad:
-            rank_zero_warn(
-                f"CurvatureCallback left out {bad} training presentation(s) of epoch {epoch}: a "
-                f"'sample_index' outside [0, {n}) (the scored dataset's indices) or a non-finite "
-                "'sample_loss'. Check that the index is the sample's position in the scored dataset."
-            )
-        sums = reduced.cpu().numpy()
-        keys = keys.cpu().numpy()
-        key, conflicts = label_conflicts(keys)
-        if len(conflicts):  # every rank holds the same keys: all raise, before anything is committed
-            i = conflicts[0]
-            raise ValueError(
-                f"CurvatureCallback: in epoch {epoch} the training steps presented sample(s) {conflicts[:10].tolist()} "
-                f"({len(conflicts)} in all) under different labels (e.g. sample {i}: label keys {-keys[1, i]} and "
-                f"{key[i]}), expected one label per sample. Either "
-                "'sample_index' does not identify the sample (it must be the index in the scored dataset, e.g. "
-                "WithIndex's third item, not a position in the batch or `index // 2`) or the labels are random (a "
-                "random target_transform). Nothing of this epoch was added to the store."
-            )
-        if "repeated" not in self._doubts and (why := repeated_indices(sums[0])) is not None:
-            self._doubts.add("repeated")
-            rank_zero_warn(
-                f"CurvatureCallback: in epoch {epoch}, {why}: 'sample_index' looks like it gives several samples "
-                "one index (e.g. `index // 2`, or a position in the batch instead of in the dataset), so their "
-                "training-time signals are summed into one sample and the others get none. Check that the index is "
-                "WithIndex's third item (the sample's position in the scored dataset). If the sampler repeats samples "
-                "on purpose while skipping others (with replacement or by weights, repeated augmentation such as "
-                "DeiT's RASampler), this is expected: the signals then count every presentation. Warned once per fit."
-            )
-        return sums, key, classes
+        if self._signals is None or outputs is None or self._should_skip_scoring(trainer):
+            return  # outputs None: training_step skipped the batch; no signals: record_training=False
+        self._signals.record(outputs, batch, self.batch_to_inputs or default_batch_to_inputs)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         epoch = trainer.current_epoch
         if self._should_skip_scoring(trainer):
             return
-        steps = self._end_steps(trainer, pl_module)  # raises on every rank for labels that change within the epoch
+        # the training steps' sums over every rank; raises on every rank for labels that change within the epoch
+        steps = self._signals.end_epoch(trainer, pl_module) if self._signals is not None else None
         score = self.score_curvature and self.should_score(epoch) and epoch not in self._epochs_done
         if not score and steps is None:
             return
@@ -596,27 +513,9 @@ class CurvatureCallback(Callback):
         return arrays
 
     def _check_loss(self, epoch: int, values: dict[str, np.ndarray]) -> None:
-        """Warn (once per fit, on rank 0) when the first epoch this fit adds to a store that has training-time epochs
-        already has a mean training loss that one epoch of training does not explain: the training step's loss is
-        no part of the store's identity, so another loss (label smoothing, a weighting, focal) would go unnoticed."""
-        assert self._store is not None
-        if "loss" in self._doubts or epoch in self._store.step_epochs:
-            return
-        self._doubts.add("loss")  # the first epoch this fit adds: the one that continues the store
-        if not self._store.step_epochs:
-            return
-        jump = loss_jump(np.asarray(self._store.channel_last("train_loss")),
-                         np.asarray(self._store.channel_last("train_seen")), values["train_loss"],
-                         values["train_seen"])
-        if jump is not None:
-            rank_zero_warn(
-                f"CurvatureCallback: the mean training loss per presentation went from {jump[0]:.4g} (the store's "
-                f"latest epoch, {max(self._store.step_epochs)}) to {jump[1]:.4g} in epoch {epoch}, more than one "
-                "epoch of training explains: does the training step compute the same loss as the run that made the "
-                f"store at {self._path} (label smoothing, class weights, reduction, temperature)? The store does not "
-                "know the training loss, and sums under two losses do not compare. If the loss changed, use another "
-                "`directory`; if it did not (a learning-rate jump, a new schedule), ignore this. Warned once per fit."
-            )
+        """Warn once per fit when the training loss looks changed on resume (:meth:`TrainingSignals.check_loss`)."""
+        assert self._store is not None and self._signals is not None
+        self._signals.check_loss(self._store, epoch, values, self._path)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
