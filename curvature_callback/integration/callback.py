@@ -36,7 +36,6 @@ from curvature_callback.core.feeding import (
     random_states_kept,
     rank_universe,
 )
-from curvature_callback.core.numeric import log10_floor
 from curvature_callback.core.settings import PASS_KINDS, ScoreSettings, check_bool, check_callable, check_int
 from curvature_callback.core.steps import epoch_class_values, epoch_step_values
 from curvature_callback.core.store import CurvatureStore
@@ -443,7 +442,7 @@ class CurvatureCallback(Callback):
                            batch_idx: int) -> None:
         if self._signals is None or outputs is None or self._should_skip_scoring(trainer):
             return  # outputs None: training_step skipped the batch; no signals: record_training=False
-        self._signals.record(outputs, batch, self.batch_to_inputs or default_batch_to_inputs)
+        self._signals.record(outputs, batch, self._to_inputs)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -460,7 +459,7 @@ class CurvatureCallback(Callback):
         if score:
             if self._scoring is None:
                 self._scoring = ScoringPass(
-                    self._scored_dataset, self.batch_to_inputs or default_batch_to_inputs, settings=self._settings,
+                    self._scored_dataset, self._to_inputs, settings=self._settings,
                     loss_fn=self.loss_fn, channels=self.channels, batch_size=self.batch_size,
                     num_workers=self.num_workers, cache=self.cache, chunk_size=self.chunk_size,
                     progress_bar=self.progress_bar,
@@ -538,6 +537,11 @@ class CurvatureCallback(Callback):
             self._store = None
 
     # ----------------------------------------------------------------------------- what is scored, and where
+    @property
+    def _to_inputs(self) -> BatchToInputs:
+        """``batch -> (x, y)``: the given ``batch_to_inputs``, else :func:`default_batch_to_inputs`."""
+        return self.batch_to_inputs or default_batch_to_inputs
+
     def _pass_indices(self) -> np.ndarray:
         """The global indices this pass scores (the same on every rank)."""
         assert self._scored_dataset is not None
@@ -548,46 +552,21 @@ class CurvatureCallback(Callback):
 
     # ----------------------------------------------------------------------------- logging
     def _log(self, trainer: pl.Trainer, scores: np.ndarray) -> None:
-        """Summary statistics of the pass's signal (:attr:`signal`: curvature, unless the pass computes none) to every
-        logger; a histogram of its log10 values to those that take one."""
+        """The pass's logs (:func:`~curvature_callback.integration.sinks.log_pass`), on rank 0."""
         if not trainer.loggers:
             return
-        name = self.signal
-        p50, p90, p99 = np.percentile(scores, [50, 90, 99])
-        stats = {f"{name}/mean": float(scores.mean()), f"{name}/median": float(p50),
-                 f"{name}/p90": float(p90), f"{name}/p99": float(p99)}
-        step = trainer.global_step
-        log10 = log10_floor(scores)
-        for logger in trainer.loggers:
-            logger.log_metrics(stats, step=step)
-            if not self.log_histogram:
-                continue
-            kind = type(logger).__name__
-            if kind == "TensorBoardLogger":
-                logger.experiment.add_histogram(f"{name}/log10_histogram", log10, global_step=step)
-            elif kind == "WandbLogger":
-                import wandb
+        from curvature_callback.integration.sinks import log_pass  # loaded only with a logger (tests/test_extras.py)
 
-                logger.log_metrics({f"{name}/log10_histogram": wandb.Histogram(log10, num_bins=64)}, step=step)
-                if name != "curvature":  # the top-k views are of curvature
-                    continue
-                from curvature_callback.integration.sinks import log_top_k_grid
-
-                log_top_k_grid(logger, self._scored_dataset, np.asarray(self._store.mean), step,  # the running mean
-                               self.batch_to_inputs or default_batch_to_inputs)
+        log_pass(trainer.loggers, self.signal, scores, trainer.global_step, histogram=self.log_histogram,
+                 dataset=self._scored_dataset, store=self._store, to_inputs=self._to_inputs)
 
     def _log_end(self, trainer: pl.Trainer) -> None:
-        """At the end of fit, on rank 0: a table of the most-curved samples to the W&B loggers."""
-        wandb_loggers = [lg for lg in trainer.loggers if type(lg).__name__ == "WandbLogger"]
-        if not (trainer.is_global_zero and wandb_loggers and self.log_histogram and self._store is not None
+        """At the end of fit, on rank 0: the table of the most-curved samples
+        (:func:`~curvature_callback.integration.sinks.log_fit_end`)."""
+        if not (trainer.is_global_zero and trainer.loggers and self.log_histogram and self._store is not None
                 and self._store.epochs and self.signal == "curvature"):
             return
-        from curvature_callback.integration.sinks import log_top_k_table
+        from curvature_callback.integration.sinks import log_fit_end  # loaded only with a logger
 
-        dm = trainer.datamodule  # labels before noise and file names, when the datamodule keeps them
-        original, filenames = getattr(dm, "original_labels", None), getattr(dm, "filenames", None)
-        loss = np.asarray(self._store.channel_mean("loss")) if "loss" in self.channels else None
-        for logger in wandb_loggers:
-            log_top_k_table(logger, self._scored_dataset, np.asarray(self._store.mean),
-                            self.batch_to_inputs or default_batch_to_inputs, original_labels=original, loss=loss,
-                            filenames=filenames, step=trainer.global_step)
+        log_fit_end(trainer.loggers, self._scored_dataset, self._store, self._to_inputs,
+                    datamodule=trainer.datamodule, with_loss="loss" in self.channels, step=trainer.global_step)
