@@ -1,17 +1,18 @@
-"""CurvatureCallback: when to score, what to score, the store commit, logging, checkpoint state.
+"""CurvatureCallback: when to score, what to score, the store commit, checkpoint state; its hooks tell an epoch.
 
-The maths lives in :mod:`curvature_callback.core.estimator`, the files in :mod:`curvature_callback.core.store`, the
-pass itself (this rank's block, the DDP gather, errors raised on every rank) in
-:mod:`curvature_callback.integration.scoring_pass`; this module decides when they run inside a Lightning ``Trainer``.
+The maths lives in :mod:`curvature_callback.core.estimator`, the files in :mod:`curvature_callback.core.store`; beside
+this module, in :mod:`curvature_callback.integration`: the arguments and their checks (``callback_arguments``), the
+scored dataset and the store's folder (``scored_dataset``), the pass itself (``scoring_pass``: this rank's block, the
+DDP gather), the training-time signals (``training_signals``), the rule "rank 0 does it, every rank raises the same
+error" (``collectives``) and the logging (``sinks``). This module decides when they run inside a Lightning
+``Trainer``.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
-from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
@@ -27,7 +28,7 @@ from curvature_callback.core.channels import (
     class_evidence_channels,
     forgetting_events,
 )
-from curvature_callback.core.estimator import LossFn, loss_identity
+from curvature_callback.core.estimator import LossFn
 from curvature_callback.core.feeding import (
     CachePolicy,
     check_cache,
@@ -36,80 +37,24 @@ from curvature_callback.core.feeding import (
     random_states_kept,
     rank_universe,
 )
-from curvature_callback.core.settings import PASS_KINDS, ScoreSettings, check_bool, check_callable, check_int
+from curvature_callback.core.settings import check_bool, check_int
 from curvature_callback.core.steps import epoch_class_values, epoch_step_values
 from curvature_callback.core.store import CurvatureStore
-from curvature_callback.core.store_format import StoreCorruptError, class_slots, read_meta
+from curvature_callback.core.store_format import StoreCorruptError, class_slots, meta_identity, read_meta
+from curvature_callback.integration.callback_arguments import (  # default_batch_to_inputs: imported from here too
+    BatchToInputs,
+    PassKind,
+    check_objects,
+    check_recording,
+    default_batch_to_inputs,
+    score_settings,
+)
 from curvature_callback.integration.collectives import on_rank_zero
 from curvature_callback.integration.scored_dataset import check_not_empty, fingerprint, resolve_dataset, resolve_path
 from curvature_callback.integration.scoring_pass import LABEL_KEYS, ScoringPass
 from curvature_callback.integration.training_signals import TrainingSignals
 
 __all__ = ["CurvatureCallback"]
-
-BatchToInputs = Callable[[Any], tuple[Tensor, Tensor]]
-PassKind = Literal["curvature", "gradient", "forward"]
-
-def default_batch_to_inputs(batch: Any) -> tuple[Tensor, Tensor]:
-    """``(x, y, ...)`` tuples and lists, or dicts with ``x``/``y``, ``input``/``target`` or ``image``/``label``."""
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        return batch[0], batch[1]
-    if isinstance(batch, Mapping):
-        for a, b in (("x", "y"), ("input", "target"), ("inputs", "targets"), ("image", "label"), ("images", "labels")):
-            if a in batch and b in batch:
-                return batch[a], batch[b]
-    raise TypeError(
-        f"Cannot take (inputs, targets) from a batch of type {type(batch).__name__}: expected a tuple (x, y, ...) or "
-        "a dict with keys x/y. Pass `batch_to_inputs=fn` with fn(batch) -> (x, y), a named function so it pickles."
-    )
-
-
-def _pass_of(pass_kind: object, n_vectors: object) -> tuple[str, object]:
-    """``(pass kind, n_vectors)`` from the callback's arguments: ``n_vectors=0`` alone is a gradient pass; a gradient
-    or forward pass draws no vectors; a curvature pass draws ``n_vectors`` (None: the paper's 10).
-
-    Example:
-        >>> _pass_of(None, None), _pass_of(None, 0), _pass_of("forward", None), _pass_of(None, 3)
-        (('curvature', 10), ('gradient', 0), ('forward', 0), ('curvature', 3))
-    """
-    if pass_kind is not None and pass_kind not in PASS_KINDS:
-        raise ValueError(f"Expected argument `pass_kind` to be one of {list(PASS_KINDS)} or None, got {pass_kind!r}.")
-    zero = n_vectors is not None and not isinstance(n_vectors, bool) and n_vectors == 0
-    kind = pass_kind or ("gradient" if zero else "curvature")
-    if kind == "curvature":
-        if zero:
-            raise ValueError("Expected n_vectors >= 1 for pass_kind='curvature' (a curvature needs vectors), got 0. "
-                             "Drop pass_kind for a gradient pass (n_vectors=0), or set n_vectors (the paper: 10).")
-        return kind, 10 if n_vectors is None else n_vectors
-    if not (n_vectors is None or zero):
-        raise ValueError(f"Expected n_vectors=0 or None with pass_kind={kind!r} (it draws no vectors), got "
-                         f"{n_vectors!r}. Drop n_vectors, or use pass_kind='curvature'.")
-    return kind, 0
-
-
-def _resolve_loss(loss_fn: LossFn | None, loss_id: str | None) -> str:
-    """What a store records as the loss: ``loss_id`` if given, else :func:`loss_identity`; a loss whose
-    identity cannot be known needs a ``loss_id``."""
-    if loss_id is not None:
-        if not isinstance(loss_id, str) or not loss_id.strip():
-            raise ValueError(f"Expected `loss_id` to be a non-empty string such as 'my_loss_v1', got {loss_id!r}.")
-        return loss_id
-    identity = loss_identity(loss_fn)
-    if identity is None:
-        qualname = getattr(loss_fn, "__qualname__", "")
-        kind = ("a lambda" if "<lambda>" in qualname else
-                "a closure" if "<locals>" in qualname or getattr(loss_fn, "__closure__", None) is not None else
-                "a bound method" if inspect.ismethod(loss_fn) else
-                f"an object of type {type(loss_fn).__qualname__} whose state cannot be written down deterministically")
-        raise ValueError(
-            f"Cannot tell from `loss_fn` ({kind}) which loss it computes: its values can change while its name "
-            "stays, so a resumed store could average two different losses. Pass `loss_id=\"my_loss_v1\"` (a name "
-            "that changes whenever the loss's values would change), or use a named module-level function or a "
-            "functools.partial of one, e.g. `functools.partial(F.cross_entropy, reduction=\"none\", "
-            "label_smoothing=0.1)`."
-        )
-    return identity
-
 
 #: the class-evidence slots of a new store when ``class_evidence`` is not given
 DEFAULT_CLASS_EVIDENCE = 3
@@ -253,27 +198,11 @@ class CurvatureCallback(Callback):
         score_curvature: bool = True,
         class_evidence: int | None = None,
     ) -> None:
-        check_callable("loss_fn", loss_fn, "Pass a function loss_fn(outputs, targets) -> [B] per-sample losses (e.g. "
-                       "functools.partial(F.cross_entropy, reduction='none', label_smoothing=0.1)), or None for "
-                       "cross-entropy.")
-        check_callable("batch_to_inputs", batch_to_inputs, "Pass a named function fn(batch) -> (x, y), or None for "
-                       "batches (x, y, ...) and dicts with x/y.")
-        if dataset is not None and not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
-            raise TypeError(
-                f"Expected argument `dataset` to be a map-style dataset (len() and dataset[i], indexed 0..N-1), got "
-                f"{type(dataset).__name__} {dataset!r:.80}. Pass a torch.utils.data.Dataset (e.g. the training set "
-                "with the evaluation transform), or None to score the training loader's dataset."
-            )
-        if not isinstance(directory, (str, os.PathLike)):
-            raise TypeError(
-                f"Expected argument `directory` to be a folder path (str or os.PathLike), got "
-                f"{type(directory).__name__} {directory!r:.80}. Pass e.g. directory=\"curvature\" (under the trainer's "
-                "log dir) or an absolute path."
-            )
-        # what defines the score, validated once (numpy numbers become Python ones: they go to JSON and checkpoints)
-        kind, vectors = _pass_of(pass_kind, n_vectors)
-        self._settings = ScoreSettings(h=h, n_vectors=vectors, seed=seed, loss=_resolve_loss(loss_fn, loss_id),
-                                       fast=fast, fraction=fraction, pass_kind=kind)
+        check_objects(dataset, directory, loss_fn, batch_to_inputs)
+        self._settings = score_settings(h=h, n_vectors=n_vectors, pass_kind=pass_kind, seed=seed, loss_fn=loss_fn,
+                                        loss_id=loss_id, fast=fast, fraction=fraction)
+        self.dataset, self.directory = dataset, os.fspath(directory)
+        self.loss_fn, self.loss_id, self.batch_to_inputs = loss_fn, loss_id, batch_to_inputs
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, 1)
         self.start_epoch = check_int("start_epoch", start_epoch, 0)
@@ -286,20 +215,9 @@ class CurvatureCallback(Callback):
         self.record_training = check_bool("record_training", record_training)
         self.score_curvature = check_bool("score_curvature", score_curvature)
         self.class_evidence = None if class_evidence is None else check_int("class_evidence", class_evidence, 0)
-        if kind != "curvature" and not self.record_outputs:
-            raise ValueError(f"Expected record_outputs=True with pass_kind={kind!r}: a {kind} pass computes nothing "
-                             "but the channels record_outputs stores. Keep record_outputs=True, or pass "
-                             "score_curvature=False for no pass at all.")
-        if not (self.record_training or self.score_curvature):
-            raise ValueError("Expected record_training=True or score_curvature=True, got both False: the callback "
-                             "would record nothing. Keep one (the training-time signals cost about 1 % of a step).")
-        self.dataset = dataset
-        self.directory = os.fspath(directory)
-        self.loss_fn = loss_fn
-        self.loss_id = loss_id
-        self.batch_to_inputs = batch_to_inputs
-        self._period = period_of(self.fraction)
+        check_recording(self.pass_kind, self.record_outputs, self.record_training, self.score_curvature)
         self.cache = check_cache(cache)
+        self._period = period_of(self.fraction)
         self._scoring: ScoringPass | None = None  # made at the first pass; its loader workers and cache persist
         self._universe: np.ndarray | None = None  # the indices this rank scores over a rotation (set per fit)
         self._store: CurvatureStore | None = None  # the writer, on global rank 0 during fit
@@ -308,7 +226,7 @@ class CurvatureCallback(Callback):
         self._restored: dict[str, Any] | None = None
         self._scored_dataset: Dataset | None = None
         self._dataset_source = ""  # where the scored dataset came from, for messages
-        self._reader: tuple[tuple[int, ...], CurvatureStore] | None = None  # (meta.json's identity, read-only store)
+        self._reader: tuple[tuple[int, ...] | None, CurvatureStore] | None = None  # (meta.json's identity, reader)
         self._signals: TrainingSignals | None = None  # this fit's training-time signals (with record_training)
 
     # ----------------------------------------------------------------------------- settings
@@ -366,7 +284,8 @@ class CurvatureCallback(Callback):
 
     @property
     def store(self) -> CurvatureStore:
-        """The store: the open writer during ``fit`` on rank 0, else the folder opened read-only."""
+        """The store: the open writer during ``fit`` on rank 0, else the folder opened read-only (opened again once
+        a commit has replaced its ``meta.json``)."""
         if self._store is not None:
             return self._store
         path = self._path if self._path is not None else Path(self.directory)
@@ -376,13 +295,12 @@ class CurvatureCallback(Callback):
                 "dir, which is resolved during fit (with ddp_spawn, only in the worker processes). Use an absolute "
                 "`directory`, or CurvatureStore.open(<log dir>/<directory>)."
             )
-        try:  # meta.json is replaced at every commit: a new inode, a new snapshot
-            st = (path / "meta.json").stat()
-            stamp: tuple[int, ...] = (st.st_ino, st.st_mtime_ns, st.st_size)
+        try:  # the store's own identity of meta.json, which every commit replaces: a new one, a new snapshot
+            identity: tuple[int, ...] | None = meta_identity(os.stat(path / "meta.json"))
         except FileNotFoundError:
-            stamp = ()
-        if self._reader is None or self._reader[0] != stamp or self._reader[1].directory != path:
-            self._reader = (stamp, CurvatureStore.open(path))
+            identity = None  # no store there: open says so
+        if self._reader is None or self._reader[0] != identity or self._reader[1].directory != path:
+            self._reader = (identity, CurvatureStore.open(path))
         return self._reader[1]
 
     # ----------------------------------------------------------------------------- checkpoint state
