@@ -326,14 +326,8 @@ class CurvatureCallback(Callback):
         dataset, self._dataset_source = resolve_dataset(trainer, self.dataset)
         self._path = resolve_path(trainer, self.directory, self._restored)
         check_not_empty(dataset, self._dataset_source)  # every rank raises here, before any collective
-        k = on_rank_zero(trainer, self._open_store, trainer, dataset)  # an error: raised on every rank
-        epochs, k = trainer.strategy.broadcast((self._store.epochs if self._store is not None else [], k), src=0)
-        self.class_evidence = int(k if k is not None else DEFAULT_CLASS_EVIDENCE)
-        self._epochs_done = list(epochs)
-        missing = sorted(set((self._restored or {}).get("epochs_done", [])) - set(epochs))
-        if missing:
-            rank_zero_warn(f"The checkpoint says epochs {missing} were scored, but the store at {self._path} lacks "
-                           "them: their scores are not in the mean.")
+        slots = on_rank_zero(trainer, self._open_store, trainer, dataset)  # an error: raised on every rank
+        self._share_store_state(trainer, slots)
         self._scored_dataset = dataset
         self._signals = (TrainingSignals.start(trainer, self._store, len(dataset), self.class_evidence)
                          if self.record_training else None)
@@ -355,6 +349,17 @@ class CurvatureCallback(Callback):
         )
         return k
 
+    def _share_store_state(self, trainer: pl.Trainer, slots: int | None) -> None:
+        """Every rank takes rank 0's store's epochs and class-evidence slots (one broadcast); warns where the
+        checkpoint's scored epochs are missing from the store."""
+        epochs, k = trainer.strategy.broadcast((self._store.epochs if self._store is not None else [], slots), src=0)
+        self.class_evidence = int(k if k is not None else DEFAULT_CLASS_EVIDENCE)
+        self._epochs_done = list(epochs)
+        missing = sorted(set((self._restored or {}).get("epochs_done", [])) - set(epochs))
+        if missing:
+            rank_zero_warn(f"The checkpoint says epochs {missing} were scored, but the store at {self._path} lacks "
+                           "them: their scores are not in the mean.")
+
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
@@ -364,27 +369,15 @@ class CurvatureCallback(Callback):
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch = trainer.current_epoch
         if self._should_skip_scoring(trainer):
             return
+        epoch = trainer.current_epoch
         # the training steps' sums over every rank; raises on every rank for labels that change within the epoch
         steps = self._signals.end_epoch(trainer, pl_module) if self._signals is not None else None
         score = self.score_curvature and self.should_score(epoch) and epoch not in self._epochs_done
         if not score and steps is None:
             return
-        assert self._scored_dataset is not None  # set by on_train_start
-        values = None  # an epoch without a pass commits its training-time sums alone
-        if score:
-            if self._scoring is None:
-                self._scoring = ScoringPass(
-                    self._scored_dataset, self._to_inputs, settings=self._settings,
-                    loss_fn=self.loss_fn, channels=self.channels, batch_size=self.batch_size,
-                    num_workers=self.num_workers, cache=self.cache, chunk_size=self.chunk_size,
-                    progress_bar=self.progress_bar,
-                )
-            with random_states_kept():  # the pass's loader draws a seed: training must draw what it would without us
-                values = self._scoring.run(trainer, pl_module, self._pass_indices(), epoch, universe=self._universe,
-                                           gather_columns=self.GATHER_COLUMNS)
+        values = self._run_pass(trainer, pl_module, epoch) if score else None  # None: the steps' sums alone
         # a refused commit (other labels) stops every rank, not only this one
         arrays = on_rank_zero(trainer, self._commit_gathered, epoch, values, steps)
         if score:
@@ -392,6 +385,19 @@ class CurvatureCallback(Callback):
                 self._log(trainer, arrays[self.signal])
             self._epochs_done.append(epoch)
         trainer.strategy.barrier("curvature_commit")
+
+    def _run_pass(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, Tensor]:
+        """This epoch's pass: this rank's block of :meth:`_pass_indices` scored, every rank's gathered."""
+        assert self._scored_dataset is not None  # set by on_train_start
+        if self._scoring is None:  # made at the first pass: its loader workers and device cache persist
+            self._scoring = ScoringPass(
+                self._scored_dataset, self._to_inputs, settings=self._settings, loss_fn=self.loss_fn,
+                channels=self.channels, batch_size=self.batch_size, num_workers=self.num_workers, cache=self.cache,
+                chunk_size=self.chunk_size, progress_bar=self.progress_bar,
+            )
+        with random_states_kept():  # the pass's loader draws a seed: training must draw what it would without us
+            return self._scoring.run(trainer, pl_module, self._pass_indices(), epoch, universe=self._universe,
+                                     gather_columns=self.GATHER_COLUMNS)
 
     def _commit_gathered(self, epoch: int, values: dict[str, Tensor] | None,
                          steps: tuple[Any, ...] | None) -> dict[str, np.ndarray] | None:
