@@ -604,7 +604,7 @@ class OtherRank:
 
 
 def test_other_ranks_raise_rank_zeros_error_by_type_and_plain_message():
-    from curvature_callback.integration.scoring_pass import raise_together as _raise_together
+    from curvature_callback.integration.collectives import raise_together as _raise_together
 
     with pytest.raises(StoreMismatchError, match=r"^The store at /x was made with h=0.001\.$"):
         _raise_together(OtherRank(("StoreMismatchError", "The store at /x was made with h=0.001.")), None)
@@ -712,7 +712,7 @@ def test_one_label_reader_and_one_digest():
     from torch.utils.data import TensorDataset
 
     from curvature_callback.core.numeric import dataset_labels, labels_digest
-    from curvature_callback.integration.callback import _labels_digest
+    from curvature_callback.integration.scored_dataset import labels_digest_of as _labels_digest
 
     ds = Blobs()
     both = TensorDataset(ds.x, ds.targets.flip(0))

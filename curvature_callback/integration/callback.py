@@ -1,21 +1,21 @@
-"""CurvatureCallback: when to score, what to score, the store commit, logging, checkpoint state.
+"""CurvatureCallback: when to score, what to score, the store commit, checkpoint state; its hooks tell an epoch.
 
-The maths lives in :mod:`curvature_callback.core.estimator`, the files in :mod:`curvature_callback.core.store`, the
-pass itself (this rank's block, the DDP gather, errors raised on every rank) in
-:mod:`curvature_callback.integration.scoring_pass`; this module decides when they run inside a Lightning ``Trainer``.
+The maths lives in :mod:`curvature_callback.core.estimator`, the files in :mod:`curvature_callback.core.store`; beside
+this module, in :mod:`curvature_callback.integration`: the arguments and their checks (``callback_arguments``), the
+scored dataset and the store's folder (``scored_dataset``), the pass itself (``scoring_pass``: this rank's block, the
+DDP gather), the training-time signals (``training_signals``), the rule "rank 0 does it, every rank raises the same
+error" (``collectives``) and the logging (``sinks``). This module decides when they run inside a Lightning
+``Trainer``.
 """
 
 from __future__ import annotations
 
-import inspect
 import os
-from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import lightning.pytorch as pl
 import numpy as np
-import torch
 from lightning.pytorch.callbacks import Callback
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
@@ -28,7 +28,7 @@ from curvature_callback.core.channels import (
     class_evidence_channels,
     forgetting_events,
 )
-from curvature_callback.core.estimator import LossFn, loss_identity
+from curvature_callback.core.estimator import LossFn
 from curvature_callback.core.feeding import (
     CachePolicy,
     check_cache,
@@ -36,98 +36,25 @@ from curvature_callback.core.feeding import (
     period_of,
     random_states_kept,
     rank_universe,
-    reads_differ,
 )
-from curvature_callback.core.numeric import dataset_labels, labels_digest, log10_floor
-from curvature_callback.core.settings import PASS_KINDS, ScoreSettings, check_bool, check_callable, check_int
-from curvature_callback.core.steps import (
-    StepRecorder,
-    epoch_class_values,
-    epoch_step_values,
-    label_conflicts,
-    loss_jump,
-    repeated_indices,
-)
+from curvature_callback.core.settings import check_bool, check_int
+from curvature_callback.core.steps import epoch_class_values, epoch_step_values
 from curvature_callback.core.store import CurvatureStore
-from curvature_callback.core.store_format import StoreCorruptError, class_slots, read_meta
-from curvature_callback.integration.scoring_pass import LABEL_KEYS, ScoringPass, raise_together
-from curvature_callback.integration.training_steps import CONTRACT, read_step_outputs
+from curvature_callback.core.store_format import StoreCorruptError, class_slots, meta_identity, read_meta
+from curvature_callback.integration.callback_arguments import (  # default_batch_to_inputs: imported from here too
+    BatchToInputs,
+    PassKind,
+    check_objects,
+    check_recording,
+    default_batch_to_inputs,
+    score_settings,
+)
+from curvature_callback.integration.collectives import on_rank_zero
+from curvature_callback.integration.scored_dataset import check_not_empty, fingerprint, resolve_dataset, resolve_path
+from curvature_callback.integration.scoring_pass import LABEL_KEYS, ScoringPass
+from curvature_callback.integration.training_signals import TrainingSignals
 
 __all__ = ["CurvatureCallback"]
-
-BatchToInputs = Callable[[Any], tuple[Tensor, Tensor]]
-PassKind = Literal["curvature", "gradient", "forward"]
-
-def default_batch_to_inputs(batch: Any) -> tuple[Tensor, Tensor]:
-    """``(x, y, ...)`` tuples and lists, or dicts with ``x``/``y``, ``input``/``target`` or ``image``/``label``."""
-    if isinstance(batch, (tuple, list)) and len(batch) >= 2:
-        return batch[0], batch[1]
-    if isinstance(batch, Mapping):
-        for a, b in (("x", "y"), ("input", "target"), ("inputs", "targets"), ("image", "label"), ("images", "labels")):
-            if a in batch and b in batch:
-                return batch[a], batch[b]
-    raise TypeError(
-        f"Cannot take (inputs, targets) from a batch of type {type(batch).__name__}: expected a tuple (x, y, ...) or "
-        "a dict with keys x/y. Pass `batch_to_inputs=fn` with fn(batch) -> (x, y), a named function so it pickles."
-    )
-
-
-def _pass_of(pass_kind: object, n_vectors: object) -> tuple[str, object]:
-    """``(pass kind, n_vectors)`` from the callback's arguments: ``n_vectors=0`` alone is a gradient pass; a gradient
-    or forward pass draws no vectors; a curvature pass draws ``n_vectors`` (None: the paper's 10).
-
-    Example:
-        >>> _pass_of(None, None), _pass_of(None, 0), _pass_of("forward", None), _pass_of(None, 3)
-        (('curvature', 10), ('gradient', 0), ('forward', 0), ('curvature', 3))
-    """
-    if pass_kind is not None and pass_kind not in PASS_KINDS:
-        raise ValueError(f"Expected argument `pass_kind` to be one of {list(PASS_KINDS)} or None, got {pass_kind!r}.")
-    zero = n_vectors is not None and not isinstance(n_vectors, bool) and n_vectors == 0
-    kind = pass_kind or ("gradient" if zero else "curvature")
-    if kind == "curvature":
-        if zero:
-            raise ValueError("Expected n_vectors >= 1 for pass_kind='curvature' (a curvature needs vectors), got 0. "
-                             "Drop pass_kind for a gradient pass (n_vectors=0), or set n_vectors (the paper: 10).")
-        return kind, 10 if n_vectors is None else n_vectors
-    if not (n_vectors is None or zero):
-        raise ValueError(f"Expected n_vectors=0 or None with pass_kind={kind!r} (it draws no vectors), got "
-                         f"{n_vectors!r}. Drop n_vectors, or use pass_kind='curvature'.")
-    return kind, 0
-
-
-def _resolve_loss(loss_fn: LossFn | None, loss_id: str | None) -> str:
-    """What a store records as the loss: ``loss_id`` if given, else :func:`loss_identity`; a loss whose
-    identity cannot be known needs a ``loss_id``."""
-    if loss_id is not None:
-        if not isinstance(loss_id, str) or not loss_id.strip():
-            raise ValueError(f"Expected `loss_id` to be a non-empty string such as 'my_loss_v1', got {loss_id!r}.")
-        return loss_id
-    identity = loss_identity(loss_fn)
-    if identity is None:
-        qualname = getattr(loss_fn, "__qualname__", "")
-        kind = ("a lambda" if "<lambda>" in qualname else
-                "a closure" if "<locals>" in qualname or getattr(loss_fn, "__closure__", None) is not None else
-                "a bound method" if inspect.ismethod(loss_fn) else
-                f"an object of type {type(loss_fn).__qualname__} whose state cannot be written down deterministically")
-        raise ValueError(
-            f"Cannot tell from `loss_fn` ({kind}) which loss it computes: its values can change while its name "
-            "stays, so a resumed store could average two different losses. Pass `loss_id=\"my_loss_v1\"` (a name "
-            "that changes whenever the loss's values would change), or use a named module-level function or a "
-            "functools.partial of one, e.g. `functools.partial(F.cross_entropy, reduction=\"none\", "
-            "label_smoothing=0.1)`."
-        )
-    return identity
-
-
-def _labels_digest(dataset: Any) -> str | None:
-    """sha1 of the dataset's labels when it exposes them (:func:`~curvature_callback.core.numeric.dataset_labels`:
-    a TensorDataset's second tensor, else ``targets``) and they are integers; else None."""
-    try:
-        labels = dataset_labels(dataset)
-        return None if labels is None else labels_digest(labels)
-    except (TypeError, ValueError):  # labels that are not int64-like (strings, ragged): no digest, the keys check
-        return None
-
 
 #: the class-evidence slots of a new store when ``class_evidence`` is not given
 DEFAULT_CLASS_EVIDENCE = 3
@@ -271,27 +198,11 @@ class CurvatureCallback(Callback):
         score_curvature: bool = True,
         class_evidence: int | None = None,
     ) -> None:
-        check_callable("loss_fn", loss_fn, "Pass a function loss_fn(outputs, targets) -> [B] per-sample losses (e.g. "
-                       "functools.partial(F.cross_entropy, reduction='none', label_smoothing=0.1)), or None for "
-                       "cross-entropy.")
-        check_callable("batch_to_inputs", batch_to_inputs, "Pass a named function fn(batch) -> (x, y), or None for "
-                       "batches (x, y, ...) and dicts with x/y.")
-        if dataset is not None and not (hasattr(dataset, "__len__") and hasattr(dataset, "__getitem__")):
-            raise TypeError(
-                f"Expected argument `dataset` to be a map-style dataset (len() and dataset[i], indexed 0..N-1), got "
-                f"{type(dataset).__name__} {dataset!r:.80}. Pass a torch.utils.data.Dataset (e.g. the training set "
-                "with the evaluation transform), or None to score the training loader's dataset."
-            )
-        if not isinstance(directory, (str, os.PathLike)):
-            raise TypeError(
-                f"Expected argument `directory` to be a folder path (str or os.PathLike), got "
-                f"{type(directory).__name__} {directory!r:.80}. Pass e.g. directory=\"curvature\" (under the trainer's "
-                "log dir) or an absolute path."
-            )
-        # what defines the score, validated once (numpy numbers become Python ones: they go to JSON and checkpoints)
-        kind, vectors = _pass_of(pass_kind, n_vectors)
-        self._settings = ScoreSettings(h=h, n_vectors=vectors, seed=seed, loss=_resolve_loss(loss_fn, loss_id),
-                                       fast=fast, fraction=fraction, pass_kind=kind)
+        check_objects(dataset, directory, loss_fn, batch_to_inputs)
+        self._settings = score_settings(h=h, n_vectors=n_vectors, pass_kind=pass_kind, seed=seed, loss_fn=loss_fn,
+                                        loss_id=loss_id, fast=fast, fraction=fraction)
+        self.dataset, self.directory = dataset, os.fspath(directory)
+        self.loss_fn, self.loss_id, self.batch_to_inputs = loss_fn, loss_id, batch_to_inputs
         self.batch_size = check_int("batch_size", batch_size, 1)
         self.every_n_epochs = check_int("every_n_epochs", every_n_epochs, 1)
         self.start_epoch = check_int("start_epoch", start_epoch, 0)
@@ -304,20 +215,9 @@ class CurvatureCallback(Callback):
         self.record_training = check_bool("record_training", record_training)
         self.score_curvature = check_bool("score_curvature", score_curvature)
         self.class_evidence = None if class_evidence is None else check_int("class_evidence", class_evidence, 0)
-        if kind != "curvature" and not self.record_outputs:
-            raise ValueError(f"Expected record_outputs=True with pass_kind={kind!r}: a {kind} pass computes nothing "
-                             "but the channels record_outputs stores. Keep record_outputs=True, or pass "
-                             "score_curvature=False for no pass at all.")
-        if not (self.record_training or self.score_curvature):
-            raise ValueError("Expected record_training=True or score_curvature=True, got both False: the callback "
-                             "would record nothing. Keep one (the training-time signals cost about 1 % of a step).")
-        self.dataset = dataset
-        self.directory = os.fspath(directory)
-        self.loss_fn = loss_fn
-        self.loss_id = loss_id
-        self.batch_to_inputs = batch_to_inputs
-        self._period = period_of(self.fraction)
+        check_recording(self.pass_kind, self.record_outputs, self.record_training, self.score_curvature)
         self.cache = check_cache(cache)
+        self._period = period_of(self.fraction)
         self._scoring: ScoringPass | None = None  # made at the first pass; its loader workers and cache persist
         self._universe: np.ndarray | None = None  # the indices this rank scores over a rotation (set per fit)
         self._store: CurvatureStore | None = None  # the writer, on global rank 0 during fit
@@ -326,11 +226,8 @@ class CurvatureCallback(Callback):
         self._restored: dict[str, Any] | None = None
         self._scored_dataset: Dataset | None = None
         self._dataset_source = ""  # where the scored dataset came from, for messages
-        self._reader: tuple[tuple[int, ...], CurvatureStore] | None = None  # (meta.json's identity, read-only store)
-        self._steps: StepRecorder | None = None  # this epoch's training-step sums, on the model's device
-        self._steps_off = False  # the training step does not return what the recording needs (warned once)
-        self._previous_correct: np.ndarray | None = None  # each sample's latest correctness before this fit
-        self._doubts: set[str] = set()  # what this fit has warned about already (once per fit each)
+        self._reader: tuple[tuple[int, ...] | None, CurvatureStore] | None = None  # (meta.json's identity, reader)
+        self._signals: TrainingSignals | None = None  # this fit's training-time signals (with record_training)
 
     # ----------------------------------------------------------------------------- settings
     @property
@@ -387,7 +284,8 @@ class CurvatureCallback(Callback):
 
     @property
     def store(self) -> CurvatureStore:
-        """The store: the open writer during ``fit`` on rank 0, else the folder opened read-only."""
+        """The store: the open writer during ``fit`` on rank 0, else the folder opened read-only (opened again once
+        a commit has replaced its ``meta.json``)."""
         if self._store is not None:
             return self._store
         path = self._path if self._path is not None else Path(self.directory)
@@ -397,13 +295,12 @@ class CurvatureCallback(Callback):
                 "dir, which is resolved during fit (with ddp_spawn, only in the worker processes). Use an absolute "
                 "`directory`, or CurvatureStore.open(<log dir>/<directory>)."
             )
-        try:  # meta.json is replaced at every commit: a new inode, a new snapshot
-            st = (path / "meta.json").stat()
-            stamp: tuple[int, ...] = (st.st_ino, st.st_mtime_ns, st.st_size)
+        try:  # the store's own identity of meta.json, which every commit replaces: a new one, a new snapshot
+            identity: tuple[int, ...] | None = meta_identity(os.stat(path / "meta.json"))
         except FileNotFoundError:
-            stamp = ()
-        if self._reader is None or self._reader[0] != stamp or self._reader[1].directory != path:
-            self._reader = (stamp, CurvatureStore.open(path))
+            identity = None  # no store there: open says so
+        if self._reader is None or self._reader[0] != identity or self._reader[1].directory != path:
+            self._reader = (identity, CurvatureStore.open(path))
         return self._reader[1]
 
     # ----------------------------------------------------------------------------- checkpoint state
@@ -426,160 +323,86 @@ class CurvatureCallback(Callback):
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self._should_skip_scoring(trainer):
             return
-        dataset, self._dataset_source = self._resolve_dataset(trainer)
-        self._path = self._resolve_path(trainer)
-        n = len(dataset)
-        if n == 0:  # every rank sees the same dataset: all raise here, before any collective
-            raise ValueError(
-                f"Expected a dataset with at least one sample to score, got an empty {type(dataset).__name__} "
-                f"(from {self._dataset_source}). Check how it is built (paths, split, filters), or pass another "
-                "`dataset=`."
-            )
-        caught: BaseException | None = None
+        dataset, self._dataset_source = resolve_dataset(trainer, self.dataset)
+        self._path = resolve_path(trainer, self.directory, self._restored)
+        check_not_empty(dataset, self._dataset_source)  # every rank raises here, before any collective
+        slots = on_rank_zero(trainer, self._open_store, trainer, dataset)  # an error: raised on every rank
+        self._share_store_state(trainer, slots)
+        self._scored_dataset = dataset
+        self._signals = (TrainingSignals.start(trainer, self._store, len(dataset), self.class_evidence)
+                         if self.record_training else None)
+        # what this rank's device cache needs over a rotation of `fraction`: fixed for the fit
+        self._universe = rank_universe(len(dataset), self._period, self.batch_size, trainer.world_size,
+                                       trainer.global_rank)
+
+    def _open_store(self, trainer: pl.Trainer, dataset: Dataset) -> int:
+        """Open (or create) the store on rank 0; returns its class-evidence slots ``K``."""
         k = self.class_evidence
-        if trainer.is_global_zero:
-            try:
-                if k is None:  # follow the store being resumed, so that a default never refuses it
-                    k = _store_class_slots(self._path)
-                    k = DEFAULT_CLASS_EVIDENCE if k is None else k
-                self._store = CurvatureStore.open_or_create(
-                    self._path, n, settings=self.settings(), keep_history=self.keep_history, channels=self.channels,
-                    fingerprint=self._fingerprint(dataset),
-                    history_capacity=max(1, min(int(trainer.max_epochs or 16), 1000)),
-                    step_channels=(*STEP_CHANNELS, *class_evidence_channels(k))
-                    if self.record_training else (),
-                )
-            except Exception as e:  # raised on every rank below: one rank alone raising would hang the others
-                caught = e
-        raise_together(trainer, caught)
-        epochs, k = trainer.strategy.broadcast((self._store.epochs if self._store is not None else [], k), src=0)
+        if k is None:  # follow the store being resumed, so that a default never refuses it
+            k = _store_class_slots(self._path)
+            k = DEFAULT_CLASS_EVIDENCE if k is None else k
+        self._store = CurvatureStore.open_or_create(
+            self._path, len(dataset), settings=self.settings(), keep_history=self.keep_history,
+            channels=self.channels, fingerprint=fingerprint(dataset),
+            history_capacity=max(1, min(int(trainer.max_epochs or 16), 1000)),
+            step_channels=(*STEP_CHANNELS, *class_evidence_channels(k)) if self.record_training else (),
+        )
+        return k
+
+    def _share_store_state(self, trainer: pl.Trainer, slots: int | None) -> None:
+        """Every rank takes rank 0's store's epochs and class-evidence slots (one broadcast); warns where the
+        checkpoint's scored epochs are missing from the store."""
+        epochs, k = trainer.strategy.broadcast((self._store.epochs if self._store is not None else [], slots), src=0)
         self.class_evidence = int(k if k is not None else DEFAULT_CLASS_EVIDENCE)
         self._epochs_done = list(epochs)
         missing = sorted(set((self._restored or {}).get("epochs_done", [])) - set(epochs))
         if missing:
             rank_zero_warn(f"The checkpoint says epochs {missing} were scored, but the store at {self._path} lacks "
                            "them: their scores are not in the mean.")
-        self._scored_dataset = dataset
-        self._steps, self._steps_off, self._doubts = None, False, set()
-        if self.record_training:  # where the forgetting events of this fit start from (a resumed run: the store's)
-            last = (np.array(self._store.channel_last("train_last_correct"))
-                    if self._store is not None and self._store.step_epochs else None)
-            self._previous_correct = trainer.strategy.broadcast(last, src=0)
-        # what this rank's device cache needs over a rotation of `fraction`: fixed for the fit
-        self._universe = rank_universe(n, self._period, self.batch_size, trainer.world_size, trainer.global_rank)
 
     @override
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
                            batch_idx: int) -> None:
-        if not self.record_training or self._steps_off or outputs is None or self._should_skip_scoring(trainer):
-            return  # outputs None: training_step skipped the batch
-        found = read_step_outputs(outputs, batch, self.batch_to_inputs or default_batch_to_inputs)
-        if isinstance(found, str):
-            self._steps_off = True
-            rank_zero_warn(
-                f"CurvatureCallback records training-time signals (each sample's training loss at every step: CSL, "
-                f"learning time, forgetting) from what training_step returns, but {found}: none are recorded in "
-                f"this fit; the curvature pass is not affected. {CONTRACT}"
-            )
-            return
-        if self._steps is None:
-            assert self._scored_dataset is not None  # set by on_train_start
-            self._steps = StepRecorder(len(self._scored_dataset), found[1].device, self._previous_correct,
-                                       self.class_evidence)
-        self._steps.add(*found)
-
-    def _end_steps(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> tuple[Any, ...] | None:
-        """The epoch's training-step sums over every rank (``[5, N]``), each sample's label key (``[N]``,
-        :data:`~curvature_callback.core.store_format.LABEL_UNKNOWN` where not known) and the epoch's class evidence
-        (``[N, K]`` classes and masses; None without), on every rank; None where no
-        rank recorded any. Collectives: every rank calls it at every epoch's end, and raises the same error."""
-        if not self.record_training or not trainer.strategy.reduce_boolean_decision(self._steps is not None,
-                                                                                      all=False):
-            return None
-        if self._steps is None:  # this rank saw no batch (or no usable one): it adds zeros
-            assert self._scored_dataset is not None
-            self._steps = StepRecorder(len(self._scored_dataset), pl_module.device, self._previous_correct,
-                                       self.class_evidence)
-        rows = self._steps.epoch_sums()
-        evidence = self._steps.epoch_evidence() if self.class_evidence else rows.new_zeros(0)
-        packed = torch.cat((rows.reshape(-1), evidence.reshape(-1), self._steps.bad().to(torch.float32).reshape(1)))
-        packed = trainer.strategy.reduce(packed, reduce_op="sum")  # one all_reduce: a sample is on one rank
-        keys = trainer.strategy.reduce(self._steps.epoch_keys(), reduce_op="max")  # [largest, -smallest] over ranks
-        reduced = packed[:rows.numel()].reshape(rows.shape)
-        classes = None
-        if self.class_evidence:  # before next_epoch clears this rank's evidence (padded samples gather it)
-            classes = self._steps.combine_evidence(packed[rows.numel():-1].reshape(evidence.shape),
-                                                   trainer.strategy.all_gather)
-            classes = (classes[0].cpu().numpy(), classes[1].cpu().numpy())
-        self._steps.next_epoch(reduced)
-        bad = int(packed[-1])  # the epoch's one wait for the device
-        epoch, n = trainer.current_epoch, self._steps.n
-        if bad:
-            rank_zero_warn(
-                f"CurvatureCallback left out {bad} training presentation(s) of epoch {epoch}: a "
-                f"'sample_index' outside [0, {n}) (the scored dataset's indices) or a non-finite "
-                "'sample_loss'. Check that the index is the sample's position in the scored dataset."
-            )
-        sums = reduced.cpu().numpy()
-        keys = keys.cpu().numpy()
-        key, conflicts = label_conflicts(keys)
-        if len(conflicts):  # every rank holds the same keys: all raise, before anything is committed
-            i = conflicts[0]
-            raise ValueError(
-                f"CurvatureCallback: in epoch {epoch} the training steps presented sample(s) {conflicts[:10].tolist()} "
-                f"({len(conflicts)} in all) under different labels (e.g. sample {i}: label keys {-keys[1, i]} and "
-                f"{key[i]}), expected one label per sample. Either "
-                "'sample_index' does not identify the sample (it must be the index in the scored dataset, e.g. "
-                "WithIndex's third item, not a position in the batch or `index // 2`) or the labels are random (a "
-                "random target_transform). Nothing of this epoch was added to the store."
-            )
-        if "repeated" not in self._doubts and (why := repeated_indices(sums[0])) is not None:
-            self._doubts.add("repeated")
-            rank_zero_warn(
-                f"CurvatureCallback: in epoch {epoch}, {why}: 'sample_index' looks like it gives several samples "
-                "one index (e.g. `index // 2`, or a position in the batch instead of in the dataset), so their "
-                "training-time signals are summed into one sample and the others get none. Check that the index is "
-                "WithIndex's third item (the sample's position in the scored dataset). If the sampler repeats samples "
-                "on purpose while skipping others (with replacement or by weights, repeated augmentation such as "
-                "DeiT's RASampler), this is expected: the signals then count every presentation. Warned once per fit."
-            )
-        return sums, key, classes
+        if self._signals is None or outputs is None or self._should_skip_scoring(trainer):
+            return  # outputs None: training_step skipped the batch; no signals: record_training=False
+        self._signals.record(outputs, batch, self._to_inputs)
 
     @override
     def on_train_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        epoch = trainer.current_epoch
         if self._should_skip_scoring(trainer):
             return
-        steps = self._end_steps(trainer, pl_module)  # raises on every rank for labels that change within the epoch
+        epoch = trainer.current_epoch
+        # the training steps' sums over every rank; raises on every rank for labels that change within the epoch
+        steps = self._signals.end_epoch(trainer, pl_module) if self._signals is not None else None
         score = self.score_curvature and self.should_score(epoch) and epoch not in self._epochs_done
         if not score and steps is None:
             return
-        assert self._scored_dataset is not None  # set by on_train_start
-        values = None  # an epoch without a pass commits its training-time sums alone
-        if score:
-            if self._scoring is None:
-                self._scoring = ScoringPass(
-                    self._scored_dataset, self.batch_to_inputs or default_batch_to_inputs, settings=self._settings,
-                    loss_fn=self.loss_fn, channels=self.channels, batch_size=self.batch_size,
-                    num_workers=self.num_workers, cache=self.cache, chunk_size=self.chunk_size,
-                    progress_bar=self.progress_bar,
-                )
-            with random_states_kept():  # the pass's loader draws a seed: training must draw what it would without us
-                values = self._scoring.run(trainer, pl_module, self._pass_indices(), epoch, universe=self._universe,
-                                           gather_columns=self.GATHER_COLUMNS)
-        caught: BaseException | None = None
-        if trainer.is_global_zero:
-            try:
-                arrays = self._commit(epoch, None if values is None else {k: v.cpu().numpy() for k, v in
-                                                                          values.items()}, steps)
-            except Exception as e:  # a refused commit (other labels) stops every rank, not only this one
-                caught = e
-        raise_together(trainer, caught)
+        values = self._run_pass(trainer, pl_module, epoch) if score else None  # None: the steps' sums alone
+        # a refused commit (other labels) stops every rank, not only this one
+        arrays = on_rank_zero(trainer, self._commit_gathered, epoch, values, steps)
         if score:
             if trainer.is_global_zero:
                 self._log(trainer, arrays[self.signal])
             self._epochs_done.append(epoch)
         trainer.strategy.barrier("curvature_commit")
+
+    def _run_pass(self, trainer: pl.Trainer, pl_module: pl.LightningModule, epoch: int) -> dict[str, Tensor]:
+        """This epoch's pass: this rank's block of :meth:`_pass_indices` scored, every rank's gathered."""
+        assert self._scored_dataset is not None  # set by on_train_start
+        if self._scoring is None:  # made at the first pass: its loader workers and device cache persist
+            self._scoring = ScoringPass(
+                self._scored_dataset, self._to_inputs, settings=self._settings, loss_fn=self.loss_fn,
+                channels=self.channels, batch_size=self.batch_size, num_workers=self.num_workers, cache=self.cache,
+                chunk_size=self.chunk_size, progress_bar=self.progress_bar,
+            )
+        with random_states_kept():  # the pass's loader draws a seed: training must draw what it would without us
+            return self._scoring.run(trainer, pl_module, self._pass_indices(), epoch, universe=self._universe,
+                                     gather_columns=self.GATHER_COLUMNS)
+
+    def _commit_gathered(self, epoch: int, values: dict[str, Tensor] | None,
+                         steps: tuple[Any, ...] | None) -> dict[str, np.ndarray] | None:
+        """:meth:`_commit` of the pass's gathered tensors, as numpy arrays (on rank 0)."""
+        return self._commit(epoch, None if values is None else {k: v.cpu().numpy() for k, v in values.items()}, steps)
 
     def _commit(self, epoch: int, arrays: dict[str, np.ndarray] | None,
                 steps: tuple[Any, ...] | None) -> dict[str, np.ndarray] | None:
@@ -613,27 +436,9 @@ class CurvatureCallback(Callback):
         return arrays
 
     def _check_loss(self, epoch: int, values: dict[str, np.ndarray]) -> None:
-        """Warn (once per fit, on rank 0) when the first epoch this fit adds to a store that has training-time epochs
-        already has a mean training loss that one epoch of training does not explain: the training step's loss is
-        no part of the store's identity, so another loss (label smoothing, a weighting, focal) would go unnoticed."""
-        assert self._store is not None
-        if "loss" in self._doubts or epoch in self._store.step_epochs:
-            return
-        self._doubts.add("loss")  # the first epoch this fit adds: the one that continues the store
-        if not self._store.step_epochs:
-            return
-        jump = loss_jump(np.asarray(self._store.channel_last("train_loss")),
-                         np.asarray(self._store.channel_last("train_seen")), values["train_loss"],
-                         values["train_seen"])
-        if jump is not None:
-            rank_zero_warn(
-                f"CurvatureCallback: the mean training loss per presentation went from {jump[0]:.4g} (the store's "
-                f"latest epoch, {max(self._store.step_epochs)}) to {jump[1]:.4g} in epoch {epoch}, more than one "
-                "epoch of training explains: does the training step compute the same loss as the run that made the "
-                f"store at {self._path} (label smoothing, class weights, reduction, temperature)? The store does not "
-                "know the training loss, and sums under two losses do not compare. If the loss changed, use another "
-                "`directory`; if it did not (a learning-rate jump, a new schedule), ignore this. Warned once per fit."
-            )
+        """Warn once per fit when the training loss looks changed on resume (:meth:`TrainingSignals.check_loss`)."""
+        assert self._store is not None and self._signals is not None
+        self._signals.check_loss(self._store, epoch, values, self._path)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
@@ -656,46 +461,10 @@ class CurvatureCallback(Callback):
             self._store = None
 
     # ----------------------------------------------------------------------------- what is scored, and where
-    def _resolve_dataset(self, trainer: pl.Trainer) -> tuple[Dataset, str]:
-        """The dataset to score and where it came from (for messages)."""
-        if self.dataset is not None:
-            return self.dataset, "`CurvatureCallback(dataset=...)`"
-        dm = trainer.datamodule
-        if dm is not None and callable(getattr(dm, "curvature_dataset", None)):
-            return dm.curvature_dataset(), f"`{type(dm).__name__}.curvature_dataset()`"
-        loader = trainer.train_dataloader
-        dataset = getattr(loader, "dataset", None)
-        if dataset is None:
-            raise ValueError(
-                f"Cannot find the training dataset to score (train_dataloader is {type(loader).__name__}). Pass "
-                "`CurvatureCallback(dataset=...)`, or define `curvature_dataset()` on the datamodule."
-            )
-        # read on rank 0 only, the one that warns; an empty dataset is refused with its own message after
-        if trainer.is_global_zero and len(dataset) and reads_differ(dataset, 0):
-            rank_zero_warn(
-                "CurvatureCallback scores the training dataset, whose items look random (reading item 0 twice gave "
-                "different values, e.g. a random crop or flip): scores then include augmentation noise. Pass "
-                "`dataset=` with the evaluation transform, or define `curvature_dataset()` on the datamodule."
-            )
-        return dataset, "the training loader's dataset (`trainer.train_dataloader.dataset`)"
-
-    @staticmethod
-    def _fingerprint(dataset: Dataset) -> dict[str, Any]:
-        """What identifies the scored data: a store made for other labels is refused."""
-        fingerprint: dict[str, Any] = {"n": len(dataset), "dataset": type(dataset).__name__}
-        digest = _labels_digest(dataset)
-        if digest is not None:
-            fingerprint["labels_sha1"] = digest
-        return fingerprint
-
-    def _resolve_path(self, trainer: pl.Trainer) -> Path:
-        if self._restored and self._restored.get("directory"):
-            return Path(self._restored["directory"])  # a resumed run may have a new log dir: keep its store
-        path = Path(self.directory)
-        if not path.is_absolute():
-            root = trainer.log_dir or trainer.default_root_dir  # log_dir broadcasts: every rank calls it
-            path = Path(root) / path
-        return path.resolve()
+    @property
+    def _to_inputs(self) -> BatchToInputs:
+        """``batch -> (x, y)``: the given ``batch_to_inputs``, else :func:`default_batch_to_inputs`."""
+        return self.batch_to_inputs or default_batch_to_inputs
 
     def _pass_indices(self) -> np.ndarray:
         """The global indices this pass scores (the same on every rank)."""
@@ -707,46 +476,21 @@ class CurvatureCallback(Callback):
 
     # ----------------------------------------------------------------------------- logging
     def _log(self, trainer: pl.Trainer, scores: np.ndarray) -> None:
-        """Summary statistics of the pass's signal (:attr:`signal`: curvature, unless the pass computes none) to every
-        logger; a histogram of its log10 values to those that take one."""
+        """The pass's logs (:func:`~curvature_callback.integration.sinks.log_pass`), on rank 0."""
         if not trainer.loggers:
             return
-        name = self.signal
-        p50, p90, p99 = np.percentile(scores, [50, 90, 99])
-        stats = {f"{name}/mean": float(scores.mean()), f"{name}/median": float(p50),
-                 f"{name}/p90": float(p90), f"{name}/p99": float(p99)}
-        step = trainer.global_step
-        log10 = log10_floor(scores)
-        for logger in trainer.loggers:
-            logger.log_metrics(stats, step=step)
-            if not self.log_histogram:
-                continue
-            kind = type(logger).__name__
-            if kind == "TensorBoardLogger":
-                logger.experiment.add_histogram(f"{name}/log10_histogram", log10, global_step=step)
-            elif kind == "WandbLogger":
-                import wandb
+        from curvature_callback.integration.sinks import log_pass  # loaded only with a logger (tests/test_extras.py)
 
-                logger.log_metrics({f"{name}/log10_histogram": wandb.Histogram(log10, num_bins=64)}, step=step)
-                if name != "curvature":  # the top-k views are of curvature
-                    continue
-                from curvature_callback.integration.sinks import log_top_k_grid
-
-                log_top_k_grid(logger, self._scored_dataset, np.asarray(self._store.mean), step,  # the running mean
-                               self.batch_to_inputs or default_batch_to_inputs)
+        log_pass(trainer.loggers, self.signal, scores, trainer.global_step, histogram=self.log_histogram,
+                 dataset=self._scored_dataset, store=self._store, to_inputs=self._to_inputs)
 
     def _log_end(self, trainer: pl.Trainer) -> None:
-        """At the end of fit, on rank 0: a table of the most-curved samples to the W&B loggers."""
-        wandb_loggers = [lg for lg in trainer.loggers if type(lg).__name__ == "WandbLogger"]
-        if not (trainer.is_global_zero and wandb_loggers and self.log_histogram and self._store is not None
+        """At the end of fit, on rank 0: the table of the most-curved samples
+        (:func:`~curvature_callback.integration.sinks.log_fit_end`)."""
+        if not (trainer.is_global_zero and trainer.loggers and self.log_histogram and self._store is not None
                 and self._store.epochs and self.signal == "curvature"):
             return
-        from curvature_callback.integration.sinks import log_top_k_table
+        from curvature_callback.integration.sinks import log_fit_end  # loaded only with a logger
 
-        dm = trainer.datamodule  # labels before noise and file names, when the datamodule keeps them
-        original, filenames = getattr(dm, "original_labels", None), getattr(dm, "filenames", None)
-        loss = np.asarray(self._store.channel_mean("loss")) if "loss" in self.channels else None
-        for logger in wandb_loggers:
-            log_top_k_table(logger, self._scored_dataset, np.asarray(self._store.mean),
-                            self.batch_to_inputs or default_batch_to_inputs, original_labels=original, loss=loss,
-                            filenames=filenames, step=trainer.global_step)
+        log_fit_end(trainer.loggers, self._scored_dataset, self._store, self._to_inputs,
+                    datamodule=trainer.datamodule, with_loss="loss" in self.channels, step=trainer.global_step)

@@ -1,5 +1,5 @@
 """One scoring pass inside a Lightning ``Trainer``: this rank's block scored, every rank's block gathered in index
-order, and an error on rank 0 raised on every rank.
+order.
 
 :class:`~curvature_callback.integration.callback.CurvatureCallback` decides when a pass runs and what becomes of
 its values (the store, the logs); this module runs it. The maths is
@@ -24,33 +24,11 @@ from curvature_callback.core.estimator import LossFn, curvature_details, forward
 from curvature_callback.core.feeding import BatchFeeder, CachePolicy, rank_block
 from curvature_callback.core.settings import ScoreSettings
 from curvature_callback.core.steps import label_keys  # one key function for the pass and the steps
-from curvature_callback.core.store import StoreMismatchError
 
-__all__ = ["LABEL_KEYS", "ScoringPass", "gather", "label_keys", "raise_together"]
+__all__ = ["LABEL_KEYS", "ScoringPass", "gather", "label_keys"]
 
 #: the pass's int64 column of label keys (not a store channel: the store checks and records labels)
 LABEL_KEYS = "label_keys"
-#: exception types an error on rank 0 is raised as on every rank (the nearest one in the error's MRO)
-_SHARED_ERRORS = {e.__name__: e for e in (StoreMismatchError, FileNotFoundError, FileExistsError, OSError,
-                                          TypeError, ValueError, RuntimeError)}
-
-
-def raise_together(trainer: pl.Trainer, caught: BaseException | None) -> None:
-    """Every rank raises what rank 0 caught (or nothing): one collective, on every rank.
-
-    The type's name and the message travel separately, so the other ranks raise the same type with the plain
-    message; rank 0 re-raises its own exception, traceback included.
-    """
-    sent = None
-    if caught is not None:
-        kind = next(c.__name__ for c in (*type(caught).__mro__, RuntimeError) if c.__name__ in _SHARED_ERRORS)
-        sent = (kind, str(caught))
-    received = trainer.strategy.broadcast(sent, src=0)
-    if caught is not None:
-        raise caught
-    if received is not None:
-        kind, message = received
-        raise _SHARED_ERRORS[kind](message)
 
 
 def gather(trainer: pl.Trainer, values: dict[str, Tensor], *, count: int, batch_size: int,

@@ -1,15 +1,18 @@
-"""Weights & Biases glue: an offline-by-default logger and the top-k views of the curvature scores.
+"""Logging: what the callback sends to Lightning's loggers, and the Weights & Biases glue.
 
-The callback logs, to a :class:`~lightning.pytorch.loggers.WandbLogger`, a histogram of ``log10`` curvature and
-summary statistics at each scoring epoch (``callback._log``), a grid of the ``k`` most-curved samples
-(:func:`log_top_k_grid`) on the same step, and once at the end of ``fit`` a table of them
-(:func:`log_top_k_table`): index, given label, original label, curvature, loss, file name, image.
+At each scoring epoch (:func:`log_pass`) every logger gets summary statistics of the pass's signal; with
+``log_histogram``, a :class:`~lightning.pytorch.loggers.TensorBoardLogger` or a
+:class:`~lightning.pytorch.loggers.WandbLogger` also gets a histogram of its ``log10`` values, and a W&B logger, for
+a curvature pass, a grid of the ``k`` most-curved samples (:func:`log_top_k_grid`) on the same step. Once at the end
+of ``fit`` (:func:`log_fit_end`) a W&B logger gets a table of them (:func:`log_top_k_table`): index, given label,
+original label, curvature, loss, file name, image. Loggers are told apart by their type.
 ``curvature-train`` also logs the samples to review (:func:`log_review_table`): the rows of the report's "Samples to
 review" and of ``label_issues.csv``, most probable first, each with its image.
 
 The grid and the table go through the logger's ``log_image`` and ``log_table``. Like ``log_metrics`` they log the
 trainer's step as the ``trainer/global_step`` value, not as W&B's own step, which W&B counts up itself: a row is
-never dropped for a step smaller than an earlier one's.
+never dropped for a step smaller than an earlier one's. ``wandb`` itself is imported only where a W&B logger is
+given (Lightning's logger classes import it lazily too).
 """
 
 from __future__ import annotations
@@ -21,17 +24,74 @@ from typing import Any
 
 import numpy as np
 import torch
+from lightning.pytorch.loggers import Logger, TensorBoardLogger, WandbLogger
 from torch import Tensor
 
-from curvature_callback.core.numeric import to_unit_range, top_k
+from curvature_callback.core.numeric import log10_floor, to_unit_range, top_k
 
-__all__ = ["REVIEW_ROWS", "TOP_K", "log_review_table", "log_top_k_grid", "log_top_k_table", "wandb_logger",
-           "wandb_offline"]
+__all__ = ["REVIEW_ROWS", "TOP_K", "log_fit_end", "log_pass", "log_review_table", "log_top_k_grid", "log_top_k_table",
+           "wandb_logger", "wandb_offline"]
 
 #: samples in the grid and the table
 TOP_K = 25
 #: most rows of the review table (the report lists as many; label_issues.csv has them all)
 REVIEW_ROWS = 1000
+
+
+def log_pass(loggers: Sequence[Logger], name: str, scores: np.ndarray, step: int, *, histogram: bool, dataset: Any,
+             store: Any, to_inputs: Callable[[Any], tuple[Tensor, Tensor]]) -> None:
+    """A scoring epoch's logs: summary statistics of the pass's signal to every logger; with ``histogram``, a
+    histogram of its log10 values to the TensorBoard and W&B loggers, and the top-k grid of curvature to W&B's.
+
+    Args:
+        loggers: the trainer's loggers.
+        name: the pass's signal (``curvature``, ``input_grad`` or ``loss``): the metrics' prefix.
+        scores: the signal's values of this pass, one per scored sample.
+        step: the trainer's global step.
+        histogram: log the histograms and the top-k grid (``CurvatureCallback(log_histogram=...)``).
+        dataset: the scored dataset (the grid's images).
+        store: the store, whose running mean ranks the grid.
+        to_inputs: turns a sample into ``(input, label)``.
+    """
+    p50, p90, p99 = np.percentile(scores, [50, 90, 99])
+    stats = {f"{name}/mean": float(scores.mean()), f"{name}/median": float(p50),
+             f"{name}/p90": float(p90), f"{name}/p99": float(p99)}
+    log10 = log10_floor(scores)
+    for logger in loggers:
+        logger.log_metrics(stats, step=step)
+        if not histogram:
+            continue
+        if isinstance(logger, TensorBoardLogger):
+            logger.experiment.add_histogram(f"{name}/log10_histogram", log10, global_step=step)
+        elif isinstance(logger, WandbLogger):
+            import wandb
+
+            logger.log_metrics({f"{name}/log10_histogram": wandb.Histogram(log10, num_bins=64)}, step=step)
+            if name == "curvature":  # the top-k views are of curvature, ranked by the running mean
+                log_top_k_grid(logger, dataset, np.asarray(store.mean), step, to_inputs)
+
+
+def log_fit_end(loggers: Sequence[Logger], dataset: Any, store: Any, to_inputs: Callable[[Any], tuple[Tensor, Tensor]],
+                *, datamodule: Any, with_loss: bool, step: int) -> None:
+    """At the end of fit: a table of the most-curved samples (by the running mean) to the W&B loggers.
+
+    Args:
+        loggers: the trainer's loggers (those of other types get nothing).
+        dataset: the scored dataset (the table's images).
+        store: the store: its running mean, and its mean loss with ``with_loss``.
+        to_inputs: turns a sample into ``(input, label)``.
+        datamodule: the trainer's; its ``original_labels`` (before noise) and ``filenames`` are shown when it has them.
+        with_loss: the store holds the ``loss`` channel.
+        step: the trainer's global step.
+    """
+    wandb_loggers = [lg for lg in loggers if isinstance(lg, WandbLogger)]
+    if not wandb_loggers:
+        return
+    original, filenames = getattr(datamodule, "original_labels", None), getattr(datamodule, "filenames", None)
+    loss = np.asarray(store.channel_mean("loss")) if with_loss else None
+    for logger in wandb_loggers:
+        log_top_k_table(logger, dataset, np.asarray(store.mean), to_inputs, original_labels=original, loss=loss,
+                        filenames=filenames, step=step)
 
 
 def wandb_offline() -> bool:
