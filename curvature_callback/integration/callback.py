@@ -115,7 +115,8 @@ class CurvatureCallback(Callback):
             (:func:`~curvature_callback.core.estimator.loss_identity`).
         batch_to_inputs: ``fn(batch) -> (x, y)`` for batches that are not ``(x, y, ...)``.
         fast: allow TF32 in the finite differences (faster on Ampere and newer; ~5 % per-value error).
-        log_histogram: log a histogram of ``log10`` curvature to the loggers that take one.
+        log_histogram: log a histogram of the pass's signal (``log10``: curvature, ``input_grad`` or the loss, as
+            :attr:`signal` says) to the loggers that take one; only a curvature pass adds the W&B top-k views.
         num_workers: workers of the scoring loader (uncached data); they start at the first pass and persist
             until the fit ends, memory pinned on CUDA.
         chunk_size: rows per stacked forward+backward (default by device).
@@ -146,8 +147,8 @@ class CurvatureCallback(Callback):
             and one sample's within an epoch; a changed mean training loss on resume and indices that look duplicated
             (``index // 2``) are warned about once per fit (docs/DESIGN.md §7).
         score_curvature: run the curvature pass (on :meth:`should_score` epochs). ``False`` keeps only the
-            training-time signals: no pass, no extra forward or backward, at about 1 % of a training step
-            (``benchmarks/bench_overhead.py --capture``); the recommended score for mislabels then rests on the
+            training-time signals: no pass, no extra forward or backward; the whole digits fit took 1.11x
+            training alone (docs/PERFORMANCE.md); the recommended score for mislabels then rests on the
             training loss (CSL) alone, which our studies found as good as the best signal at every noise level
             (docs/RESULTS.md).
 
@@ -164,10 +165,14 @@ class CurvatureCallback(Callback):
 
     Example::
 
-        cb = CurvatureCallback(n_vectors=10)
+        cb = CurvatureCallback(pass_kind="forward", every_n_epochs=4, batch_size=128)  # the recommended configuration
         trainer = L.Trainer(max_epochs=20, callbacks=[cb])
         trainer.fit(model, datamodule)
-        top = np.argsort(-cb.store.mean)[:100]   # the 100 most-curved samples
+        rank = recommended_scores(suspicion_scores(cb.store))["mislabeled"]  # analysis.recommend, analysis.scores
+        top = np.argsort(-rank)[:100]            # the 100 most suspect labels
+        issues = find_label_issues(cb.store)     # the flagged set, its count and suggested labels
+
+        # the paper's curvature instead: CurvatureCallback(n_vectors=10), then np.argsort(-cb.store.mean)
     """
 
     def __init__(
