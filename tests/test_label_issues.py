@@ -9,7 +9,13 @@ import pytest
 
 from curvature_callback import CurvatureStore
 from curvature_callback.analysis import find_label_issues, read_label_issues_csv, write_label_issues_csv
-from curvature_callback.analysis.label_issues import COLUMNS, estimate_label_issues, isotonic, two_gaussians
+from curvature_callback.analysis.label_issues import (
+    COLUMNS,
+    RESOLUTION,
+    estimate_label_issues,
+    isotonic,
+    two_gaussians,
+)
 from curvature_callback.core.channels import STEP_CHANNELS, class_evidence_channels
 
 MINIATURE = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "miniature"
@@ -270,3 +276,28 @@ def test_a_handful_is_no_group_and_a_large_group_needs_a_clear_valley():
             assert "separate high group" in found.method and abs(found.estimated - wrong.sum()) <= 0.05 * wrong.sum()
         else:
             assert found.estimated == 0 and "(>= 3 for a share of 0.333 or more)" in found.method
+
+
+@pytest.mark.parametrize("ulps", [1, 4, 30])
+@pytest.mark.parametrize("loss", [0.25, 1e-4, 3e3])
+def test_losses_a_rounding_apart_are_one_group(loss, ulps):
+    """900 losses of 0.25 and 100 at float32's next value gave "a separate high group, D = 51.8" and flagged the 100
+    at probability 1: each component is at least RESOLUTION wide, so the estimator abstains (or, with class evidence,
+    answers by the run's vote) at any loss magnitude."""
+    low = high = np.float32(loss)
+    for _ in range(ulps):
+        high = np.nextafter(high, np.float32(np.inf))
+    train_loss = np.r_[np.full(900, low), np.full(100, high)]
+    labels = np.zeros(1000, dtype=np.int64)
+    found = estimate_label_issues({"train_loss": train_loss, "loss": train_loss}, labels)
+    assert found.estimated == 0 and len(found.flagged) == 0 and (found.probability == 0).all()
+    assert "no separate group" in found.method
+    fit = two_gaussians(np.log10(train_loss.astype(np.float64)))
+    assert fit["separation"] < 2 and (fit["sds"] >= RESOLUTION).all()
+    # with class evidence the vote answers (not the mixture): no lost vote, nothing; where the high 100 lost it, them
+    kept = (np.stack([labels, labels + 1], 1), np.tile([0.9, 0.1], (1000, 1)))
+    assert estimate_label_issues({"train_loss": train_loss}, labels, evidence=kept).estimated == 0
+    lost = kept[0].copy()
+    lost[900:] = lost[900:, ::-1]
+    voted = estimate_label_issues({"train_loss": train_loss}, labels, evidence=(lost, kept[1]))
+    assert "run's vote" in voted.method and voted.estimated == 100 and sorted(voted.flagged) == list(range(900, 1000))
