@@ -11,6 +11,8 @@ from curvature_callback import CurvatureStore
 from curvature_callback.analysis import find_label_issues, read_label_issues_csv, write_label_issues_csv
 from curvature_callback.analysis.label_issues import (
     COLUMNS,
+    MAX_CSV_BYTES,
+    MAX_LINE,
     RESOLUTION,
     estimate_label_issues,
     isotonic,
@@ -205,6 +207,37 @@ def test_a_strangers_label_issues_csv_is_refused_with_the_reason(tmp_path, text,
     path.write_bytes(b"\xff\xfe" + HEADER.encode())
     with pytest.raises(ValueError, match="UTF-8"):
         read_label_issues_csv(path)
+
+
+def test_a_path_that_is_no_label_issues_file_is_refused_naming_it(tmp_path):
+    """A folder or a missing file gave a raw IsADirectoryError / FileNotFoundError; a FIFO would block, /dev/zero or a
+    huge file be read without bound: regular files only, of a bounded size and line length."""
+    import os
+
+    fix = r"pass the path of a run's label_issues.csv \(curvature-train writes it in the run folder\)"
+    with pytest.raises(ValueError, match=rf"No label_issues.csv file {tmp_path / 'missing.csv'}: expected an existing "
+                       rf"file; {fix}"):
+        read_label_issues_csv(tmp_path / "missing.csv")
+    with pytest.raises(ValueError, match=rf"Expected {tmp_path} to be a label_issues.csv file, a regular file, got a "
+                       rf"folder; {fix}"):
+        read_label_issues_csv(tmp_path)
+    if hasattr(os, "mkfifo") and Path("/dev/zero").exists():
+        os.mkfifo(tmp_path / "fifo.csv")
+        with pytest.raises(ValueError, match=r"got a named pipe \(FIFO\)"):
+            read_label_issues_csv(tmp_path / "fifo.csv")
+        (tmp_path / "zero.csv").symlink_to("/dev/zero")
+        with pytest.raises(ValueError, match=r"got a device \(the path leads to /dev/zero\)"):
+            read_label_issues_csv(tmp_path / "zero.csv")
+    huge = tmp_path / "huge.csv"
+    with open(huge, "wb") as f:
+        f.truncate(MAX_CSV_BYTES + 1)  # sparse: nothing written, and nothing may be read
+    with pytest.raises(ValueError, match=rf"to hold at most {MAX_CSV_BYTES} bytes \(every sample of an ImageNet-"
+                       rf"sized run flagged, with 4 times room\), got {MAX_CSV_BYTES + 1}: too big .* remove or fix"):
+        read_label_issues_csv(huge)
+    huge.write_text(f"{HEADER}\n1,2,3,0.5,0.9,0.9,{'x' * MAX_LINE}\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"lines of at most {MAX_LINE} characters in .*huge.csv, got "
+                       rf"{MAX_LINE + 18} on line 2; remove or fix the file"):
+        read_label_issues_csv(huge)
 
 
 def test_the_check_script_prints_design_s_miniature_table(tmp_path, capsys):

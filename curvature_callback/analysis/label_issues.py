@@ -61,6 +61,7 @@ import numpy as np
 from curvature_callback.analysis.recommend import rank_mean, used_signals
 from curvature_callback.analysis.scores import class_evidence, suspicion_scores
 from curvature_callback.core import safe_paths
+from curvature_callback.core.corrections import read_text_lines
 
 __all__ = ["COLUMNS", "LabelIssues", "estimate_label_issues", "find_label_issues", "read_label_issues_csv",
            "write_label_issues_csv"]
@@ -82,6 +83,11 @@ LARGE_SHARE, LARGE_SEPARATION = 1 / 3, 3.0
 #: losses spread far wider (the miniature runs' clean samples: sd 0.2 to 0.23), where the mixture's relative floor
 #: (1e-3 of x's sd, 2e-4) is the larger one: on such data this floor changes nothing, bit for bit.
 RESOLUTION = 1e-6
+#: the longest line of a label_issues.csv we read, in characters: a row with its reasons is about 250 (two signals'
+#: places and the evidence), class names and three signals stay under 1,000
+MAX_LINE = 4096
+#: the largest label_issues.csv we read: ImageNet's 1.28 million samples all flagged, at 400 bytes a row, is 0.5 GB
+MAX_CSV_BYTES = 2**31
 #: what each recommended signal is called in a flagged sample's reasons
 _SIGNAL_WORDS = {"train_loss": "training loss per presentation (CSL)", "loss": "eval-mode loss",
                  "curvature": "input-loss curvature"}
@@ -431,15 +437,18 @@ def read_label_issues_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
     ``reasons`` str.
 
     Raises:
-        ValueError: naming the file, the line or column, what was expected and what came.
+        ValueError: naming the file, the line or column, what was expected and what came: also for a missing file,
+            a folder, a FIFO or a device (a regular file only), one over :data:`MAX_CSV_BYTES` or with a line over
+            :data:`MAX_LINE` characters (nothing more is read).
     """
     where = os.fspath(path)
     fix = "remove or fix the file (curvature-train writes it)"
+    lines = read_text_lines(path, what="label_issues.csv file", max_bytes=MAX_CSV_BYTES, max_line=MAX_LINE, fix=fix,
+                            why="every sample of an ImageNet-sized run flagged, with 4 times room",
+                            path_fix="pass the path of a run's label_issues.csv (curvature-train writes it in the run "
+                            "folder)")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except UnicodeDecodeError as e:
-        raise ValueError(f"Expected {where} to be UTF-8 CSV text, got bytes that are not ({e}): {fix}.") from e
+        rows = list(csv.reader(lines))
     except csv.Error as e:
         raise ValueError(f"Expected {where} to be CSV, got text the csv module refuses ({e}): {fix}.") from e
     if not rows or tuple(rows[0]) != COLUMNS:

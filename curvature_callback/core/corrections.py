@@ -165,9 +165,9 @@ def read_corrections(path: str | os.PathLike, n: int, num_classes: int) -> Corre
     Raises:
         CorrectionsError: the file is missing, no regular file (a folder, a FIFO, a device), larger than a header
             and ``n`` rows can be, has a line over :data:`MAX_LINE` characters, is not UTF-8 CSV, lacks a column of
-            :data:`REQUIRED`, or a row has an
-            index out of ``[0, n)`` or seen before, an action not in :data:`ACTIONS`, or a ``relabel`` without a
-            ``new_label`` in ``[0, num_classes)``; the message names the line.
+            :data:`REQUIRED`, or a row has an index out of ``[0, n)`` or seen before, an action not in
+            :data:`ACTIONS`, or a ``relabel`` without a ``new_label`` in ``[0, num_classes)``; the message names the
+            line.
     """
     where = os.fspath(path)
     fix = "fix the file (curvature-train writes one to start from: corrections.csv in the run folder)"
