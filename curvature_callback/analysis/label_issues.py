@@ -326,7 +326,8 @@ def _lost_votes(labels: np.ndarray, classes: np.ndarray, mass: np.ndarray) -> np
     vote). A given label outside the kept slots has less than every kept class; a sample never presented loses none.
 
     Example:
-        >>> _lost_votes(np.array([0, 0, 1]), np.array([[0, 2], [2, 0], [0, 2]]), np.array([[.6, .3], [.5, .4], [.7, .2]]))
+        >>> mass = np.array([[.6, .3], [.5, .4], [.7, .2]])
+        >>> _lost_votes(np.array([0, 0, 1]), np.array([[0, 2], [2, 0], [0, 2]]), mass)
         array([False,  True,  True])
     """
     given = np.where(classes == labels[:, None], mass, 0.0).max(1)
