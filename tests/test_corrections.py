@@ -9,8 +9,10 @@ import numpy as np
 import pytest
 
 from curvature_callback import apply_corrections
+from curvature_callback.core import corrections
 from curvature_callback.core.corrections import (
     COLUMNS,
+    MAX_LINE,
     CorrectionsError,
     corrections_rows,
     read_corrections,
@@ -147,3 +149,80 @@ def test_a_run_prefills_corrections_once_and_never_over_a_persons_edits(tmp_path
     _write_corrections(tmp_path, issues, given)
     assert (tmp_path / "corrections.csv").read_text() == f"{HEADER}\n4,2,3,drop,\n"
     assert "left as it is" in capsys.readouterr().out
+
+
+def _refused_within(seconds: float, call) -> BaseException | None:
+    """What ``call()`` raised, run in a daemon thread: a call that blocks (a FIFO opened for reading with no writer)
+    fails the test instead of hanging it."""
+    import threading
+
+    raised: list[BaseException | None] = []
+
+    def run():
+        try:
+            call()
+            raised.append(None)
+        except BaseException as e:  # noqa: BLE001 - handed back to the test
+            raised.append(e)
+
+    thread = threading.Thread(target=run, daemon=True)
+    thread.start()
+    thread.join(seconds)
+    assert raised, f"still reading after {seconds} s"
+    return raised[0]
+
+
+@pytest.mark.skipif(not Path("/dev/zero").exists() or not hasattr(__import__("os"), "mkfifo"), reason="POSIX only")
+def test_a_device_a_fifo_or_a_folder_is_refused_before_anything_is_read(tmp_path):
+    """A link to /dev/zero was read without bound (3.7 GB and growing), a FIFO blocked: regular files only, checked on
+    the opened descriptor."""
+    import os
+
+    (tmp_path / "zero.csv").symlink_to("/dev/zero")
+    error = _refused_within(10, lambda: apply_corrections([0, 1, 2], tmp_path / "zero.csv"))
+    assert isinstance(error, CorrectionsError)
+    assert error.args[0].startswith(f"Expected {tmp_path / 'zero.csv'} to be a corrections file, a regular file, got a "
+                                    "device (the path leads to /dev/zero); pass the path of an existing CSV")
+    os.mkfifo(tmp_path / "fifo.csv")
+    error = _refused_within(10, lambda: read_corrections(tmp_path / "fifo.csv", 3, 3))
+    assert isinstance(error, CorrectionsError) and "got a named pipe (FIFO)" in str(error)
+    with pytest.raises(CorrectionsError, match="to be a corrections file, a regular file, got a folder; pass the path"):
+        apply_corrections([0, 1, 2], tmp_path)
+
+
+def test_a_huge_file_or_a_huge_line_is_refused_and_read_no_further(tmp_path):
+    """The size cap follows from the samples (a header and a row per sample, each at most MAX_LINE characters, and
+    some blank lines) and is checked before reading; a line has at most MAX_LINE characters."""
+    huge = tmp_path / "huge.csv"
+    with open(huge, "wb") as f:
+        f.truncate(10**10)  # 10 GB of NULs without a newline, sparse: nothing is written, and nothing may be read
+    cap = (5 + 1 + 1024) * MAX_LINE
+    with pytest.raises(CorrectionsError, match=rf"huge.csv to hold at most {cap} bytes \(a header and a row per sample "
+                       rf"of 5, each at most {MAX_LINE} characters\), got 10000000000: too big .* fix the file"):
+        apply_corrections([0, 1, 2, 0, 1], huge)
+    line = _file(tmp_path, "1,1,0,keep," + "x" * MAX_LINE)  # a note column one character too long
+    with pytest.raises(CorrectionsError, match=rf"lines of at most {MAX_LINE} characters in .*corrections.csv, got "
+                       rf"{MAX_LINE + 11} on line 2; fix the file"):
+        apply_corrections([0, 1, 2], line)
+    line.write_text(HEADER + "," + "x" * 100_000)  # no newline at all, under the cap
+    with pytest.raises(CorrectionsError, match=rf"got {len(HEADER) + 100_001} on line 1"):
+        apply_corrections(np.zeros(100, dtype=np.int64), line)
+    fine = _file(tmp_path, "1,1,0,keep," + "x" * (MAX_LINE - 11))  # the longest line allowed
+    assert apply_corrections([0, 1, 2], fine)[1].all()
+
+
+def test_a_file_that_grows_while_read_is_refused(tmp_path, monkeypatch):
+    """It is read to its size at opening and one byte more: more bytes than it had means it is being written."""
+    import os
+
+    path = _file(tmp_path, "1,1,0,keep,")
+    true_fstat = os.fstat
+
+    def smaller(fd):  # the file as it was when opened: 10 bytes
+        st = true_fstat(fd)
+        return os.stat_result((st.st_mode, st.st_ino, st.st_dev, st.st_nlink, st.st_uid, st.st_gid, 10, *st[7:10]))
+
+    monkeypatch.setattr(corrections.os, "fstat", smaller)
+    with pytest.raises(CorrectionsError, match=r"corrections.csv grew while it was read \(from 10 bytes\): expected a "
+                       r"corrections file that stays as it is; let whatever writes it finish"):
+        apply_corrections([0, 1, 2], path)

@@ -9,7 +9,15 @@ import pytest
 
 from curvature_callback import CurvatureStore
 from curvature_callback.analysis import find_label_issues, read_label_issues_csv, write_label_issues_csv
-from curvature_callback.analysis.label_issues import COLUMNS, estimate_label_issues, isotonic, two_gaussians
+from curvature_callback.analysis.label_issues import (
+    COLUMNS,
+    MAX_CSV_BYTES,
+    MAX_LINE,
+    RESOLUTION,
+    estimate_label_issues,
+    isotonic,
+    two_gaussians,
+)
 from curvature_callback.core.channels import STEP_CHANNELS, class_evidence_channels
 
 MINIATURE = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "miniature"
@@ -201,6 +209,37 @@ def test_a_strangers_label_issues_csv_is_refused_with_the_reason(tmp_path, text,
         read_label_issues_csv(path)
 
 
+def test_a_path_that_is_no_label_issues_file_is_refused_naming_it(tmp_path):
+    """A folder or a missing file gave a raw IsADirectoryError / FileNotFoundError; a FIFO would block, /dev/zero or a
+    huge file be read without bound: regular files only, of a bounded size and line length."""
+    import os
+
+    fix = r"pass the path of a run's label_issues.csv \(curvature-train writes it in the run folder\)"
+    with pytest.raises(ValueError, match=rf"No label_issues.csv file {tmp_path / 'missing.csv'}: expected an existing "
+                       rf"file; {fix}"):
+        read_label_issues_csv(tmp_path / "missing.csv")
+    with pytest.raises(ValueError, match=rf"Expected {tmp_path} to be a label_issues.csv file, a regular file, got a "
+                       rf"folder; {fix}"):
+        read_label_issues_csv(tmp_path)
+    if hasattr(os, "mkfifo") and Path("/dev/zero").exists():
+        os.mkfifo(tmp_path / "fifo.csv")
+        with pytest.raises(ValueError, match=r"got a named pipe \(FIFO\)"):
+            read_label_issues_csv(tmp_path / "fifo.csv")
+        (tmp_path / "zero.csv").symlink_to("/dev/zero")
+        with pytest.raises(ValueError, match=r"got a device \(the path leads to /dev/zero\)"):
+            read_label_issues_csv(tmp_path / "zero.csv")
+    huge = tmp_path / "huge.csv"
+    with open(huge, "wb") as f:
+        f.truncate(MAX_CSV_BYTES + 1)  # sparse: nothing written, and nothing may be read
+    with pytest.raises(ValueError, match=rf"to hold at most {MAX_CSV_BYTES} bytes \(every sample of an ImageNet-"
+                       rf"sized run flagged, with 4 times room\), got {MAX_CSV_BYTES + 1}: too big .* remove or fix"):
+        read_label_issues_csv(huge)
+    huge.write_text(f"{HEADER}\n1,2,3,0.5,0.9,0.9,{'x' * MAX_LINE}\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=rf"lines of at most {MAX_LINE} characters in .*huge.csv, got "
+                       rf"{MAX_LINE + 18} on line 2; remove or fix the file"):
+        read_label_issues_csv(huge)
+
+
 def test_the_check_script_prints_design_s_miniature_table(tmp_path, capsys):
     """benchmarks/label_issues_check.py: the figures of docs/DESIGN.md §8, from the saved settings and run folders."""
     import importlib.util
@@ -270,3 +309,28 @@ def test_a_handful_is_no_group_and_a_large_group_needs_a_clear_valley():
             assert "separate high group" in found.method and abs(found.estimated - wrong.sum()) <= 0.05 * wrong.sum()
         else:
             assert found.estimated == 0 and "(>= 3 for a share of 0.333 or more)" in found.method
+
+
+@pytest.mark.parametrize("ulps", [1, 4, 30])
+@pytest.mark.parametrize("loss", [0.25, 1e-4, 3e3])
+def test_losses_a_rounding_apart_are_one_group(loss, ulps):
+    """900 losses of 0.25 and 100 at float32's next value gave "a separate high group, D = 51.8" and flagged the 100
+    at probability 1: each component is at least RESOLUTION wide, so the estimator abstains (or, with class evidence,
+    answers by the run's vote) at any loss magnitude."""
+    low = high = np.float32(loss)
+    for _ in range(ulps):
+        high = np.nextafter(high, np.float32(np.inf))
+    train_loss = np.r_[np.full(900, low), np.full(100, high)]
+    labels = np.zeros(1000, dtype=np.int64)
+    found = estimate_label_issues({"train_loss": train_loss, "loss": train_loss}, labels)
+    assert found.estimated == 0 and len(found.flagged) == 0 and (found.probability == 0).all()
+    assert "no separate group" in found.method
+    fit = two_gaussians(np.log10(train_loss.astype(np.float64)))
+    assert fit["separation"] < 2 and (fit["sds"] >= RESOLUTION).all()
+    # with class evidence the vote answers (not the mixture): no lost vote, nothing; where the high 100 lost it, them
+    kept = (np.stack([labels, labels + 1], 1), np.tile([0.9, 0.1], (1000, 1)))
+    assert estimate_label_issues({"train_loss": train_loss}, labels, evidence=kept).estimated == 0
+    lost = kept[0].copy()
+    lost[900:] = lost[900:, ::-1]
+    voted = estimate_label_issues({"train_loss": train_loss}, labels, evidence=(lost, kept[1]))
+    assert "run's vote" in voted.method and voted.estimated == 100 and sorted(voted.flagged) == list(range(900, 1000))

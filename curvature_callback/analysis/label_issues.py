@@ -15,7 +15,8 @@ mixture is fitted to ``x`` by EM:
   by the recommended score.
 
 The mixture is accepted only where it finds two groups: separated (Ashman's ``D = |mu_1 - mu_0| / sqrt((s_0^2 +
-s_1^2) / 2) >= 2``: a valley between them), the wrong labels a minority but a group (``0.005 <= pi < 1/2``; from
+s_1^2) / 2) >= 2``: a valley between them; each ``s`` at least :data:`RESOLUTION`, so losses a float32 rounding
+apart are never two groups), the wrong labels a minority but a group (``0.005 <= pi < 1/2``; from
 ``pi = 1/3`` on, ``D >= 3``) and the more probable explanation of some sample (a posterior >= 1/2).
 
 Otherwise the losses show no separate group, and the count falls back on the **run's vote** where the store holds
@@ -60,6 +61,7 @@ import numpy as np
 from curvature_callback.analysis.recommend import rank_mean, used_signals
 from curvature_callback.analysis.scores import class_evidence, suspicion_scores
 from curvature_callback.core import safe_paths
+from curvature_callback.core.corrections import read_text_lines
 
 __all__ = ["COLUMNS", "LabelIssues", "estimate_label_issues", "find_label_issues", "read_label_issues_csv",
            "write_label_issues_csv"]
@@ -74,6 +76,18 @@ MIN_SHARE = 0.005
 MAX_SHARE = 0.5
 #: ... and a group of this share or more needs this separation (clean samples split in two looked so: D 2.2-2.3)
 LARGE_SHARE, LARGE_SEPARATION = 1 / 3, 3.0
+#: the least standard deviation a mixture component may have, in log10-loss units: losses closer than this are one
+#: value. A float32 loss is rounded to within one ulp, at most 2**-23 of its value, i.e. log10(1 + 2**-23) = 5.2e-8
+#: in log10 units whatever its magnitude; 1e-6 is about 19 such ulps (and under a float32 network's own rounding
+#: noise in a loss, 1e-6 to 1e-5 relative), so two groups closer than 2e-6 (38 ulps) never reach D = 2. Real
+#: losses spread far wider (the miniature runs' clean samples: sd 0.2 to 0.23), where the mixture's relative floor
+#: (1e-3 of x's sd, 2e-4) is the larger one: on such data this floor changes nothing, bit for bit.
+RESOLUTION = 1e-6
+#: the longest line of a label_issues.csv we read, in characters: a row with its reasons is about 250 (two signals'
+#: places and the evidence), class names and three signals stay under 1,000
+MAX_LINE = 4096
+#: the largest label_issues.csv we read: ImageNet's 1.28 million samples all flagged, at 400 bytes a row, is 0.5 GB
+MAX_CSV_BYTES = 2**31
 #: what each recommended signal is called in a flagged sample's reasons
 _SIGNAL_WORDS = {"train_loss": "training loss per presentation (CSL)", "loss": "eval-mode loss",
                  "curvature": "input-loss curvature"}
@@ -162,11 +176,13 @@ def isotonic(y: np.ndarray) -> np.ndarray:
     return np.repeat(values, sizes)
 
 
-def two_gaussians(x: np.ndarray, *, iterations: int = 500) -> dict[str, Any]:
+def two_gaussians(x: np.ndarray, *, iterations: int = 500, resolution: float = RESOLUTION) -> dict[str, Any]:
     """Maximum-likelihood two-component Gaussian mixture of ``x`` (EM), component 1 the higher mean.
 
     EM starts from three splits (the top 5 %, 20 % and 50 % of ``x`` in component 1) and keeps the most likely fit:
-    deterministic. Returns ``{"posterior": [N] of component 1, "share": pi, "means", "sds", "separation": D}``.
+    deterministic. Each component's standard deviation is at least ``resolution`` (:data:`RESOLUTION`, in log10-loss
+    units) and ``1e-3`` of ``x``'s: values closer than rounding are one group, so ``D <= |mu_1 - mu_0| /
+    resolution``. Returns ``{"posterior": [N] of component 1, "share": pi, "means", "sds", "separation": D}``.
 
     Example:
         >>> x = np.r_[np.zeros(90), np.ones(10)] + np.tile(np.linspace(-0.1, 0.1, 10), 10)
@@ -176,7 +192,8 @@ def two_gaussians(x: np.ndarray, *, iterations: int = 500) -> dict[str, Any]:
     """
     x = np.asarray(x, dtype=np.float64)
     n = len(x)
-    floor = 1e-6 * (x.var() + 1e-12)  # no component collapses onto one value
+    floor = max(1e-6 * (x.var() + 1e-12), resolution**2)  # no component collapses onto one value, nor
+    # onto two a rounding apart (900 losses of 0.25 and 100 at float32's next value gave D = 51.8)
     best: dict[str, Any] | None = None
     order = np.argsort(-x, kind="stable")
     for fraction in (0.05, 0.2, 0.5):
@@ -309,7 +326,8 @@ def _lost_votes(labels: np.ndarray, classes: np.ndarray, mass: np.ndarray) -> np
     vote). A given label outside the kept slots has less than every kept class; a sample never presented loses none.
 
     Example:
-        >>> _lost_votes(np.array([0, 0, 1]), np.array([[0, 2], [2, 0], [0, 2]]), np.array([[.6, .3], [.5, .4], [.7, .2]]))
+        >>> mass = np.array([[.6, .3], [.5, .4], [.7, .2]])
+        >>> _lost_votes(np.array([0, 0, 1]), np.array([[0, 2], [2, 0], [0, 2]]), mass)
         array([False,  True,  True])
     """
     given = np.where(classes == labels[:, None], mass, 0.0).max(1)
@@ -420,15 +438,18 @@ def read_label_issues_csv(path: str | os.PathLike) -> dict[str, np.ndarray]:
     ``reasons`` str.
 
     Raises:
-        ValueError: naming the file, the line or column, what was expected and what came.
+        ValueError: naming the file, the line or column, what was expected and what came: also for a missing file,
+            a folder, a FIFO or a device (a regular file only), one over :data:`MAX_CSV_BYTES` or with a line over
+            :data:`MAX_LINE` characters (nothing more is read).
     """
     where = os.fspath(path)
     fix = "remove or fix the file (curvature-train writes it)"
+    lines = read_text_lines(path, what="label_issues.csv file", max_bytes=MAX_CSV_BYTES, max_line=MAX_LINE, fix=fix,
+                            why="every sample of an ImageNet-sized run flagged, with 4 times room",
+                            path_fix="pass the path of a run's label_issues.csv (curvature-train writes it in the run "
+                            "folder)")
     try:
-        with open(path, newline="", encoding="utf-8") as f:
-            rows = list(csv.reader(f))
-    except UnicodeDecodeError as e:
-        raise ValueError(f"Expected {where} to be UTF-8 CSV text, got bytes that are not ({e}): {fix}.") from e
+        rows = list(csv.reader(lines))
     except csv.Error as e:
         raise ValueError(f"Expected {where} to be CSV, got text the csv module refuses ({e}): {fix}.") from e
     if not rows or tuple(rows[0]) != COLUMNS:

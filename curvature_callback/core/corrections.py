@@ -24,7 +24,9 @@ and a person changes the rows they disagree with. Samples not in the file keep t
 
 A corrections file may come from anyone: every cell is checked (columns, actions, integers, labels and indices in
 range, indices distinct, given labels matching) and a bad one is a :class:`CorrectionsError` naming the file, the
-line, what was expected and what was found.
+line, what was expected and what was found. What is read is bounded (:func:`read_text_lines`): a regular file only
+(not a FIFO, a device such as ``/dev/zero``, or a folder), at most :data:`MAX_LINE` characters a line, and at most
+as many bytes as a header and one row per sample can take.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import csv
 import io
 import os
 import re
+import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -42,8 +45,8 @@ import numpy as np
 from curvature_callback.core import safe_paths
 
 __all__ = [
-    "ACTIONS", "COLUMNS", "RELABEL_CONFIDENCE", "Corrections", "CorrectionsError", "apply_corrections",
-    "corrections_rows", "read_corrections", "write_corrections",
+    "ACTIONS", "COLUMNS", "MAX_LINE", "RELABEL_CONFIDENCE", "Corrections", "CorrectionsError", "apply_corrections",
+    "corrections_rows", "read_corrections", "read_text_lines", "write_corrections",
 ]
 
 #: what a row may ask
@@ -54,6 +57,11 @@ COLUMNS = ("index", "given_label", "suggested_label", "action", "new_label")
 REQUIRED = ("index", "given_label", "action", "new_label")
 #: least suggestion confidence for a pre-filled ``relabel`` (below it, ``keep``)
 RELABEL_CONFIDENCE = 0.5
+#: the longest line a corrections file may have, in characters: a row of four integers and an action is under 100;
+#: the rest is room for a person's notes
+MAX_LINE = 1024
+#: blank lines a spreadsheet may leave beyond the header and one row per sample, for the size cap
+_SPARE_LINES = 1024
 _INTEGER = re.compile(r"[+-]?\d{1,18}")
 
 
@@ -80,6 +88,69 @@ class Corrections:
     path: str
 
 
+def read_text_lines(path: str | os.PathLike, *, what: str, max_bytes: int, why: str, max_line: int, fix: str,
+                    path_fix: str, encoding: str = "utf-8", error: type[ValueError] = ValueError) -> list[str]:
+    """The lines of a text file from a stranger, read with bounds (for :mod:`csv`: line endings kept, as ``open(...,
+    newline="")`` gives them).
+
+    The file is opened without blocking (a FIFO with no writer would block forever) and checked on the opened
+    descriptor (no race with a swap of the path): a regular file only, of at most ``max_bytes``; it is read to its
+    size at opening and one byte more, so a file that grows while read is refused rather than followed.
+
+    Args:
+        path: the file (a link to a regular file is followed).
+        what: the kind of file, for the messages (``"corrections file"``).
+        max_bytes: the largest size a legitimate file can have ...
+        why: ... and why, for the message (``"a header and a row per sample of 10, each at most 1024 characters"``).
+        max_line: the most characters a line may have (its line ending not counted).
+        fix: the messages' last words for a file of bad contents (too big, lines too long, not UTF-8).
+        path_fix: the last words for a path that is no readable regular file.
+        encoding: the text's encoding (``"utf-8-sig"`` accepts a spreadsheet's byte-order mark).
+        error: the exception raised (a ``ValueError`` subclass).
+
+    Raises:
+        ValueError: (``error``) naming the file, what was expected and what came, and ``fix`` or ``path_fix``.
+    """
+    where = os.fspath(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise error(f"No {what} {where}: expected an existing file; {path_fix}.") from None
+    except OSError as e:
+        raise error(f"Cannot open {where} ({e.strerror}): expected a readable {what}; {path_fix}.") from None
+    opened = os.fstat(fd)
+    if not stat.S_ISREG(opened.st_mode):
+        os.close(fd)
+        mode = opened.st_mode
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device"
+                if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "no file")
+        real = os.path.realpath(where)
+        link = f" (the path leads to {real})" if real != os.path.abspath(where) else ""
+        raise error(f"Expected {where} to be a {what}, a regular file, got {kind}{link}; {path_fix}.")
+    with os.fdopen(fd, "rb") as f:
+        if opened.st_size > max_bytes:
+            raise error(f"Expected {where} to hold at most {max_bytes} bytes ({why}), got {opened.st_size}: too big "
+                        f"to be a {what}; {fix}.")
+        try:
+            data = f.read(opened.st_size + 1)
+        except OSError as e:
+            raise error(f"Cannot read {where} ({e.strerror}): expected a readable {what}; {path_fix}.") from None
+    if len(data) > opened.st_size:
+        raise error(f"{where} grew while it was read (from {opened.st_size} bytes): expected a {what} that stays as "
+                    "it is; let whatever writes it finish, then try again.")
+    try:
+        lines = io.StringIO(data.decode(encoding), newline="").readlines()
+    except UnicodeDecodeError as e:
+        raise error(f"Expected {where} to be UTF-8 text, got bytes that are not ({e}); {fix}.") from None
+    for number, line in enumerate(lines, start=1):
+        length = len(line.rstrip("\r\n"))
+        if length > max_line:
+            raise error(f"Expected lines of at most {max_line} characters in {where}, got {length} on line {number}; "
+                        f"{fix}.")
+    return lines
+
+
 def read_corrections(path: str | os.PathLike, n: int, num_classes: int) -> Corrections:
     """Read and check a corrections file for a dataset of ``n`` samples in ``num_classes`` classes.
 
@@ -92,41 +163,42 @@ def read_corrections(path: str | os.PathLike, n: int, num_classes: int) -> Corre
         The rows as :class:`Corrections`.
 
     Raises:
-        CorrectionsError: the file is missing, not UTF-8 CSV, lacks a column of :data:`REQUIRED`, or a row has an
-            index out of ``[0, n)`` or seen before, an action not in :data:`ACTIONS`, or a ``relabel`` without a
-            ``new_label`` in ``[0, num_classes)``; the message names the line.
+        CorrectionsError: the file is missing, no regular file (a folder, a FIFO, a device), larger than a header
+            and ``n`` rows can be, has a line over :data:`MAX_LINE` characters, is not UTF-8 CSV, lacks a column of
+            :data:`REQUIRED`, or a row has an index out of ``[0, n)`` or seen before, an action not in
+            :data:`ACTIONS`, or a ``relabel`` without a ``new_label`` in ``[0, num_classes)``; the message names the
+            line.
     """
     where = os.fspath(path)
     fix = "fix the file (curvature-train writes one to start from: corrections.csv in the run folder)"
+    # The largest legitimate file: a header, n rows (distinct indices in [0, n)) and some blank lines, each line at most
+    # MAX_LINE characters (over 10 times a row's length); a larger one, or /dev/zero, is refused before it is read.
+    lines = read_text_lines(
+        path, what="corrections file", max_bytes=(n + 1 + _SPARE_LINES) * MAX_LINE, max_line=MAX_LINE, fix=fix,
+        why=f"a header and a row per sample of {n}, each at most {MAX_LINE} characters", encoding="utf-8-sig",
+        path_fix="pass the path of an existing CSV (index, given_label, suggested_label, action, new_label)",
+        error=CorrectionsError)
     try:
-        with open(path, newline="", encoding="utf-8-sig") as f:
-            reader = csv.reader(f)
-            header = next(reader, None)
-            if header is None:
-                raise CorrectionsError(f"{where} is empty: expected a header row ({', '.join(COLUMNS)}); {fix}.")
-            header = [h.strip() for h in header]
-            missing = [c for c in REQUIRED if c not in header]
-            if missing or len(set(header)) != len(header):
-                raise CorrectionsError(
-                    f"Expected {where} to have a header of distinct column names with {', '.join(REQUIRED)}, got "
-                    f"{header[:8]!r}{' ...' if len(header) > 8 else ''} (missing: {', '.join(missing) or 'none'}); "
-                    f"{fix}.")
-            at = {c: header.index(c) for c in REQUIRED}
-            rows: list[tuple[int, list[str]]] = []
-            for row in reader:
-                if not any(cell.strip() for cell in row):
-                    continue  # a blank line a spreadsheet left
-                if len(rows) >= n:  # distinct indices in [0, n): no more than n rows; stop reading a huge file
-                    raise CorrectionsError(f"{where} has more than {n} rows, the dataset {n} samples: each index "
-                                           f"at most once; {fix}.")
-                rows.append((reader.line_num, row))
-    except FileNotFoundError as e:
-        raise CorrectionsError(f"No corrections file {where}: pass the path of an existing CSV "
-                               "(index, given_label, suggested_label, action, new_label).") from e
-    except IsADirectoryError as e:
-        raise CorrectionsError(f"Expected {where} to be a CSV file, got a folder: pass the file's path.") from e
-    except UnicodeDecodeError as e:
-        raise CorrectionsError(f"Expected {where} to be UTF-8 CSV text, got bytes that are not ({e}); {fix}.") from e
+        reader = csv.reader(lines)
+        header = next(reader, None)
+        if header is None:
+            raise CorrectionsError(f"{where} is empty: expected a header row ({', '.join(COLUMNS)}); {fix}.")
+        header = [h.strip() for h in header]
+        missing = [c for c in REQUIRED if c not in header]
+        if missing or len(set(header)) != len(header):
+            raise CorrectionsError(
+                f"Expected {where} to have a header of distinct column names with {', '.join(REQUIRED)}, got "
+                f"{header[:8]!r}{' ...' if len(header) > 8 else ''} (missing: {', '.join(missing) or 'none'}); "
+                f"{fix}.")
+        at = {c: header.index(c) for c in REQUIRED}
+        rows: list[tuple[int, list[str]]] = []
+        for row in reader:
+            if not any(cell.strip() for cell in row):
+                continue  # a blank line a spreadsheet left
+            if len(rows) >= n:  # distinct indices in [0, n): no more than n rows
+                raise CorrectionsError(f"{where} has more than {n} rows, the dataset {n} samples: each index "
+                                       f"at most once; {fix}.")
+            rows.append((reader.line_num, row))
     except csv.Error as e:
         raise CorrectionsError(f"Expected {where} to be CSV, got text the csv module refuses ({e}); {fix}.") from e
 
