@@ -61,7 +61,7 @@ import numpy as np
 from curvature_callback.analysis.recommend import rank_mean, used_signals
 from curvature_callback.analysis.scores import class_evidence, suspicion_scores
 from curvature_callback.core import safe_paths
-from curvature_callback.core.corrections import read_text_lines
+from curvature_callback.core.safe_paths import read_text_lines
 
 __all__ = ["COLUMNS", "LabelIssues", "estimate_label_issues", "find_label_issues", "read_label_issues_csv",
            "write_label_issues_csv"]

@@ -35,7 +35,6 @@ import csv
 import io
 import os
 import re
-import stat
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -46,7 +45,7 @@ from curvature_callback.core import safe_paths
 
 __all__ = [
     "ACTIONS", "COLUMNS", "MAX_LINE", "RELABEL_CONFIDENCE", "Corrections", "CorrectionsError", "apply_corrections",
-    "corrections_rows", "read_corrections", "read_text_lines", "write_corrections",
+    "corrections_rows", "read_corrections", "write_corrections",
 ]
 
 #: what a row may ask
@@ -88,69 +87,6 @@ class Corrections:
     path: str
 
 
-def read_text_lines(path: str | os.PathLike, *, what: str, max_bytes: int, why: str, max_line: int, fix: str,
-                    path_fix: str, encoding: str = "utf-8", error: type[ValueError] = ValueError) -> list[str]:
-    """The lines of a text file from a stranger, read with bounds (for :mod:`csv`: line endings kept, as ``open(...,
-    newline="")`` gives them).
-
-    The file is opened without blocking (a FIFO with no writer would block forever) and checked on the opened
-    descriptor (no race with a swap of the path): a regular file only, of at most ``max_bytes``; it is read to its
-    size at opening and one byte more, so a file that grows while read is refused rather than followed.
-
-    Args:
-        path: the file (a link to a regular file is followed).
-        what: the kind of file, for the messages (``"corrections file"``).
-        max_bytes: the largest size a legitimate file can have ...
-        why: ... and why, for the message (``"a header and a row per sample of 10, each at most 1024 characters"``).
-        max_line: the most characters a line may have (its line ending not counted).
-        fix: the messages' last words for a file of bad contents (too big, lines too long, not UTF-8).
-        path_fix: the last words for a path that is no readable regular file.
-        encoding: the text's encoding (``"utf-8-sig"`` accepts a spreadsheet's byte-order mark).
-        error: the exception raised (a ``ValueError`` subclass).
-
-    Raises:
-        ValueError: (``error``) naming the file, what was expected and what came, and ``fix`` or ``path_fix``.
-    """
-    where = os.fspath(path)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
-    try:
-        fd = os.open(path, flags)
-    except FileNotFoundError:
-        raise error(f"No {what} {where}: expected an existing file; {path_fix}.") from None
-    except OSError as e:
-        raise error(f"Cannot open {where} ({e.strerror}): expected a readable {what}; {path_fix}.") from None
-    opened = os.fstat(fd)
-    if not stat.S_ISREG(opened.st_mode):
-        os.close(fd)
-        mode = opened.st_mode
-        kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device"
-                if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "no file")
-        real = os.path.realpath(where)
-        link = f" (the path leads to {real})" if real != os.path.abspath(where) else ""
-        raise error(f"Expected {where} to be a {what}, a regular file, got {kind}{link}; {path_fix}.")
-    with os.fdopen(fd, "rb") as f:
-        if opened.st_size > max_bytes:
-            raise error(f"Expected {where} to hold at most {max_bytes} bytes ({why}), got {opened.st_size}: too big "
-                        f"to be a {what}; {fix}.")
-        try:
-            data = f.read(opened.st_size + 1)
-        except OSError as e:
-            raise error(f"Cannot read {where} ({e.strerror}): expected a readable {what}; {path_fix}.") from None
-    if len(data) > opened.st_size:
-        raise error(f"{where} grew while it was read (from {opened.st_size} bytes): expected a {what} that stays as "
-                    "it is; let whatever writes it finish, then try again.")
-    try:
-        lines = io.StringIO(data.decode(encoding), newline="").readlines()
-    except UnicodeDecodeError as e:
-        raise error(f"Expected {where} to be UTF-8 text, got bytes that are not ({e}); {fix}.") from None
-    for number, line in enumerate(lines, start=1):
-        length = len(line.rstrip("\r\n"))
-        if length > max_line:
-            raise error(f"Expected lines of at most {max_line} characters in {where}, got {length} on line {number}; "
-                        f"{fix}.")
-    return lines
-
-
 def read_corrections(path: str | os.PathLike, n: int, num_classes: int) -> Corrections:
     """Read and check a corrections file for a dataset of ``n`` samples in ``num_classes`` classes.
 
@@ -173,7 +109,7 @@ def read_corrections(path: str | os.PathLike, n: int, num_classes: int) -> Corre
     fix = "fix the file (curvature-train writes one to start from: corrections.csv in the run folder)"
     # The largest legitimate file: a header, n rows (distinct indices in [0, n)) and some blank lines, each line at most
     # MAX_LINE characters (over 10 times a row's length); a larger one, or /dev/zero, is refused before it is read.
-    lines = read_text_lines(
+    lines = safe_paths.read_text_lines(
         path, what="corrections file", max_bytes=(n + 1 + _SPARE_LINES) * MAX_LINE, max_line=MAX_LINE, fix=fix,
         why=f"a header and a row per sample of {n}, each at most {MAX_LINE} characters", encoding="utf-8-sig",
         path_fix="pass the path of an existing CSV (index, given_label, suggested_label, action, new_label)",

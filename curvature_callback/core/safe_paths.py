@@ -10,7 +10,9 @@ report) nor write through it (over a file elsewhere). The rules, in one place:
   user named it); :func:`write_bytes` and :func:`write_text` refuse a path that is a link and replace the file
   atomically (a temporary file beside it, then ``os.replace``), so neither a symbolic link nor a hard link to a
   file elsewhere is ever written through; :func:`refuse_links` checks, before a program writes anything, that
-  none of the names it will write in a folder is a link (``curvature-train`` in its run folder).
+  none of the names it will write in a folder is a link (``curvature-train`` in its run folder);
+- reading a text file a person handed us (a corrections file, a ``label_issues.csv``): :func:`read_text_lines`
+  opens regular files only (never blocking on a FIFO) and reads a bounded number of bytes and characters a line.
 
 Numpy-free and torch-free: the standard library only.
 """
@@ -18,13 +20,15 @@ Numpy-free and torch-free: the standard library only.
 from __future__ import annotations
 
 import contextlib
+import io
 import os
+import stat
 import tempfile
 from pathlib import Path
 
 __all__ = [
-    "UnsafePathError", "check_tree", "inside", "not_a_link", "output_dir", "refuse_links", "subdir", "write_bytes",
-    "write_text",
+    "UnsafePathError", "check_tree", "inside", "not_a_link", "output_dir", "read_text_lines", "refuse_links", "subdir",
+    "write_bytes", "write_text",
 ]
 
 # the process's umask, read once (os.umask can only be read by setting it): new files get the usual mode, not
@@ -210,3 +214,66 @@ def write_bytes(path: str | os.PathLike, data: bytes) -> Path:
 def write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> Path:
     """:func:`write_bytes` of ``text`` encoded."""
     return write_bytes(path, text.encode(encoding))
+
+
+def read_text_lines(path: str | os.PathLike, *, what: str, max_bytes: int, why: str, max_line: int, fix: str,
+                    path_fix: str, encoding: str = "utf-8", error: type[ValueError] = ValueError) -> list[str]:
+    """The lines of a text file from a stranger, read with bounds (for :mod:`csv`: line endings kept, as ``open(...,
+    newline="")`` gives them).
+
+    The file is opened without blocking (a FIFO with no writer would block forever) and checked on the opened
+    descriptor (no race with a swap of the path): a regular file only, of at most ``max_bytes``; it is read to its
+    size at opening and one byte more, so a file that grows while read is refused rather than followed.
+
+    Args:
+        path: the file (a link to a regular file is followed).
+        what: the kind of file, for the messages (``"corrections file"``).
+        max_bytes: the largest size a legitimate file can have ...
+        why: ... and why, for the message (``"a header and a row per sample of 10, each at most 1024 characters"``).
+        max_line: the most characters a line may have (its line ending not counted).
+        fix: the messages' last words for a file of bad contents (too big, lines too long, not UTF-8).
+        path_fix: the last words for a path that is no readable regular file.
+        encoding: the text's encoding (``"utf-8-sig"`` accepts a spreadsheet's byte-order mark).
+        error: the exception raised (a ``ValueError`` subclass).
+
+    Raises:
+        ValueError: (``error``) naming the file, what was expected and what came, and ``fix`` or ``path_fix``.
+    """
+    where = os.fspath(path)
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    try:
+        fd = os.open(path, flags)
+    except FileNotFoundError:
+        raise error(f"No {what} {where}: expected an existing file; {path_fix}.") from None
+    except OSError as e:
+        raise error(f"Cannot open {where} ({e.strerror}): expected a readable {what}; {path_fix}.") from None
+    opened = os.fstat(fd)
+    if not stat.S_ISREG(opened.st_mode):
+        os.close(fd)
+        mode = opened.st_mode
+        kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device"
+                if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "no file")
+        real = os.path.realpath(where)
+        link = f" (the path leads to {real})" if real != os.path.abspath(where) else ""
+        raise error(f"Expected {where} to be a {what}, a regular file, got {kind}{link}; {path_fix}.")
+    with os.fdopen(fd, "rb") as f:
+        if opened.st_size > max_bytes:
+            raise error(f"Expected {where} to hold at most {max_bytes} bytes ({why}), got {opened.st_size}: too big "
+                        f"to be a {what}; {fix}.")
+        try:
+            data = f.read(opened.st_size + 1)
+        except OSError as e:
+            raise error(f"Cannot read {where} ({e.strerror}): expected a readable {what}; {path_fix}.") from None
+    if len(data) > opened.st_size:
+        raise error(f"{where} grew while it was read (from {opened.st_size} bytes): expected a {what} that stays as "
+                    "it is; let whatever writes it finish, then try again.")
+    try:
+        lines = io.StringIO(data.decode(encoding), newline="").readlines()
+    except UnicodeDecodeError as e:
+        raise error(f"Expected {where} to be UTF-8 text, got bytes that are not ({e}); {fix}.") from None
+    for number, line in enumerate(lines, start=1):
+        length = len(line.rstrip("\r\n"))
+        if length > max_line:
+            raise error(f"Expected lines of at most {max_line} characters in {where}, got {length} on line {number}; "
+                        f"{fix}.")
+    return lines
