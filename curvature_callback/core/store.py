@@ -64,6 +64,8 @@ from typing import Any, Literal
 
 import numpy as np
 
+from curvature_callback.core.channels.definitions import check_class_slot_names, class_slots
+from curvature_callback.core.channels.values import check_array, check_values
 from curvature_callback.core.settings import MEANING_KEYS, same_setting
 from curvature_callback.core.store_format import (
     DTYPES,
@@ -75,10 +77,7 @@ from curvature_callback.core.store_format import (
     StoreCorruptError,
     StoreMismatchError,
     atomic_write_json,
-    check_array,
     check_npy,
-    check_values,
-    class_slots,
     create_npy,
     fsync_dir,
     meta_identity,
@@ -131,6 +130,7 @@ class CurvatureStore:
         self.mode = mode
         self._lock_fd = _lock_fd
         self._meta, self._identity = read_meta(self.directory)
+        check_class_slot_names(self.directory / "meta.json", self._meta["step_channels"])
         self._arrays: dict[str, np.memmap] = {}  # a reader's memory maps (the writer's, during one commit)
         self._in_commit = False
         self._copies: dict[str, np.ndarray] = {}  # a reader's snapshot: arrays copied while no commit ran
