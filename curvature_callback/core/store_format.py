@@ -14,6 +14,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import zipfile
 from collections.abc import Iterable
@@ -26,8 +27,9 @@ from curvature_callback.core.settings import MEANING_KEYS, PASS_KINDS
 
 __all__ = [
     "DTYPES", "FORMAT_VERSION", "LABEL_UNKNOWN", "OPTIONAL_META", "PRIMARY", "STORE_FILE", "StoreChangedError",
-    "StoreCorruptError", "StoreMismatchError", "atomic_write_json", "check_npy", "create_npy", "fsync_dir",
-    "meta_identity", "npy_layout", "read_meta", "reserve", "save_journal", "save_npy", "sync_arrays",
+    "StoreCorruptError", "StoreMismatchError", "atomic_write_json", "check_npy", "create_npy", "file_name",
+    "fsync_dir", "grow_history", "meta_identity", "npy_layout", "read_meta", "reserve", "save_journal", "save_npy",
+    "sync_arrays",
 ]
 
 #: 2: labels.npy, each scored sample's label key, checked at every commit (format 1 stores are read, not added to);
@@ -43,6 +45,19 @@ DTYPES = {"sum": np.dtype(np.float64), "mean": np.dtype(np.float64), "last": np.
            "count": np.dtype(np.int64), "history": np.dtype(np.float32), "labels": np.dtype(np.int64)}
 #: the label key of a sample never scored (no label recorded yet); no sample may have it
 LABEL_UNKNOWN = int(np.iinfo(np.int64).min)
+
+
+def file_name(channel: str, kind: str) -> str:
+    """The file of one array: ``count.npy`` and ``labels.npy`` (one per store), ``<kind>.npy`` for curvature,
+    ``<channel>_<kind>.npy`` for the other channels.
+
+    Example:
+        >>> file_name("curvature", "mean"), file_name("loss", "history"), file_name("loss", "count")
+        ('mean.npy', 'loss_history.npy', 'count.npy')
+    """
+    if kind in ("count", "labels"):  # one per store, not per channel
+        return f"{kind}.npy"
+    return f"{kind}.npy" if channel == PRIMARY else f"{channel}_{kind}.npy"
 
 
 class StoreMismatchError(ValueError):
@@ -227,6 +242,35 @@ def create_npy(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> int:
         reserve(f.fileno(), offset, math.prod(shape) * dtype.itemsize)
         os.fsync(f.fileno())
     return offset
+
+
+def grow_history(path: Path, n: int, epochs: int, rows: int) -> bool:
+    """Grow a history file to hold ``rows`` (doubling); returns whether it was replaced. A new header, its space
+    reserved (a full disk fails here, with the old file untouched), the old rows copied as bytes (no memory map, so
+    resident memory stays flat), swapped in atomically: a reader's map keeps the old inode, whose rows do not change.
+
+    Args:
+        n, epochs: the store's samples and epochs (meta.json's), which the file is checked against.
+    """
+    old_shape, old_start = check_npy(path, DTYPES["history"], n, epochs)
+    if old_shape[0] >= rows:
+        return False
+    capacity = max(rows, 2 * old_shape[0])
+    tmp = path.with_name(path.name + ".grow")
+    try:
+        new_start = create_npy(tmp, DTYPES["history"], (capacity, n))
+        with open(path, "rb") as src, open(tmp, "r+b") as dst:
+            src.seek(old_start)
+            dst.seek(new_start)
+            shutil.copyfileobj(src, dst, 16 << 20)  # into reserved blocks: no new space needed
+            dst.flush()
+            os.fsync(dst.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # ours, made just now
+        raise
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return True
 
 
 def meta_identity(st: os.stat_result) -> tuple[int, int, int, int]:

@@ -66,8 +66,8 @@ def merge_pass_values(store: Any, values: Mapping[str, np.ndarray],
     return out
 
 
-def merge_step_values(store: Any, epoch: int, sums: np.ndarray,
-                      evidence: tuple[np.ndarray, np.ndarray] | None = None) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+def merge_step_values(store: Any, epoch: int, sums: np.ndarray, evidence: tuple[np.ndarray, np.ndarray] | None = None
+                      ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
     """The store's training-time values for one epoch: the training steps' summed rows (:func:`epoch_step_values`)
     and, with the store's class-evidence slots, the epoch's evidence merged with the running evidence the store
     holds (its latest values; :func:`epoch_class_values`).
