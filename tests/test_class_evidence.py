@@ -13,8 +13,8 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from curvature_callback import CurvatureCallback, CurvatureStore, sample_outputs
 from curvature_callback.analysis import class_evidence
-from curvature_callback.core.channels import STEP_CHANNELS, class_evidence_channels
-from curvature_callback.core.steps import StepRecorder, epoch_class_values, merge_evidence
+from curvature_callback.core.channels import STEP_CHANNELS, class_evidence_channels, epoch_class_values
+from curvature_callback.core.steps import StepRecorder, merge_evidence
 from curvature_callback.core.store import StoreCorruptError, StoreMismatchError
 from curvature_callback.integration.training_steps import read_step_outputs
 
@@ -227,7 +227,8 @@ def test_a_resume_with_another_k_is_refused_by_name(tmp_path):
         cb = CurvatureCallback(Blobs(), directory=tmp_path / "s", score_curvature=False, class_evidence=k)
         with pytest.raises(StoreMismatchError, match=rf"keeps class evidence in 3 slot\(s\) per sample "
                            rf"\(class_evidence=3\), this run asks for {k} \(class_evidence={k}\).*Resume with "
-                           rf"CurvatureCallback\(class_evidence={fix}\), or use another `directory`"):
+                           rf"class_evidence={fix} \(step channels with {fix} class-evidence slots\), or use another "
+                           r"`directory`"):
             trainer(tmp_path, [cb], max_epochs=2).fit(StepClassifier(), IndexedBlobsDM())
     assert {p.name: p.read_bytes() for p in (tmp_path / "s").iterdir() if p.name != "lock"} == before
 

@@ -22,6 +22,9 @@ ALLOWED = {
 FORBIDDEN = {
     "core": {"lightning", "hydra", "omegaconf", "wandb", "matplotlib", "sklearn", "torchvision"},
     "core/store.py": {"torch"},
+    **{f"core/store_{part}.py": {"torch"} for part in ("format", "reader", "journal", "locking", "checks", "compat",
+                                                      "create")},
+    "core/channels/values.py": {"torch"},
     "core/settings.py": {"torch"},
     "core/numeric.py": {"torch"},
     "core/corrections.py": {"torch"},

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from cases import rewrite_journal
 
-from curvature_callback.core import store as store_module
+from curvature_callback.core import store_journal
 from curvature_callback.core.store import (
     LABEL_UNKNOWN,
     CurvatureStore,
@@ -75,7 +75,7 @@ def test_crash_before_the_commit_point_leaves_the_store_as_before(tmp_path, monk
     with make(tmp_path) as s:
         s.commit_epoch(0, np.ones(5))
     s = CurvatureStore.open(tmp_path, "r+")
-    real = store_module.save_journal
+    real = store_journal.save_journal
 
     def dies_on_sums(path, arrays):
         def until_sums():
@@ -85,7 +85,7 @@ def test_crash_before_the_commit_point_leaves_the_store_as_before(tmp_path, monk
                 yield name, array
         return real(path, until_sums())
 
-    monkeypatch.setattr(store_module, "save_journal", dies_on_sums)
+    monkeypatch.setattr(store_journal, "save_journal", dies_on_sums)
     with pytest.raises(KeyboardInterrupt):
         s.commit_epoch(1, np.full(5, 3.0))
     monkeypatch.undo()

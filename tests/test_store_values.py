@@ -157,7 +157,7 @@ def test_a_damaged_pending_journal_is_called_damaged_by_a_reader_first(tmp_path,
 KILLED_CREATE = """
 import os, signal
 import numpy as np
-from curvature_callback.core import store, store_format
+from curvature_callback.core import store, store_create, store_format
 calls = []
 def kill_at(real):
     def write(path, *args):
@@ -166,8 +166,8 @@ def kill_at(real):
             os.kill(os.getpid(), signal.SIGKILL)  # no cleanup runs: as a power cut or an OOM kill
         real(path, *args)
     return write
-store.save_npy = kill_at(store_format.save_npy)  # 7 arrays, then meta.json (the 8th write)
-store.atomic_write_json = kill_at(store_format.atomic_write_json)
+store_create.save_npy = kill_at(store_format.save_npy)  # 7 arrays, then meta.json (the 8th write)
+store_create.atomic_write_json = kill_at(store_format.atomic_write_json)
 store.CurvatureStore.create({path!r}, 5, settings={settings!r}, step_channels=("train_seen",))
 """
 

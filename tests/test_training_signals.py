@@ -13,9 +13,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from curvature_callback import CurvatureCallback, CurvatureStore, WithIndex, sample_outputs
 from curvature_callback.analysis.scores import suspicion_scores
+from curvature_callback.core.channels import epoch_step_values
 from curvature_callback.core.steps import (
     StepRecorder,
-    epoch_step_values,
     label_conflicts,
     label_keys,
     loss_jump,

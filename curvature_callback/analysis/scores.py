@@ -17,9 +17,8 @@ import numpy as np
 
 from curvature_callback.analysis.metrics import ranks
 from curvature_callback.core import safe_paths
-from curvature_callback.core.channels import CHANNELS, class_evidence_channels
+from curvature_callback.core.channels import CHANNELS, class_evidence_channels, class_slots
 from curvature_callback.core.numeric import log10_floor
-from curvature_callback.core.store_format import class_slots
 
 __all__ = [
     "SCORE_NOTES", "class_evidence", "epoch_average", "read_metrics", "read_scores_csv", "suspicion_scores",

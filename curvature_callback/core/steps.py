@@ -26,7 +26,7 @@ summed per class (:func:`merge_evidence`; ``[N, K]`` int32 and float32, the most
 full slots evicts the one with the least mass (it and its mass are dropped): a slot's mass is the exact sum over the
 presentations since its class last entered, so the evidence is exact when ``K >= C`` (every class always has a slot)
 or when no class ever leaves the top ``K``, and otherwise a lower bound per class. The store keeps the running slots
-over all epochs, merged at each commit (:func:`epoch_class_values`).
+over all epochs, merged at each commit (:func:`~curvature_callback.core.channels.merge.epoch_class_values`).
 
 A step costs a list append: the presentations are folded into the sums every :attr:`StepRecorder.FLUSH_STEPS` steps
 and at the epoch's end (where boolean masks wait for the device once); indices out of range and non-finite losses are
@@ -51,11 +51,11 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from curvature_callback.core.store_format import CLASS_MASS, CLASS_SLOT, LABEL_UNKNOWN
+from curvature_callback.core.store_format import LABEL_UNKNOWN
 
 __all__ = [
-    "LOSS_JUMP", "ROWS", "StepRecorder", "epoch_class_values", "epoch_step_values", "label_conflicts", "label_keys",
-    "loss_jump", "merge_evidence", "repeated_indices",
+    "LOSS_JUMP", "ROWS", "StepRecorder", "label_conflicts", "label_keys", "loss_jump", "merge_evidence",
+    "repeated_indices",
 ]
 
 #: the rows of :attr:`StepRecorder.buffers`
@@ -369,65 +369,6 @@ def repeated_indices(seen: np.ndarray) -> str | None:
         return None
     return (f"{unseen} of {n} samples were never presented while {repeated} were presented "
             f"{(presentations - once) / max(repeated, 1):.3g} times each on average (and {once} once)")
-
-
-def epoch_step_values(reduced: np.ndarray, epoch: int, wrong_before: np.ndarray) -> tuple[np.ndarray, dict]:
-    """The store's training-time values for one epoch, from the ranks' summed rows.
-
-    Args:
-        reduced: ``[5, N]`` summed :data:`ROWS`.
-        epoch: the epoch.
-        wrong_before: ``[N]`` the latest epoch each sample was misclassified at a presentation, -1 if never, NaN if
-            never seen (the store's ``train_wrong_epoch`` latest value).
-
-    Returns:
-        The indices seen this epoch and, for them, ``train_seen``, ``train_loss``, ``train_correct``,
-        ``train_forgetting``, ``train_last_correct`` and ``train_wrong_epoch`` (this epoch if a presentation was
-        wrong, else the earlier value, -1 where none).
-
-    Example:
-        >>> rows = np.array([[1, 0, 2], [0.5, 0, 1.0], [1, 0, 1], [0, 0, 1], [1, 0, 0]], dtype=float)
-        >>> idx, v = epoch_step_values(rows, 3, np.array([np.nan, 1.0, 0.0]))
-        >>> idx.tolist(), v["train_wrong_epoch"].tolist()
-        ([0, 2], [-1.0, 3.0])
-    """
-    seen = reduced[0] > 0
-    idx = np.flatnonzero(seen)
-    r = reduced[:, idx].astype(np.float64)
-    before = np.asarray(wrong_before, dtype=np.float64)[idx]
-    wrong = np.where(r[2] < r[0], float(epoch), np.where(np.isnan(before), -1.0, before))
-    return idx, {"train_seen": r[0], "train_loss": r[1], "train_correct": r[2], "train_forgetting": r[3],
-                 "train_last_correct": np.minimum(r[4], 1.0), "train_wrong_epoch": wrong}
-
-
-def epoch_class_values(before_classes: np.ndarray, before_mass: np.ndarray, classes: np.ndarray,
-                       mass: np.ndarray) -> dict[str, np.ndarray]:
-    """The store's class-evidence values for one epoch's samples: the running evidence before the epoch (the store's
-    latest values) merged with the epoch's (:func:`merge_evidence`, in float64).
-
-    Args:
-        before_classes, before_mass: ``[M, K]`` the store's latest ``train_class_j`` and ``train_class_mass_j`` of
-            the epoch's samples (NaN where never seen: no evidence yet).
-        classes, mass: ``[M, K]`` the epoch's evidence (:meth:`StepRecorder.combine_evidence`).
-
-    Returns:
-        ``train_class_j`` (class ids as floats, -1 empty) and ``train_class_mass_j`` for every slot ``j``, ``[M]``
-        each.
-
-    Example:
-        >>> v = epoch_class_values(np.array([[1.0, np.nan]]), np.array([[0.5, np.nan]]), np.array([[2, 1]]),
-        ...                        np.array([[0.75, 0.125]]))
-        >>> [v[f"train_class_{j}"].tolist() for j in (0, 1)], v["train_class_mass_0"].tolist()
-        ([[2.0], [1.0]], [0.75])
-    """
-    k = classes.shape[1]
-    known = ~np.isnan(before_classes)
-    c, m = merge_evidence(torch.as_tensor(np.where(known, before_classes, -1).astype(np.int64)),
-                          torch.as_tensor(np.where(known, before_mass, 0.0).astype(np.float64)),
-                          torch.as_tensor(np.asarray(classes, dtype=np.int64)),
-                          torch.as_tensor(np.asarray(mass, dtype=np.float64)), k)
-    c, m = c.numpy().astype(np.float64), m.numpy()
-    return {**{CLASS_SLOT.format(j): c[:, j] for j in range(k)}, **{CLASS_MASS.format(j): m[:, j] for j in range(k)}}
 
 
 #: how far the mean training loss per presentation may move across a resume before it looks like another loss: up

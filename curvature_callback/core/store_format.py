@@ -1,8 +1,9 @@
-"""The on-disk format of a store, and its checks: file names and dtypes, ``meta.json`` read and validated,
-``.npy`` headers checked against it, durable writes (fsync, atomic replace, reserved space). Numpy only.
+"""The on-disk format of a store: file names and dtypes, ``meta.json`` read and typed, ``.npy`` headers checked
+against it, durable writes (fsync, atomic replace, reserved space). Numpy only.
 
 A store folder is data from a stranger: every function that reads refuses what does not fit with
-:class:`StoreCorruptError` naming the file; nothing here repairs.
+:class:`StoreCorruptError` naming the file; nothing here repairs. What the arrays' values may be is each channel's
+rule (:mod:`curvature_callback.core.channels.values`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import zipfile
 from collections.abc import Iterable
@@ -24,11 +26,10 @@ import numpy as np
 from curvature_callback.core.settings import MEANING_KEYS, PASS_KINDS
 
 __all__ = [
-    "CLASS_MASS", "CLASS_SLOT", "COUNT_STEP_CHANNELS", "DTYPES", "FORMAT_VERSION", "LABEL_UNKNOWN", "OPTIONAL_META",
-    "PRIMARY", "STORE_FILE",
-    "StoreChangedError", "StoreCorruptError", "StoreMismatchError", "atomic_write_json", "check_array", "check_npy",
-    "check_values", "class_slots", "create_npy", "fsync_dir", "meta_identity", "npy_layout", "read_meta", "reserve",
-    "save_journal", "save_npy", "sync_arrays",
+    "DTYPES", "FORMAT_VERSION", "LABEL_UNKNOWN", "OPTIONAL_META", "PRIMARY", "STORE_FILE", "StoreChangedError",
+    "StoreCorruptError", "StoreMismatchError", "atomic_write_json", "check_npy", "create_npy", "file_name",
+    "fsync_dir", "grow_history", "meta_identity", "npy_layout", "read_meta", "reserve", "save_journal", "save_npy",
+    "sync_arrays",
 ]
 
 #: 2: labels.npy, each scored sample's label key, checked at every commit (format 1 stores are read, not added to);
@@ -44,6 +45,19 @@ DTYPES = {"sum": np.dtype(np.float64), "mean": np.dtype(np.float64), "last": np.
            "count": np.dtype(np.int64), "history": np.dtype(np.float32), "labels": np.dtype(np.int64)}
 #: the label key of a sample never scored (no label recorded yet); no sample may have it
 LABEL_UNKNOWN = int(np.iinfo(np.int64).min)
+
+
+def file_name(channel: str, kind: str) -> str:
+    """The file of one array: ``count.npy`` and ``labels.npy`` (one per store), ``<kind>.npy`` for curvature,
+    ``<channel>_<kind>.npy`` for the other channels.
+
+    Example:
+        >>> file_name("curvature", "mean"), file_name("loss", "history"), file_name("loss", "count")
+        ('mean.npy', 'loss_history.npy', 'count.npy')
+    """
+    if kind in ("count", "labels"):  # one per store, not per channel
+        return f"{kind}.npy"
+    return f"{kind}.npy" if channel == PRIMARY else f"{channel}_{kind}.npy"
 
 
 class StoreMismatchError(ValueError):
@@ -230,6 +244,35 @@ def create_npy(path: Path, dtype: np.dtype, shape: tuple[int, ...]) -> int:
     return offset
 
 
+def grow_history(path: Path, n: int, epochs: int, rows: int) -> bool:
+    """Grow a history file to hold ``rows`` (doubling); returns whether it was replaced. A new header, its space
+    reserved (a full disk fails here, with the old file untouched), the old rows copied as bytes (no memory map, so
+    resident memory stays flat), swapped in atomically: a reader's map keeps the old inode, whose rows do not change.
+
+    Args:
+        n, epochs: the store's samples and epochs (meta.json's), which the file is checked against.
+    """
+    old_shape, old_start = check_npy(path, DTYPES["history"], n, epochs)
+    if old_shape[0] >= rows:
+        return False
+    capacity = max(rows, 2 * old_shape[0])
+    tmp = path.with_name(path.name + ".grow")
+    try:
+        new_start = create_npy(tmp, DTYPES["history"], (capacity, n))
+        with open(path, "rb") as src, open(tmp, "r+b") as dst:
+            src.seek(old_start)
+            dst.seek(new_start)
+            shutil.copyfileobj(src, dst, 16 << 20)  # into reserved blocks: no new space needed
+            dst.flush()
+            os.fsync(dst.fileno())
+    except BaseException:
+        tmp.unlink(missing_ok=True)  # ours, made just now
+        raise
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+    return True
+
+
 def meta_identity(st: os.stat_result) -> tuple[int, int, int, int]:
     # meta.json is replaced (new inode) at each commit and grows by one epoch: the size tells even if the
     # file system hands a freed inode out again within its mtime granularity
@@ -310,153 +353,6 @@ def read_meta(directory: Path) -> tuple[dict[str, Any], tuple[int, int, int, int
                      f"n_vectors={meta['n_vectors']} with pass_kind={meta['pass_kind']!r}")
     if set(meta.get("step_channels", [])) & {*meta["channels"], PRIMARY}:
         raise refuse("'step_channels' with names other than the channels'", f"{meta['step_channels']!r}")
-    slots = [c for c in meta.get("step_channels", []) if _SLOT.fullmatch(c)]
-    k = class_slots(slots)
-    if sorted(slots) != sorted([*(CLASS_SLOT.format(j) for j in range(k)), *(CLASS_MASS.format(j) for j in range(k))]):
-        raise refuse(f"class-evidence 'step_channels' {CLASS_SLOT.format('j')!r} and {CLASS_MASS.format('j')!r} for "
-                     "every slot j = 0..K-1", f"{slots!r}")
     meta.setdefault("step_channels", [])
     meta.setdefault("step_epochs", [])
     return meta, identity
-
-
-#: what a training-time channel's sum must satisfy beyond being finite (the names of core/channels.py's STEP_CHANNELS):
-#: event counts are whole, >= 0 and at most the presentations
-COUNT_STEP_CHANNELS = ("train_seen", "train_correct", "train_forgetting")
-
-
-#: the training-time channels of the class evidence (:func:`~curvature_callback.core.steps.merge_evidence`), slot ``j``
-#: of ``K``: each sample's ``j``-th most favoured class (a whole number, -1 for an empty slot) and its softmax mass
-#: summed over the sample's presentations, both as latest values (``_last.npy``), slots by mass descending
-CLASS_SLOT, CLASS_MASS = "train_class_{}", "train_class_mass_{}"
-_SLOT = re.compile(r"train_class_(mass_)?(\d+)")
-#: how many float32 roundings a sample's total mass may carry beyond the presentations, besides one per epoch (the
-#: float32 latest value, rounded at each commit): each presentation's float32 softmax (a few ulps), and a sample's
-#: presentations within one epoch summed in float32 on the device (one ulp each, 64 presentations of one sample)
-MASS_ULPS = 64
-
-
-def class_slots(step_channels: list[str]) -> int:
-    """The number of class-evidence slots ``K`` among a store's training-time channels (0: none recorded).
-
-    Example:
-        >>> class_slots(["train_seen", "train_class_0", "train_class_1", "train_class_mass_0", "train_class_mass_1"])
-        2
-    """
-    return sum(1 for c in step_channels if (m := _SLOT.fullmatch(c)) and not m.group(1))
-
-
-def check_values(directory: Path, meta: dict[str, Any], read: Any) -> None:
-    """Check every array's values (:func:`check_array`), each read once with ``read(channel, kind)``."""
-    for name in [PRIMARY, *meta["channels"]]:
-        for kind in ("sum", "mean", "last"):
-            check_array(directory, meta, name, kind, read(name, kind), read)
-    for name in meta["step_channels"]:
-        for kind in ("sum", "last"):
-            check_array(directory, meta, name, kind, read(name, kind), read)
-
-
-def check_array(directory: Path, meta: dict[str, Any], channel: str, kind: str, values: np.ndarray, read: Any) -> None:
-    """Check what one array holds against the arrays it derives from and ``meta.json``, cheaply: sums finite and 0
-    where nothing was added, ``mean == sum / count`` (NaN where never scored), the latest value finite exactly where
-    something was added; for the training-time channels, counts whole and within the presentations, the latest
-    correctness 0 or 1 and the latest wrong epoch one of ``step_epochs`` (or -1).
-
-    Args:
-        values: the array's values.
-        read: ``read(channel, kind) -> np.ndarray``, the arrays it is checked against (``count``, the channel's sum,
-            ``train_seen``'s sum), read consistently with ``values``.
-
-    Raises:
-        StoreCorruptError: naming the file and the first sample whose value does not fit.
-    """
-
-    def refuse(bad: np.ndarray, expected: str) -> None:
-        where = np.flatnonzero(bad)
-        if len(where):
-            i = int(where[0])
-            name = f"{kind}.npy" if channel == PRIMARY else f"{channel}_{kind}.npy"
-            raise StoreCorruptError(
-                f"{directory / name} is damaged: expected {expected}, got {values[i].item()!r} for sample {i} "
-                f"({len(where)} sample(s) wrong). Restore the store from a backup or use another `directory`; a "
-                "damaged store is refused, not repaired."
-            )
-
-    if channel == PRIMARY and meta["pass_kind"] != "curvature":  # a pass without curvature leaves it as created
-        refuse(values != 0 if kind == "sum" else ~np.isnan(values),
-               f"{'0' if kind == 'sum' else 'NaN'} everywhere (a {meta['pass_kind']} pass computes no curvature)")
-        return
-    if channel not in meta["step_channels"]:  # a channel of the pass: count.npy says which samples were scored
-        count = read(PRIMARY, "count")
-        scored = count > 0
-        if kind == "sum":
-            refuse(~np.isfinite(values) | (~scored & (values != 0)), "finite sums, 0 where count.npy says never scored")
-        elif kind == "mean":
-            with np.errstate(invalid="ignore", divide="ignore"):
-                want = read(channel, "sum") / count
-            # the commit writes mean = sum / count from the same float64 values: equal up to the last bit
-            refuse(np.where(scored, ~(np.abs(values - want) <= 1e-12 * np.abs(want)), ~np.isnan(values)),
-                   "sum.npy / count.npy (NaN where never scored)")
-        elif kind == "last":
-            refuse(np.where(scored, ~np.isfinite(values), ~np.isnan(values)),
-                   "a finite latest value where count.npy says scored, NaN where never")
-        return
-    seen = None if "train_seen" not in meta["step_channels"] else (
-        values if (channel, kind) == ("train_seen", "sum") else read("train_seen", "sum"))
-    slot = _SLOT.fullmatch(channel)
-    if kind == "sum":
-        refuse(~np.isfinite(values), "finite sums")
-        if slot and not slot.group(1):  # a sum of class ids (-1 for an empty slot) over epochs
-            refuse(values != np.round(values), "whole sums of class ids")
-        if slot and slot.group(1):
-            refuse(values < 0, "sums >= 0 of probability masses")
-        if channel in COUNT_STEP_CHANNELS:
-            refuse((values < 0) | (values != np.round(values)), "whole counts >= 0")
-        if seen is not None:
-            if channel in COUNT_STEP_CHANNELS:
-                refuse(values > seen, "at most the presentations in train_seen_sum.npy")
-            refuse((seen == 0) & (values != 0), "0 where train_seen_sum.npy says never seen")
-    elif kind == "last":
-        refuse(np.isinf(values), "a finite latest value (NaN where never seen)")
-        if seen is not None:
-            refuse(np.where(seen > 0, np.isnan(values), ~np.isnan(values)),
-                   "a latest value where train_seen_sum.npy says seen, NaN where never")
-        if channel == "train_last_correct":
-            refuse(~np.isnan(values) & (values != 0) & (values != 1), "0 or 1 (NaN where never seen)")
-        if channel == "train_wrong_epoch":
-            allowed = np.array([-1, *meta["step_epochs"]], dtype=np.float64)
-            refuse(~np.isnan(values) & ~np.isin(values, allowed),
-                   f"-1 or one of meta.json's step_epochs {meta['step_epochs']}")
-        if slot:
-            _check_slot(meta, int(slot.group(2)), bool(slot.group(1)), values, read, seen, refuse)
-
-
-def _check_slot(meta: dict[str, Any], j: int, mass: bool, values: np.ndarray, read: Any, seen: np.ndarray | None,
-                refuse: Any) -> None:
-    """Check slot ``j``'s latest class (``mass`` False) or mass against the slots before it: a class id whole and
-    >= -1, distinct from the classes before it, empty after an empty slot; a mass >= 0, 0 in an empty slot, at most
-    the mass before it, and the last slot's total at most the presentations (with the float32 rounding of
-    :data:`MASS_ULPS`, one more ulp per epoch)."""
-    known = ~np.isnan(values)
-    with np.errstate(invalid="ignore"):
-        if not mass:
-            refuse(known & ((values != np.round(values)) | (values < -1)), "a whole class id >= -1 (-1: an empty slot)")
-            for i in range(j):
-                before = read(CLASS_SLOT.format(i), "last")
-                refuse(known & (values >= 0) & (values == before), f"a class other than slot {i}'s")
-                refuse(known & (before == -1) & (values != -1), f"an empty slot (-1) after slot {i}'s empty one")
-            return
-        refuse(known & (values < 0), "a probability mass >= 0")
-        refuse(known & (read(CLASS_SLOT.format(j), "last") == -1) & (values != 0),
-               f"0 where {CLASS_SLOT.format(j)}_last.npy says the slot is empty")
-        if j:
-            refuse(known & (values > read(CLASS_MASS.format(j - 1), "last")),
-                   f"at most slot {j - 1}'s mass (slots by mass, descending)")
-        k = class_slots(meta["step_channels"])
-        if j == k - 1 and seen is not None:
-            total = sum(np.asarray(read(CLASS_MASS.format(i), "last"), dtype=np.float64) for i in range(k - 1))
-            total = total + values.astype(np.float64)
-            ulps = MASS_ULPS + len(meta["step_epochs"])
-            refuse(known & (total > seen * (1 + ulps * float(np.finfo(np.float32).eps))),
-                   f"a total mass over slots 0..{j} at most the presentations in train_seen_sum.npy (softmax "
-                   f"probabilities sum to 1 per presentation; {ulps} float32 ulps allowed for rounding)")

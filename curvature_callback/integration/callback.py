@@ -23,10 +23,12 @@ from torch.utils.data import Dataset
 from typing_extensions import override
 
 from curvature_callback.core.channels import (
-    CLASSIFICATION,
     STEP_CHANNELS,
     class_evidence_channels,
-    forgetting_events,
+    class_slots_at,
+    merge_pass_values,
+    merge_step_values,
+    pass_channels,
 )
 from curvature_callback.core.estimator import LossFn
 from curvature_callback.core.feeding import (
@@ -38,9 +40,8 @@ from curvature_callback.core.feeding import (
     rank_universe,
 )
 from curvature_callback.core.settings import check_bool, check_int
-from curvature_callback.core.steps import epoch_class_values, epoch_step_values
 from curvature_callback.core.store import CurvatureStore
-from curvature_callback.core.store_format import StoreCorruptError, class_slots, meta_identity, read_meta
+from curvature_callback.core.store_format import meta_identity
 from curvature_callback.integration.callback_arguments import (  # default_batch_to_inputs: imported from here too
     BatchToInputs,
     PassKind,
@@ -63,14 +64,7 @@ DEFAULT_CLASS_EVIDENCE = 3
 def _store_class_slots(directory: Path) -> int | None:
     """The class-evidence slots ``K`` of the store being resumed at ``directory`` (0: made without them), or None
     where there is no readable store with training-time channels (``open_or_create`` then says what it finds)."""
-    if not (Path(directory) / "meta.json").is_file():
-        return None
-    try:
-        meta, _ = read_meta(Path(directory))
-    except (StoreCorruptError, OSError, ValueError):
-        return None
-    steps = list(meta.get("step_channels", []))
-    return class_slots(steps) if steps else None
+    return class_slots_at(directory)
 
 
 class CurvatureCallback(Callback):
@@ -243,10 +237,7 @@ class CurvatureCallback(Callback):
     @property
     def channels(self) -> tuple[str, ...]:
         """Channels stored beside curvature (a forward pass has no input gradient)."""
-        if not self.record_outputs:
-            return ()
-        channels = CLASSIFICATION if self.loss_fn is None else ("loss", "input_grad")
-        return tuple(c for c in channels if c != "input_grad") if self.pass_kind == "forward" else channels
+        return pass_channels(self.pass_kind, classification=self.loss_fn is None, record_outputs=self.record_outputs)
 
     @property
     def pass_kind(self) -> str:
@@ -415,15 +406,9 @@ class CurvatureCallback(Callback):
         the steps saw) to the store in one commit, on rank 0; returns the pass's channels."""
         assert self._store is not None
         step_indices = step_values = step_labels = None
-        if steps is not None:
+        if steps is not None:  # the epoch's sums, and its class evidence merged with the store's running evidence
             sums, keys, evidence = steps
-            step_indices, step_values = epoch_step_values(sums, epoch, self._store.channel_last("train_wrong_epoch"))
-            if evidence is not None:  # merged with the running evidence the store holds (its latest values)
-                k = self.class_evidence
-                names = class_evidence_channels(k)
-                before = [np.stack([np.asarray(self._store.channel_last(c))[step_indices] for c in part], 1)
-                          for part in (names[:k], names[k:])]
-                step_values.update(epoch_class_values(*before, evidence[0][step_indices], evidence[1][step_indices]))
+            step_indices, step_values = merge_step_values(self._store, epoch, sums, evidence)
             step_labels = keys[step_indices]
             self._check_loss(epoch, step_values)
         if arrays is None:
@@ -432,9 +417,7 @@ class CurvatureCallback(Callback):
             return None
         labels = arrays.pop(LABEL_KEYS)
         indices = self._pass_indices()
-        if "forgetting" in self.channels:
-            arrays["forgetting"] = forgetting_events(np.asarray(self._store.channel_last("correct"))[indices],
-                                                     arrays["correct"])
+        arrays = merge_pass_values(self._store, arrays, indices)  # forgetting, from the store's latest correctness
         # the store refuses labels that differ from the ones it recorded (by sample), and records new ones
         self._store.commit_epoch(epoch, arrays, indices=indices, labels=labels, steps=step_values,
                                  step_indices=step_indices, step_labels=step_labels)

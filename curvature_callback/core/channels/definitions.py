@@ -1,30 +1,47 @@
-"""The per-sample signals a store keeps ("channels"), one definition each.
+"""The per-sample signals a store keeps ("channels"), one definition each, and which of them a store records.
 
-A channel says what it means, how it is computed (from the scoring pass's forward at ``x``, or at the commit
-from the store's previous state), how its epochs are reduced (the store's running mean, or the sum for event
-counts) and its orientation: :meth:`Channel.suspicion` turns it into a score where **higher is more
-suspicious**, the one convention of the analysis. Torch and numpy only.
+A channel says what it means, how it is computed (from the scoring pass's forward at ``x``, at the commit from the
+store's previous state, or from the training steps), which pass kinds record it, how its epochs are reduced (the
+store's running mean, or the sum for event counts) and its orientation: :meth:`Channel.suspicion` turns it into a
+score where **higher is more suspicious**, the one convention of the analysis. Numpy only (torch is not imported:
+the store reads these names).
 
 Example:
     >>> [(c.name, c.orientation) for c in CHANNELS.values()][:3]
     [('curvature', 'high'), ('loss', 'high'), ('margin', 'low')]
+    >>> pass_channels("forward")
+    ('loss', 'margin', 'confidence', 'correct', 'forgetting')
 """
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-from torch import Tensor
 
-from curvature_callback.core.store_format import CLASS_MASS, CLASS_SLOT, PRIMARY
+from curvature_callback.core.settings import PASS_KINDS
+from curvature_callback.core.store_format import PRIMARY, StoreCorruptError, read_meta
+
+if TYPE_CHECKING:
+    from torch import Tensor
 
 __all__ = [
-    "CHANNELS", "CLASSIFICATION", "PRIMARY", "STEP_CHANNELS", "Channel", "class_evidence_channels",
-    "classification_values", "forgetting_events",
+    "CHANNELS", "CLASSIFICATION", "CLASS_MASS", "CLASS_SLOT", "PRIMARY", "STEP_CHANNELS", "Channel",
+    "check_class_slot_names", "class_evidence_channels", "class_slots", "class_slots_at", "classification_values",
+    "pass_channels", "step_channels",
 ]
+
+#: the training-time channels of the class evidence (:func:`~curvature_callback.core.steps.merge_evidence`), slot ``j``
+#: of ``K``: each sample's ``j``-th most favoured class (a whole number, -1 for an empty slot) and its softmax mass
+#: summed over the sample's presentations, both as latest values (``_last.npy``), slots by mass descending
+CLASS_SLOT, CLASS_MASS = "train_class_{}", "train_class_mass_{}"
+#: a class-evidence channel's name: group 1 says a mass, group 2 is the slot
+SLOT = re.compile(r"train_class_(mass_)?(\d+)")
 
 
 
@@ -101,6 +118,10 @@ class Channel:
             own outputs (:mod:`curvature_callback.core.steps`), every epoch, with augmentation.
         reduce: ``"mean"``: the epoch mean is the score; ``"sum"``: the count over epochs is.
         offset: added after the orientation's sign, so a fraction stays a fraction (``correct``: 1 - mean).
+        passes: the pass kinds whose store records it (:func:`pass_channels`); none for the training-time channels,
+            which the training steps record whatever the pass.
+        classification: whether it needs logits ``[B, C]`` and integer labels (:func:`classification_values`), so
+            that a pass with a per-sample loss of one's own does not record it.
     """
 
     name: str
@@ -109,6 +130,8 @@ class Channel:
     source: Literal["pass", "commit", "steps"] = "pass"
     reduce: Literal["mean", "sum"] = "mean"
     offset: float = 0.0
+    passes: tuple[str, ...] = PASS_KINDS
+    classification: bool = False
     _score: Callable[[Any, str, str], np.ndarray | None] | None = None
 
     def suspicion(self, store: Any, which: Literal["mean", "last"] = "mean") -> np.ndarray | None:
@@ -121,22 +144,23 @@ class Channel:
 
 #: every channel a store may hold, in the order reports list them
 CHANNELS: Mapping[str, Channel] = {c.name: c for c in (
-    Channel(PRIMARY, "epoch-mean input-loss curvature", "high", _score=_curvature),
+    Channel(PRIMARY, "epoch-mean input-loss curvature", "high", passes=("curvature",), _score=_curvature),
     Channel("loss", "epoch-mean loss with the given label", "high"),
-    Channel("margin", "negated epoch-mean margin (given-label logit minus the largest other; AUM-style)", "low"),
-    Channel("confidence", "negated epoch-mean softmax probability of the given label", "low"),
-    Channel("correct", "fraction of scored epochs misclassified", "low", offset=1.0),
+    Channel("margin", "negated epoch-mean margin (given-label logit minus the largest other; AUM-style)", "low",
+            classification=True),
+    Channel("confidence", "negated epoch-mean softmax probability of the given label", "low", classification=True),
+    Channel("correct", "fraction of scored epochs misclassified", "low", offset=1.0, classification=True),
     Channel("input_grad", "epoch-mean input-gradient norm ||grad_x l(x)|| in eval mode (the sample gradient; its sum "
-            "over epochs is CSG, Ravikumar et al., ICLR 2026)", "high"),
+            "over epochs is CSG, Ravikumar et al., ICLR 2026)", "high", passes=("curvature", "gradient")),
     Channel("forgetting", "forgetting events (correct, then wrong at the next scored epoch); never learned ranks "
-            "highest", "high", source="commit", reduce="sum", _score=_forgetting),
+            "highest", "high", source="commit", reduce="sum", classification=True, _score=_forgetting),
     Channel("train_loss", "cumulative training loss (CSL) per presentation: every training step's loss of the sample "
-            "(with augmentation), summed, over its presentations", "high", source="steps", reduce="sum",
+            "(with augmentation), summed, over its presentations", "high", source="steps", reduce="sum", passes=(),
             _score=_train_loss),
     Channel("learning_time", "learning time: one past the last epoch in which a training step misclassified the "
-            "sample", "high", source="steps", _score=_learning_time),
+            "sample", "high", source="steps", passes=(), _score=_learning_time),
     Channel("train_forgetting", "forgetting events at every minibatch (Toneva et al.; right, then wrong at the "
-            "next presentation); never right ranks highest", "high", source="steps", reduce="sum",
+            "next presentation); never right ranks highest", "high", source="steps", reduce="sum", passes=(),
             _score=_train_forgetting),
 )}
 #: what a store keeps of the training steps (:func:`~curvature_callback.core.steps.epoch_step_values`); the scores
@@ -146,7 +170,7 @@ STEP_CHANNELS = ("train_seen", "train_loss", "train_correct", "train_forgetting"
 
 
 def class_evidence_channels(k: int) -> tuple[str, ...]:
-    """The training-time channels of ``K`` class-evidence slots (:func:`~curvature_callback.core.steps.
+    """The training-time channels of ``K`` class-evidence slots (:func:`~curvature_callback.core.channels.merge.
     epoch_class_values`): ``train_class_j`` (the ``j``-th most favoured class, -1 empty) then ``train_class_mass_j``
     (its softmax mass over the sample's presentations), latest values; the store adds them after :data:`STEP_CHANNELS`.
 
@@ -157,8 +181,85 @@ def class_evidence_channels(k: int) -> tuple[str, ...]:
     return (*(CLASS_SLOT.format(j) for j in range(k)), *(CLASS_MASS.format(j) for j in range(k)))
 
 
+def class_slots(step_channels: list[str]) -> int:
+    """The number of class-evidence slots ``K`` among a store's training-time channels (0: none recorded).
+
+    Example:
+        >>> class_slots(["train_seen", "train_class_0", "train_class_1", "train_class_mass_0", "train_class_mass_1"])
+        2
+    """
+    return sum(1 for c in step_channels if (m := SLOT.fullmatch(c)) and not m.group(1))
+
+
+def check_class_slot_names(path: Path, step_channels: list[str]) -> None:
+    """Refuse a ``meta.json`` (at ``path``) whose class-evidence channels are not ``train_class_j`` and
+    ``train_class_mass_j`` for every slot ``j = 0..K-1``.
+
+    Raises:
+        StoreCorruptError: naming meta.json and the slots it lists.
+    """
+    slots = [c for c in step_channels if SLOT.fullmatch(c)]
+    k = class_slots(slots)
+    if sorted(slots) != sorted([*(CLASS_SLOT.format(j) for j in range(k)), *(CLASS_MASS.format(j) for j in range(k))]):
+        raise StoreCorruptError(
+            f"{path} is damaged: expected class-evidence 'step_channels' {CLASS_SLOT.format('j')!r} and "
+            f"{CLASS_MASS.format('j')!r} for every slot j = 0..K-1, got {slots!r}. Restore meta.json from a backup or "
+            "use another `directory`; a damaged store is refused, not repaired."
+        )
+
+
+def class_slots_at(directory: str | os.PathLike) -> int | None:
+    """The class-evidence slots ``K`` of the store at ``directory`` (0: made without them), or None where there is no
+    readable store with training-time channels (opening it then says what it finds): what a resumed run follows.
+    """
+    path = Path(directory) / "meta.json"
+    if not path.is_file():
+        return None
+    try:
+        meta, _ = read_meta(Path(directory))
+        check_class_slot_names(path, meta["step_channels"])
+    except (StoreCorruptError, OSError, ValueError):
+        return None
+    steps = list(meta.get("step_channels", []))
+    return class_slots(steps) if steps else None
+
+
+def pass_channels(pass_kind: str = "curvature", *, classification: bool = True,
+                  record_outputs: bool = True) -> tuple[str, ...]:
+    """The channels a pass of ``pass_kind`` stores beside curvature (a store's ``channels``), from each channel's
+    ``passes`` and ``classification``: what the callback records, for a store made without it.
+
+    Args:
+        pass_kind: ``"curvature"``, ``"gradient"`` or ``"forward"`` (a forward pass has no input gradient).
+        classification: whether the pass sees logits ``[B, C]`` and integer labels (the default cross-entropy
+            loss); False (a per-sample loss of one's own) keeps the loss and the input-gradient norm alone.
+        record_outputs: False: none (the pass stores curvature alone).
+
+    Example:
+        >>> pass_channels("curvature"), pass_channels("gradient", classification=False)
+        (('loss', 'margin', 'confidence', 'correct', 'input_grad', 'forgetting'), ('loss', 'input_grad'))
+    """
+    if pass_kind not in PASS_KINDS:
+        raise ValueError(f"Expected `pass_kind` one of {list(PASS_KINDS)}, got {pass_kind!r}.")
+    if not record_outputs:
+        return ()
+    return tuple(c.name for c in CHANNELS.values() if c.name != PRIMARY and pass_kind in c.passes
+                 and (classification or not c.classification))
+
+
+def step_channels(class_evidence: int = 0) -> tuple[str, ...]:
+    """The training-time channels a store keeps of the training steps: :data:`STEP_CHANNELS`, then the ``K``
+    class-evidence slots (:func:`class_evidence_channels`; 0: none).
+
+    Example:
+        >>> step_channels(1)[-3:]
+        ('train_wrong_epoch', 'train_class_0', 'train_class_mass_0')
+    """
+    return (*STEP_CHANNELS, *class_evidence_channels(class_evidence))
+
+
 #: the channels scored beside curvature with the default (cross-entropy) loss
-CLASSIFICATION = ("loss", "margin", "confidence", "correct", "input_grad", "forgetting")
+CLASSIFICATION = pass_channels("curvature")
 
 
 def classification_values(outputs: Tensor, targets: Tensor, loss: Tensor) -> dict[str, Tensor]:
@@ -187,13 +288,3 @@ def classification_values(outputs: Tensor, targets: Tensor, loss: Tensor) -> dic
         "confidence": logits.softmax(1).gather(1, targets[:, None]).squeeze(1),
         "correct": (logits.argmax(1) == targets).to(loss.dtype),
     }
-
-
-def forgetting_events(correct_before: np.ndarray, correct_now: np.ndarray) -> np.ndarray:
-    """1.0 where a sample correct at its previous scored epoch is wrong now (a forgetting event), else 0.0.
-
-    Example:
-        >>> forgetting_events(np.array([1.0, 1.0, 0.0, np.nan]), np.array([0.0, 1.0, 0.0, 0.0])).tolist()
-        [1.0, 0.0, 0.0, 0.0]
-    """
-    return ((np.asarray(correct_before) == 1) & (np.asarray(correct_now) == 0)).astype(np.float64)
