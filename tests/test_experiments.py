@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -28,7 +29,7 @@ from curvature_callback.experiments.collect import collect, markdown, write_summ
 from curvature_callback.experiments.data import inject_label_noise
 from curvature_callback.experiments.data.images import CIFARDataModule, ImageFolderDataModule
 from curvature_callback.experiments.module import ClassifierModule
-from curvature_callback.experiments.train import CONF_DIR, mixed_precision, run
+from curvature_callback.experiments.train import CONF_DIR, mixed_precision, run, sweep_value
 
 GROUPS = {g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml"))
           for g in ("data", "model", "trainer", "callbacks", "logger", "experiment", "sweep")}
@@ -156,6 +157,12 @@ def test_sweep_configs_set_the_grid(tmp_path, name, params):
         for value in values.split(","):
             assert OmegaConf.select(_compose(tmp_path, f"{key}={value}"), key) == float(value)
 
+
+
+def test_a_sweep_optimizes_the_recommended_score_which_every_configuration_has():
+    """curvature-train's main() returns auroc_recommended: curvature's AUROC is null under callbacks=recommended."""
+    assert sweep_value({"auroc_recommended": 0.97, "auroc_curvature": None}) == 0.97
+    assert math.isnan(sweep_value({"auroc_recommended": None})) and math.isnan(sweep_value({}))  # no flips; rank > 0
 
 # ------------------------------------------------------------------------------------------ label noise
 @pytest.mark.parametrize("fraction", [0.01, 0.02, 0.05, 0.1])

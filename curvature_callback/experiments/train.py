@@ -69,7 +69,7 @@ from curvature_callback.integration.callback import CurvatureCallback, default_b
 from curvature_callback.integration.sinks import log_review_table
 
 __all__ = ["CONF_DIR", "REVIEW_FILES", "RUN_FILES", "RUN_FOLDERS", "RefuseLinks", "check_config", "check_run_dir",
-           "main", "run"]
+           "main", "run", "sweep_value"]
 
 
 def _conf_dir() -> str:
@@ -590,13 +590,20 @@ def _forget_ddp() -> None:
 _SAID_IN_FULL = (ConfigError, safe_paths.UnsafePathError, StoreMismatchError, StoreCorruptError, CorrectionsError)
 
 
+def sweep_value(metrics: Mapping[str, Any]) -> float:
+    """The value a sweep optimizes: the recommended score's mislabel AUROC (``auroc_recommended``), which every
+    configuration has (curvature's is NaN under ``callbacks=recommended``); NaN without flipped labels or off rank 0."""
+    auroc = metrics.get("auroc_recommended")
+    return float("nan") if auroc is None else float(auroc)
+
+
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
-    """Console script ``curvature-train``; returns the curvature AUROC (the value a sweep optimizes)."""
+    """Console script ``curvature-train``; returns :func:`sweep_value` (the value a sweep optimizes)."""
     cfg.output_dir = HydraConfig.get().runtime.output_dir  # also when a config set it otherwise
     _ddp_children_repeat_this_job(cfg.output_dir)
     try:
-        auroc = run(cfg).get("auroc_curvature")
+        metrics = run(cfg)
     except ValueError as e:  # ours, each said in full with its fix; anything else keeps its trace
         if not isinstance(e, _SAID_IN_FULL) or os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
@@ -606,7 +613,7 @@ def main(cfg: DictConfig) -> float:
         _forget_ddp()
         if "wandb" in sys.modules:  # one W&B run per job of a sweep
             sys.modules["wandb"].finish()
-    return float("nan") if auroc is None else auroc
+    return sweep_value(metrics)
 
 
 if __name__ == "__main__":
