@@ -358,6 +358,11 @@ def test_entry_point_writes_every_output(tmp_path):
     assert "top_k: 9" in (out / ".hydra" / "config.yaml").read_text()
     assert "mislabel AUROC recommended" in done.stdout and "curvature" in done.stdout
     assert "flagged (label_issues.csv)" in done.stdout
+    # a quiet run: none of the lines a user can do nothing about (the app removes their cause, experiments/quiet.py
+    # the rest): an empty validation loader, Lightning's logger tip and device summary, torch's LeafSpec deprecation
+    for noise in ("Total length of", "validation_step", "Tip:", "litlogger", "LeafSpec", "GPU available:",
+                  "TPU available:", "`Trainer.fit` stopped"):
+        assert noise not in done.stdout + done.stderr, (noise, done.stderr[-3000:])
     for name in ("scores.csv", "label_issues.csv", "metrics.json", "histogram.png", "top_k.png", "curvature/meta.json"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())

@@ -19,7 +19,8 @@ the run folder (:mod:`~curvature_callback.experiments.run_folder`), build (the c
 :mod:`~curvature_callback.experiments.callbacks` around the curvature callback), fit, then read what the run found
 (:mod:`~curvature_callback.experiments.evaluation`) and write it (:mod:`~curvature_callback.experiments.outputs`,
 the report). Under ``strategy=ddp`` Lightning starts this script again for each further rank
-(:mod:`~curvature_callback.experiments.ddp_relaunch`).
+(:mod:`~curvature_callback.experiments.ddp_relaunch`). What Lightning prints that a user can do nothing about is
+silenced in :mod:`~curvature_callback.experiments.quiet`.
 
 The configs are read from ``$CURVATURE_CONF`` if set, else from the copy of ``conf/`` that the wheel ships inside
 the package, else from the checkout's top-level ``conf/`` (an editable install). A value the run cannot use is a
@@ -47,7 +48,7 @@ from curvature_callback.analysis.report import write_report
 from curvature_callback.core import safe_paths
 from curvature_callback.core.corrections import CorrectionsError
 from curvature_callback.core.store_format import StoreCorruptError, StoreMismatchError
-from curvature_callback.experiments import ddp_relaunch, outputs
+from curvature_callback.experiments import ddp_relaunch, outputs, quiet
 from curvature_callback.experiments.arguments import ConfigError
 from curvature_callback.experiments.callbacks import Clock, RecordLabels
 from curvature_callback.experiments.config_checks import check_config, instantiate, instantiate_group
@@ -125,6 +126,8 @@ def _build(cfg: DictConfig, out: Path, times: dict[str, float]) -> tuple[Any, An
     callbacks[at : at + 1] = [Clock(times, "before"), curvature[0], Clock(times, "after"),
                               RecordLabels(out, datamodule, curvature[0])]
     extra: dict[str, Any] = {"callbacks": callbacks, "logger": loggers or False}
+    if getattr(datamodule, "validate", True) is False:  # Lightning skips the loop, not warning of an empty loader
+        extra["limit_val_batches"] = 0
     if any(isinstance(cb, ModelCheckpoint) for cb in callbacks):
         extra["enable_checkpointing"] = True  # callbacks=[...,checkpoint] works with any trainer config
     trainer: pl.Trainer = instantiate(cfg.trainer, "trainer", **extra)
@@ -190,6 +193,7 @@ _SAID_IN_FULL = (ConfigError, safe_paths.UnsafePathError, StoreMismatchError, St
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="train")
 def main(cfg: DictConfig) -> float:
     """Console script ``curvature-train``; returns :func:`sweep_value` (the value a sweep optimizes)."""
+    quiet.silence_what_users_cannot_act_on()
     cfg.output_dir = HydraConfig.get().runtime.output_dir  # also when a config set it otherwise
     ddp_relaunch.children_repeat_this_job(cfg.output_dir)
     try:
