@@ -138,15 +138,15 @@ def test_a_datamodule_refuses_a_missing_file_at_once_and_a_bad_one_at_setup(tmp_
 def test_a_run_prefills_corrections_once_and_never_over_a_persons_edits(tmp_path, capsys):
     from types import SimpleNamespace
 
-    from curvature_callback.experiments.train import _write_corrections
+    from curvature_callback.experiments.outputs import prefill_corrections
 
     issues = SimpleNamespace(flagged=np.array([4, 1]), suggested=np.array([0, 2, 0, 0, 3]),
                              suggestion_confidence=np.array([0.0, 0.9, 0.0, 0.0, 0.4]))
     given = np.array([0, 0, 1, 1, 2])
-    _write_corrections(tmp_path, issues, given)
+    prefill_corrections(tmp_path, issues, given)
     assert (tmp_path / "corrections.csv").read_text().splitlines() == [HEADER, "4,2,3,keep,", "1,0,2,relabel,2"]
     (tmp_path / "corrections.csv").write_text(f"{HEADER}\n4,2,3,drop,\n")  # a person's edit
-    _write_corrections(tmp_path, issues, given)
+    prefill_corrections(tmp_path, issues, given)
     assert (tmp_path / "corrections.csv").read_text() == f"{HEADER}\n4,2,3,drop,\n"
     assert "left as it is" in capsys.readouterr().out
 

@@ -341,6 +341,15 @@ def test_run_refuses_to_report_when_no_epoch_was_scored(tmp_path):
     assert metrics["recommended_signals"] == ["train_loss"] and metrics["auroc_train_loss"] is not None
 
 
+
+def test_run_validates_when_the_data_has_a_validation_set(tmp_path):
+    """The app sets limit_val_batches=0 only for data without a validation set (Lightning then skips the loop instead
+    of warning of an empty loader, test_entry_point_writes_every_output); with one, each epoch validates."""
+    short = [o for o in SHORT if o != "~logger"]  # the CSV logger records what was validated
+    run(_compose(tmp_path, *short, "data.val_fraction=0.2", "callbacks.curvature.n_vectors=1", "report=false"))
+    header = (tmp_path / "csv" / "version_0" / "metrics.csv").read_text().splitlines()[0].split(",")
+    assert {"val/loss", "val/acc"} <= set(header), header
+
 # ------------------------------------------------------------------------------------------ end to end
 def test_entry_point_writes_every_output(tmp_path):
     conf = tmp_path / "conf"  # a copy of the configs, found through $CURVATURE_CONF
@@ -358,6 +367,11 @@ def test_entry_point_writes_every_output(tmp_path):
     assert "top_k: 9" in (out / ".hydra" / "config.yaml").read_text()
     assert "mislabel AUROC recommended" in done.stdout and "curvature" in done.stdout
     assert "flagged (label_issues.csv)" in done.stdout
+    # a quiet run: none of the lines a user can do nothing about (the app removes their cause, experiments/quiet.py
+    # the rest): an empty validation loader, Lightning's logger tip and device summary, torch's LeafSpec deprecation
+    for noise in ("Total length of", "validation_step", "Tip:", "litlogger", "LeafSpec", "GPU available:",
+                  "TPU available:", "`Trainer.fit` stopped"):
+        assert noise not in done.stdout + done.stderr, (noise, done.stderr[-3000:])
     for name in ("scores.csv", "label_issues.csv", "metrics.json", "histogram.png", "top_k.png", "curvature/meta.json"):
         assert (out / name).is_file(), name
     metrics = json.loads((out / "metrics.json").read_text())

@@ -5,10 +5,13 @@ from __future__ import annotations
 
 import csv
 import json
+import logging
+import math
 import os
 import shutil
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import lightning.pytorch as pl
@@ -24,11 +27,12 @@ from test_datamodules import make_folder
 
 from curvature_callback import CurvatureCallback, CurvatureStore
 from curvature_callback.analysis import mislabel_metrics, read_scores_csv
+from curvature_callback.experiments import quiet
 from curvature_callback.experiments.collect import collect, markdown, write_summary
 from curvature_callback.experiments.data import inject_label_noise
 from curvature_callback.experiments.data.images import CIFARDataModule, ImageFolderDataModule
 from curvature_callback.experiments.module import ClassifierModule
-from curvature_callback.experiments.train import CONF_DIR, mixed_precision, run
+from curvature_callback.experiments.train import CONF_DIR, mixed_precision, run, sweep_value
 
 GROUPS = {g: sorted(p.stem for p in (Path(CONF_DIR) / g).glob("*.yaml"))
           for g in ("data", "model", "trainer", "callbacks", "logger", "experiment", "sweep")}
@@ -156,6 +160,35 @@ def test_sweep_configs_set_the_grid(tmp_path, name, params):
         for value in values.split(","):
             assert OmegaConf.select(_compose(tmp_path, f"{key}={value}"), key) == float(value)
 
+
+
+def test_a_sweep_optimizes_the_recommended_score_which_every_configuration_has():
+    """curvature-train's main() returns auroc_recommended: curvature's AUROC is null under callbacks=recommended."""
+    assert sweep_value({"auroc_recommended": 0.97, "auroc_curvature": None}) == 0.97
+    assert math.isnan(sweep_value({"auroc_recommended": None})) and math.isnan(sweep_value({}))  # no flips; rank > 0
+
+
+def test_the_app_silences_only_the_lines_a_user_cannot_act_on():
+    """experiments/quiet.py: Lightning's tip, device summary and planned end, and torch's LeafSpec deprecation as
+    Lightning triggers it; the same kinds of line with another message still show."""
+    def shown(message: str, level: int = logging.INFO) -> bool:
+        return quiet._FILTER.filter(logging.makeLogRecord({"msg": message, "levelno": level}))
+
+    assert not shown("💡 Tip: For seamless cloud logging and experiment tracking, try installing [litlogger](...)")
+    assert not shown("GPU available: False, used: False") and not shown("TPU available: False, using: 0 TPU cores")
+    assert not shown("`Trainer.fit` stopped: `max_epochs=40` reached.")
+    assert shown("`Trainer.fit` stopped: No training batches.") and shown("Restoring states from the checkpoint path")
+    assert shown("GPU available but not used. You can set it by doing `Trainer(accelerator='gpu')`.", logging.WARNING)
+    with warnings.catch_warnings(record=True) as seen:
+        warnings.simplefilter("always")
+        quiet.silence_what_users_cannot_act_on()
+        for module in ("lightning.pytorch.utilities._pytree", "ours"):
+            warnings.warn_explicit("`isinstance(treespec, LeafSpec)` is deprecated, use ...", FutureWarning, "x.py",
+                                   1, module=module)
+        warnings.warn_explicit("another deprecation", FutureWarning, "x.py", 1,
+                               module="lightning.pytorch.utilities._pytree")
+    assert [(str(w.message)[:23], w.filename) for w in seen] == [("`isinstance(treespec, L", "x.py"),
+                                                                 ("another deprecation", "x.py")]
 
 # ------------------------------------------------------------------------------------------ label noise
 @pytest.mark.parametrize("fraction", [0.01, 0.02, 0.05, 0.1])

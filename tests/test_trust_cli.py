@@ -22,7 +22,7 @@ from curvature_callback.analysis import read_metrics, read_scores_csv, write_sco
 from curvature_callback.analysis.report import write_report
 from curvature_callback.core import safe_paths
 from curvature_callback.experiments import collect as collect_cli
-from curvature_callback.experiments import report_cli, train
+from curvature_callback.experiments import config_checks, report_cli, run_folder, train
 from curvature_callback.experiments.arguments import ConfigError
 from curvature_callback.experiments.data import CIFARDataModule, DigitsDataModule, ImageFolderDataModule
 
@@ -349,11 +349,12 @@ def test_every_checked_data_and_trainer_key_refuses_a_word_by_its_config_name(tm
     """Each numeric or enumerated key of the data and trainer groups that a config sets gets our message."""
     base = _compose(tmp_path, f"data={data}", *extra)
     keys = [f"data.{k}" for k in get_class(base.data._target_).ARGUMENTS if k in base.data]
-    keys += [f"trainer.{k}" for k in train.TRAINER if k in base.trainer] + [k for k in train.TOP_LEVEL if k in base]
+    keys += [f"trainer.{k}" for k in config_checks.TRAINER if k in base.trainer]
+    keys += [k for k in config_checks.TOP_LEVEL if k in base]
     assert {"data.noise", "data.batch_size", "data.num_workers", "data.seed", "trainer.max_epochs"} <= set(keys)
     for key in keys:
         with pytest.raises(ConfigError, match=rf"Expected {re.escape(key)} to be .*, got 'abc'. Fix it on the command"):
-            train.check_config(_compose(tmp_path, f"data={data}", *extra, f"{key}=abc"))
+            config_checks.check_config(_compose(tmp_path, f"data={data}", *extra, f"{key}=abc"))
 
 
 def test_trainer_refusals_past_our_checks_name_the_config_entry(tmp_path):
@@ -457,7 +458,7 @@ def test_train_refuses_a_run_folder_that_is_a_file(tmp_path):
     (tmp_path / "taken").write_text("mine")
     with pytest.raises(ConfigError, match=r"Expected the run folder .*taken to be a folder, or nothing there, but it "
                                           r"is a file: choose another one \(hydra.run.dir=...\)"):
-        train.check_run_dir(tmp_path / "taken")
+        run_folder.check_run_dir(tmp_path / "taken")
 
 
 def test_report_names_a_store_file_list_that_is_not_text(run, capsys):

@@ -59,5 +59,5 @@ def test_curvature_train_runs_from_the_unpacked_wheel(tmp_path):
         cwd=away, env=env, capture_output=True, text=True, timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
-    assert proc.stdout.split()[0] == str(package / "analysis" / "report.py")
+    assert proc.stdout.split()[0] == str(package / "analysis" / "report" / "__init__.py")
     assert "Curvature per class" in (out / "report" / "index.html").read_text()

@@ -8,14 +8,15 @@ from __future__ import annotations
 import math
 import os
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from curvature_callback.analysis.metrics import correlations
 
-__all__ = ["align_reference", "load_feldman_zhang", "memorization_comparison"]
+__all__ = ["align_reference", "load_feldman_zhang", "load_npy", "load_reference", "memorization_comparison"]
 
 
 def _cosine(a: np.ndarray, b: np.ndarray) -> float:
@@ -224,3 +225,74 @@ def _base(name: Any) -> str:
     if isinstance(name, bytes):
         name = name.decode()
     return str(name).replace("\\", "/").rsplit("/", 1)[-1]
+
+
+def load_npy(path: str | os.PathLike, what: str, mmap_mode: str | None = None) -> Any:
+    """``np.load(path)`` without pickle; a file that is missing, not an array or cut short is a ValueError that names
+    it and says what was expected (``what``)."""
+    try:
+        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)  # never unpickle: it runs code
+    except (ValueError, EOFError, OSError) as e:  # pickled, not an .npy, empty or cut short, missing, a folder
+        raise ValueError(f"Expected {os.fspath(path)} to be {what}, loadable without pickle, got one that is not "
+                         f"({type(e).__name__}: {e}): save a numeric array with np.save.") from e
+
+
+def load_reference(
+    reference: str | os.PathLike | np.ndarray, order: np.ndarray | None, columns: Mapping[str, np.ndarray],
+    original: np.ndarray, filenames: Sequence[str] | None, *, n: int,
+) -> tuple[np.ndarray, str, str]:
+    """A run's reference memorization score in its store's order, its name, and how its alignment was checked (plain
+    text, for the report).
+
+    Args:
+        reference: Feldman & Zhang's ``.npz`` (aligned by :func:`load_feldman_zhang` and checked against the run's
+            labels; by file name when it lists them), an ``.npy`` vector in the store's order, or an array.
+        order: for each sample its row in the reference file; default: ``columns``' ``source_index`` (a subset run).
+        columns: the run's ``scores.csv`` columns.
+        original: the run's original labels, which the reference's must match.
+        filenames: the run's samples' file names (ImageNet), or None.
+        n: the store's N.
+
+    Raises:
+        ValueError: the file is malformed, does not align, or holds another count than ``n``.
+    """
+    ref = _in_store_order(reference, order, columns, original, filenames)
+    if ref[0].shape != (n,):
+        raise ValueError(f"Expected a reference of {n} samples (the store's N), got shape "
+                         f"{ref[0].shape}: pass the reference of the dataset this run scored.")
+    return ref
+
+
+def _in_store_order(
+    reference: Any, order: np.ndarray | None, columns: Mapping[str, np.ndarray], original: np.ndarray,
+    filenames: Sequence[str] | None,
+) -> tuple[np.ndarray, str, str]:
+    """The reference in the store's order, its name, and how its alignment was checked (plain text)."""
+    if isinstance(reference, (str, os.PathLike)):
+        path = Path(reference)
+        if path.suffix == ".npz":
+            if zipfile.is_zipfile(path):
+                with np.load(path, allow_pickle=False) as f:
+                    by_name = "tr_filenames" in f.files
+            else:
+                by_name = False  # load_feldman_zhang says what is wrong with the file
+            if by_name and filenames is None:
+                raise ValueError(
+                    f"{path.name} lists file names (ImageNet format), but the run has none: expected a 'file' "
+                    "column in scores.csv or filenames.txt beside the store."
+                )
+            if order is None and "source_index" in columns:
+                order = columns["source_index"]  # a subset run: its samples' rows in the full dataset
+            ref = load_feldman_zhang(path, original, order=order, filenames=filenames if by_name else None)
+            how = "file names matched, then labels" if by_name else "labels"
+            return ref, path.name, f"{path.name}: {how} checked against scores.csv, sample by sample."
+        loaded = load_npy(path, "an .npy vector of reference scores (or a Feldman & Zhang .npz named *.npz)")
+        if not isinstance(loaded, np.ndarray):  # an .npz under another name
+            loaded.close()
+            raise ValueError(f"Expected {path} to be an .npy vector (or a Feldman & Zhang .npz named *.npz), got an "
+                             "archive of arrays: rename it to .npz, or save the vector with np.save.")
+        ref = loaded.astype(np.float64)
+        if order is not None:
+            ref = ref[order]
+        return ref, path.name, f"{path.name}: a plain vector; its alignment with the store cannot be checked."
+    return np.asarray(reference, dtype=np.float64), "reference", "an array; its alignment cannot be checked."
