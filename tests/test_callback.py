@@ -706,7 +706,7 @@ def test_other_labels_refused_without_targets(tmp_path):
 
 def test_one_label_reader_and_one_digest():
     """The callback's fingerprint and report_cli read labels with one precedence (a TensorDataset's second tensor,
-    else ``targets``) and hash them one way (train.py's rank check too)."""
+    else ``targets``) and hash them one way (RecordLabels' rank check in experiments/callbacks.py too)."""
     import hashlib
 
     from torch.utils.data import TensorDataset

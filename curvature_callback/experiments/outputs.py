@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from lightning.pytorch.loggers import WandbLogger
 from torch.utils.data import Dataset
 
 from curvature_callback.analysis import write_scores_csv
@@ -77,7 +78,7 @@ def log_to_wandb(loggers: Sequence[Any], found: Findings, dataset: Dataset, curv
                  class_names: Sequence[str] | None, step: int) -> None:
     """For each W&B logger: the run's numbers in its summary, and the flagged samples as a review table."""
     for logger in loggers:
-        if type(logger).__name__ == "WandbLogger":
+        if isinstance(logger, WandbLogger):  # by type, as sinks.py tells loggers apart
             logger.experiment.summary.update({k: v for k, v in found.metrics.items() if isinstance(v, (int, float))})
             issues = found.issues
             log_review_table(logger, dataset, issues.flagged, found.columns["given_label"], issues.suggested,
