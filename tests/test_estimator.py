@@ -15,9 +15,9 @@ from curvature_callback import input_curvature
 from curvature_callback.core.estimator import (
     cross_entropy_per_sample,
     curvature_details,
-    loss_identity,
     rademacher,
 )
+from curvature_callback.core.loss_identity import loss_identity
 from curvature_callback.core.settings import check_float, check_int
 
 

@@ -67,6 +67,7 @@ def _store_class_slots(directory: Path) -> int | None:
     return class_slots_at(directory)
 
 
+# One concept, when to score and what to commit over an epoch's hooks; ~95 of its lines are the arguments' docstring.
 class CurvatureCallback(Callback):
     r"""Scores every training sample by the curvature of its loss in input space, averaged over epochs.
 
@@ -106,7 +107,7 @@ class CurvatureCallback(Callback):
         loss_fn: ``loss_fn(outputs, targets) -> [B]`` per-sample losses (default: cross-entropy). Must pickle
             for ``ddp_spawn``: a named function or a ``functools.partial`` of one, not a lambda. A store
             resumes only with the same loss, compared by name and arguments
-            (:func:`~curvature_callback.core.estimator.loss_identity`).
+            (:func:`~curvature_callback.core.loss_identity.loss_identity`).
         batch_to_inputs: ``fn(batch) -> (x, y)`` for batches that are not ``(x, y, ...)``.
         fast: allow TF32 in the finite differences (faster on Ampere and newer; ~5 % per-value error).
         log_histogram: log a histogram of the pass's signal (``log10``: curvature, ``input_grad`` or the loss, as

@@ -14,7 +14,8 @@ from typing import Any, Literal
 
 from torch import Tensor
 
-from curvature_callback.core.estimator import LossFn, loss_identity
+from curvature_callback.core.estimator import LossFn
+from curvature_callback.core.loss_identity import loss_identity
 from curvature_callback.core.settings import PASS_KINDS, ScoreSettings, check_callable
 
 __all__ = ["BatchToInputs", "PassKind", "check_objects", "check_recording", "default_batch_to_inputs", "pass_of",
