@@ -506,3 +506,24 @@ def test_report_refuses_an_npy_that_is_a_fifo_instead_of_waiting_on_it(run, tmp_
     assert re.search(rf"Expected .*{fifo.name} to be an .npy of .*, a regular file, got a named pipe \(FIFO\)",
                      capsys.readouterr().err)
     assert not any((run / "report").glob("*"))  # nothing written (the empty output folder comes first, as always)
+
+
+def test_train_cli_refuses_corrections_that_drop_every_sample(tmp_path):
+    """Not a Hydra traceback of a sampler of no samples: our message, exit status 2, and no more written than for a
+    corrections file made for other labels (refused at the same point, the datamodule's setup)."""
+    given = DigitsDataModule(noise=0.0).curvature_dataset()
+    header = "index,given_label,suggested_label,action,new_label\n"
+    every = tmp_path / "every.csv"
+    every.write_text(header + "".join(f"{i},{int(y)},,drop,\n" for i, (_, y) in enumerate(given)))
+    done = _cli("train", f"data.corrections={every}", "data.noise=0", f"hydra.run.dir={tmp_path / 'run'}",
+                cwd=tmp_path)
+    _refused(done, rf"^curvature-train: Expected data.corrections=.*every.csv to keep at least one sample to train "
+                   rf"on, got every one of the {len(given)} samples dropped: set some rows' action to keep or "
+                   r"relabel, or pass data.corrections=null.$")
+    other = tmp_path / "other.csv"
+    other.write_text(header + f"0,{(int(given[0][1]) + 1) % 10},,drop,\n")
+    _refused(_cli("train", f"data.corrections={other}", "data.noise=0", f"hydra.run.dir={tmp_path / 'other'}",
+                  cwd=tmp_path), r"^curvature-train: .*other.csv")
+    written = sorted(p.relative_to(tmp_path / "run") for p in (tmp_path / "run").rglob("*"))
+    assert written == sorted(p.relative_to(tmp_path / "other") for p in (tmp_path / "other").rglob("*"))
+    assert not {"scores.csv", "metrics.json", "curvature", "corrections.csv"} & {p.parts[0] for p in written}
