@@ -3,6 +3,7 @@
 import csv
 import functools
 import pickle
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -756,3 +757,10 @@ def test_any_fraction_is_quick():
     cb = CurvatureCallback(Blobs(), fraction=1e-8)
     assert cb._period == 10**8
     assert rank_universe(48, cb._period, cb.batch_size, 1, 0).tolist() == list(range(48))
+
+
+@pytest.mark.skipif(not Path("/proc/self").is_dir(), reason="Linux's /proc")
+def test_a_store_directory_that_cannot_be_made_is_named_as_given(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"Cannot create the store folder /proc/curvature_store: /proc takes no "
+                       r"new folder: not a real filesystem .*Pass a `directory` on a writable disk"):
+        fit(tmp_path, CurvatureCallback(directory="/proc/curvature_store", n_vectors=2), max_epochs=1)

@@ -226,3 +226,19 @@ def test_a_file_that_grows_while_read_is_refused(tmp_path, monkeypatch):
     with pytest.raises(CorrectionsError, match=r"corrections.csv grew while it was read \(from 10 bytes\): expected a "
                        r"corrections file that stays as it is; let whatever writes it finish"):
         apply_corrections([0, 1, 2], path)
+
+
+def test_a_datamodule_refuses_a_file_that_drops_every_sample(tmp_path):
+    from curvature_callback.experiments.data.digits import DigitsDataModule
+
+    given = DigitsDataModule(noise=0.0).curvature_dataset()
+    path = _file(tmp_path, *(f"{i},{int(y)},,drop," for i, (_, y) in enumerate(given)))
+    with pytest.raises(CorrectionsError, match=rf"Expected data.corrections=.*corrections.csv to keep at least one "
+                       rf"sample to train on, got every one of the {len(given)} samples dropped: set some rows' "
+                       r"action to keep or relabel, or pass data.corrections=null"):
+        DigitsDataModule(noise=0.0, corrections=str(path)).setup()
+    keep_one = path.read_text().replace(",drop,\n", ",keep,\n", 1)  # one kept: trained on alone
+    path.write_text(keep_one)
+    dm = DigitsDataModule(noise=0.0, corrections=str(path))
+    dm.setup()
+    assert dm.kept.sum() == 1

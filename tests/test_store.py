@@ -738,3 +738,15 @@ def test_a_commit_syncs_its_arrays_once_and_a_failed_sync_keeps_the_journal(tmp_
         monkeypatch.setattr(np.memmap, "flush", lambda self: flushed.append(self.shape) or real(self))
         assert s.commit_epoch(2, np.full(5, 5.0))  # replays epoch 1 first
         assert s.epochs == [0, 1, 2] and s.mean.tolist() == [3.0] * 5 and len(flushed) >= 2 * 4
+
+
+def test_a_folder_that_cannot_be_made_is_named_with_why_not_its_hidden_build_folder(tmp_path):
+    (tmp_path / "file").write_text("mine")
+    with pytest.raises(OSError, match=rf"^Cannot create the store folder {tmp_path}/file/sub/store: {tmp_path}/file "
+                       r"is a file, not a folder \(.*\)\. Pass a `directory` on a writable disk"):
+        make(tmp_path / "file" / "sub" / "store")
+    if Path("/proc/self").is_dir():  # Linux: a virtual filesystem takes no new folder
+        with pytest.raises(FileNotFoundError, match=r"^Cannot create the store folder /proc/curvature_store: /proc "
+                           r"takes no new folder: not a real filesystem .*Pass a `directory` on a writable disk"):
+            make("/proc/curvature_store")
+    assert (tmp_path / "file").read_text() == "mine" and sorted(p.name for p in tmp_path.iterdir()) == ["file"]

@@ -447,3 +447,20 @@ def test_loss_jump_thresholds():
     assert loss_jump(one * 1.6, one, one * 0.09, one) == (1.6, 0.09)
     assert loss_jump(np.array([np.nan]), np.array([np.nan]), one, one) is None  # nothing to compare with
     assert loss_jump(-one, one, one * 10, one) is None  # a loss of one's own that is negative: not compared
+
+
+@pytest.mark.parametrize("shift", [-1, 1])
+def test_shifted_indices_are_refused_as_out_of_range_not_as_labels_changed(tmp_path, shift):
+    class Shifted(StepClassifier):
+        def training_step(self, batch, _):
+            x, y, index = batch
+            logits = self(x)
+            return sample_outputs(F.cross_entropy(logits, y, reduction="none"), index + shift, logits=logits,
+                                  targets=y)
+
+    torch.manual_seed(0)
+    cb = CurvatureCallback(Blobs(), directory=tmp_path / "s", n_vectors=2)
+    with pytest.raises(ValueError, match=r"in epoch 0 the training steps gave 1 presentation\(s\) a 'sample_index' "
+                       r"outside \[0, 48\) .* the indices look shifted .* not the labels changed\. Expected "
+                       r"'sample_index' to be the sample's position in the scored dataset \(WithIndex's third item\)"):
+        trainer(tmp_path, [cb], max_epochs=1).fit(Shifted(), IndexedBlobsDM())

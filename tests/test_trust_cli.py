@@ -4,6 +4,7 @@ symbolic link in its run folder."""
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import re
@@ -466,3 +467,63 @@ def test_report_names_a_store_file_list_that_is_not_text(run, capsys):
     assert report_cli.main([str(run)]) == 2
     assert re.search(r"Expected .*curvature/filenames.txt to be UTF-8 text, one file name a line .* got bytes that are "
                      r"not", capsys.readouterr().err)
+
+
+def _npy_claiming(path: Path, dtype: str, shape: tuple[int, ...]) -> None:
+    """An .npy whose header announces ``shape`` (terabytes) over a few bytes of data."""
+    header = io.BytesIO()
+    np.lib.format.write_array_header_1_0(header, {"descr": dtype, "fortran_order": False, "shape": shape})
+    path.write_bytes(header.getvalue() + bytes(64))
+
+
+@pytest.mark.parametrize("name", ["review_images.npy", "review_indices.npy", "--images"])
+def test_report_refuses_an_npy_whose_header_claims_more_than_the_file_holds(run, tmp_path, capsys, name):
+    np.save(run / "review_images.npy", np.zeros((2, 8, 8, 3), dtype=np.uint8))
+    np.save(run / "review_indices.npy", np.arange(2, dtype=np.int64))
+    args = []
+    if name == "--images":
+        _npy_claiming(tmp_path / "images.npy", "<f4", (10**12, 3, 32, 32))
+        args = ["--images", str(tmp_path / "images.npy")]
+    else:
+        _npy_claiming(run / name, "|u1" if name == "review_images.npy" else "<i8",
+                      (10**12, 8, 8, 3) if name == "review_images.npy" else (10**12,))
+    assert report_cli.main([str(run), *args]) == 2  # not a MemoryError
+    file = "images.npy" if name == "--images" else name
+    assert re.search(rf"Expected .*{file} to be an .npy of .* got a header announcing .* in a file holding 64 bytes "
+                     r"after it \(a damaged or cut-short file; nothing was loaded\)", capsys.readouterr().err)
+    assert not any((run / "report").glob("*"))  # nothing written (the empty output folder comes first, as always)
+
+
+@pytest.mark.parametrize("name", ["review_images.npy", "review_indices.npy", "--images"])
+def test_report_refuses_an_npy_that_is_a_fifo_instead_of_waiting_on_it(run, tmp_path, capsys, name):
+    np.save(run / "review_images.npy", np.zeros((2, 8, 8, 3), dtype=np.uint8))
+    np.save(run / "review_indices.npy", np.arange(2, dtype=np.int64))
+    fifo = tmp_path / "images.npy" if name == "--images" else run / name
+    fifo.unlink(missing_ok=True)
+    os.mkfifo(fifo)
+    args = ["--images", str(fifo)] if name == "--images" else []
+    assert report_cli.main([str(run), *args]) == 2  # a read would block forever
+    assert re.search(rf"Expected .*{fifo.name} to be an .npy of .*, a regular file, got a named pipe \(FIFO\)",
+                     capsys.readouterr().err)
+    assert not any((run / "report").glob("*"))  # nothing written (the empty output folder comes first, as always)
+
+
+def test_train_cli_refuses_corrections_that_drop_every_sample(tmp_path):
+    """Not a Hydra traceback of a sampler of no samples: our message, exit status 2, and no more written than for a
+    corrections file made for other labels (refused at the same point, the datamodule's setup)."""
+    given = DigitsDataModule(noise=0.0).curvature_dataset()
+    header = "index,given_label,suggested_label,action,new_label\n"
+    every = tmp_path / "every.csv"
+    every.write_text(header + "".join(f"{i},{int(y)},,drop,\n" for i, (_, y) in enumerate(given)))
+    done = _cli("train", f"data.corrections={every}", "data.noise=0", f"hydra.run.dir={tmp_path / 'run'}",
+                cwd=tmp_path)
+    _refused(done, rf"^curvature-train: Expected data.corrections=.*every.csv to keep at least one sample to train "
+                   rf"on, got every one of the {len(given)} samples dropped: set some rows' action to keep or "
+                   r"relabel, or pass data.corrections=null.$")
+    other = tmp_path / "other.csv"
+    other.write_text(header + f"0,{(int(given[0][1]) + 1) % 10},,drop,\n")
+    _refused(_cli("train", f"data.corrections={other}", "data.noise=0", f"hydra.run.dir={tmp_path / 'other'}",
+                  cwd=tmp_path), r"^curvature-train: .*other.csv")
+    written = sorted(p.relative_to(tmp_path / "run") for p in (tmp_path / "run").rglob("*"))
+    assert written == sorted(p.relative_to(tmp_path / "other") for p in (tmp_path / "other").rglob("*"))
+    assert not {"scores.csv", "metrics.json", "curvature", "corrections.csv"} & {p.parts[0] for p in written}

@@ -5,8 +5,10 @@ dataset's in our order, else the loader refuses and says why).
 
 from __future__ import annotations
 
+import errno
 import math
 import os
+import stat
 import zipfile
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -15,6 +17,8 @@ from typing import Any, Literal
 import numpy as np
 
 from curvature_callback.analysis.metrics import correlations
+from curvature_callback.core import safe_paths
+from curvature_callback.core.store_format import read_npy_header
 
 __all__ = ["align_reference", "load_feldman_zhang", "load_npy", "load_reference", "memorization_comparison"]
 
@@ -227,14 +231,57 @@ def _base(name: Any) -> str:
     return str(name).replace("\\", "/").rsplit("/", 1)[-1]
 
 
-def load_npy(path: str | os.PathLike, what: str, mmap_mode: str | None = None) -> Any:
-    """``np.load(path)`` without pickle; a file that is missing, not an array or cut short is a ValueError that names
-    it and says what was expected (``what``)."""
+def load_npy(path: str | os.PathLike, what: str, mmap_mode: str | None = None,
+             fix: str = "save a numeric array with np.save") -> Any:
+    """``np.load(path)`` without pickle, of a regular file whose data is as large as its header says.
+
+    A file from a stranger: a named pipe or a device is refused before it is read (a FIFO with no writer would block
+    forever), and a header that announces more bytes than the file holds is refused before anything is allocated
+    (a few bytes claiming a terabyte array). An archive (``.npz``) is returned as ``np.load`` gives it.
+
+    Raises:
+        ValueError: a file that is missing, no regular file, not an array, cut short or smaller than its header
+            says; naming it and saying what was expected (``what``) and ``fix``.
+    """
+    where = os.fspath(path)
+
+    def refuse(got: str | BaseException) -> ValueError:
+        if isinstance(got, BaseException):
+            got = f"loadable without pickle, got one that is not ({type(got).__name__}: {got})"
+        return ValueError(f"Expected {where} to be {what}, {got}: {fix}.")
+
     try:
-        return np.load(path, mmap_mode=mmap_mode, allow_pickle=False)  # never unpickle: it runs code
-    except (ValueError, EOFError, OSError) as e:  # pickled, not an .npy, empty or cut short, missing, a folder
-        raise ValueError(f"Expected {os.fspath(path)} to be {what}, loadable without pickle, got one that is not "
-                         f"({type(e).__name__}: {e}): save a numeric array with np.save.") from e
+        fd, opened = safe_paths.open_without_waiting(path)
+    except OSError as e:  # missing, no permission
+        raise refuse(e) from e
+    if not stat.S_ISREG(opened.st_mode):
+        os.close(fd)
+        if stat.S_ISDIR(opened.st_mode):  # as np.load says it
+            raise refuse(IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR), where))
+        raise refuse(f"a regular file, got {safe_paths.not_regular(where, opened)}")
+    with os.fdopen(fd, "rb") as f:
+        try:
+            shape, fortran_order, dtype = read_npy_header(f)
+        except ValueError:  # not an .npy (an archive, an empty file, garbage): np.load says which below
+            shape = None
+        if shape is not None:
+            count = math.prod(shape)
+            data = opened.st_size - f.tell()
+            if not dtype.hasobject and count * dtype.itemsize > data:
+                raise refuse(f"got a header announcing {dtype} {list(shape)} ({count * dtype.itemsize} bytes) in a "
+                             f"file holding {data} bytes after it (a damaged or cut-short file; nothing was loaded)")
+            if mmap_mode is not None and count and not dtype.hasobject:  # mapped from the file we checked
+                return np.memmap(f, dtype=dtype, mode=mmap_mode, offset=f.tell(), shape=shape,
+                                 order="F" if fortran_order else "C")
+        f.seek(0)
+        try:
+            loaded = np.load(f, allow_pickle=False)  # never unpickle: it runs code
+            if isinstance(loaded, np.lib.npyio.NpzFile):  # reads lazily from f, closed below: from the path instead
+                loaded.close()
+                loaded = np.load(where, allow_pickle=False)
+            return loaded
+        except (ValueError, EOFError, OSError) as e:  # pickled, not an .npy, empty or cut short
+            raise refuse(e) from e
 
 
 def load_reference(

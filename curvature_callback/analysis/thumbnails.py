@@ -25,6 +25,7 @@ from typing import Any
 
 import numpy as np
 
+from curvature_callback.analysis.references import load_npy
 from curvature_callback.core import safe_paths
 from curvature_callback.core.numeric import to_unit_range
 
@@ -104,23 +105,15 @@ class Thumbnails:
 
 
 def _load(path: Path, what: str) -> np.ndarray:
-    try:
-        header_ok = path.stat().st_size <= 16 + (MAX_COUNT * MAX_SIDE * MAX_SIDE * 3 + 4096)
-        if not header_ok:
-            raise ValueError(f"Expected {path} to hold at most {MAX_COUNT} images of {MAX_SIDE} pixels a side, got a "
-                             f"file of {path.stat().st_size} bytes: remove it, or rerun curvature-train.")
-        array = np.load(path, allow_pickle=False)  # never unpickle: it runs code
-    except (EOFError, OSError) as e:
-        raise ValueError(f"Expected {path} to be {what}, loadable without pickle, got one that is not "
-                         f"({type(e).__name__}: {e}): remove it, or rerun curvature-train.") from e
-    except ValueError as e:
-        if str(e).startswith(f"Expected {path}"):
-            raise
-        raise ValueError(f"Expected {path} to be {what}, loadable without pickle, got one that is not ({e}): remove "
-                         "it, or rerun curvature-train.") from e
+    fix = "remove it, or rerun curvature-train"
+    size = path.stat().st_size
+    if size > 16 + (MAX_COUNT * MAX_SIDE * MAX_SIDE * 3 + 4096):
+        raise ValueError(f"Expected {path} to hold at most {MAX_COUNT} images of {MAX_SIDE} pixels a side, got a "
+                         f"file of {size} bytes: {fix}.")
+    array = load_npy(path, what, fix=fix)  # a regular file, as large as its header says, never unpickled
     if not isinstance(array, np.ndarray):
-        raise ValueError(f"Expected {path} to be {what}, got an archive of arrays: remove it, or rerun "
-                         "curvature-train.")
+        array.close()
+        raise ValueError(f"Expected {path} to be {what}, got an archive of arrays: {fix}.")
     return array
 
 

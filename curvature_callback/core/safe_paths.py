@@ -12,7 +12,8 @@ report) nor write through it (over a file elsewhere). The rules, in one place:
   file elsewhere is ever written through; :func:`refuse_links` checks, before a program writes anything, that
   none of the names it will write in a folder is a link (``curvature-train`` in its run folder);
 - reading a text file a person handed us (a corrections file, a ``label_issues.csv``): :func:`read_text_lines`
-  opens regular files only (never blocking on a FIFO) and reads a bounded number of bytes and characters a line.
+  opens regular files only (never blocking on a FIFO: :func:`open_without_waiting`, :func:`not_regular`) and reads a
+  bounded number of bytes and characters a line.
 
 Numpy-free and torch-free: the standard library only.
 """
@@ -27,8 +28,8 @@ import tempfile
 from pathlib import Path
 
 __all__ = [
-    "UnsafePathError", "check_tree", "inside", "not_a_link", "output_dir", "read_text_lines", "refuse_links", "subdir",
-    "write_bytes", "write_text",
+    "UnsafePathError", "check_tree", "inside", "not_a_link", "not_regular", "open_without_waiting", "output_dir",
+    "read_text_lines", "refuse_links", "subdir", "write_bytes", "write_text",
 ]
 
 # the process's umask, read once (os.umask can only be read by setting it): new files get the usual mode, not
@@ -216,6 +217,31 @@ def write_text(path: str | os.PathLike, text: str, encoding: str = "utf-8") -> P
     return write_bytes(path, text.encode(encoding))
 
 
+def open_without_waiting(path: str | os.PathLike) -> tuple[int, os.stat_result]:
+    """``path`` opened for reading without blocking (a FIFO with no writer would block forever), and the opened
+    descriptor's status: check that it is a regular file (``stat.S_ISREG``) before reading, and close it.
+
+    Raises:
+        OSError: the path cannot be opened (missing, no permission).
+    """
+    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
+    fd = os.open(path, flags)
+    try:
+        return fd, os.fstat(fd)
+    except OSError:
+        os.close(fd)
+        raise
+
+
+def not_regular(path: str | os.PathLike, opened: os.stat_result) -> str:
+    """What ``path``, no regular file, is, for a message: ``"a named pipe (FIFO)"``, and where a link leads."""
+    mode, where = opened.st_mode, os.fspath(path)
+    kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device"
+            if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "no file")
+    real = os.path.realpath(where)
+    return kind + (f" (the path leads to {real})" if real != os.path.abspath(where) else "")
+
+
 def read_text_lines(path: str | os.PathLike, *, what: str, max_bytes: int, why: str, max_line: int, fix: str,
                     path_fix: str, encoding: str = "utf-8", error: type[ValueError] = ValueError) -> list[str]:
     """The lines of a text file from a stranger, read with bounds (for :mod:`csv`: line endings kept, as ``open(...,
@@ -240,22 +266,15 @@ def read_text_lines(path: str | os.PathLike, *, what: str, max_bytes: int, why: 
         ValueError: (``error``) naming the file, what was expected and what came, and ``fix`` or ``path_fix``.
     """
     where = os.fspath(path)
-    flags = os.O_RDONLY | getattr(os, "O_NONBLOCK", 0) | getattr(os, "O_NOCTTY", 0) | getattr(os, "O_BINARY", 0)
     try:
-        fd = os.open(path, flags)
+        fd, opened = open_without_waiting(path)
     except FileNotFoundError:
         raise error(f"No {what} {where}: expected an existing file; {path_fix}.") from None
     except OSError as e:
         raise error(f"Cannot open {where} ({e.strerror}): expected a readable {what}; {path_fix}.") from None
-    opened = os.fstat(fd)
     if not stat.S_ISREG(opened.st_mode):
         os.close(fd)
-        mode = opened.st_mode
-        kind = ("a folder" if stat.S_ISDIR(mode) else "a named pipe (FIFO)" if stat.S_ISFIFO(mode) else "a device"
-                if stat.S_ISCHR(mode) or stat.S_ISBLK(mode) else "a socket" if stat.S_ISSOCK(mode) else "no file")
-        real = os.path.realpath(where)
-        link = f" (the path leads to {real})" if real != os.path.abspath(where) else ""
-        raise error(f"Expected {where} to be a {what}, a regular file, got {kind}{link}; {path_fix}.")
+        raise error(f"Expected {where} to be a {what}, a regular file, got {not_regular(where, opened)}; {path_fix}.")
     with os.fdopen(fd, "rb") as f:
         if opened.st_size > max_bytes:
             raise error(f"Expected {where} to hold at most {max_bytes} bytes ({why}), got {opened.st_size}: too big "

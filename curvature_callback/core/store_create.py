@@ -6,6 +6,7 @@ ever overwritten. Numpy only.
 
 from __future__ import annotations
 
+import errno
 import os
 import secrets
 import shutil
@@ -126,12 +127,18 @@ def build(directory: Path, n: int, *, settings: Mapping[str, Any], keep_history:
         StoreCorruptError: ``directory`` holds store files but no ``meta.json``. Nothing is overwritten.
         OSError: the disk is full (the history's space is reserved); nothing of the new store is left behind.
     """
-    directory.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        directory.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise _cannot_create(directory, e) from e
     fresh = not directory.exists() or (directory.is_dir() and not directory.is_symlink()
                                        and not any(directory.iterdir()))
     if fresh:
         folder = directory.parent / f".{directory.name}.creating-{os.getpid()}-{secrets.token_hex(4)}"
-        folder.mkdir()
+        try:
+            folder.mkdir()
+        except OSError as e:  # its message would name the hidden folder, not the one asked for
+            raise _cannot_create(directory, e) from e
     else:
         directory.mkdir(exist_ok=True)  # a file there: mkdir says so
         folder = directory
@@ -155,3 +162,21 @@ def build(directory: Path, n: int, *, settings: Mapping[str, Any], keep_history:
             shutil.rmtree(folder, ignore_errors=True)  # ours, made just now (a no-op once renamed)
         raise
     return fd
+
+
+def _cannot_create(directory: Path, e: OSError) -> OSError:
+    """The error of a store folder that cannot be made (the same kind of ``OSError``), naming ``directory``, the
+    folder asked for, not the hidden one it is built in, and why."""
+    above = directory.parent
+    while not above.exists() and above != above.parent:  # the nearest existing folder above
+        above = above.parent
+    if not above.is_dir():
+        why = f"{above} is a file, not a folder"
+    elif e.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        why = f"{above} takes no new folder: not writable by this user, read-only, or not a real filesystem"
+    elif e.errno == errno.ENOENT and directory.parent.is_dir():  # a folder there, and yet no folder can be made
+        why = f"{directory.parent} takes no new folder: not a real filesystem (a virtual one, such as /proc)"
+    else:
+        why = f"creating it under {above} failed"
+    return type(e)(f"Cannot create the store folder {directory}: {why} ({e.strerror}). Pass a `directory` on a "
+                   "writable disk, a folder you may create files in (or whose parent you may).")

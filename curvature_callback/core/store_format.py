@@ -28,8 +28,8 @@ from curvature_callback.core.settings import MEANING_KEYS, PASS_KINDS
 __all__ = [
     "DTYPES", "FORMAT_VERSION", "LABEL_UNKNOWN", "OPTIONAL_META", "PRIMARY", "STORE_FILE", "StoreChangedError",
     "StoreCorruptError", "StoreMismatchError", "atomic_write_json", "check_npy", "create_npy", "file_name",
-    "fsync_dir", "grow_history", "meta_identity", "npy_layout", "read_meta", "reserve", "save_journal", "save_npy",
-    "sync_arrays",
+    "fsync_dir", "grow_history", "meta_identity", "npy_layout", "read_meta", "read_npy_header", "reserve",
+    "save_journal", "save_npy", "sync_arrays",
 ]
 
 #: 2: labels.npy, each scored sample's label key, checked at every commit (format 1 stores are read, not added to);
@@ -166,18 +166,31 @@ def npy_layout(path: Path) -> tuple[tuple[int, ...], bool, np.dtype, int, int]:
     """
     with open(path, "rb") as f:
         try:
-            version = np.lib.format.read_magic(f)
-            if version not in ((1, 0), (2, 0), (3, 0)):
-                raise ValueError(f"unknown .npy format version {version}")
-            # 3.0 differs from 2.0 only in allowing utf-8 field names, which none of our dtypes has
-            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-            shape, fortran_order, dtype = read(f)
-        except (ValueError, TypeError, SyntaxError, RecursionError) as e:
+            shape, fortran_order, dtype = read_npy_header(f)
+        except ValueError as e:
             raise StoreCorruptError(
                 f"{path} is damaged: expected a .npy file, got an unreadable header ({e}). Restore the file from a "
                 "backup or use another `directory`; a damaged store is refused, not repaired."
             ) from None
         return shape, fortran_order, dtype, f.tell(), os.fstat(f.fileno()).st_size
+
+
+def read_npy_header(f: Any) -> tuple[tuple[int, ...], bool, np.dtype]:
+    """Shape, Fortran order and dtype of the ``.npy`` file open in ``f`` (binary, at its start); ``f`` is left where
+    the data starts. Reads the header only: what the array would take is known before anything is allocated.
+
+    Raises:
+        ValueError: the header does not parse (bad magic, unknown version, a malformed dictionary), with why.
+    """
+    try:
+        version = np.lib.format.read_magic(f)
+        if version not in ((1, 0), (2, 0), (3, 0)):
+            raise ValueError(f"unknown .npy format version {version}")
+        # 3.0 differs from 2.0 only in allowing utf-8 field names, which none of our dtypes has
+        read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        return read(f)
+    except (ValueError, TypeError, SyntaxError, RecursionError) as e:
+        raise ValueError(str(e)) from None
 
 
 def check_npy(path: Path, dtype: np.dtype, n: int, min_rows: int | None = None) -> tuple[tuple[int, ...], int]:

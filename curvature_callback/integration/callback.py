@@ -412,6 +412,9 @@ class CurvatureCallback(Callback):
             step_indices, step_values = merge_step_values(self._store, epoch, sums, evidence)
             step_labels = keys[step_indices]
             self._check_loss(epoch, step_values)
+        if steps is not None and self._signals is not None:  # out-of-range indices first, then labels
+            also = None if arrays is None else (self._pass_indices(), arrays[LABEL_KEYS])
+            self._signals.check_shifted(self._store, epoch, step_indices, step_labels, also)
         if arrays is None:
             self._store.commit_epoch(epoch, None, steps=step_values, step_indices=step_indices,
                                      step_labels=step_labels)

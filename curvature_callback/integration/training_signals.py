@@ -20,7 +20,8 @@ from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
 from curvature_callback.core.steps import StepRecorder, label_conflicts, loss_jump, repeated_indices
-from curvature_callback.core.store import CurvatureStore
+from curvature_callback.core import store_checks
+from curvature_callback.core.store import CurvatureStore, StoreMismatchError
 from curvature_callback.integration.training_steps import CONTRACT, read_step_outputs
 
 __all__ = ["TrainingSignals"]
@@ -43,6 +44,7 @@ class TrainingSignals:
         self._steps: StepRecorder | None = None  # this epoch's training-step sums, on the model's device
         self._off = False  # the training step does not return what the recording needs (warned once)
         self._doubts: set[str] = set()  # what this fit has warned about already (once per fit each)
+        self.left_out = 0  # presentations the last epoch left out (an index out of range, a non-finite loss)
 
     @classmethod
     def start(cls, trainer: pl.Trainer, store: CurvatureStore | None, n: int, class_evidence: int) -> TrainingSignals:
@@ -84,6 +86,7 @@ class TrainingSignals:
                 f"'sample_index' outside [0, {self.n}) (the scored dataset's indices) or a non-finite "
                 "'sample_loss'. Check that the index is the sample's position in the scored dataset."
             )
+        self.left_out = bad  # the commit's label check then blames the indices (check_shifted)
         key = self._one_label_per_sample(epoch, keys)
         self._doubt_repeated(epoch, sums)
         return sums, key, classes
@@ -136,6 +139,23 @@ class TrainingSignals:
                 "on purpose while skipping others (with replacement or by weights, repeated augmentation such as "
                 "DeiT's RASampler), this is expected: the signals then count every presentation. Warned once per fit."
             )
+
+    def check_shifted(self, store: CurvatureStore, epoch: int, indices: np.ndarray, keys: np.ndarray,
+                      also: tuple[np.ndarray, Any] | None) -> None:
+        """Before the commit (rank 0): when this epoch left presentations out and the steps' label keys disagree with
+        the store's, the indices are shifted (``index + k``, ``index - 1``), not the labels changed: say that."""
+        if not self.left_out:
+            return
+        try:
+            store_checks.check_labels(store.directory, store.labels, indices, keys, unknown_ok=True, also=also)
+        except StoreMismatchError as e:
+            raise ValueError(
+                f"CurvatureCallback: in epoch {epoch} the training steps gave {self.left_out} presentation(s) a "
+                f"'sample_index' outside [0, {self.n}) (or a non-finite 'sample_loss'), and the samples at the other "
+                "indices came with other labels than recorded for them: the indices look shifted (e.g. `index + 1` "
+                "or `index - 1`), not the labels changed. Expected 'sample_index' to be the sample's position in the "
+                "scored dataset (WithIndex's third item), in [0, N). Nothing of this epoch was added to the store."
+            ) from e
 
     def check_loss(self, store: CurvatureStore, epoch: int, values: dict[str, np.ndarray], path: Path | None) -> None:
         """Warn (once per fit, on rank 0) when the first epoch this fit adds to a store that has training-time epochs

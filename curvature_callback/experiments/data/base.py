@@ -14,7 +14,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, Subset
 from typing_extensions import override
 
-from curvature_callback.core.corrections import apply_corrections
+from curvature_callback.core.corrections import CorrectionsError, apply_corrections
 from curvature_callback.core.feeding import WithIndex
 from curvature_callback.experiments.arguments import Integer, OneOf, Real, Rule, check_arguments
 from curvature_callback.experiments.data.noise import NOISE_DATASETS, NOISE_KINDS, NoiseKind, inject_label_noise
@@ -126,6 +126,12 @@ class NoisyDataModule(pl.LightningDataModule):
         self.noisy_labels, self.kept = noisy, np.ones(len(labels), dtype=bool)
         if self.corrections is not None:  # the file was made for the noisy labels: it is checked against them
             given, self.kept = apply_corrections(noisy, self.corrections, num_classes=num_classes)
+            if len(given) and not self.kept.any():  # a sampler of no samples fails deep in the trainer
+                raise CorrectionsError(
+                    f"Expected data.corrections={os.fspath(self.corrections)} to keep at least one sample to train "
+                    f"on, got every one of the {len(given)} samples dropped: set some rows' action to keep or "
+                    "relabel, or pass data.corrections=null."
+                )
             self.given_labels, self.flipped = given, given != labels
             return given
         return noisy
