@@ -19,8 +19,8 @@ import torch
 from lightning.pytorch.utilities.rank_zero import rank_zero_warn
 from torch import Tensor
 
-from curvature_callback.core.steps import StepRecorder, label_conflicts, loss_jump, repeated_indices
 from curvature_callback.core import store_checks
+from curvature_callback.core.steps import StepRecorder, label_conflicts, loss_jump, repeated_indices
 from curvature_callback.core.store import CurvatureStore, StoreMismatchError
 from curvature_callback.integration.training_steps import CONTRACT, read_step_outputs
 
