@@ -101,7 +101,8 @@ def test_report_has_every_section_and_the_planted_duplicates(report):
     assert sorted(re.findall(r"<td>#(\d+), #(\d+)</td>", table)) == sorted((str(a), str(b)) for a, b in report["pairs"])
     assert "labels checked against scores.csv" in page and "cifar100_infl_matrix.npz" in page
     assert re.search(r"<td>\d \(class\d\) / \d \(class\d\)</td>", table)  # given labels, named
-    assert "http://" not in page and "https://" not in page and "<script" not in page  # self-contained, static
+    # self-contained: nothing fetched; one script, inline (the review's Download corrections.csv), no src
+    assert "http://" not in page and "https://" not in page and page.count("<script") == page.count("<script>") == 1
     for name in ("detection.png", "class_histograms.png", "histogram.png", "memorization.png"):
         assert (report["run"] / "report" / name).read_bytes().startswith(b"\x89PNG"), name
     drawn = {int(p.stem) for p in (report["run"] / "report" / "thumbnails").glob("*.png")}
@@ -177,7 +178,8 @@ def test_report_of_a_real_run_rebuilds_the_images_from_its_config(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ in a browser
-def _chromium():
+def _chromium(downloads: Path | None = None):
+    """Headless Chromium (skips without it); ``downloads``: the folder a page's downloads go to, without asking."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="selenium (the dev extra) renders the report")
     browser = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
     driver = shutil.which("chromedriver")
@@ -187,6 +189,9 @@ def _chromium():
     options.binary_location = browser
     for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         options.add_argument(arg)
+    if downloads is not None:
+        options.add_experimental_option("prefs", {"download.default_directory": str(downloads),
+                                                  "download.prompt_for_download": False})
     return webdriver.Chrome(service=webdriver.ChromeService(executable_path=driver), options=options)
 
 

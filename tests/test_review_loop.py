@@ -8,10 +8,11 @@ import csv
 import json
 
 import numpy as np
+import pytest
 from hydra import compose, initialize_config_dir
 
 from curvature_callback.analysis import read_scores_csv
-from curvature_callback.core.corrections import COLUMNS
+from curvature_callback.core.corrections import COLUMNS, apply_corrections
 from curvature_callback.core.store import CurvatureStore
 from curvature_callback.experiments.train import CONF_DIR, run
 
@@ -30,9 +31,16 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
-def test_train_review_correct_retrain(tmp_path):
-    first, second = tmp_path / "first", tmp_path / "second"
-    run(_compose(first))
+@pytest.fixture(scope="module")
+def first(tmp_path_factory):
+    """The first run of the loop, shared: it flags labels and pre-fills corrections.csv."""
+    out = tmp_path_factory.mktemp("loop") / "first"
+    run(_compose(out))
+    return out
+
+
+def test_train_review_correct_retrain(first, tmp_path):
+    second = tmp_path / "second"
     labels = np.load(first / "labels.npz")
     given, original = labels["given_labels"], labels["original_labels"]
 
@@ -87,3 +95,44 @@ def test_train_review_correct_retrain(tmp_path):
     assert np.isfinite(np.asarray(store.mean)).all()  # the pass scored it anyway
     store.close()
     assert json.loads((second / "metrics.json").read_text())["n_samples"] == len(given)
+
+
+def test_the_reports_download_is_what_the_next_run_trains_on(first, tmp_path):
+    """The review on the first run's page in headless Chromium (from file://): one flagged sample dropped, one
+    relabeled to a class of the person's choosing, the rest as pre-filled; the downloaded file trains the next run."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+    from test_report import _chromium
+    from test_report_review import _download
+
+    given = np.load(first / "labels.npz")["given_labels"]
+    downloads = tmp_path / "downloads"
+    downloads.mkdir()
+    browser = _chromium(downloads)
+    try:
+        browser.get((first / "report" / "index.html").resolve().as_uri())
+        rows = browser.find_elements(By.CSS_SELECTOR, "table.review tbody tr[data-index]")
+        shown = [int(r.get_attribute("data-index")) for r in rows]
+        assert shown == [int(r["index"]) for r in _rows(first / "label_issues.csv")][:1000]
+        Select(rows[0].find_element(By.CSS_SELECTOR, "select.action")).select_by_value("drop")
+        Select(rows[1].find_element(By.CSS_SELECTOR, "select.action")).select_by_value("relabel")
+        chosen = (int(given[shown[1]]) + 3) % 10
+        box = rows[1].find_element(By.CSS_SELECTOR, "input.new-label")
+        box.clear()
+        box.send_keys(str(chosen))
+        path = _download(browser, downloads)
+    finally:
+        browser.quit()
+    prefilled = _rows(first / "corrections.csv")
+    downloaded = _rows(path)
+    assert downloaded[2:] == prefilled[2:]  # the rows left alone are the pre-filled ones
+    assert downloaded[0]["action"] == "drop" and downloaded[1]["new_label"] == str(chosen)
+    labels, keep = apply_corrections(given, path, num_classes=10)
+
+    second = tmp_path / "second"
+    run(_compose(second, f"data.corrections={path}"))
+    after = np.load(second / "labels.npz")
+    np.testing.assert_array_equal(after["noisy_labels"], given)
+    np.testing.assert_array_equal(after["given_labels"], labels)
+    assert labels[shown[1]] == chosen and np.flatnonzero(~after["kept"]).tolist() == [shown[0]]
+    np.testing.assert_array_equal(after["kept"], keep)

@@ -2,14 +2,18 @@
 
 It reads a run directory as ``curvature-train`` writes it (the store in ``curvature/``, ``scores.csv``,
 ``metrics.json``, ``.hydra/config.yaml``) and writes ``RUN_DIR/report/index.html``: self-contained (every figure
-is embedded as a PNG data URI, no script, no network), with the same PNGs beside it for reuse. The page is the
+is embedded as a PNG data URI, no network; one inline script), with the same PNGs beside it for reuse. The page is the
 Jinja2 template ``templates/report.html.j2`` (structure and CSS); this package reads the run and computes each
 section's context as plain strings and numbers, which the template escapes. Sections:
 
-- **samples to review**: the samples whose labels look wrong (:func:`~curvature_callback.analysis.find_label_issues`,
-  most probable first), as thumbnails with the given and suggested label, the probability and the reason, how many
-  were estimated and how; past :data:`REVIEW_GRID` the rest in a table (up to :data:`REVIEW_TABLE` rows, all of
-  them in ``label_issues.csv``); then the duplicates with conflicting labels, as pairs;
+- **samples to review**: the samples whose labels look wrong, most probable first: the run's ``label_issues.csv``
+  where it is there (the page says so, and whether the store now gives another answer), else
+  :func:`~curvature_callback.analysis.find_label_issues` on the store; as thumbnails with the given and suggested
+  label, the probability and the reason, how many were estimated and how; past :data:`REVIEW_GRID` the rest in a
+  table (up to :data:`REVIEW_TABLE` rows, all of them in ``label_issues.csv``). Each row has a choice (keep /
+  relabel to a class / drop), pre-filled as ``corrections.csv`` is, and **Download corrections.csv** saves the
+  choices as a corrections file (:mod:`curvature_callback.core.corrections`; the page's one script, inline: no
+  server, works from ``file://``); then the duplicates with conflicting labels, as pairs;
 - which signal answers which question (the recommended score of :mod:`~curvature_callback.analysis.recommend`, and
   why);
 - mislabel detection by the recommended score, curvature and every other signal (when labels were flipped);
@@ -39,7 +43,8 @@ in it where a file goes is refused (:mod:`curvature_callback.core.safe_paths`).
 - :mod:`~curvature_callback.analysis.report.write`: :func:`write_report`, the story (read, compute, render, write);
 - :mod:`~curvature_callback.analysis.report.run`: reading the run folder;
 - :mod:`~curvature_callback.analysis.report.images`: where the images come from, their checks, the thumbnails drawn;
-- :mod:`~curvature_callback.analysis.report.review`: the samples to review;
+- :mod:`~curvature_callback.analysis.report.issues`: the label issues shown (the run's file, or the store's);
+- :mod:`~curvature_callback.analysis.report.review`: the samples to review, with their pre-filled choices;
 - :mod:`~curvature_callback.analysis.report.sections`: every other section's context;
 - :mod:`~curvature_callback.analysis.report.cells`: values as the page shows them;
 - :mod:`~curvature_callback.analysis.report.render`: the template filled.

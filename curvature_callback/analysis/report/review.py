@@ -1,5 +1,6 @@
-"""The page's first section, the samples to review: the flagged labels (thumbnails, then a table) and the duplicates
-with conflicting labels, as pairs."""
+"""The page's first section, the samples to review: the flagged labels (thumbnails, then a table with a choice per
+row, keep / relabel / drop, pre-filled as ``corrections.csv`` is, which the page saves as a corrections file) and
+the duplicates with conflicting labels, as pairs."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from curvature_callback.analysis.report import cells
 from curvature_callback.analysis.report.images import Drawn, Images, Subset
 from curvature_callback.analysis.report.run import Run
 from curvature_callback.analysis.thumbnails import Thumbnails
+from curvature_callback.core.corrections import COLUMNS, corrections_rows
 
 __all__ = ["MAX_PAIRS", "REVIEW_GRID", "REVIEW_TABLE", "review"]
 
@@ -27,13 +29,14 @@ REVIEW_TABLE = 1000
 
 
 def review(
-    run: Run, issues: Any, found: Images, names: Sequence[str] | None, dup_top_k: int | None, threshold: float,
-    out: Path, shown: set[int],
+    run: Run, issues: Any, source: str, found: Images, names: Sequence[str] | None, dup_top_k: int | None,
+    threshold: float, out: Path, shown: set[int],
 ) -> dict[str, Any]:
-    """The samples to review: the flagged ones (grid, then table), how many were estimated and how, and the
-    conflicting duplicate pairs."""
+    """The samples to review: the flagged ones (grid, then table, each row with its pre-filled choice), how many
+    were estimated and how, where they come from (``source``, one line or ""), and the conflicting duplicate
+    pairs."""
     draw = Drawn(found, out, shown)
-    section: dict[str, Any] = {"unavailable": "; ".join(found.notes), "duplicates": _duplicates(
+    section: dict[str, Any] = {"unavailable": "; ".join(found.notes), "source": source, "duplicates": _duplicates(
         run, found, names, dup_top_k, threshold, draw)}
     if isinstance(issues, str):
         section.update(found=False, note=issues)
@@ -41,10 +44,15 @@ def review(
     flagged = np.asarray(issues.flagged, dtype=np.int64)
     k = len(flagged)
     reasons = issues.reasons  # one per flagged sample, in its order; the rest are one value per sample
+    listed = flagged[:REVIEW_TABLE]
+    choices = corrections_rows(listed, run.given[listed], issues.suggested[listed],
+                               issues.suggestion_confidence[listed])
 
     def entry(position: int, i: int) -> dict[str, Any]:
         s = int(issues.suggested[i])
+        _, given, suggested, action, new_label = choices[position]
         return {
+            "choice": {"given": given, "suggested": suggested, "action": action, "new_label": new_label},
             "index": i, "given": cells.label(run.given[i], names),
             "suggested": cells.label(s, names) if s >= 0 else "none",
             "differs": s >= 0 and s != int(run.given[i]),
@@ -63,8 +71,17 @@ def review(
         found=True, flagged=k, estimated=str(issues.estimated), method=cells.text(issues.method), grid=grid, rows=rows,
         more=max(0, k - REVIEW_TABLE),
         with_images=any(g["image"] is not None for g in grid),
+        columns=",".join(COLUMNS), classes=_classes(run, issues.suggested[listed], names),
     )
     return section
+
+
+def _classes(run: Run, suggested: np.ndarray, names: Sequence[str] | None) -> list[dict[str, str]]:
+    """The classes a row may be relabeled to, for the page's one list of them: every named class, else every label
+    up to the largest one the run or a suggestion shows."""
+    labels = np.concatenate([run.given, run.original, suggested])
+    count = len(names) if names is not None else (int(labels.max()) + 1 if len(labels) else 0)
+    return [{"value": str(c), "label": cells.label(c, names)} for c in range(count)]
 
 
 def _duplicates(

@@ -1,5 +1,5 @@
 """What the report reads from a run folder: the store's scores beside ``scores.csv``'s labels and ``metrics.json``,
-each file checked to stay inside the run folder, and the run's label issues found as ``curvature-train`` found them."""
+each file checked to stay inside the run folder (the label issues: :mod:`curvature_callback.analysis.report.issues`)."""
 
 from __future__ import annotations
 
@@ -12,12 +12,11 @@ from typing import Any
 
 import numpy as np
 
-from curvature_callback.analysis.label_issues import find_label_issues
 from curvature_callback.analysis.recommend import recommended_scores
 from curvature_callback.analysis.scores import read_metrics, read_scores_csv, suspicion_scores
 from curvature_callback.core import safe_paths
 
-__all__ = ["Run", "find_issues", "read_run", "scores_csv"]
+__all__ = ["Run", "read_run", "scores_csv"]
 
 
 @dataclass
@@ -125,15 +124,3 @@ def _run_filenames(columns: Mapping[str, np.ndarray], store_dir: Path) -> list[s
             raise ValueError(f"Expected {listed} to be UTF-8 text, one file name a line (curvature-train writes it), "
                              f"got bytes that are not ({e}): remove or fix the file.") from e
     return None
-
-def find_issues(run: Run) -> Any | str:
-    """The run's label issues, found as ``curvature-train`` found them (its store, given labels and the final model's
-    predictions, ``scores.csv``'s ``pred``); the reason where they cannot be found."""
-    pred = run.columns.get("pred")
-    classes = int(max(run.given.max(), run.original.max())) + 1 if run.n else 0
-    if pred is None or pred.dtype != np.int64 or (len(pred) and not (0 <= pred.min() and pred.max() < classes)):
-        pred = None  # a stranger's column that is not class indices: found without it
-    try:
-        return find_label_issues(run.store, run.given, predictions=pred)
-    except ValueError as e:  # a store with none of the mislabeled rule's signals: the rest of the report holds
-        return str(e)

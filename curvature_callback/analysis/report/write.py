@@ -12,9 +12,10 @@ import numpy as np
 
 from curvature_callback.analysis.references import load_reference
 from curvature_callback.analysis.report.images import dataset_images, resolve_images
+from curvature_callback.analysis.report.issues import read_issues_file, run_issues
 from curvature_callback.analysis.report.render import render
 from curvature_callback.analysis.report.review import review
-from curvature_callback.analysis.report.run import Run, find_issues, read_run, scores_csv
+from curvature_callback.analysis.report.run import Run, read_run, scores_csv
 from curvature_callback.analysis.report.sections import classes, detection, memorization, questions, summary, tops
 from curvature_callback.analysis.thumbnails import Thumbnails, save_thumbnails
 from curvature_callback.core import safe_paths
@@ -66,14 +67,16 @@ def write_report(
         images_note: without images, why (default: how to get them). ``curvature-report --rebuild-data``
             (:mod:`curvature_callback.experiments.report_cli`) rebuilds this package's own datamodules.
         issues: the run's label issues (what :func:`~curvature_callback.analysis.find_label_issues` returns);
-            default: found from the store and the given labels.
+            default: the run's ``label_issues.csv`` where it is there (the page says whether the store now gives
+            another answer), else found from the store and the given labels.
         keep_images: also keep the images the page shows in the run folder (``review_images.npy`` and
             ``review_indices.npy``, :mod:`~curvature_callback.analysis.thumbnails`), so that a later
             ``curvature-report RUN_DIR`` shows them with no data at hand (``curvature-train`` asks for this).
 
     Raises:
         FileNotFoundError: no store or no ``scores.csv`` in ``run_dir``.
-        ValueError: ``scores.csv`` and the store disagree on N, a file of the run is malformed, a reference does not
+        ValueError: ``scores.csv`` and the store disagree on N, a file of the run is malformed (``label_issues.csv``
+            included, or another run's), a reference does not
             align, ``class_names`` misses a label, or ``top_k``, ``dup_top_k``, ``dup_threshold`` is out of range.
         safe_paths.UnsafePathError: (a ValueError) a file of ``run_dir`` is a link that leaves it, or the output
             would be written through a link.
@@ -82,6 +85,8 @@ def write_report(
     _check_options(top_k, dup_top_k, dup_threshold)
     run_dir = Path(run_dir)
     csv_path = scores_csv(run_dir)
+    # the run's label_issues.csv, read before anything is written: a damaged one is refused with nothing written
+    table = read_issues_file(run_dir) if issues is None else None
     # the output folder before the store: a refusal costs nothing yet, and nothing below writes outside it
     out = safe_paths.output_dir(Path(out_dir) if out_dir is not None else run_dir / "report",
                                 root=run_dir if out_dir is None else None)
@@ -94,13 +99,14 @@ def write_report(
         found = resolve_images(images, images_file, run.n, images_source, images_note, run.directory)
         names = class_names
         _check_class_names(names, run)
+        source = ""  # the caller's issues (curvature-train's own): shown as given
         if issues is None:
-            issues = find_issues(run)
+            issues, source = run_issues(run, table)
         shown: set[int] = set()  # every sample drawn: what keep_images keeps
         context = {
             "title": run.directory.name,
             "summary": summary(run, found),
-            "review": review(run, issues, found, names, dup_top_k, dup_threshold, out, shown),
+            "review": review(run, issues, source, found, names, dup_top_k, dup_threshold, out, shown),
             "questions": questions(run.scores),
             "detection": detection(run, out),
             "tops": tops(run, found, names, top_k, out, shown),
