@@ -61,3 +61,14 @@ def test_curvature_train_runs_from_the_unpacked_wheel(tmp_path):
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert proc.stdout.split()[0] == str(package / "analysis" / "report" / "__init__.py")
     assert "Curvature per class" in (out / "report" / "index.html").read_text()
+
+
+def test_the_wheel_lists_every_package_of_the_tree():
+    """pyproject.toml lists the packages (find cannot map conf/ into the package), so a new subpackage must be added
+    there or the wheel ships without it: the quick check of what the slow wheel test above found once."""
+    import tomllib
+
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    found = {".".join(p.parent.relative_to(REPO).parts) for p in (REPO / "curvature_callback").rglob("__init__.py")}
+    assert found <= listed, f"packages missing from pyproject.toml's [tool.setuptools] packages: {sorted(found - listed)}"
+    assert listed - found == {"curvature_callback.conf"}, sorted(listed - found)
