@@ -113,11 +113,13 @@ def test_miniature_study_splits_the_flipped_fit_by_learning_rate_phase():
     assert np.allclose([p["learned"] for p in got], [2 / 6, 1 / 6, 2 / 6])  # 1 of 6 not fit at the end
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not list(MINIATURE_DATA.glob("*.npz")), reason="no saved miniature study")
 def test_the_saved_miniature_study_has_every_signal_and_sane_aurocs():
     study = _miniature()
     files = sorted(MINIATURE_DATA.glob("*.npz"))
-    # 12 MB: the decision grid's 48 files (~110-130 KB each, benchmarks/gpu_decision_study.sh) and the 27 before: 10.7 MB
+    # 12 MB: the decision grid's 48 files (~110-130 KB each, benchmarks/gpu_decision_study.sh) and the 27 before:
+    # 10.7 MB
     assert sum(p.stat().st_size for p in files) < 12e6
     for path in files:
         result = study.evaluate(path)

@@ -342,6 +342,7 @@ def test_run_refuses_to_report_when_no_epoch_was_scored(tmp_path):
 
 
 # ------------------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
 def test_entry_point_writes_every_output(tmp_path):
     conf = tmp_path / "conf"  # a copy of the configs, found through $CURVATURE_CONF
     shutil.copytree(CONF_DIR, conf)
@@ -437,6 +438,7 @@ def test_the_recommended_configuration_runs_from_the_command_line(tmp_path):
     assert metrics["suggested_label_accuracy"] >= 0.8
 
 
+@pytest.mark.slow
 def test_the_recommended_configuration_pays_for_no_curvature(tmp_path):
     """score_curvature=False: training-time signals only, no pass; the recommended score rests on CSL."""
     cfg = _compose(tmp_path, "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "~logger", "threads=null",

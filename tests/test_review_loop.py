@@ -8,6 +8,7 @@ import csv
 import json
 
 import numpy as np
+import pytest
 from hydra import compose, initialize_config_dir
 
 from curvature_callback.analysis import read_scores_csv
@@ -30,6 +31,7 @@ def _rows(path):
         return list(csv.DictReader(f))
 
 
+@pytest.mark.slow
 def test_train_review_correct_retrain(tmp_path):
     first, second = tmp_path / "first", tmp_path / "second"
     run(_compose(first))
