@@ -7,7 +7,7 @@ PIP_TORCH := torch==2.14.1 torchvision==0.29.1
 $(VENV)/bin/python:
 	$(PY) -m venv $(VENV)
 
-.PHONY: run test install browser
+.PHONY: run test fast install browser
 install: $(VENV)/bin/python
 	$(VENV)/bin/pip install -q $(PIP_TORCH) -e ".[dev]"
 
@@ -22,3 +22,7 @@ run: install
 
 test: install browser
 	$(VENV)/bin/pytest -q --durations=10
+
+# The developers' fast loop: every test but the slow ones (2-process DDP, sweeps, whole runs), which `make test` runs
+fast: install
+	$(VENV)/bin/pytest -q -m "not slow"

@@ -113,6 +113,7 @@ def test_miniature_study_splits_the_flipped_fit_by_learning_rate_phase():
     assert np.allclose([p["learned"] for p in got], [2 / 6, 1 / 6, 2 / 6])  # 1 of 6 not fit at the end
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not list(MINIATURE_DATA.glob("*.npz")), reason="no saved miniature study")
 def test_the_saved_miniature_study_has_every_signal_and_sane_aurocs():
     study = _miniature()

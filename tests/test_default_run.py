@@ -341,7 +341,6 @@ def test_run_refuses_to_report_when_no_epoch_was_scored(tmp_path):
     assert metrics["recommended_signals"] == ["train_loss"] and metrics["auroc_train_loss"] is not None
 
 
-
 def test_run_validates_when_the_data_has_a_validation_set(tmp_path):
     """The app sets limit_val_batches=0 only for data without a validation set (Lightning then skips the loop instead
     of warning of an empty loader, test_entry_point_writes_every_output); with one, each epoch validates."""
@@ -351,6 +350,7 @@ def test_run_validates_when_the_data_has_a_validation_set(tmp_path):
     assert {"val/loss", "val/acc"} <= set(header), header
 
 # ------------------------------------------------------------------------------------------ end to end
+@pytest.mark.slow
 def test_entry_point_writes_every_output(tmp_path):
     conf = tmp_path / "conf"  # a copy of the configs, found through $CURVATURE_CONF
     shutil.copytree(CONF_DIR, conf)
@@ -452,6 +452,7 @@ def test_the_recommended_configuration_runs_from_the_command_line(tmp_path):
     assert metrics["suggested_label_accuracy"] >= 0.8
 
 
+@pytest.mark.slow
 def test_training_time_signals_alone_pay_for_no_pass(tmp_path):
     """score_curvature=False: training-time signals only, no pass; the recommended score rests on CSL."""
     cfg = _compose(tmp_path, "trainer.max_epochs=2", "trainer.enable_progress_bar=false", "~logger", "threads=null",

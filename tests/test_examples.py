@@ -18,6 +18,7 @@ ARGS = {
 }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("script", EXAMPLES, ids=lambda p: p.name)
 def test_example_runs(script: Path, tmp_path: Path) -> None:
     result = subprocess.run([sys.executable, str(script), *ARGS.get(script.name, [])], cwd=tmp_path,

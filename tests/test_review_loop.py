@@ -39,6 +39,7 @@ def first(tmp_path_factory):
     return out
 
 
+@pytest.mark.slow
 def test_train_review_correct_retrain(first, tmp_path):
     second = tmp_path / "second"
     labels = np.load(first / "labels.npz")
@@ -97,6 +98,7 @@ def test_train_review_correct_retrain(first, tmp_path):
     assert json.loads((second / "metrics.json").read_text())["n_samples"] == len(given)
 
 
+@pytest.mark.slow
 def test_the_reports_download_is_what_the_next_run_trains_on(first, tmp_path):
     """The review on the first run's page in headless Chromium (from file://): one flagged sample dropped, one
     relabeled to a class of the person's choosing, the rest as pre-filled; the downloaded file trains the next run."""

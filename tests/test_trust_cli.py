@@ -229,6 +229,7 @@ def test_report_rebuild_explains_a_config_too_deep_to_read(tmp_path):
                      r"`noise` to be a finite number in \[0, 1\]", page)
 
 
+@pytest.mark.slow
 def test_the_console_scripts_print_no_traceback(run, tmp_path):
     """The installed entry points, as a user runs them: a 30-digit label, a deep metrics.json, --top-k -5."""
     _edit_csv(run / "scores.csv", 4, 2, "1" * 30)
@@ -380,6 +381,7 @@ def test_datamodules_check_their_arguments_with_the_same_rules(cls, kwargs, mess
         cls(**kwargs)
 
 
+@pytest.mark.slow
 def test_train_cli_prints_config_errors_without_a_traceback(tmp_path):
     """The three of the issue, through the console script: our message on stderr, exit status 2."""
     for override, message in (("trainer.max_epochs=abc", r"Expected trainer.max_epochs to be an integer"),
@@ -405,6 +407,7 @@ def test_train_refuses_a_run_folder_with_a_link_where_it_writes(tmp_path, name):
     assert (tmp_path / "notes.txt").read_text() == "mine"
 
 
+@pytest.mark.slow
 def test_train_cli_writes_through_no_link_in_its_run_folder(tmp_path):
     """`ln -s ELSEWHERE/notes.txt RUN/scores.csv; curvature-train hydra.run.dir=RUN`: refused before training, and
     before Hydra writes .hydra/ (a link there, or at its log, is refused too), in a run and in a sweep."""
