@@ -14,7 +14,8 @@ of every sample are stacked along the batch dimension and go through the model i
 ``(seed, sample index, k)``: a sample's score does not depend on batch size, composition, order or device, up to
 rounding. In float64 that is exact to ~1e-12; in float32 another batch shape rounds the gradients differently
 (another BLAS blocking), and the squared difference of two nearly equal gradients amplifies it: relative changes
-up to about ``32 u |g| / |g(x + h v) - g(x)|`` (u = 2**-24; ~1e-2 at h = 1e-3 on small models, tests/test_estimator.py).
+up to about ``32 u |g| / |g(x + h v) - g(x)|`` (u = 2**-24; ~1e-2 at h = 1e-3 on small models,
+tests/core/test_estimator.py).
 """
 
 from __future__ import annotations

@@ -471,7 +471,8 @@ class CurvatureCallback(Callback):
         """The pass's logs (:func:`~curvature_callback.integration.sinks.log_pass`), on rank 0."""
         if not trainer.loggers:
             return
-        from curvature_callback.integration.sinks import log_pass  # loaded only with a logger (tests/test_extras.py)
+        # loaded only with a logger (tests/integration/test_extras.py)
+        from curvature_callback.integration.sinks import log_pass
 
         log_pass(trainer.loggers, self.signal, scores, trainer.global_step, histogram=self.log_histogram,
                  dataset=self._scored_dataset, store=self._store, to_inputs=self._to_inputs)

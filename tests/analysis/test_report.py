@@ -364,7 +364,7 @@ def test_report_rebuilds_a_package_datamodule_only_when_asked(tmp_path):
     """Digits, as conf/data/digits.yaml has it: no images by default, the scored images with --rebuild-data."""
     from curvature_callback.experiments.data import DigitsDataModule
 
-    data = OmegaConf.to_container(OmegaConf.load(Path(__file__).parent.parent / "conf" / "data" / "digits.yaml"))
+    data = OmegaConf.to_container(OmegaConf.load(Path(__file__).resolve().parents[2] / "conf" / "data" / "digits.yaml"))
     datamodule = DigitsDataModule(noise=0.1, seed=0)
     datamodule.setup()
     run = _with_data_config(_tiny_run(tmp_path / "run", datamodule.given_labels), data)
@@ -400,7 +400,7 @@ def test_rebuildable_datamodules_are_the_ones_the_configs_name():
 
     from curvature_callback.experiments.report_cli import REBUILDABLE, _datamodule_class
 
-    configs = (Path(__file__).parent.parent / "conf" / "data").glob("*.yaml")
+    configs = (Path(__file__).resolve().parents[2] / "conf" / "data").glob("*.yaml")
     targets = {OmegaConf.load(f).get("_target_") for f in configs}
     assert targets - {None} == set(REBUILDABLE)
     for target in REBUILDABLE:

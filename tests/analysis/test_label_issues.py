@@ -20,7 +20,7 @@ from curvature_callback.analysis.label_issues import (
 )
 from curvature_callback.core.channels import STEP_CHANNELS, class_evidence_channels
 
-MINIATURE = Path(__file__).resolve().parents[1] / "benchmarks" / "data" / "miniature"
+MINIATURE = Path(__file__).resolve().parents[2] / "benchmarks" / "data" / "miniature"
 
 
 def _mixture(n: int, share: float, seed: int) -> tuple[dict[str, np.ndarray], np.ndarray]:

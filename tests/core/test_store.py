@@ -216,7 +216,7 @@ def test_channel_names_and_newer_format_refused(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- a store is untrusted data
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 # subprocesses import the store alone: the package imports torch only on demand, and the store never (checked)
 PRELUDE = textwrap.dedent(f"""
     import sys

@@ -39,7 +39,8 @@ SCRIPT = textwrap.dedent(
 
 def test_the_callback_runs_without_the_experiment_extras(tmp_path):
     code = SCRIPT.format(blocked=EXTRAS, directory=str(tmp_path / "store"))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parent), os.environ.get("PYTHONPATH", "")])}
+    tests = str(Path(__file__).resolve().parents[1])  # tests/: boring.py and the other helpers
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([tests, os.environ.get("PYTHONPATH", "")])}
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300, env=env,
                           cwd=tmp_path)
     assert done.returncode == 0, done.stderr[-3000:]
