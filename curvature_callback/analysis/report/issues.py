@@ -5,37 +5,19 @@ else found from the store as ``curvature-train`` finds them. The page says which
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from curvature_callback.analysis.label_issues import find_label_issues, read_label_issues_csv
+from curvature_callback.analysis.label_issues import LabelIssues, find_label_issues, read_label_issues_csv
 from curvature_callback.analysis.report.run import Run
 from curvature_callback.core import safe_paths
 
-__all__ = ["FiledIssues", "find_issues", "read_issues_file", "run_issues"]
+__all__ = ["find_issues", "read_issues_file", "run_issues"]
 
 #: the run's label issues, beside scores.csv
 ISSUES_FILE = "label_issues.csv"
-
-
-@dataclass(frozen=True)
-class FiledIssues:
-    """The label issues of a run's ``label_issues.csv``, with the attributes of
-    :class:`~curvature_callback.analysis.label_issues.LabelIssues` the page reads: per-sample arrays of ``[N]``
-    (NaN, -1 or 0 where the file has no row), ``flagged`` and ``reasons`` in the file's order. ``estimated`` and
-    ``method`` are ``metrics.json``'s (the file does not hold them), or say that it has none."""
-
-    estimated: int | str
-    flagged: np.ndarray
-    probability: np.ndarray
-    score: np.ndarray
-    suggested: np.ndarray
-    suggestion_confidence: np.ndarray
-    reasons: tuple[str, ...]
-    method: str
 
 
 def read_issues_file(run_dir: Path) -> dict[str, np.ndarray] | None:
@@ -79,7 +61,7 @@ def run_issues(run: Run, table: Mapping[str, np.ndarray] | None) -> tuple[Any | 
     return filed, _compare(filed.flagged, now)
 
 
-def _from_table(run: Run, table: Mapping[str, np.ndarray]) -> FiledIssues:
+def _from_table(run: Run, table: Mapping[str, np.ndarray]) -> LabelIssues:
     """The file's rows as per-sample arrays, checked against the run: indices in ``[0, N)``, the given labels
     ``scores.csv``'s."""
     where = run.directory / ISSUES_FILE
@@ -103,7 +85,9 @@ def _from_table(run: Run, table: Mapping[str, np.ndarray]) -> FiledIssues:
     method = run.metrics.get("label_issues_method")
     if isinstance(estimated, bool) or not isinstance(estimated, int) or estimated < 0:  # a stranger's file
         estimated, method = "not recorded (no estimated_label_issues in metrics.json)", ""
-    return FiledIssues(estimated, index, probability, score, suggested, confidence,
+    # the file's rows as LabelIssues (the page reads the same attributes): [N] arrays NaN, -1 or 0 where the file
+    # has no row; estimated and method are metrics.json's, or say there are none (the file does not hold them)
+    return LabelIssues(estimated, index, probability, score, suggested, confidence,
                        tuple(str(r) for r in table["reasons"]), method if isinstance(method, str) else "")
 
 
