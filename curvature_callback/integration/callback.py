@@ -408,12 +408,13 @@ class CurvatureCallback(Callback):
         assert self._store is not None
         step_indices = step_values = step_labels = None
         if steps is not None:  # the epoch's sums, and its class evidence merged with the store's running evidence
+            assert self._signals is not None  # the steps are its sums
             sums, keys, evidence = steps
             step_indices, step_values = merge_step_values(self._store, epoch, sums, evidence)
             step_labels = keys[step_indices]
-            self._check_loss(epoch, step_values)
-        if steps is not None and self._signals is not None:  # out-of-range indices first, then labels
+            self._signals.check_loss(self._store, epoch, step_values, self._path)
             also = None if arrays is None else (self._pass_indices(), arrays[LABEL_KEYS])
+            # out-of-range indices first, then labels: shifted indices are named as such
             self._signals.check_shifted(self._store, epoch, step_indices, step_labels, also)
         if arrays is None:
             self._store.commit_epoch(epoch, None, steps=step_values, step_indices=step_indices,
@@ -426,11 +427,6 @@ class CurvatureCallback(Callback):
         self._store.commit_epoch(epoch, arrays, indices=indices, labels=labels, steps=step_values,
                                  step_indices=step_indices, step_labels=step_labels)
         return arrays
-
-    def _check_loss(self, epoch: int, values: dict[str, np.ndarray]) -> None:
-        """Warn once per fit when the training loss looks changed on resume (:meth:`TrainingSignals.check_loss`)."""
-        assert self._store is not None and self._signals is not None
-        self._signals.check_loss(self._store, epoch, values, self._path)
 
     @override
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
