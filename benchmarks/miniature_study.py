@@ -68,7 +68,7 @@ import numpy as np
 META_KEYS = ("config", "given", "original", "flipped", "dup_sources", "dup_copies", "fit_flipped", "fit_all",
              "fit_copies", "epoch_seconds", "seconds", "pred_probs", "cleanlab_issues", "eval_correct_last",
              "ours_flagged", "ours_suggested", "ours_probability", "ours_estimated", "ours_method", "payoff",
-             "evidence_classes", "evidence_mass")
+             "evidence_classes", "evidence_mass", "epoch_probs")
 #: the retrainings of ``--decide``: which training samples each drops or relabels (``payoff_variants``)
 PAYOFF = ("noisy", "ours removed", "ours relabeled", "cleanlab removed", "oracle removed")
 #: table order of the signals (others follow alphabetically)
@@ -234,8 +234,10 @@ def _module_class():
         """
 
         def __init__(self, net, *, lr: float, weight_decay: float, milestones: Sequence[int], fill, augment: bool,
-                     n: int | None = None, masks: dict[str, np.ndarray] | None = None) -> None:
+                     n: int | None = None, masks: dict[str, np.ndarray] | None = None,
+                     probs: np.ndarray | None = None) -> None:
             super().__init__()
+            self.probs = probs  # ``--record-probs``: each presentation's softmax, [epochs, N, C] float16
             self.net, self.lr, self.weight_decay, self.milestones = net, lr, weight_decay, list(milestones)
             self.fill, self.augment = fill, augment
             self.masks = masks or {}
@@ -259,6 +261,9 @@ def _module_class():
             out = sample_outputs(losses, index, logits=logits, targets=y)  # the callback's training-time contract
             if len(self.correct):
                 self.correct[index.cpu().numpy()] = out["sample_correct"].cpu().numpy()
+            if self.probs is not None:
+                self.probs[self.current_epoch, index.cpu().numpy()] = (
+                    logits.detach().float().softmax(1).cpu().numpy().astype(np.float16))
             return out
 
         def on_train_epoch_end(self) -> None:
@@ -466,7 +471,8 @@ def run_setting(args, dataset: str, noise: float, seed: int) -> Path:
     masks = {"flipped": s["flipped"], "all": np.ones(n, dtype=bool), "copies": np.isin(np.arange(n), s["dup_copies"])}
     module = StudyModule(net, lr=args.lr, weight_decay=args.weight_decay,
                          milestones=milestones_of(args.epochs, args.drops), fill=fill, augment=args.augment, n=n,
-                         masks=masks)
+                         masks=masks,
+                         probs=np.full((args.epochs, n, 10), np.nan, np.float16) if args.record_probs else None)
     work = Path(tempfile.mkdtemp(prefix="miniature_"))
     try:
         callback = CurvatureCallback(scored, n_vectors=args.n_vectors, every_n_epochs=args.every,
@@ -478,7 +484,7 @@ def run_setting(args, dataset: str, noise: float, seed: int) -> Path:
         main_seconds = time.perf_counter() - t0
         store = CurvatureStore.open(work / "store")
         signals = {k: np.asarray(v, dtype=np.float32) for k, v in suspicion_scores(store).items()}
-        ours = our_issues(store, s["given"]) if args.decide else {}
+        ours = our_issues(store, s["given"]) if args.decide or args.record_probs else {}
         eval_correct = (np.asarray(store.channel_last("correct"), dtype=np.float32)
                         if "correct" in store.channels else np.full(n, np.nan, np.float32))
         store_epochs = list(store.epochs)
@@ -494,6 +500,8 @@ def run_setting(args, dataset: str, noise: float, seed: int) -> Path:
            "fit_copies": np.array(module.fit["copies"], np.float32),
            "epoch_seconds": np.diff(np.array(module.epoch_starts + [t0 + main_seconds]) - t0).astype(np.float32),
            "eval_correct_last": eval_correct, **ours}
+    if args.record_probs:
+        out["epoch_probs"] = module.probs
     cv_seconds = 0.0
     if args.cv:
         from cleanlab.count import num_label_issues
@@ -941,6 +949,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--tag", default=None, help="suffix of the file names (tagged runs get their own table; "
                         "default: the family's)")
     parser.add_argument("--fmnist-root", default=os.environ.get("CURVATURE_FASHION_MNIST", FMNIST_DEFAULT))
+    parser.add_argument("--record-probs", action="store_true",
+                        help="also save each training presentation's softmax (epoch_probs, float16 [epochs, N, 10]) "
+                             "and our answer: the evidence for choosing a class-evidence window and rule")
     parser.add_argument("--tables", action="store_true", help="print the tables of the files in --out; no training")
     args = parser.parse_args(argv)
     if args.noise is None:
