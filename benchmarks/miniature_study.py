@@ -427,14 +427,23 @@ def retrain(images: np.ndarray, labels: np.ndarray, kept: np.ndarray, args, seed
     return net
 
 
-def run_payoff(args, dataset: str, s: dict, out: dict, main_net, mean, std, fill) -> dict:
-    """Test accuracy of the noisy run and of each retraining of :data:`PAYOFF` (as a JSON-ready dict)."""
+def run_payoff(args, dataset: str, s: dict, out: dict, main_net, mean, std, fill, reused: dict | None = None) -> dict:
+    """Test accuracy of the noisy run and of each retraining of :data:`PAYOFF` (as a JSON-ready dict). With
+    ``--no-payoff`` none is retrained; with ``reused`` (``--cleanlab-from``) the retrainings that do not depend on our
+    answer are taken from the saved setting."""
     from curvature_callback.experiments.data.images import ImageArrayDataset
 
     test_images, test_labels = load_arrays(dataset, args.test_samples, args.fmnist_root, split="test")
     test = ImageArrayDataset(test_images, test_labels, mean, std)
     result = {"test_n": len(test), "test_acc": {}, "trained_on": {}, "seconds": {}}
     for name, (labels, kept) in payoff_variants({**s, **out}).items():
+        if reused is not None and name in reused["payoff"]["test_acc"] and name in ("cleanlab removed",
+                                                                                    "oracle removed"):
+            for key in ("test_acc", "trained_on", "seconds"):
+                result[key][name] = reused["payoff"][key][name]
+            continue
+        if not args.payoff and name != "noisy":
+            continue
         t0 = time.perf_counter()
         net = main_net if name == "noisy" else retrain(s["images"], labels, kept, args, args.seed, mean, std, fill)
         result["test_acc"][name] = test_accuracy(net, test, _device(args))
@@ -443,6 +452,39 @@ def run_payoff(args, dataset: str, s: dict, out: dict, main_net, mean, std, fill
         print(f"  {name}: test acc {result['test_acc'][name]:.4f} on {len(test)}, trained on {int(kept.sum())}, "
               f"{result['seconds'][name]:.0f} s", flush=True)
     return result
+
+
+def setting_name(args, dataset: str, noise: float, seed: int) -> str:
+    """The file name of a setting: ``<dataset>_p<noise>_s<seed>[_<kind>]<tag>.npz``."""
+    kind = "" if args.noise_kind == "symmetric" else f"_{args.noise_kind}"
+    return f"{dataset}_p{noise:g}_s{seed}{kind}{args.tag}.npz"
+
+
+#: what ``--cleanlab-from`` takes from a saved setting: cleanlab's side, which our estimator does not change
+REUSED = ("given", "cleanlab", "cleanlab_issues", "pred_probs", "payoff", "seconds")
+
+
+def reused_cleanlab(args, dataset: str, noise: float, seed: int, given: np.ndarray) -> dict | None:
+    """Cleanlab's side of a setting saved before (``--cleanlab-from DIR``): its CV probabilities, issues, estimate,
+    CV seconds and the retrainings that do not depend on our answer (cleanlab removed, oracle removed), from the file
+    of the same name in DIR; None without the option. The file is a stranger's: refused unless it holds every array
+    and its given labels are this setting's, so that the two answers are about the same data."""
+    if not args.cleanlab_from:
+        return None
+    path = Path(args.cleanlab_from) / setting_name(args, dataset, noise, seed)
+    if not path.is_file():
+        raise FileNotFoundError(f"--cleanlab-from: expected the saved setting {path}, found none: run it with --decide "
+                                "first, or drop --cleanlab-from.")
+    with np.load(path, allow_pickle=False) as f:
+        missing = [k for k in REUSED if k not in f.files]
+        if missing:
+            raise ValueError(f"--cleanlab-from: {path} lacks {missing}: it is not a --decide file.")
+        data = {k: f[k] for k in REUSED}
+    if data["given"].shape != given.shape or not np.array_equal(data["given"].astype(np.int64), given):
+        raise ValueError(f"--cleanlab-from: {path} holds other given labels than this setting's (another noise draw, "
+                         "sample count or data): its cleanlab answer is about other data.")
+    data["payoff"] = json.loads(str(data["payoff"]))
+    return data
 
 
 def run_setting(args, dataset: str, noise: float, seed: int) -> Path:
@@ -475,7 +517,8 @@ def run_setting(args, dataset: str, noise: float, seed: int) -> Path:
                          probs=np.full((args.epochs, n, 10), np.nan, np.float16) if args.record_probs else None)
     work = Path(tempfile.mkdtemp(prefix="miniature_"))
     try:
-        callback = CurvatureCallback(scored, n_vectors=args.n_vectors, every_n_epochs=args.every,
+        callback = CurvatureCallback(scored, n_vectors=args.n_vectors if args.pass_kind == "curvature" else 0,
+                                     pass_kind=args.pass_kind, every_n_epochs=args.every,
                                      start_epoch=(args.epochs - 1) % args.every, directory=work / "store",
                                      log_histogram=False, batch_size=256, seed=seed)
         loader = DataLoader(WithIndex(scored), batch_size=args.batch_size, shuffle=True)
@@ -503,7 +546,13 @@ def run_setting(args, dataset: str, noise: float, seed: int) -> Path:
     if args.record_probs:
         out["epoch_probs"] = module.probs
     cv_seconds = 0.0
-    if args.cv:
+    reused = reused_cleanlab(args, dataset, noise, seed, s["given"].astype(np.int64))
+    if reused is not None:  # cleanlab's side as saved: the same data, CV models and answer
+        signals["cleanlab"] = reused["cleanlab"].astype(np.float32)
+        out["cleanlab_issues"], out["pred_probs"] = reused["cleanlab_issues"], reused["pred_probs"]
+        cleanlab_estimated = int(reused["payoff"]["cleanlab_estimated"])
+        cv_seconds = float(reused["seconds"][1])
+    elif args.cv:
         from cleanlab.count import num_label_issues
         from cleanlab.filter import find_label_issues
         from cleanlab.rank import get_label_quality_scores
@@ -518,12 +567,13 @@ def run_setting(args, dataset: str, noise: float, seed: int) -> Path:
         out["pred_probs"] = probs.astype(np.float16)
         cleanlab_estimated = int(num_label_issues(s["given"], probs))
     if args.decide:
-        payoff = run_payoff(args, dataset, s, out, net, mean, std, fill)
+        payoff = run_payoff(args, dataset, s, out, net, mean, std, fill, reused)
         payoff["cleanlab_estimated"] = cleanlab_estimated
         out["payoff"] = np.array(json.dumps(payoff))
     total = time.perf_counter() - start_all
     out["seconds"] = np.array([main_seconds, cv_seconds, total], np.float32)
     config = {k: v for k, v in vars(args).items() if k not in ("tables", "cv_seeds")}
+    config["cleanlab_from"] = str(args.cleanlab_from) if args.cleanlab_from else None
     config.update(dataset=dataset, noise=noise, seed=seed, n=n, duplicates=duplicates,
                   milestones=milestones_of(args.epochs, args.drops), store_epochs=store_epochs,
                   step_channels=step_channels,
@@ -534,8 +584,7 @@ def run_setting(args, dataset: str, noise: float, seed: int) -> Path:
     clash = set(signals) & set(out)
     if clash:
         raise RuntimeError(f"signal names clash with bookkeeping keys: {sorted(clash)}")
-    kind = "" if args.noise_kind == "symmetric" else f"_{args.noise_kind}"
-    path = Path(args.out) / f"{dataset}_p{noise:g}_s{seed}{kind}{args.tag}.npz"
+    path = Path(args.out) / setting_name(args, dataset, noise, seed)
     path.parent.mkdir(parents=True, exist_ok=True)
     np.savez_compressed(path, **signals, **out)
     fit = out["fit_flipped"]
@@ -952,13 +1001,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--record-probs", action="store_true",
                         help="also save each training presentation's softmax (epoch_probs, float16 [epochs, N, 10]) "
                              "and our answer: the evidence for choosing a class-evidence window and rule")
+    parser.add_argument("--cleanlab-from", type=Path, default=None,
+                        help="with --decide: take cleanlab's side (CV probabilities, issues, estimate, the cleanlab- "
+                             "and oracle-removed retrainings) from the file of the same name in this folder instead "
+                             "of training it again (its given labels must be this setting's)")
+    parser.add_argument("--payoff", action=argparse.BooleanOptionalAction, default=True,
+                        help="with --decide: retrain for the payoff (--no-payoff: only the noisy run's test accuracy "
+                             "and what --cleanlab-from brings)")
+    parser.add_argument("--pass-kind", choices=("curvature", "gradient", "forward"), default="curvature",
+                        help="the callback's pass (forward: the eval-mode baselines only, the cheapest; the decision "
+                             "reads the training loss and the eval-mode loss)")
     parser.add_argument("--tables", action="store_true", help="print the tables of the files in --out; no training")
     args = parser.parse_args(argv)
     if args.noise is None:
         args.noise = [0.02, 0.05, 0.1, 0.2] if args.decide else [0.01, 0.02, 0.05, 0.1]
     if args.decide and args.tag is None:
         args.tag = FAMILIES[args.family]["tag"] + "_dec"
-    if args.decide and (not args.cv or args.cv_seeds is not None):
+    if args.decide and (not (args.cv or args.cleanlab_from) or args.cv_seeds is not None):
         parser.error("--decide compares with cleanlab on every setting: drop --no-cv and --cv-seeds")
     for key, value in FAMILIES[args.family].items():
         if getattr(args, key) is None:
