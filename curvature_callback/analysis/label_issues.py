@@ -63,8 +63,8 @@ from curvature_callback.analysis.scores import class_evidence, suspicion_scores
 from curvature_callback.core import safe_paths
 from curvature_callback.core.safe_paths import read_text_lines
 
-__all__ = ["COLUMNS", "LabelIssues", "estimate_label_issues", "find_label_issues", "read_label_issues_csv",
-           "write_label_issues_csv"]
+__all__ = ["COLUMNS", "LabelIssues", "early_disagreement", "estimate_label_issues", "find_label_issues",
+           "read_label_issues_csv", "write_label_issues_csv"]
 
 #: the columns of label_issues.csv, in order
 COLUMNS = ("index", "given_label", "suggested_label", "suggestion_confidence", "score", "probability", "reasons")
@@ -76,6 +76,12 @@ MIN_SHARE = 0.005
 MAX_SHARE = 0.5
 #: ... and a group of this share or more needs this separation (clean samples split in two looked so: D 2.2-2.3)
 LARGE_SHARE, LARGE_SEPARATION = 1 / 3, 3.0
+#: the early window's confident learning is used only where the first epochs' network gave the given labels at least
+#: this mean probability (:func:`early_confidence`): below it, its confident classes are mostly hard samples. Chosen on
+#: development runs apart from the reported grid (the miniature study's seed 2 and 0 % settings, docs/DESIGN.md §8):
+#: CIFAR-10's 2,000-image network gave 0.28-0.33 (confident learning counted 497 on clean data, 580 for 50 wrong
+#: labels), Fashion-MNIST's 0.48-0.75 (counts within 18 % on its four noisy runs)
+MIN_EARLY_CONFIDENCE = 0.4
 #: the least standard deviation a mixture component may have, in log10-loss units: losses closer than this are one
 #: value. A float32 loss is rounded to within one ulp, at most 2**-23 of its value, i.e. log10(1 + 2**-23) = 5.2e-8
 #: in log10 units whatever its magnitude; 1e-6 is about 19 such ulps (and under a float32 network's own rounding
@@ -245,6 +251,7 @@ def estimate_label_issues(
     labels: Any,
     *,
     evidence: tuple[np.ndarray, np.ndarray] | None = None,
+    early_evidence: tuple[np.ndarray, np.ndarray] | None = None,
     predictions: Any = None,
 ) -> LabelIssues:
     """The count, flagged set and probabilities from a run's suspicion scores (pure numpy; see the module).
@@ -254,7 +261,9 @@ def estimate_label_issues(
             suspicious); the mixture reads the mislabeled rule's signals (``train_loss``, ``loss``; else its fallback).
         labels: ``[N]`` the given class indices.
         evidence: ``(classes [N, K] int, -1 empty; mean_prob [N, K])``, most evidence first (``class_evidence``):
-            the suggested labels.
+            the suggested labels, and the run's vote where there is no early evidence.
+        early_evidence: the same of the run's first epochs only (``class_evidence(store, early=True)``): the early
+            window's confident learning (:func:`early_disagreement`) decides the count with the mixture.
         predictions: ``[N]`` eval-mode predicted classes: the suggestion where the evidence names no other class.
 
     Returns:
@@ -274,6 +283,13 @@ def estimate_label_issues(
         raise ValueError(f"Expected every score of shape [N], got {shapes}: pass suspicion_scores(store).")
     labels = _labels_array(labels, n)
     checked = None if evidence is None else _evidence_arrays(evidence, n)
+    early = None if early_evidence is None else _evidence_arrays(early_evidence, n)
+    confidence_early = None if early is None else early_confidence(labels, *early)
+    unsure = None  # why the early evidence is not used, in words (None: it is, or there is none)
+    if confidence_early is not None and not confidence_early >= MIN_EARLY_CONFIDENCE:
+        unsure = (f"the first epochs' network gave the given labels a mean probability of {confidence_early:.2f}, "
+                  f"under {MIN_EARLY_CONFIDENCE:g}: too unsure for its confident classes to tell a wrong label from a "
+                  "hard one, so its class evidence is not used")
     names = used_signals(scores)["mislabeled"]
     if not names:
         raise ValueError(f"Expected a signal the mislabeled rule reads (train_loss, loss or curvature) with a value, "
@@ -290,12 +306,30 @@ def estimate_label_issues(
         order = np.argsort(x[valid], kind="stable")
         posterior = np.clip(isotonic(fit["posterior"][order]), 0.0, 1.0)  # non-decreasing in x, same sum
         lost = None if checked is None else _lost_votes(labels, *checked)[valid][order]
+        disagree = None if unsure is not None or early is None else early_disagreement(labels, *early)[valid][order]
         needed = LARGE_SEPARATION if fit["share"] >= LARGE_SHARE else MIN_SEPARATION
-        if fit["separation"] >= needed and MIN_SHARE <= fit["share"] < MAX_SHARE and posterior[-1] >= 0.5:
+        grouped = fit["separation"] >= needed and MIN_SHARE <= fit["share"] < MAX_SHARE and posterior[-1] >= 0.5
+        if grouped and disagree is not None:
+            # Either says wrong: the mixture's group or the early window's confident learning (see the module)
+            either = np.maximum(fit["posterior"][order], disagree.astype(np.float64))
+            probability[np.flatnonzero(valid)[order]] = np.clip(isotonic(either), 0.0, 1.0)
+            method = (f"a two-Gaussian mixture of the mean log10 {words} found a separate high group ({found}), "
+                      f"and confident learning on the first epochs' class evidence found {int(disagree.sum())} "
+                      "samples whose confident class is another than their given label; each probability is the "
+                      "larger of the two (the group's posterior, 1 for a sample confident learning counts), fitted "
+                      f"non-decreasing in the {words} (isotonic), and the estimate is their sum")
+        elif grouped:
             probability[np.flatnonzero(valid)[order]] = posterior
             method = (f"a two-Gaussian mixture of the mean log10 {words} found a separate high group ({found}); the "
                       "estimate is the sum of its posterior probabilities")
-        elif lost is not None and lost.any():
+        elif disagree is not None and disagree.any():
+            # The groups overlap: the early window's confident learning counts, the losses order (see the module)
+            probability[np.flatnonzero(valid)[order]] = np.clip(isotonic(disagree.astype(np.float64)), 0.0, 1.0)
+            method = (f"a two-Gaussian mixture of the mean log10 {words} found no separate group ({found}), so the "
+                      f"count is confident learning on the first epochs' class evidence: {int(disagree.sum())} "
+                      "samples whose confident class is another than their given label; each probability is the "
+                      f"share of such samples among those of the same {words} (isotonic in it)")
+        elif lost is not None and lost.any() and (early is None or unsure is not None):
             # The groups overlap: fall back on the run's vote (see the module): the share of lost votes at each
             # level of x, fitted non-decreasing, is the probability; its sum, the number of lost votes, the count.
             probability[np.flatnonzero(valid)[order]] = np.clip(isotonic(lost.astype(np.float64)), 0.0, 1.0)
@@ -308,10 +342,15 @@ def estimate_label_issues(
                       f"({found}, highest posterior {posterior[-1]:.2f}; a group needs D >= {MIN_SEPARATION:g} (>= "
                       f"{LARGE_SEPARATION:g} for a share of {LARGE_SHARE:.3g} or more), a share from {MIN_SHARE:g} to "
                       f"under {MAX_SHARE:g} and a sample more likely in it than not)"
-                      + ("" if checked is None else ", and no sample's given label lost the run's vote")
+                      + ("" if early is None or unsure is not None else ", and confident learning on the first "
+                         "epochs' class evidence found no sample whose confident class is another than its given label")
+                      + ("" if checked is None or (early is not None and unsure is None) else
+                         ", and no sample's given label lost the run's vote")
                       + ": estimated 0, review by the score instead")
     else:
         method = f"fewer than 10 samples with {words}: no mixture fitted, estimated 0"
+    if unsure is not None:
+        method += f" ({unsure})"
     estimated = int(round(float(np.nansum(probability))))
     candidates = np.flatnonzero(probability >= 0.5)
     flagged = candidates[np.lexsort((-score[candidates], -probability[candidates]))].astype(np.int64)
@@ -319,6 +358,58 @@ def estimate_label_issues(
     reasons = _reasons(flagged, scores, names, labels, suggested, confidence)
     return LabelIssues(estimated=estimated, flagged=flagged, probability=probability, score=score,
                        suggested=suggested, suggestion_confidence=confidence, reasons=reasons, method=method + ".")
+
+
+def early_disagreement(labels: np.ndarray, classes: np.ndarray, mass: np.ndarray) -> np.ndarray:
+    """``bool [N]``: confident learning (Northcutt et al., 2021) on the class evidence of the run's first epochs,
+    before the network memorizes: the sample's *confident class* is not its given label.
+
+    Each class ``c`` has a threshold, its self-confidence ``t_c``: the mean early probability of ``c`` over the
+    samples labelled ``c`` (0 for a sample whose kept slots do not hold ``c``; samples without early evidence left
+    out). A sample's confident class is its kept class of the highest mean probability among those at or above their
+    own class's threshold; a sample with none, or without evidence, disagrees with nothing. Sparse in the ``K`` kept
+    slots: no ``[N, C]`` array (ImageNet's would be 10 GB).
+
+    Args:
+        labels: ``[N]`` the given classes.
+        classes, mass: ``[N, K]`` the early evidence (``class_evidence(store, early=True)``, checked: -1 and 0 in
+            empty slots).
+
+    Example:
+        >>> labels = np.array([0, 0, 0, 1, 1, 1])
+        >>> classes = np.array([[0, 1], [0, 1], [1, 0], [1, 0], [1, 0], [0, 1]])
+        >>> mass = np.array([[.9, .1], [.8, .2], [.8, .2], [.9, .1], [.8, .2], [.7, .3]])
+        >>> early_disagreement(labels, classes, mass).tolist()   # t_0 = (.9 + .8 + .2) / 3, t_1 = (.9 + .8 + .3) / 3
+        [False, False, True, False, False, True]
+    """
+    has = (classes >= 0).any(1)
+    if not has.any():
+        return np.zeros(len(labels), dtype=bool)
+    c = max(int(labels.max()), int(classes.max())) + 1
+    given = np.where(classes == labels[:, None], mass, 0.0).max(1)
+    counts = np.bincount(labels[has], minlength=c)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        threshold = np.where(counts > 0, np.bincount(labels[has], weights=given[has], minlength=c) / counts, np.inf)
+    kept = classes >= 0
+    above = kept & (mass >= threshold[np.where(kept, classes, 0)])
+    confident = np.argmax(np.where(above, mass, -1.0), axis=1)
+    chosen = classes[np.arange(len(labels)), confident]
+    return above.any(1) & (chosen != labels)
+
+
+def early_confidence(labels: np.ndarray, classes: np.ndarray, mass: np.ndarray) -> float:
+    """The first epochs' mean probability of the given labels (0 where a sample's kept slots lack its label) over the
+    samples with early evidence; NaN without any. Under :data:`MIN_EARLY_CONFIDENCE` the early network is too unsure
+    for confident learning: its confident classes count hard samples as wrong labels.
+
+    Example:
+        >>> early_confidence(np.array([0, 1]), np.array([[0, 1], [0, -1]]), np.array([[.9, .1], [1., 0.]]))
+        0.45
+    """
+    has = (classes >= 0).any(1)
+    if not has.any():
+        return float("nan")
+    return float(np.where(classes == labels[:, None], mass, 0.0).max(1)[has].mean())
 
 
 def _lost_votes(labels: np.ndarray, classes: np.ndarray, mass: np.ndarray) -> np.ndarray:
@@ -405,7 +496,7 @@ def find_label_issues(store: Any, labels: Any = None, *, predictions: Any = None
                              "labels= (the dataset's given labels, in its order).")
         labels = np.asarray(labels)
     return estimate_label_issues(suspicion_scores(store), labels, evidence=class_evidence(store),
-                                 predictions=predictions)
+                                 early_evidence=class_evidence(store, early=True), predictions=predictions)
 
 
 # ------------------------------------------------------------------------------------------ label_issues.csv
