@@ -14,9 +14,9 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 from curvature_callback import CurvatureCallback, CurvatureStore, sample_outputs
 from curvature_callback.analysis import class_evidence
 from curvature_callback.core.channels import STEP_CHANNELS, class_evidence_channels, epoch_class_values, step_channels
-from curvature_callback.integration.callback import DEFAULT_EVIDENCE_WINDOW
 from curvature_callback.core.steps import StepRecorder, merge_evidence
 from curvature_callback.core.store import StoreCorruptError, StoreMismatchError
+from curvature_callback.integration.callback import DEFAULT_EVIDENCE_WINDOW
 from curvature_callback.integration.training_steps import read_step_outputs
 
 
