@@ -17,7 +17,13 @@ import numpy as np
 
 from curvature_callback.analysis.metrics import ranks
 from curvature_callback.core import safe_paths
-from curvature_callback.core.channels import CHANNELS, class_evidence_channels, class_slots
+from curvature_callback.core.channels import (
+    CHANNELS,
+    EARLY_SEEN,
+    class_evidence_channels,
+    class_slots,
+    early_evidence_channels,
+)
 from curvature_callback.core.numeric import log10_floor
 
 __all__ = [
@@ -63,7 +69,7 @@ def suspicion_scores(store: Any, *, which: Literal["mean", "last"] = "mean") -> 
     return out
 
 
-def class_evidence(store: Any) -> tuple[np.ndarray, np.ndarray] | None:
+def class_evidence(store: Any, *, early: bool = False) -> tuple[np.ndarray, np.ndarray] | None:
     """Each sample's class evidence from its training steps: its most favoured classes and their mean softmax
     probability per presentation, the most favoured first.
 
@@ -74,12 +80,16 @@ def class_evidence(store: Any) -> tuple[np.ndarray, np.ndarray] | None:
     Args:
         store: a :class:`~curvature_callback.CurvatureStore` (or anything with ``step_channels``, ``step_epochs``,
             ``sum_of`` and ``channel_last``).
+        early: the evidence of the early window alone (``CurvatureCallback(evidence_window=W)``: the presentations of
+            epochs ``0..W-1``, before the network memorizes), instead of the whole run's.
 
     Returns:
         ``(classes, mean_prob)``: ``int64 [N, K]`` class ids (-1: an empty slot, or a sample never presented) and
         ``float64 [N, K]`` each class's softmax mass over the sample's presentations divided by the presentations
-        (0 in an empty slot, NaN for a sample never presented), in descending order; None when the store holds no
-        class evidence (``class_evidence=0``, ``record_training=False``, or no training epoch yet).
+        (0 in an empty slot, NaN for a sample never presented: with ``early``, never presented within the window),
+        in descending order; None when the store holds no class evidence (``class_evidence=0``,
+        ``record_training=False``, or no training epoch yet; with ``early``, also a store without a window:
+        ``evidence_window=0``, or made before it existed).
 
     Example:
         >>> import tempfile
@@ -98,13 +108,14 @@ def class_evidence(store: Any) -> tuple[np.ndarray, np.ndarray] | None:
         >>> classes.tolist(), mean_prob[1].tolist()   # sample 0 never presented
         ([[-1, -1], [2, 0]], [0.75, 0.25])
     """
-    k = class_slots(list(getattr(store, "step_channels", [])))
-    if not k or not store.step_epochs:
+    steps = list(getattr(store, "step_channels", []))
+    k = class_slots(steps)
+    if not k or not store.step_epochs or (early and EARLY_SEEN not in steps):
         return None
-    names = class_evidence_channels(k)
+    names = early_evidence_channels(k)[1:] if early else class_evidence_channels(k)
     classes = np.stack([np.asarray(store.channel_last(c), dtype=np.float64) for c in names[:k]], 1)
     mass = np.stack([np.asarray(store.channel_last(c), dtype=np.float64) for c in names[k:]], 1)
-    seen = np.asarray(store.sum_of("train_seen"), dtype=np.float64)[:, None]
+    seen = np.asarray(store.sum_of(EARLY_SEEN if early else "train_seen"), dtype=np.float64)[:, None]
     with np.errstate(invalid="ignore", divide="ignore"):
         mean_prob = np.where(seen > 0, mass / seen, np.nan)
     return np.where(np.isnan(classes), -1, classes).astype(np.int64), mean_prob

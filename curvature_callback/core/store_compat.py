@@ -1,6 +1,6 @@
 """Whether a run's settings continue a store: scores average only under the settings that gave them their meaning
-(:data:`~curvature_callback.core.settings.MEANING_KEYS`, ``N``), with the same channels, history and dataset. Numpy
-only.
+(:data:`~curvature_callback.core.settings.MEANING_KEYS`, ``N``), with the same channels, history, dataset and early
+class-evidence window (``settings["evidence_window"]``, where asked). Numpy only.
 """
 
 from __future__ import annotations
@@ -54,6 +54,15 @@ def check_settings(
             f"(class_evidence={have}), this run asks for {asked_k} (class_evidence={asked_k}): evidence kept in "
             f"another number of slots does not continue. Resume with class_evidence={have} (step channels with "
             f"{have} class-evidence slots), or use another `directory`."
+        )
+    have_w, asked_w = int(meta.get("evidence_window", 0)), settings.get("evidence_window")
+    if asked_w is not None and asked_w != have_w:
+        made = (f"keeps the class evidence of its first {have_w} epoch(s) apart (evidence_window={have_w})" if have_w
+                else "keeps no early-window class evidence (evidence_window=0: made without it, or before it existed)")
+        raise StoreMismatchError(
+            f"The store at {directory} {made}, this run asks for evidence_window={asked_w}: an early window of "
+            f"another length does not continue. Resume with evidence_window={have_w} (or None: the store's own), "
+            "or use another `directory`."
         )
     if step_channels is not None and list(step_channels) != have_steps:
         raise StoreMismatchError(

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from curvature_callback.core import store_locking
-from curvature_callback.core.settings import MEANING_KEYS
+from curvature_callback.core.channels.definitions import evidence_names_problem
+from curvature_callback.core.settings import MEANING_KEYS, check_int
 from curvature_callback.core.store_format import (
     DTYPES,
     FORMAT_VERSION,
@@ -36,8 +37,10 @@ __all__ = ["build", "check_arguments"]
 
 
 def check_arguments(n: Any, settings: Mapping[str, Any], channels: Sequence[str], step_channels: Sequence[str]) -> None:
-    """Refuse a new store's ``n``, ``settings`` without a meaning key, or channel names that are not distinct
-    identifiers other than curvature's (and, for the training-time channels, other than the pass's)."""
+    """Refuse a new store's ``n``, ``settings`` without a meaning key, channel names that are not distinct
+    identifiers other than curvature's (and, for the training-time channels, other than the pass's), or an early
+    class-evidence window (``settings["evidence_window"]``) that is not an integer >= 0 or does not fit the
+    training-time channels (:func:`~curvature_callback.core.channels.step_channels` gives the ones that fit)."""
     if isinstance(n, bool) or not isinstance(n, int) or n < 1:
         raise ValueError(f"Expected the number of samples `n` to be a positive integer, got {n!r}.")
     missing = [k for k in MEANING_KEYS if k not in settings]
@@ -53,6 +56,12 @@ def check_arguments(n: Any, settings: Mapping[str, Any], channels: Sequence[str]
                              f"got {c!r}.")
     if len(set(channels)) != len(channels) or len(set(step_channels)) != len(step_channels):
         raise ValueError(f"Expected distinct channel names, got {list(channels)} and {list(step_channels)}.")
+    window = check_int("evidence_window", settings.get("evidence_window", 0), 0)
+    problem = evidence_names_problem(list(step_channels), window)
+    if problem is not None:
+        raise ValueError(f"Expected training-time channels that fit the class evidence asked for: {problem}. Pass "
+                         "step_channels=step_channels(class_evidence, evidence_window) (curvature_callback.core."
+                         "channels).")
 
 
 def _write_files(build: Path, n: int, meta: dict[str, Any], history_capacity: int, made: list[Path]) -> None:

@@ -38,8 +38,9 @@ FORMAT_VERSION = 3
 PRIMARY = "curvature"
 #: the names of the files a store writes, for any channel: ``create`` refuses a folder that holds one without meta.json
 STORE_FILE = re.compile(r"(?:[A-Za-z_]\w*_)?(?:sum|mean|last|count|history|labels)\.npy")
-#: keys a meta.json may lack (stores made before they existed): the fingerprint, the training-time channels
-OPTIONAL_META = ("fingerprint", "step_channels", "step_epochs")
+#: keys a meta.json may lack (stores made before they existed): the fingerprint, the training-time channels, the
+#: early class-evidence window (none: 0)
+OPTIONAL_META = ("fingerprint", "step_channels", "step_epochs", "evidence_window")
 #: dtype of each kind of array
 DTYPES = {"sum": np.dtype(np.float64), "mean": np.dtype(np.float64), "last": np.dtype(np.float32),
            "count": np.dtype(np.int64), "history": np.dtype(np.float32), "labels": np.dtype(np.int64)}
@@ -347,6 +348,7 @@ def read_meta(directory: Path) -> tuple[dict[str, Any], tuple[int, int, int, int
         "loss": ("a non-empty string (the loss's identity)", lambda v: isinstance(v, str) and bool(v)),
         "fast": ("true or false", lambda v: isinstance(v, bool)),
         "pass_kind": (f"one of {list(PASS_KINDS)}", lambda v: v in PASS_KINDS),
+        "evidence_window": ("an integer >= 0 (epochs)", lambda v: is_int(v) and v >= 0),
     }
     assert set(MEANING_KEYS) <= set(checks), "every meaning key is checked here"
     for key, (expected, ok) in checks.items():

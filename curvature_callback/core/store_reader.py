@@ -35,7 +35,7 @@ class StoreReader:
         self.mode = mode
         self._lock_fd = _lock_fd
         self._meta, self._identity = read_meta(self.directory)
-        check_class_slot_names(self.directory / "meta.json", self._meta["step_channels"])
+        check_class_slot_names(self.directory / "meta.json", self._meta["step_channels"], self.evidence_window)
         self._arrays: dict[str, np.memmap] = {}  # a reader's memory maps (the writer's, during one commit)
         self._in_commit = False
         self._copies: dict[str, np.ndarray] = {}  # a reader's snapshot: arrays copied while no commit ran
@@ -136,6 +136,12 @@ class StoreReader:
         """Which pass made the scores (``meta.json``'s ``pass_kind``): ``"curvature"``; ``"gradient"`` or ``"forward"``
         (no curvature: :attr:`mean` and :attr:`sum` stay NaN and 0, the other channels hold the values)."""
         return str(self._meta["pass_kind"])
+
+    @property
+    def evidence_window(self) -> int:
+        """The early class-evidence window ``W`` (``meta.json``'s ``evidence_window``): the class evidence of epochs
+        ``0..W-1`` is also kept apart (``train_early_*``) and frozen after; 0: none (a store made before it existed)."""
+        return int(self._meta.get("evidence_window", 0))
 
     @property
     def _valued(self) -> list[str]:

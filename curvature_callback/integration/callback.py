@@ -23,12 +23,12 @@ from torch.utils.data import Dataset
 from typing_extensions import override
 
 from curvature_callback.core.channels import (
-    STEP_CHANNELS,
-    class_evidence_channels,
     class_slots_at,
+    evidence_window_at,
     merge_pass_values,
     merge_step_values,
     pass_channels,
+    step_channels,
 )
 from curvature_callback.core.estimator import LossFn
 from curvature_callback.core.feeding import (
@@ -45,6 +45,7 @@ from curvature_callback.core.store_format import meta_identity
 from curvature_callback.integration.callback_arguments import (  # default_batch_to_inputs: imported from here too
     BatchToInputs,
     PassKind,
+    check_evidence_window,
     check_objects,
     check_recording,
     default_batch_to_inputs,
@@ -59,6 +60,9 @@ __all__ = ["CurvatureCallback"]
 
 #: the class-evidence slots of a new store when ``class_evidence`` is not given
 DEFAULT_CLASS_EVIDENCE = 3
+#: the early class-evidence window (first epochs) of a new store with class evidence when ``evidence_window`` is not
+#: given (provisional: to be set from the miniature study's saved probabilities)
+DEFAULT_EVIDENCE_WINDOW = 8
 
 
 def _store_class_slots(directory: Path) -> int | None:
@@ -157,6 +161,15 @@ class CurvatureCallback(Callback):
             than the given one). A store resumes only with the same ``K``. None (the default): the ``K`` of the
             store being resumed (0 for one made before class evidence existed), else
             :data:`DEFAULT_CLASS_EVIDENCE`; resolved at the start of training.
+        evidence_window: ``W``, the first training epochs (``0..W-1`` by ``trainer.current_epoch``, so a resume
+            continues it) whose class evidence is also kept apart, frozen after the window: evidence summed over a
+            run that memorizes favours the given label, the early window's before the network memorizes it. The
+            same slots as ``class_evidence``, merged the same way (exact on resume and under DDP), stored as
+            ``train_early_seen``, ``train_early_class_j`` and ``train_early_class_mass_j`` (``2K + 1`` more floats
+            per sample on disk, no extra work on the device); read with ``class_evidence(store, early=True)``. 0: none;
+            a window needs ``class_evidence`` and ``record_training``. A store resumes only with the same ``W``.
+            None (the default): the ``W`` of the store being resumed (0 for one made before the window existed),
+            else :data:`DEFAULT_EVIDENCE_WINDOW` where class evidence is kept (0 where not).
 
     Example::
 
@@ -197,6 +210,7 @@ class CurvatureCallback(Callback):
         record_training: bool = True,
         score_curvature: bool = True,
         class_evidence: int | None = None,
+        evidence_window: int | None = None,
     ) -> None:
         check_objects(dataset, directory, loss_fn, batch_to_inputs)
         self._settings = score_settings(h=h, n_vectors=n_vectors, pass_kind=pass_kind, seed=seed, loss_fn=loss_fn,
@@ -215,6 +229,7 @@ class CurvatureCallback(Callback):
         self.record_training = check_bool("record_training", record_training)
         self.score_curvature = check_bool("score_curvature", score_curvature)
         self.class_evidence = None if class_evidence is None else check_int("class_evidence", class_evidence, 0)
+        self.evidence_window = check_evidence_window(evidence_window, self.class_evidence, self.record_training)
         check_recording(self.pass_kind, self.record_outputs, self.record_training, self.score_curvature)
         self.cache = check_cache(cache)
         self._period = period_of(self.fraction)
@@ -323,8 +338,8 @@ class CurvatureCallback(Callback):
         dataset, self._dataset_source = resolve_dataset(trainer, self.dataset)
         self._path = resolve_path(trainer, self.directory, self._restored)
         check_not_empty(dataset, self._dataset_source)  # every rank raises here, before any collective
-        slots = on_rank_zero(trainer, self._open_store, trainer, dataset)  # an error: raised on every rank
-        self._share_store_state(trainer, slots)
+        evidence = on_rank_zero(trainer, self._open_store, trainer, dataset)  # an error: raised on every rank
+        self._share_store_state(trainer, evidence)
         self._scored_dataset = dataset
         self._signals = (TrainingSignals.start(trainer, self._store, len(dataset), self.class_evidence)
                          if self.record_training else None)
@@ -332,25 +347,31 @@ class CurvatureCallback(Callback):
         self._universe = rank_universe(len(dataset), self._period, self.batch_size, trainer.world_size,
                                        trainer.global_rank)
 
-    def _open_store(self, trainer: pl.Trainer, dataset: Dataset) -> int:
-        """Open (or create) the store on rank 0; returns its class-evidence slots ``K``."""
-        k = self.class_evidence
+    def _open_store(self, trainer: pl.Trainer, dataset: Dataset) -> tuple[int, int]:
+        """Open (or create) the store on rank 0; returns its class-evidence slots ``K`` and early window ``W``."""
+        k, w = self.class_evidence, self.evidence_window
         if k is None:  # follow the store being resumed, so that a default never refuses it
             k = _store_class_slots(self._path)
             k = DEFAULT_CLASS_EVIDENCE if k is None else k
+        if w is None:  # the same: a store made before the window existed has none (0)
+            w = evidence_window_at(self._path)
+            w = (DEFAULT_EVIDENCE_WINDOW if k and self.record_training else 0) if w is None else w
+        # the store compares the window asked with its own first (a store without class evidence has none)
+        steps = step_channels(k, w if k else 0) if self.record_training else ()
         self._store = CurvatureStore.open_or_create(
-            self._path, len(dataset), settings=self.settings(), keep_history=self.keep_history,
-            channels=self.channels, fingerprint=fingerprint(dataset),
-            history_capacity=max(1, min(int(trainer.max_epochs or 16), 1000)),
-            step_channels=(*STEP_CHANNELS, *class_evidence_channels(k)) if self.record_training else (),
+            self._path, len(dataset), settings={**self.settings(), "evidence_window": w},
+            keep_history=self.keep_history, channels=self.channels, fingerprint=fingerprint(dataset),
+            history_capacity=max(1, min(int(trainer.max_epochs or 16), 1000)), step_channels=steps,
         )
-        return k
+        return k, w
 
-    def _share_store_state(self, trainer: pl.Trainer, slots: int | None) -> None:
-        """Every rank takes rank 0's store's epochs and class-evidence slots (one broadcast); warns where the
-        checkpoint's scored epochs are missing from the store."""
-        epochs, k = trainer.strategy.broadcast((self._store.epochs if self._store is not None else [], slots), src=0)
-        self.class_evidence = int(k if k is not None else DEFAULT_CLASS_EVIDENCE)
+    def _share_store_state(self, trainer: pl.Trainer, evidence: tuple[int, int] | None) -> None:
+        """Every rank takes rank 0's store's epochs, class-evidence slots and early window (one broadcast); warns
+        where the checkpoint's scored epochs are missing from the store."""
+        epochs, evidence = trainer.strategy.broadcast(
+            (self._store.epochs if self._store is not None else [], evidence), src=0)
+        k, w = evidence if evidence is not None else (DEFAULT_CLASS_EVIDENCE, 0)
+        self.class_evidence, self.evidence_window = int(k), int(w)
         self._epochs_done = list(epochs)
         missing = sorted(set((self._restored or {}).get("epochs_done", [])) - set(epochs))
         if missing:

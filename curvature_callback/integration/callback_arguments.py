@@ -16,10 +16,10 @@ from torch import Tensor
 
 from curvature_callback.core.estimator import LossFn
 from curvature_callback.core.loss_identity import loss_identity
-from curvature_callback.core.settings import PASS_KINDS, ScoreSettings, check_callable
+from curvature_callback.core.settings import PASS_KINDS, ScoreSettings, check_callable, check_int
 
-__all__ = ["BatchToInputs", "PassKind", "check_objects", "check_recording", "default_batch_to_inputs", "pass_of",
-           "resolve_loss", "score_settings"]
+__all__ = ["BatchToInputs", "PassKind", "check_evidence_window", "check_objects", "check_recording",
+           "default_batch_to_inputs", "pass_of", "resolve_loss", "score_settings"]
 
 BatchToInputs = Callable[[Any], tuple[Tensor, Tensor]]
 PassKind = Literal["curvature", "gradient", "forward"]
@@ -125,3 +125,24 @@ def check_recording(pass_kind: str, record_outputs: bool, record_training: bool,
         raise ValueError("Expected record_training=True or score_curvature=True, got both False: the callback "
                          "would record nothing. Keep one (the training-time signals alone: the digits fit took 1.11x "
                          "training alone, docs/PERFORMANCE.md).")
+
+
+def check_evidence_window(evidence_window: object, class_evidence: int | None, record_training: bool) -> int | None:
+    """``evidence_window`` as an int >= 0 (None: resolved at the start of training), refused where there is no class
+    evidence to keep apart: a window > 0 with ``class_evidence=0`` or ``record_training=False``.
+
+    Example:
+        >>> check_evidence_window(None, 0, True), check_evidence_window(4, None, True)
+        (None, 4)
+    """
+    window = None if evidence_window is None else check_int(
+        "evidence_window", evidence_window, 0, hint=" (the first training epochs whose class evidence is kept apart)")
+    if window and (class_evidence == 0 or not record_training):
+        got = "class_evidence=0" if record_training else "record_training=False"
+        raise ValueError(
+            f"Expected class evidence with evidence_window={window} (the window keeps the class evidence of the first "
+            f"{window} epoch(s) apart), got {got}: the training steps' class evidence is not recorded. Drop "
+            "evidence_window (None: a window only where class evidence is kept) or set it to 0, or keep "
+            f"{'class_evidence >= 1' if record_training else 'record_training=True'}."
+        )
+    return window

@@ -13,9 +13,10 @@ from lightning.pytorch.callbacks import Callback, ModelCheckpoint
 
 from curvature_callback import CurvatureCallback, CurvatureStore, sample_outputs
 from curvature_callback.analysis import class_evidence
-from curvature_callback.core.channels import STEP_CHANNELS, class_evidence_channels, epoch_class_values
+from curvature_callback.core.channels import STEP_CHANNELS, class_evidence_channels, epoch_class_values, step_channels
 from curvature_callback.core.steps import StepRecorder, merge_evidence
 from curvature_callback.core.store import StoreCorruptError, StoreMismatchError
+from curvature_callback.integration.callback import DEFAULT_EVIDENCE_WINDOW
 from curvature_callback.integration.training_steps import read_step_outputs
 
 
@@ -83,8 +84,8 @@ def test_evidence_equals_a_float64_loop_over_every_steps_logits(tmp_path, k):
     cb = CurvatureCallback(Blobs(), directory=tmp_path / "s", score_curvature=False, class_evidence=k)
     trainer(tmp_path, [cb, Logits(tmp_path)], max_epochs=4, accumulate_grad_batches=2).fit(
         StepClassifier(lr=3.0), IndexedBlobsDM(shuffle=True))
-    store = CurvatureStore.open(tmp_path / "s")
-    assert store.step_channels == [*STEP_CHANNELS, *class_evidence_channels(k)]
+    store = CurvatureStore.open(tmp_path / "s")  # and the early window's slots, by default
+    assert store.step_channels == list(step_channels(k, DEFAULT_EVIDENCE_WINDOW))
     classes, mass, seen = check(store, tmp_path, k)
     assert seen.tolist() == [4] * 48
     if k >= 3:  # every class kept: the masses are the whole softmax, 1 per presentation
@@ -356,8 +357,8 @@ def test_the_default_follows_the_store_it_resumes(tmp_path):
         assert again.class_evidence is None
         trainer(tmp_path, [again], max_epochs=2).fit(StepClassifier(), IndexedBlobsDM())
         store = CurvatureStore.open(tmp_path / f"k{k}")
-        assert again.class_evidence == k and store.step_epochs == [0, 1]
-        assert store.step_channels == [*STEP_CHANNELS, *class_evidence_channels(k)]
+        assert again.class_evidence == k and store.step_epochs == [0, 1]  # a window by default where evidence is kept
+        assert store.step_channels == list(step_channels(k, DEFAULT_EVIDENCE_WINDOW if k else 0))
     fresh = CurvatureCallback(Blobs(), directory=tmp_path / "new", score_curvature=False)
     trainer(tmp_path, [fresh], max_epochs=1).fit(StepClassifier(), IndexedBlobsDM())
     assert fresh.class_evidence == 3 and class_evidence(CurvatureStore.open(tmp_path / "new"))[0].shape[1] == 3

@@ -2,7 +2,7 @@
 
 - :mod:`~curvature_callback.core.channels.definitions`: each channel's meaning, source, reduction and orientation,
   which pass kinds record it (:func:`pass_channels`), the training-time channels (:func:`step_channels`) and the
-  class-evidence slots' names;
+  class-evidence slots' names (the whole run's and the early window's);
 - :mod:`~curvature_callback.core.channels.values`: the values each channel's arrays may hold, which the store checks
   at its open and at each read;
 - :mod:`~curvature_callback.core.channels.merge`: how an epoch's raw values merge with what the store holds at the
@@ -22,6 +22,9 @@ from curvature_callback.core.channels.definitions import (
     CLASS_MASS,
     CLASS_SLOT,
     CLASSIFICATION,
+    EARLY_MASS,
+    EARLY_SEEN,
+    EARLY_SLOT,
     PRIMARY,
     STEP_CHANNELS,
     Channel,
@@ -29,6 +32,8 @@ from curvature_callback.core.channels.definitions import (
     class_slots,
     class_slots_at,
     classification_values,
+    early_evidence_channels,
+    evidence_window_at,
     pass_channels,
     step_channels,
 )
@@ -41,8 +46,8 @@ from curvature_callback.core.channels.merge import (
 )
 
 __all__ = [
-    "CHANNELS", "CLASSIFICATION", "CLASS_MASS", "CLASS_SLOT", "PRIMARY", "STEP_CHANNELS", "Channel",
-    "class_evidence_channels", "class_slots", "class_slots_at", "classification_values", "epoch_class_values",
-    "epoch_step_values", "forgetting_events", "merge_pass_values", "merge_step_values", "pass_channels",
-    "step_channels",
+    "CHANNELS", "CLASSIFICATION", "CLASS_MASS", "CLASS_SLOT", "EARLY_MASS", "EARLY_SEEN", "EARLY_SLOT", "PRIMARY",
+    "STEP_CHANNELS", "Channel", "class_evidence_channels", "class_slots", "class_slots_at", "classification_values",
+    "early_evidence_channels", "epoch_class_values", "epoch_step_values", "evidence_window_at", "forgetting_events",
+    "merge_pass_values", "merge_step_values", "pass_channels", "step_channels",
 ]

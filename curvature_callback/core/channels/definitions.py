@@ -31,8 +31,9 @@ if TYPE_CHECKING:
     from torch import Tensor
 
 __all__ = [
-    "CHANNELS", "CLASSIFICATION", "CLASS_MASS", "CLASS_SLOT", "PRIMARY", "STEP_CHANNELS", "Channel",
-    "check_class_slot_names", "class_evidence_channels", "class_slots", "class_slots_at", "classification_values",
+    "CHANNELS", "CLASSIFICATION", "CLASS_MASS", "CLASS_SLOT", "EARLY_MASS", "EARLY_SEEN", "EARLY_SLOT", "PRIMARY",
+    "STEP_CHANNELS", "Channel", "check_class_slot_names", "class_evidence_channels", "class_slots", "class_slots_at",
+    "classification_values", "early_evidence_channels", "evidence_names_problem", "evidence_window_at",
     "pass_channels", "step_channels",
 ]
 
@@ -42,7 +43,12 @@ __all__ = [
 CLASS_SLOT, CLASS_MASS = "train_class_{}", "train_class_mass_{}"
 #: a class-evidence channel's name: group 1 says a mass, group 2 is the slot
 SLOT = re.compile(r"train_class_(mass_)?(\d+)")
-
+#: the early window's class evidence (``evidence_window=W``): the same slots summed over the presentations of the
+#: first ``W`` epochs only, then frozen (:func:`~curvature_callback.core.channels.merge.merge_step_values`), and
+#: ``train_early_seen``, the presentations within the window
+EARLY_SLOT, EARLY_MASS, EARLY_SEEN = "train_early_class_{}", "train_early_class_mass_{}", "train_early_seen"
+#: an early class-evidence slot's name, grouped as :data:`SLOT`
+EARLY = re.compile(r"train_early_class_(mass_)?(\d+)")
 
 
 def _mean(store: Any, name: str, which: str) -> np.ndarray:
@@ -181,6 +187,18 @@ def class_evidence_channels(k: int) -> tuple[str, ...]:
     return (*(CLASS_SLOT.format(j) for j in range(k)), *(CLASS_MASS.format(j) for j in range(k)))
 
 
+def early_evidence_channels(k: int) -> tuple[str, ...]:
+    """The training-time channels of the early window's ``K`` class-evidence slots: ``train_early_seen`` (the
+    presentations within the window), then ``train_early_class_j`` and ``train_early_class_mass_j`` as in
+    :func:`class_evidence_channels`; the store adds them after the whole run's slots.
+
+    Example:
+        >>> early_evidence_channels(1)
+        ('train_early_seen', 'train_early_class_0', 'train_early_class_mass_0')
+    """
+    return (EARLY_SEEN, *(EARLY_SLOT.format(j) for j in range(k)), *(EARLY_MASS.format(j) for j in range(k)))
+
+
 def class_slots(step_channels: list[str]) -> int:
     """The number of class-evidence slots ``K`` among a store's training-time channels (0: none recorded).
 
@@ -191,37 +209,70 @@ def class_slots(step_channels: list[str]) -> int:
     return sum(1 for c in step_channels if (m := SLOT.fullmatch(c)) and not m.group(1))
 
 
-def check_class_slot_names(path: Path, step_channels: list[str]) -> None:
-    """Refuse a ``meta.json`` (at ``path``) whose class-evidence channels are not ``train_class_j`` and
-    ``train_class_mass_j`` for every slot ``j = 0..K-1``.
+def evidence_names_problem(step_channels: list[str], window: int) -> str | None:
+    """What is wrong with a store's class-evidence channel names for its early window ``window`` (meta.json's
+    ``evidence_window``), or None: ``train_class_j`` and ``train_class_mass_j`` for every slot ``j = 0..K-1``, and
+    :func:`early_evidence_channels` of the same ``K >= 1`` exactly when the window is ``> 0``.
+
+    Example:
+        >>> evidence_names_problem(["train_class_0", "train_class_mass_0", *early_evidence_channels(1)], 8) is None
+        True
+    """
+    slots = [c for c in step_channels if SLOT.fullmatch(c)]
+    k = class_slots(slots)
+    if sorted(slots) != sorted(class_evidence_channels(k)):
+        return (f"expected class-evidence 'step_channels' {CLASS_SLOT.format('j')!r} and {CLASS_MASS.format('j')!r} "
+                f"for every slot j = 0..K-1, got {slots!r}")
+    early = [c for c in step_channels if c == EARLY_SEEN or EARLY.fullmatch(c)]
+    want = list(early_evidence_channels(k)) if window > 0 else []
+    if sorted(early) != sorted(want) or (window > 0 and not k):
+        return (f"expected the early window's 'step_channels' {want!r} (evidence_window={window}"
+                f"{', with class-evidence slots' if window > 0 and not k else ''}), got {early!r}")
+    return None
+
+
+def check_class_slot_names(path: Path, step_channels: list[str], window: int = 0) -> None:
+    """Refuse a ``meta.json`` (at ``path``) whose class-evidence channels do not fit (:func:`evidence_names_problem`).
 
     Raises:
         StoreCorruptError: naming meta.json and the slots it lists.
     """
-    slots = [c for c in step_channels if SLOT.fullmatch(c)]
-    k = class_slots(slots)
-    if sorted(slots) != sorted([*(CLASS_SLOT.format(j) for j in range(k)), *(CLASS_MASS.format(j) for j in range(k))]):
+    problem = evidence_names_problem(step_channels, window)
+    if problem is not None:
         raise StoreCorruptError(
-            f"{path} is damaged: expected class-evidence 'step_channels' {CLASS_SLOT.format('j')!r} and "
-            f"{CLASS_MASS.format('j')!r} for every slot j = 0..K-1, got {slots!r}. Restore meta.json from a backup or "
-            "use another `directory`; a damaged store is refused, not repaired."
+            f"{path} is damaged: {problem}. Restore meta.json from a backup or use another `directory`; a damaged "
+            "store is refused, not repaired."
         )
+
+
+def _step_meta(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``meta.json`` of the store at ``directory`` where it is readable, its evidence names fit and it has
+    training-time channels; else None (opening it then says what it finds)."""
+    path = Path(directory) / "meta.json"
+    if not path.is_file():
+        return None
+    try:
+        meta, _ = read_meta(Path(directory))
+        check_class_slot_names(path, meta["step_channels"], meta.get("evidence_window", 0))
+    except (StoreCorruptError, OSError, ValueError):
+        return None
+    return meta if meta.get("step_channels") else None
 
 
 def class_slots_at(directory: str | os.PathLike) -> int | None:
     """The class-evidence slots ``K`` of the store at ``directory`` (0: made without them), or None where there is no
     readable store with training-time channels (opening it then says what it finds): what a resumed run follows.
     """
-    path = Path(directory) / "meta.json"
-    if not path.is_file():
-        return None
-    try:
-        meta, _ = read_meta(Path(directory))
-        check_class_slot_names(path, meta["step_channels"])
-    except (StoreCorruptError, OSError, ValueError):
-        return None
-    steps = list(meta.get("step_channels", []))
-    return class_slots(steps) if steps else None
+    meta = _step_meta(directory)
+    return None if meta is None else class_slots(list(meta["step_channels"]))
+
+
+def evidence_window_at(directory: str | os.PathLike) -> int | None:
+    """The early class-evidence window ``W`` of the store at ``directory`` (0: none, as in a store made before the
+    window existed), or None where there is no readable store with training-time channels: what a resumed run
+    follows."""
+    meta = _step_meta(directory)
+    return None if meta is None else int(meta.get("evidence_window", 0))
 
 
 def pass_channels(pass_kind: str = "curvature", *, classification: bool = True,
@@ -247,15 +298,26 @@ def pass_channels(pass_kind: str = "curvature", *, classification: bool = True,
                  and (classification or not c.classification))
 
 
-def step_channels(class_evidence: int = 0) -> tuple[str, ...]:
+def step_channels(class_evidence: int = 0, evidence_window: int = 0) -> tuple[str, ...]:
     """The training-time channels a store keeps of the training steps: :data:`STEP_CHANNELS`, then the ``K``
-    class-evidence slots (:func:`class_evidence_channels`; 0: none).
+    class-evidence slots (:func:`class_evidence_channels`; 0: none), then, with an early window ``W > 0``, the
+    window's own slots (:func:`early_evidence_channels`).
+
+    Raises:
+        ValueError: a window without class-evidence slots (nothing to keep apart).
 
     Example:
         >>> step_channels(1)[-3:]
         ('train_wrong_epoch', 'train_class_0', 'train_class_mass_0')
+        >>> step_channels(1, 8)[-3:]
+        ('train_early_seen', 'train_early_class_0', 'train_early_class_mass_0')
     """
-    return (*STEP_CHANNELS, *class_evidence_channels(class_evidence))
+    if evidence_window and not class_evidence:
+        raise ValueError(f"Expected class_evidence >= 1 with evidence_window={evidence_window} (the window keeps "
+                         "the class evidence of its first epochs apart), got class_evidence=0: set class_evidence, or "
+                         "evidence_window=0.")
+    early = early_evidence_channels(class_evidence) if evidence_window else ()
+    return (*STEP_CHANNELS, *class_evidence_channels(class_evidence), *early)
 
 
 #: the channels scored beside curvature with the default (cross-entropy) loss

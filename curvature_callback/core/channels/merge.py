@@ -5,7 +5,8 @@ holds, and the training steps' sums merged with the store's running values.
   (:func:`forgetting_events`);
 - :func:`merge_step_values`: the training steps' summed rows as the store's training-time values
   (:func:`epoch_step_values`, the latest wrong epoch continuing the store's) and the epoch's class evidence merged
-  with the store's running evidence (:func:`epoch_class_values`).
+  with the store's running evidence (:func:`epoch_class_values`): the whole run's, and, in a store with an early
+  window, the window's (merged the same way during its epochs, carried unchanged after).
 
 Both read the store through its public readers, so that a user of
 :class:`~curvature_callback.core.store.CurvatureStore` without the callback commits what the callback commits.
@@ -31,7 +32,12 @@ from typing import Any
 
 import numpy as np
 
-from curvature_callback.core.channels.definitions import CLASS_MASS, CLASS_SLOT, class_evidence_channels, class_slots
+from curvature_callback.core.channels.definitions import (
+    EARLY_SEEN,
+    class_evidence_channels,
+    class_slots,
+    early_evidence_channels,
+)
 
 __all__ = ["epoch_class_values", "epoch_step_values", "forgetting_events", "merge_pass_values", "merge_step_values"]
 
@@ -72,8 +78,13 @@ def merge_step_values(store: Any, epoch: int, sums: np.ndarray, evidence: tuple[
     and, with the store's class-evidence slots, the epoch's evidence merged with the running evidence the store
     holds (its latest values; :func:`epoch_class_values`).
 
+    A store with an early window ``W`` (``store.evidence_window``, its ``train_early_*`` channels) also merges the
+    epoch's evidence into the window's running evidence, the same way, when ``epoch < W`` (``train_early_seen``: the
+    epoch's presentations); from epoch ``W`` on, the window's latest values are carried unchanged (``train_early_seen``
+    0), so they stay frozen. A sample first seen after the window gets empty slots (-1, mass 0).
+
     Args:
-        store: the store the values go to (read: ``step_channels`` and their latest values).
+        store: the store the values go to (read: ``step_channels``, ``evidence_window`` and their latest values).
         epoch: the epoch.
         sums: ``[5, N]`` the summed rows of :data:`~curvature_callback.core.steps.ROWS` over every rank.
         evidence: ``[N, K]`` the epoch's classes and masses
@@ -93,11 +104,29 @@ def merge_step_values(store: Any, epoch: int, sums: np.ndarray, evidence: tuple[
         if np.ndim(evidence[0]) != 2 or np.shape(evidence[0])[1] != k:
             raise ValueError(f"Expected class evidence in the store's {k} slot(s) per sample ([N, {k}] classes and "
                              f"masses), got classes of shape {np.shape(evidence[0])}.")
-        names = class_evidence_channels(k)
-        before = [np.stack([np.asarray(store.channel_last(c))[indices] for c in part], 1)
-                  for part in (names[:k], names[k:])]
-        values.update(epoch_class_values(*before, evidence[0][indices], evidence[1][indices]))
+        now = (evidence[0][indices], evidence[1][indices])
+        values.update(epoch_class_values(*_latest(store, class_evidence_channels(k), indices), *now))
+        if EARLY_SEEN in store.step_channels:  # the early window: merged within it, carried after it
+            names = early_evidence_channels(k)[1:]
+            before = _latest(store, names, indices)
+            inside = epoch < store.evidence_window
+            values.update(epoch_class_values(*before, *now, names=names) if inside else _carried(*before, names))
+            values[EARLY_SEEN] = values["train_seen"].copy() if inside else np.zeros(len(indices))
     return indices, values
+
+
+def _latest(store: Any, names: tuple[str, ...], indices: np.ndarray) -> list[np.ndarray]:
+    """``[M, K]`` the store's latest classes and masses of the slots ``names`` (classes then masses) at ``indices``."""
+    k = len(names) // 2
+    return [np.stack([np.asarray(store.channel_last(c))[indices] for c in part], 1) for part in (names[:k], names[k:])]
+
+
+def _carried(classes: np.ndarray, mass: np.ndarray, names: tuple[str, ...]) -> dict[str, np.ndarray]:
+    """The slots ``names`` as they are (their latest values), empty (-1, mass 0) where the store holds none yet."""
+    known = ~np.isnan(classes)
+    c, m = np.where(known, classes, -1.0), np.where(known, mass, 0.0)
+    k = len(names) // 2
+    return {**{names[j]: c[:, j] for j in range(k)}, **{names[k + j]: m[:, j] for j in range(k)}}
 
 
 def epoch_step_values(reduced: np.ndarray, epoch: int, wrong_before: np.ndarray) -> tuple[np.ndarray, dict]:
@@ -130,7 +159,7 @@ def epoch_step_values(reduced: np.ndarray, epoch: int, wrong_before: np.ndarray)
 
 
 def epoch_class_values(before_classes: np.ndarray, before_mass: np.ndarray, classes: np.ndarray,
-                       mass: np.ndarray) -> dict[str, np.ndarray]:
+                       mass: np.ndarray, names: tuple[str, ...] | None = None) -> dict[str, np.ndarray]:
     """The store's class-evidence values for one epoch's samples: the running evidence before the epoch (the store's
     latest values) merged with the epoch's (:func:`~curvature_callback.core.steps.merge_evidence`, in float64).
 
@@ -139,10 +168,13 @@ def epoch_class_values(before_classes: np.ndarray, before_mass: np.ndarray, clas
             the epoch's samples (NaN where never seen: no evidence yet).
         classes, mass: ``[M, K]`` the epoch's evidence (:meth:`~curvature_callback.core.steps.StepRecorder.
             combine_evidence`).
+        names: the ``2K`` channels the slots go to, classes then masses (default: the whole run's,
+            :func:`~curvature_callback.core.channels.class_evidence_channels`; the early window's are
+            ``early_evidence_channels(K)[1:]``).
 
     Returns:
-        ``train_class_j`` (class ids as floats, -1 empty) and ``train_class_mass_j`` for every slot ``j``, ``[M]``
-        each.
+        ``train_class_j`` (class ids as floats, -1 empty) and ``train_class_mass_j`` for every slot ``j`` (or the
+        ``names`` given), ``[M]`` each.
 
     Example:
         >>> v = epoch_class_values(np.array([[1.0, np.nan]]), np.array([[0.5, np.nan]]), np.array([[2, 1]]),
@@ -155,10 +187,11 @@ def epoch_class_values(before_classes: np.ndarray, before_mass: np.ndarray, clas
     from curvature_callback.core.steps import merge_evidence
 
     k = classes.shape[1]
+    names = class_evidence_channels(k) if names is None else names
     known = ~np.isnan(before_classes)
     c, m = merge_evidence(torch.as_tensor(np.where(known, before_classes, -1).astype(np.int64)),
                           torch.as_tensor(np.where(known, before_mass, 0.0).astype(np.float64)),
                           torch.as_tensor(np.asarray(classes, dtype=np.int64)),
                           torch.as_tensor(np.asarray(mass, dtype=np.float64)), k)
     c, m = c.numpy().astype(np.float64), m.numpy()
-    return {**{CLASS_SLOT.format(j): c[:, j] for j in range(k)}, **{CLASS_MASS.format(j): m[:, j] for j in range(k)}}
+    return {**{names[j]: c[:, j] for j in range(k)}, **{names[k + j]: m[:, j] for j in range(k)}}

@@ -3,7 +3,8 @@
 The store keeps arrays and asks these rules whether the values fit: a pass's channels against ``count.npy`` (sums
 finite and 0 where never scored, ``mean == sum / count``, a latest value exactly where scored), the training-time
 channels against ``train_seen`` (counts whole and within the presentations, the latest correctness 0 or 1, the latest
-wrong epoch one of ``step_epochs``) and the class-evidence slots against each other. Numpy only.
+wrong epoch one of ``step_epochs``) and the class-evidence slots against each other (the early window's against its own
+presentations, ``train_early_seen``). Numpy only.
 """
 
 from __future__ import annotations
@@ -13,15 +14,24 @@ from typing import Any
 
 import numpy as np
 
-from curvature_callback.core.channels.definitions import CLASS_MASS, CLASS_SLOT, SLOT, class_slots
+from curvature_callback.core.channels.definitions import (
+    CLASS_MASS,
+    CLASS_SLOT,
+    EARLY,
+    EARLY_MASS,
+    EARLY_SEEN,
+    EARLY_SLOT,
+    SLOT,
+    class_slots,
+)
 from curvature_callback.core.store_format import PRIMARY, StoreCorruptError
 
 __all__ = ["COUNT_STEP_CHANNELS", "MASS_ULPS", "check_array", "check_values"]
 
 
-#: what a training-time channel's sum must satisfy beyond being finite (names of :data:`~.definitions.STEP_CHANNELS`):
-#: event counts are whole, >= 0 and at most the presentations
-COUNT_STEP_CHANNELS = ("train_seen", "train_correct", "train_forgetting")
+#: what a training-time channel's sum must satisfy beyond being finite (names of :data:`~.definitions.STEP_CHANNELS`,
+#: and the early window's presentations): event counts are whole, >= 0 and at most the presentations
+COUNT_STEP_CHANNELS = ("train_seen", "train_correct", "train_forgetting", EARLY_SEEN)
 
 
 #: how many float32 roundings a sample's total mass may carry beyond the presentations, besides one per epoch (the
@@ -87,7 +97,7 @@ def check_array(directory: Path, meta: dict[str, Any], channel: str, kind: str, 
         return
     seen = None if "train_seen" not in meta["step_channels"] else (
         values if (channel, kind) == ("train_seen", "sum") else read("train_seen", "sum"))
-    slot = SLOT.fullmatch(channel)
+    slot = SLOT.fullmatch(channel) or EARLY.fullmatch(channel)
     if kind == "sum":
         refuse(~np.isfinite(values), "finite sums")
         if slot and not slot.group(1):  # a sum of class ids (-1 for an empty slot) over epochs
@@ -112,35 +122,40 @@ def check_array(directory: Path, meta: dict[str, Any], channel: str, kind: str, 
             refuse(~np.isnan(values) & ~np.isin(values, allowed),
                    f"-1 or one of meta.json's step_epochs {meta['step_epochs']}")
         if slot:
-            _check_slot(meta, int(slot.group(2)), bool(slot.group(1)), values, read, seen, refuse)
+            early = slot.re is EARLY  # the window's slots: within the window's own presentations
+            _check_slot(meta, int(slot.group(2)), bool(slot.group(1)), values, read,
+                        read(EARLY_SEEN, "sum") if early and seen is not None else seen, refuse,
+                        (EARLY_SLOT, EARLY_MASS, EARLY_SEEN) if early else (CLASS_SLOT, CLASS_MASS, "train_seen"))
 
 
 def _check_slot(meta: dict[str, Any], j: int, mass: bool, values: np.ndarray, read: Any, seen: np.ndarray | None,
-                refuse: Any) -> None:
+                refuse: Any, names: tuple[str, str, str]) -> None:
     """Check slot ``j``'s latest class (``mass`` False) or mass against the slots before it: a class id whole and
     >= -1, distinct from the classes before it, empty after an empty slot; a mass >= 0, 0 in an empty slot, at most
-    the mass before it, and the last slot's total at most the presentations (with the float32 rounding of
-    :data:`MASS_ULPS`, one more ulp per epoch)."""
+    the mass before it, and the last slot's total at most the presentations ``seen`` (with the float32 rounding of
+    :data:`MASS_ULPS`, one more ulp per epoch). ``names``: the slots' class and mass names and the presentations'
+    channel (the whole run's, or the early window's)."""
+    slot_name, mass_name, presentations = names
     known = ~np.isnan(values)
     with np.errstate(invalid="ignore"):
         if not mass:
             refuse(known & ((values != np.round(values)) | (values < -1)), "a whole class id >= -1 (-1: an empty slot)")
             for i in range(j):
-                before = read(CLASS_SLOT.format(i), "last")
+                before = read(slot_name.format(i), "last")
                 refuse(known & (values >= 0) & (values == before), f"a class other than slot {i}'s")
                 refuse(known & (before == -1) & (values != -1), f"an empty slot (-1) after slot {i}'s empty one")
             return
         refuse(known & (values < 0), "a probability mass >= 0")
-        refuse(known & (read(CLASS_SLOT.format(j), "last") == -1) & (values != 0),
-               f"0 where {CLASS_SLOT.format(j)}_last.npy says the slot is empty")
+        refuse(known & (read(slot_name.format(j), "last") == -1) & (values != 0),
+               f"0 where {slot_name.format(j)}_last.npy says the slot is empty")
         if j:
-            refuse(known & (values > read(CLASS_MASS.format(j - 1), "last")),
+            refuse(known & (values > read(mass_name.format(j - 1), "last")),
                    f"at most slot {j - 1}'s mass (slots by mass, descending)")
         k = class_slots(meta["step_channels"])
         if j == k - 1 and seen is not None:
-            total = sum(np.asarray(read(CLASS_MASS.format(i), "last"), dtype=np.float64) for i in range(k - 1))
+            total = sum(np.asarray(read(mass_name.format(i), "last"), dtype=np.float64) for i in range(k - 1))
             total = total + values.astype(np.float64)
             ulps = MASS_ULPS + len(meta["step_epochs"])
             refuse(known & (total > seen * (1 + ulps * float(np.finfo(np.float32).eps))),
-                   f"a total mass over slots 0..{j} at most the presentations in train_seen_sum.npy (softmax "
+                   f"a total mass over slots 0..{j} at most the presentations in {presentations}_sum.npy (softmax "
                    f"probabilities sum to 1 per presentation; {ulps} float32 ulps allowed for rounding)")
