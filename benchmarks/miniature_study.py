@@ -68,7 +68,7 @@ import numpy as np
 META_KEYS = ("config", "given", "original", "flipped", "dup_sources", "dup_copies", "fit_flipped", "fit_all",
              "fit_copies", "epoch_seconds", "seconds", "pred_probs", "cleanlab_issues", "eval_correct_last",
              "ours_flagged", "ours_suggested", "ours_probability", "ours_estimated", "ours_method", "payoff",
-             "evidence_classes", "evidence_mass", "epoch_probs")
+             "evidence_classes", "evidence_mass", "epoch_probs", "early_classes", "early_mass")
 #: the retrainings of ``--decide``: which training samples each drops or relabels (``payoff_variants``)
 PAYOFF = ("noisy", "ours removed", "ours relabeled", "cleanlab removed", "oracle removed")
 #: table order of the signals (others follow alphabetically)
@@ -371,6 +371,11 @@ def our_issues(store, given: np.ndarray) -> dict[str, np.ndarray]:
     if evidence is not None:
         inputs["evidence_classes"] = np.asarray(evidence[0]).astype(np.int8)
         inputs["evidence_mass"] = np.asarray(evidence[1]).astype(np.float16)
+    early = class_evidence(store, early=True)
+    if early is not None:  # the first epochs' evidence (the store's evidence window), kept in float32: the early
+        # window's confident learning compares masses with class means, where float16's rounding could flip a sample
+        inputs["early_classes"] = np.asarray(early[0]).astype(np.int8)
+        inputs["early_mass"] = np.asarray(early[1]).astype(np.float32)
     return {"ours_flagged": flagged, "ours_suggested": suggested.astype(np.int8),
             "ours_probability": probability if probability.shape == (n,) else np.full(n, np.nan, np.float32),
             "ours_estimated": np.array(round(float(found.estimated)), dtype=np.int64),
@@ -786,8 +791,11 @@ def decision(path: Path) -> dict | None:
     if "evidence_classes" in d:  # our answer by today's estimator, from what the run's answer was computed from
         from curvature_callback.analysis.label_issues import estimate_label_issues
 
+        early = ((d["early_classes"].astype(np.int64), d["early_mass"].astype(np.float64)) if "early_classes" in d
+                 else None)
         found = estimate_label_issues(signals, given, evidence=(d["evidence_classes"].astype(np.int64),
-                                                                d["evidence_mass"].astype(np.float64)))
+                                                                d["evidence_mass"].astype(np.float64)),
+                                      early_evidence=early)
         now = np.zeros(len(given), dtype=bool)
         now[found.flagged] = True
         changed = not np.array_equal(now, flagged.astype(bool))
