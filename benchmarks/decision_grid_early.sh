@@ -9,7 +9,7 @@
 #   python benchmarks/miniature_study.py --tables --out benchmarks/data/decision_early
 set -euo pipefail
 cd "$(dirname "$0")/.."
-: "${CURVATURE_CIFAR10_OFFLINE:?set it to the offline CIFAR-10 copy's folder}"
+: "${CURVATURE_CIFAR10_OFFLINE:?set it to the folder of the offline CIFAR-10 copy}"
 OUT=${OUT:-benchmarks/data/decision_early}
 PY=${PY:-.venv/bin/python}
 JOBS=${JOBS:-2}
