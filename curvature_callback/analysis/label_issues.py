@@ -19,7 +19,15 @@ s_1^2) / 2) >= 2``: a valley between them; each ``s`` at least :data:`RESOLUTION
 apart are never two groups), the wrong labels a minority but a group (``0.005 <= pi < 1/2``; from
 ``pi = 1/3`` on, ``D >= 3``) and the more probable explanation of some sample (a posterior >= 1/2).
 
-Otherwise the losses show no separate group, and the count falls back on the **run's vote** where the store holds
+Where the store keeps the class evidence of the run's first epochs (``CurvatureCallback(evidence_window=W)``, before
+the network memorizes), **confident learning** on it (:func:`early_disagreement`) says which samples' confident class
+is another than their given label: where the mixture shows two groups, a sample's probability is the larger of its
+group posterior and that disagreement (1 or 0), fitted non-decreasing in ``x``; where it shows none, the probability
+is the share of disagreeing samples at each level of ``x`` (isotonic), so the count is the number that disagree. A
+first-epochs network that gave the given labels a mean probability under :data:`MIN_EARLY_CONFIDENCE` is too unsure
+for this (its confident classes are mostly hard samples): its evidence is set aside.
+
+Otherwise, where the losses show no separate group, the count falls back on the **run's vote** where the store holds
 class evidence: a sample's given label *lost the vote* when the network's mean training probability for another
 class exceeded the given label's (a given label outside the kept slots has less than every kept class). The
 estimated count is the number of lost votes; each probability is the share of lost votes among the samples of the
@@ -32,10 +40,10 @@ Suggested labels come from the run's **class evidence** (each sample's training 
 presentations, its top classes kept in the store): the class with the most evidence other than the given label, its
 mean probability as the confidence; without evidence, the eval-mode prediction where it differs from the given label.
 
-Why this and not confident learning on the class evidence: evidence summed over a run that memorizes favours the
-given label (the default digits run's flipped samples: mean probability of their true class 0.33 at the median,
-against class thresholds of 0.88-0.91), so the confident joint counted 0 of 180 flips (148 on the first 5 epochs
-alone, which the store does not keep).
+Why confident learning on the first epochs and not on the whole run's evidence: evidence summed over a run that
+memorizes favours the given label (the default digits run's flipped samples: mean probability of their true class 0.33
+at the median, against class thresholds of 0.88-0.91), so the confident joint counted 0 of 180 flips; a wrong label
+memorized early also wins the run's vote (Fashion-MNIST confusion noise: 89 estimated for 210).
 Assumptions and figures: docs/DESIGN.md §8.
 
 Example:
