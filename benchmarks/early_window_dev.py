@@ -52,6 +52,17 @@ def f1(flagged: np.ndarray, wrong: np.ndarray) -> float:
     return 2 * hit / (flagged.sum() + wrong.sum()) if flagged.sum() + wrong.sum() else float("nan")
 
 
+def answer(run: tuple, early: tuple | None = None) -> str:
+    """``estimated, F1`` of ``estimate_label_issues`` on a run's ``(scores, given, evidence, wrong)``."""
+    from curvature_callback.analysis.label_issues import estimate_label_issues
+
+    scores, given, evidence, wrong = run
+    found = estimate_label_issues(scores, given, evidence=evidence, early_evidence=early)
+    flagged = np.zeros(len(given), dtype=bool)
+    flagged[found.flagged] = True
+    return f"{found.estimated}, {f1(flagged, wrong):.2f}"
+
+
 def table(folder: Path) -> str:
     import curvature_callback.analysis.label_issues as li
 
@@ -66,17 +77,12 @@ def table(folder: Path) -> str:
         scores = {k: d[k].astype(np.float64) for k in ("train_loss", "loss")}
         evidence = (d["evidence_classes"].astype(np.int64), d["evidence_mass"].astype(np.float64))
 
-        def answer(early=None) -> str:
-            found = li.estimate_label_issues(scores, given, evidence=evidence, early_evidence=early)
-            flagged = np.zeros(len(given), dtype=bool)
-            flagged[found.flagged] = True
-            return f"{found.estimated}, {f1(flagged, wrong):.2f}"
-
+        run = (scores, given, evidence, wrong)
         early = {w: (d[f"early{w}_classes"].astype(np.int64), d[f"early{w}_mass"].astype(np.float64)) for w in WINDOWS}
-        cells = [answer(), *(answer(early[w]) for w in WINDOWS)]
+        cells = [answer(run), *(answer(run, early[w]) for w in WINDOWS)]
         li.MIN_EARLY_CONFIDENCE = 0.0
         try:
-            cells.append(answer(early[8]))
+            cells.append(answer(run, early[8]))
         finally:
             li.MIN_EARLY_CONFIDENCE = threshold
         config = json.loads(str(d["config"]))
