@@ -417,3 +417,18 @@ def test_early_disagreement_leaves_out_samples_without_evidence_and_unlabelled_c
     mass = np.array([[0.9, 0.1], [0.8, 0.2], [0.99, 0.01], [0.9, 0.1], [0.0, 0.0]])
     assert early_disagreement(labels, classes, mass).tolist() == [False, False, False, False, False]
     assert not early_disagreement(labels, -np.ones((5, 2), dtype=np.int64), np.zeros((5, 2))).any()
+
+
+def test_the_development_runs_give_design_s_early_window_table(capsys):
+    """benchmarks/early_window_dev.py: the table of docs/DESIGN.md §8 (how the early window's rule, window and
+    threshold were chosen), recomputed from the development runs' saved files by today's estimator."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("early_window_dev", MINIATURE.parents[1] / "early_window_dev.py")
+    dev = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(dev)
+    assert dev.main([]) == 0
+    rows = capsys.readouterr().out.strip().splitlines()
+    design = (MINIATURE.parents[2] / "docs" / "DESIGN.md").read_text()
+    assert len(rows) == 2 + len(list((MINIATURE.parent / "dev").glob("*_mem_dev.npz"))) >= 12
+    assert all(row in design for row in rows), [row for row in rows if row not in design]
