@@ -375,14 +375,14 @@ def test_early_confident_learning_counts_where_the_losses_overlap():
 
 def test_a_separate_group_and_early_confident_learning_each_count():
     """A valley in the losses and early evidence: a sample is wrong where either says so (the larger probability), so
-    wrong labels the losses hide still count; without early disagreement the mixture's answer is unchanged."""
+    wrong labels the losses hide still count; early evidence naming the group's own samples changes little."""
     rng = np.random.default_rng(1)
     n = 2000
     scores, wrong = _mixture(n, 0.1, 0)
     labels = rng.integers(0, 10, n)
     alone = estimate_label_issues(scores, labels)
-    quiet = estimate_label_issues(scores, labels, early_evidence=_early(labels, np.zeros(n, dtype=bool), rng))
-    assert quiet.estimated == alone.estimated and np.array_equal(quiet.flagged, alone.flagged)
+    same = estimate_label_issues(scores, labels, early_evidence=_early(labels, wrong, rng))
+    assert abs(same.estimated - alone.estimated) <= 3 and set(alone.flagged.tolist()) <= set(same.flagged.tolist())
     hidden = np.zeros(n, dtype=bool)
     hidden[np.flatnonzero(~wrong)[:40]] = True  # wrong labels with clean-looking losses
     both = estimate_label_issues(scores, labels, early_evidence=_early(labels, wrong | hidden, rng))
@@ -432,3 +432,23 @@ def test_the_development_runs_give_design_s_early_window_table(capsys):
     design = (MINIATURE.parents[2] / "docs" / "DESIGN.md").read_text()
     assert len(rows) == 2 + len(list((MINIATURE.parent / "dev").glob("*_mem_dev.npz"))) >= 12
     assert all(row in design for row in rows), [row for row in rows if row not in design]
+
+
+def test_a_group_far_larger_than_the_early_count_is_clean_samples_split_in_two():
+    """A valley in the losses whose group expects more than MAX_GROUP_OVER_EARLY times the wrong labels the first
+    epochs' confident learning counts is not believed (a clean Fashion-MNIST run's 609 for 37): the early count
+    answers; within the ratio the group stands."""
+    from curvature_callback.analysis.label_issues import MAX_GROUP_OVER_EARLY
+
+    rng = np.random.default_rng(3)
+    n = 2000
+    scores, group = _mixture(n, 0.25, 0)  # a "group" of 500
+    labels = rng.integers(0, 10, n)
+    few = np.zeros(n, dtype=bool)
+    few[np.flatnonzero(group)[:40]] = True  # the early window finds 40 of them
+    found = estimate_label_issues(scores, labels, early_evidence=_early(labels, few, rng))
+    assert found.estimated == 40 and "split in two" in found.method and "separate high group" not in found.method
+    most = np.zeros(n, dtype=bool)
+    most[np.flatnonzero(group)[: int(group.sum() / MAX_GROUP_OVER_EARLY) + 20]] = True
+    kept = estimate_label_issues(scores, labels, early_evidence=_early(labels, most, rng))
+    assert "separate high group" in kept.method and abs(kept.estimated - group.sum()) <= 0.1 * group.sum()
