@@ -813,6 +813,55 @@ def decision(path: Path) -> dict | None:
     }
 
 
+def repay(path: Path, args) -> None:
+    """Retrain the payoff of our answer (``ours removed``, ``ours relabeled``) of a saved ``--decide`` setting whose
+    flagged set today's estimator changed, with the recipe and seed the file records, and save the file with today's
+    answer and those rows (``--repay FILE``): the payoff table then shows the retrained set without a star."""
+    from curvature_callback.experiments.data.images import channel_stats
+
+    found = decision(path)
+    if found is None or not found["ours"]["changed"]:
+        print(f"{path.name}: our flagged set is today's; nothing to retrain")
+        return
+    config, signals, d = load(path)
+    for key in ("arch", "width", "lr", "weight_decay", "epochs", "drops", "augment", "batch_size", "accelerator"):
+        setattr(args, key, config[key])
+    images, labels = load_arrays(config["dataset"], config["samples"], args.fmnist_root)
+    s = make_setting(images, labels, config["noise"], config["seed"], config["duplicates"],
+                     kind=config.get("noise_kind", "symmetric"), dataset=config["dataset"])
+    if not np.array_equal(s["given"], d["given"].astype(np.int64)):
+        raise ValueError(f"{path}: the setting rebuilt from its config has other given labels; not retrained")
+    from curvature_callback.analysis.label_issues import estimate_label_issues
+
+    early = (d["early_classes"].astype(np.int64), d["early_mass"].astype(np.float64)) if "early_classes" in d else None
+    now = estimate_label_issues(signals, s["given"], evidence=(d["evidence_classes"].astype(np.int64),
+                                                               d["evidence_mass"].astype(np.float64)),
+                                early_evidence=early)
+    flagged = np.zeros(len(s["given"]), dtype=bool)
+    flagged[now.flagged] = True
+    ours = {"ours_flagged": flagged, "ours_suggested": now.suggested.astype(np.int8),
+            "ours_probability": now.probability.astype(np.float32),
+            "ours_estimated": np.array(now.estimated, dtype=np.int64), "ours_method": np.array(now.method)}
+    mean, std = channel_stats(s["images"])
+    payoff = json.loads(str(d["payoff"]))
+    test_images, test_labels = load_arrays(config["dataset"], config.get("test_samples"), args.fmnist_root, "test")
+    from curvature_callback.experiments.data.images import ImageArrayDataset
+
+    test = ImageArrayDataset(test_images, test_labels, mean, std)
+    for name, (labels_v, kept) in payoff_variants({**d, **ours}).items():
+        if not name.startswith("ours"):
+            continue
+        t0 = time.perf_counter()
+        net = retrain(s["images"], labels_v, kept, args, config["seed"], mean, std, -mean / std)
+        payoff["test_acc"][name] = test_accuracy(net, test, _device(args))
+        payoff["trained_on"][name] = int(kept.sum())
+        payoff["seconds"][name] = time.perf_counter() - t0
+        print(f"  {name}: test acc {payoff['test_acc'][name]:.4f}, trained on {int(kept.sum())}", flush=True)
+    np.savez_compressed(path, **{**d, **ours, "payoff": np.array(json.dumps(payoff)),
+                                 "config": np.array(json.dumps(config))})
+    print(f"{path}: our payoff retrained for today's {int(flagged.sum())} flagged")
+
+
 def decision_tables(files: Sequence[Path]) -> list[str]:
     """Per dataset, noise kind and tag: which samples each method would fix, and what fixing them buys."""
     found = [r for r in (decision(p) for p in files) if r is not None]
@@ -1072,6 +1121,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--pass-kind", choices=("curvature", "gradient", "forward"), default="curvature",
                         help="the callback's pass (forward: the eval-mode baselines only, the cheapest; the decision "
                              "reads the training loss and the eval-mode loss)")
+    parser.add_argument("--repay", type=Path, nargs="+", default=None,
+                        help="saved --decide files: retrain our payoff rows where today's estimator changed the "
+                             "flagged set, and save them with today's answer (the recipe from each file)")
     parser.add_argument("--tables", action="store_true", help="print the tables of the files in --out; no training")
     args = parser.parse_args(argv)
     if args.noise is None:
@@ -1085,6 +1137,14 @@ def main(argv: list[str] | None = None) -> int:
             setattr(args, key, value)
     if args.tables:
         print(tables(args.out))
+        return 0
+    if args.repay:
+        import torch
+
+        torch.set_num_threads(args.threads)
+        _quiet()
+        for path in args.repay:
+            repay(path, args)
         return 0
     import torch
 
