@@ -90,7 +90,7 @@ LARGE_SHARE, LARGE_SEPARATION = 1 / 3, 3.0
 #: this mean probability (:func:`early_confidence`): below it, its confident classes are mostly hard samples. Chosen on
 #: development runs apart from the reported grid (the miniature study's seed 2 and 0 % settings, docs/DESIGN.md §8):
 #: CIFAR-10's 2,000-image network gave 0.28-0.33 (confident learning counted 497 on clean data, 580 for 50 wrong
-#: labels), Fashion-MNIST's 0.48-0.75 (counts within 18 % on its four noisy runs)
+#: labels), Fashion-MNIST's 0.48-0.75 (counts within 18 % on its five noisy runs)
 MIN_EARLY_CONFIDENCE = 0.4
 #: where the early window's confident learning is used, the mixture's group is believed only while its expected count
 #: (the posterior sum) is at most this many times the samples confident learning counts: larger, the group is clean
@@ -301,6 +301,8 @@ def estimate_label_issues(
     checked = None if evidence is None else _evidence_arrays(evidence, n)
     early = None if early_evidence is None else _evidence_arrays(early_evidence, n)
     confidence_early = None if early is None else early_confidence(labels, *early)
+    if confidence_early is not None and math.isnan(confidence_early):  # no sample presented within the window
+        early = confidence_early = None
     unsure = None  # why the early evidence is not used, in words (None: it is, or there is none)
     if confidence_early is not None and not confidence_early >= MIN_EARLY_CONFIDENCE:
         unsure = (f"the first epochs' network gave the given labels a mean probability of {confidence_early:.2f}, "

@@ -365,8 +365,11 @@ def test_early_confident_learning_counts_where_the_losses_overlap():
     assert "confident learning on the first epochs" in found.method and f"{wrong.sum()} samples" in found.method
     assert (np.diff(found.probability[np.argsort(x)]) >= 0).all()
     assert wrong[found.flagged].mean() > 0.6 and len(found.flagged) > 0.5 * wrong.sum()
-    # without the early evidence the same run's vote finds nothing
+    # without the early evidence the same run's vote finds nothing; so does a window that saw no sample
     assert estimate_label_issues(scores, labels, evidence=lost_nowhere).estimated == 0
+    unseen = (-np.ones((n, 2), dtype=np.int64), np.full((n, 2), np.nan))
+    empty = estimate_label_issues(scores, labels, evidence=lost_nowhere, early_evidence=unseen)
+    assert empty.estimated == 0 and "run's vote" in empty.method and "nan" not in empty.method
     # early evidence that names no other class: nothing, and the method says why
     none = estimate_label_issues(scores, labels, evidence=lost_nowhere,
                                  early_evidence=_early(labels, np.zeros(n, dtype=bool), rng))
