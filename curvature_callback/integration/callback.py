@@ -71,7 +71,8 @@ def _store_class_slots(directory: Path) -> int | None:
     return class_slots_at(directory)
 
 
-# One concept, when to score and what to commit over an epoch's hooks; ~95 of its lines are the arguments' docstring.
+# One concept, when to score and what to commit over an epoch's hooks; ~110 of its lines are the arguments'
+# docstring (the early window's among them).
 class CurvatureCallback(Callback):
     r"""Scores every training sample by the curvature of its loss in input space, averaged over epochs.
 
